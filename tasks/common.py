@@ -1,0 +1,165 @@
+"""The shape every stage shares, and the helpers more than one stage needs.
+
+A stage is a pure function over Arrow tables::
+
+    def dedup(corpus: pa.Table, params: DedupParams) -> StageResult
+
+It reads only its arguments, writes nothing to disk and never touches Prefect, so it can be called
+from a notebook, a test or the CLI. The Prefect task in ``flows/`` loads the inputs from the store,
+calls the function and writes the :class:`StageResult` back as one store entry.
+
+Canonical columns (the CLI maps user column names onto these on the way in, and back on the way out):
+
+* corpus rows: ``id`` (string, unique), ``text`` (string), ``domain`` (string)
+* labelled rows: ``id``, ``text``, ``label`` (string)
+* benchmark rows: see :data:`BENCHMARK_SCHEMA`
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from winnow.errors import WinnowError
+
+#: One row per removed (or masked, flagged, relabelled) input row. ``evidence`` is a JSON object
+#: whose keys depend on the stage (e.g. ``duplicate_of`` and ``jaccard`` for dedup).
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("stage", pa.string()),
+        ("action", pa.string()),  # "drop", "mask", "flag" or "relabel"
+        ("reason", pa.string()),  # short machine-readable cause, e.g. "exact_duplicate"
+        ("evidence", pa.string()),  # JSON object
+    ]
+)
+
+#: Evaluation benchmarks, one row per example. ``answer`` indexes ``choices`` for multiple-choice
+#: items and is -1 otherwise; ``target`` is the reference answer text (the correct choice, or a
+#: reference solution such as HumanEval's canonical completion).
+BENCHMARK_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("benchmark", pa.string()),
+        ("question", pa.string()),
+        ("choices", pa.list_(pa.string())),
+        ("answer", pa.int64()),
+        ("target", pa.string()),
+    ]
+)
+
+
+@dataclass
+class StageResult:
+    """What a stage returns.
+
+    Attributes:
+        tables: named output tables. ``"data"`` is the main output that the next stage reads;
+            others are reports (e.g. contamination's per-example report).
+        removed: the per-row ledger, in :data:`LEDGER_SCHEMA`.
+        metrics: a small JSON-serialisable summary shown in the run receipt.
+    """
+
+    tables: dict[str, pa.Table]
+    removed: pa.Table = field(default_factory=lambda: LEDGER_SCHEMA.empty_table())
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def ledger(
+    ids: Sequence[str],
+    stage: str,
+    action: str,
+    reasons: Sequence[str] | str,
+    evidence: Sequence[dict[str, Any]],
+) -> pa.Table:
+    """Build a removal ledger table; ``reasons`` may be one string for all rows."""
+    n = len(ids)
+    if isinstance(reasons, str):
+        reasons = [reasons] * n
+    if not (len(reasons) == len(evidence) == n):
+        raise ValueError("ledger: ids, reasons and evidence must have the same length")
+    return pa.table(
+        {
+            "id": pa.array(list(ids), pa.string()),
+            "stage": pa.array([stage] * n, pa.string()),
+            "action": pa.array([action] * n, pa.string()),
+            "reason": pa.array(list(reasons), pa.string()),
+            "evidence": pa.array([json.dumps(e, sort_keys=True, default=_json_default) for e in evidence], pa.string()),
+        },
+        schema=LEDGER_SCHEMA,
+    )
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def concat_ledgers(parts: Iterable[pa.Table]) -> pa.Table:
+    """Concatenate ledger tables (an empty iterable gives an empty ledger)."""
+    parts = [p for p in parts if p.num_rows]
+    return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
+
+
+def drop_rows(table: pa.Table, drop_ids: Iterable[str]) -> pa.Table:
+    """``table`` without the rows whose ``id`` is in ``drop_ids``, order preserved."""
+    drop = pa.array(sorted(set(drop_ids)), pa.string())
+    if len(drop) == 0:
+        return table
+    return table.filter(pc.invert(pc.is_in(table["id"], value_set=drop)))
+
+
+def require_columns(table: pa.Table, columns: dict[str, pa.DataType], what: str) -> None:
+    """Raise a :class:`WinnowError` naming the first missing or mistyped column."""
+    for name, dtype in columns.items():
+        if name not in table.column_names:
+            raise WinnowError(f"{what}: missing column '{name}' (have: {', '.join(table.column_names)})")
+        have = table.schema.field(name).type
+        if have != dtype and not (pa.types.is_large_string(have) and dtype == pa.string()):
+            raise WinnowError(f"{what}: column '{name}' has type {have}, expected {dtype}")
+
+
+_PUNCT_RE = re.compile(r"[^\w\s]", re.UNICODE)
+_SPACE_RE = re.compile(r"\s+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How text is folded before it is compared (dedup and contamination share this)."""
+
+    nfkc: bool = True
+    lowercase: bool = True
+    strip_punctuation: bool = True
+    collapse_whitespace: bool = True
+
+
+def normalize_text(text: str, how: Normalization = Normalization()) -> str:
+    """Fold ``text`` so that reformatted copies compare equal."""
+    if how.nfkc:
+        text = unicodedata.normalize("NFKC", text)
+    if how.lowercase:
+        text = text.lower()
+    if how.strip_punctuation:
+        text = _PUNCT_RE.sub(" ", text)
+    if how.collapse_whitespace:
+        text = _SPACE_RE.sub(" ", text).strip()
+    return text
+
+
+def params_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build a params dataclass from a config dict, rejecting unknown keys by name."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise WinnowError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
