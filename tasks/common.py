@@ -163,3 +163,37 @@ def params_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     if unknown:
         raise WinnowError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return cls(**values)
+
+
+# -- progress --------------------------------------------------------------------------------------
+# Stages stay free of Prefect, yet long ones should show progress both in the terminal and in the
+# Prefect UI. A stage reports through `track`; whoever runs it (the Prefect task wrapper) may install
+# a listener that mirrors the fraction done into a Prefect progress artifact.
+
+import contextvars  # noqa: E402  (kept beside the only code that uses it)
+from typing import Callable, Iterator, TypeVar  # noqa: E402
+
+_T = TypeVar("_T")
+_progress_listener: contextvars.ContextVar[Callable[[str, float], None] | None] = contextvars.ContextVar(
+    "winnow_progress_listener", default=None
+)
+
+
+def set_progress_listener(listener: Callable[[str, float], None] | None) -> contextvars.Token:
+    """Install ``listener(description, fraction_done)`` for stages run in this context."""
+    return _progress_listener.set(listener)
+
+
+def track(items: Iterable[_T], total: int | None = None, desc: str = "") -> Iterator[_T]:
+    """Iterate with a terminal progress bar, and tell the installed listener (≤ 100 updates)."""
+    from tqdm.auto import tqdm
+
+    listener = _progress_listener.get()
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    step = max(1, (total or 0) // 100)
+    with tqdm(items, total=total, desc=desc, leave=False, mininterval=1.0) as bar:
+        for i, item in enumerate(bar, start=1):
+            yield item
+            if listener is not None and total and (i % step == 0 or i == total):
+                listener(desc, i / total)

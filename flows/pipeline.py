@@ -1,0 +1,168 @@
+"""The pipeline, as Prefect flows. Read this file like the diagram:
+
+    corpus files ──ingest──> dedup ──> contamination ──> label_noise ──> mixture ──> train ──> evaluate
+    benchmark files ──ingest──────────────┘ (report) ──────────────────────────────────────────┘
+
+``curate`` runs the first three stages, ``train_and_evaluate`` the last three, ``nightly`` both;
+``stage_flow(name)`` makes a flow that reruns one stage on cached upstream outputs. Every call
+passes fingerprints, never data; every stage is a cached task (see ``flows/stagetask.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.receipt import lineage_mermaid, publish_run, receipt_rows
+from flows.stagetask import FILES, StagePlan, fingerprint_of, parent_ref, plan_ingest, plan_stage, stage_task
+from storage import DatasetStore
+from winnow.config import STAGES, PipelineConfig, config_from_dict, load_config
+from winnow.errors import WinnowError
+
+
+@dataclass
+class Outcome:
+    """What happened to one stage in one run."""
+
+    stage: str
+    fingerprint: str
+    cached: bool
+
+
+@dataclass
+class PipelineRun:
+    """Runs stages in order, honouring a single-stage rerun (``only``) or a rerun from a stage."""
+
+    config: PipelineConfig
+    force: frozenset[str] = frozenset()  # stages to recompute even when cached
+    last: str | None = None  # stop after this stage
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    @property
+    def store(self) -> DatasetStore:
+        return DatasetStore(self.config.store.root)
+
+    def wanted(self, stage: str) -> bool:
+        return self.last is None or STAGES.index(stage) <= STAGES.index(self.last)
+
+    def ingest(self, kind: str, paths: list[str]) -> str:
+        inputs = self.config.inputs
+        columns = {"split": inputs.split}
+        if kind == "corpus":
+            columns |= {"id": inputs.id_column, "text": inputs.text_column,
+                        "domain": inputs.domain_column, "label": inputs.label_column}
+        plan = plan_ingest(kind, paths, columns)
+        return self._call(plan, name=f"ingest_{kind}")
+
+    def stage(self, stage: str, **parents: str | None) -> str | None:
+        """Run one stage on its parents' outputs; None if the run stops before it."""
+        if not self.wanted(stage) or any(p is None for p in parents.values()):
+            return None
+        plan = plan_stage(stage, {k: v for k, v in parents.items() if v is not None}, self.config.params(stage))
+        return self._call(plan, name=stage)
+
+    def _call(self, plan: StagePlan, name: str) -> str:
+        root = str(self.store.root)
+        forced = name in self.force
+        # A cache record whose store entry was deleted must not be trusted: refresh it.
+        refresh = forced or not self.store.exists(fingerprint_of(plan))
+        state = stage_task(name, root, refresh=refresh)(plan, root, force=forced, return_state=True)
+        fp = state.result()
+        self.outcomes[name] = Outcome(name, fp, cached=state.name == "Cached")
+        return fp
+
+
+def _config(config: dict[str, Any] | None) -> PipelineConfig:
+    """Flow parameters are plain dicts (deployments pass JSON); None means the defaults."""
+    return load_config() if config is None else config_from_dict(config)
+
+
+@flow(name="curate", log_prints=True)
+def curate(config: dict[str, Any] | None = None, force: list[str] | None = None,
+           last: str | None = None) -> dict[str, Any]:
+    """Ingest, dedup, decontaminate and check labels. Returns the run's outcomes so far."""
+    run = PipelineRun(_config(config), frozenset(force or ()), last)
+    _curate(run)
+    return {k: dataclasses.asdict(v) for k, v in run.outcomes.items()}
+
+
+def _curate(run: PipelineRun) -> dict[str, str | None]:
+    corpus = run.ingest("corpus", [run.config.inputs.corpus])
+    benchmarks = run.ingest("benchmarks", list(run.config.inputs.benchmarks))
+    deduped = run.stage("dedup", corpus=corpus)
+    decontaminated = run.stage("contamination", corpus=deduped, benchmarks=benchmarks)
+    labels_checked = run.stage("label_noise", corpus=decontaminated)
+    return {"benchmarks": benchmarks, "contamination": decontaminated, "curated": labels_checked}
+
+
+def _train_and_evaluate(run: PipelineRun, curated: dict[str, str | None]) -> None:
+    mixture = run.stage("mixture", corpus=curated["curated"])
+    model = run.stage("train", train=mixture)
+    run.stage(
+        "evaluate",
+        model_dir=model and parent_ref(model, FILES),
+        heldout=mixture and parent_ref(mixture, "heldout"),
+        benchmarks=curated["benchmarks"],
+        contamination=curated["contamination"] and parent_ref(curated["contamination"], "report"),
+    )
+
+
+@flow(name="train_and_evaluate", log_prints=True)
+def train_and_evaluate(config: dict[str, Any] | None = None, force: list[str] | None = None,
+                       last: str | None = None) -> dict[str, Any]:
+    """Mixture, training and evaluation on the curated corpus (curation comes from cache)."""
+    run = PipelineRun(_config(config), frozenset(force or ()), last)
+    _train_and_evaluate(run, _curate(run))
+    return {k: dataclasses.asdict(v) for k, v in run.outcomes.items()}
+
+
+@flow(name="nightly", log_prints=True)
+def nightly(config: dict[str, Any] | None = None, force: list[str] | None = None,
+            last: str | None = None) -> dict[str, Any]:
+    """The whole pipeline; publishes the receipt and lineage to the Prefect UI and the store."""
+    cfg = _config(config)
+    run = PipelineRun(cfg, frozenset(force or ()), last)
+    _train_and_evaluate(run, _curate(run))
+    return finish(run)
+
+
+def finish(run: PipelineRun) -> dict[str, Any]:
+    """Record the run in the store and publish its receipt and lineage as Prefect artifacts."""
+    store = run.store
+    outputs = {k: o.fingerprint for k, o in run.outcomes.items()}
+    cached = {k: o.cached for k, o in run.outcomes.items()}
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    rows = receipt_rows(store, outputs, cached)
+    store.record_run(run_id, outputs, {"cached": cached, "config": run.config.to_dict(),
+                                       "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    publish_run(rows, lineage_mermaid(store, outputs))
+    get_run_logger().info("run %s: %d stages, %d from cache", run_id, len(rows), sum(cached.values()))
+    return {"run_id": run_id, "outputs": outputs, "cached": cached, "store": str(store.root)}
+
+
+def stage_flow(stage: str):
+    """A flow that reruns ``stage`` alone, reusing cached upstream outputs (its own deployment)."""
+    if stage not in STAGES:
+        raise WinnowError(f"unknown stage '{stage}'; stages are: {', '.join(STAGES)}")
+
+    @flow(name=f"stage-{stage.replace('_', '-')}", log_prints=True)
+    def rerun(config: dict[str, Any] | None = None) -> dict[str, Any]:
+        run = PipelineRun(_config(config), frozenset({stage}), stage)
+        _train_and_evaluate(run, _curate(run))
+        return finish(run)
+
+    return rerun
+
+
+# One flow object per stage, importable as entrypoints (e.g. flows/pipeline.py:dedup_flow).
+dedup_flow = stage_flow("dedup")
+contamination_flow = stage_flow("contamination")
+label_noise_flow = stage_flow("label_noise")
+mixture_flow = stage_flow("mixture")
+train_flow = stage_flow("train")
+evaluate_flow = stage_flow("evaluate")

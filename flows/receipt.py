@@ -1,0 +1,154 @@
+"""Receipts and lineage views, built from the store's manifests (so they work on cache hits too)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pyarrow as pa
+
+from storage import DatasetStore, Manifest, short
+
+
+def _removed_text(m: Manifest) -> str:
+    parts = []
+    for action, reasons in sorted(m.removed.items()):
+        parts.extend(f"{action} {reason} {n}" for reason, n in sorted(reasons.items()))
+    return ", ".join(parts) or "-"
+
+
+def _rows_in(store: DatasetStore, m: Manifest) -> int | None:
+    for name in ("corpus", "train"):
+        fp = m.parents.get(name)
+        if fp and store.exists(fp):
+            return store.manifest(fp).rows("data")
+    return None
+
+
+def receipt_rows(store: DatasetStore, outputs: Mapping[str, str], cached: Mapping[str, bool]) -> list[dict[str, Any]]:
+    """One row per stage of a run: status, rows in/out, what was removed and why, time, entry."""
+    rows = []
+    for stage, fp in outputs.items():
+        m = store.manifest(fp)
+        rows.append(
+            {
+                "stage": stage,
+                "status": "cached" if cached.get(stage) else "computed",
+                "rows_in": _rows_in(store, m),
+                "rows_out": m.rows("data"),
+                "removed": _removed_text(m),
+                "seconds": m.elapsed_s,
+                "entry": short(fp),
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table for the terminal."""
+    if not rows:
+        return "(nothing)"
+    cols = list(rows[0])
+    cells = [[("" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def mixture_weights(store: DatasetStore, fp: str) -> list[dict[str, Any]]:
+    """The weights table of a mixture entry, as rows."""
+    try:
+        return store.table(fp, "weights").to_pylist()
+    except Exception:
+        return []
+
+
+def evaluation_summary(store: DatasetStore, fp: str) -> dict[str, Any]:
+    """Per-domain bits/byte and per-benchmark scores of an evaluate entry."""
+    out: dict[str, Any] = {"metrics": store.manifest(fp).metrics}
+    for name in ("data", "benchmarks"):
+        try:
+            out[name] = store.table(fp, name).to_pylist()
+        except Exception:
+            out[name] = []
+    return out
+
+
+def lineage_mermaid(store: DatasetStore, outputs: Mapping[str, str]) -> str:
+    """A mermaid flowchart of every entry the run touched and the input files behind them.
+
+    Node labels are quoted: the Prefect UI's mermaid rejects unquoted labels containing '@'.
+    """
+    lines = ["```mermaid", "flowchart LR"]
+    seen: set[str] = set()
+    for fp in outputs.values():
+        for m in store.lineage(fp):
+            if m.fingerprint in seen:
+                continue
+            seen.add(m.fingerprint)
+            node = f"n{m.fingerprint[:12]}"
+            rows = m.rows("data")
+            label = f"{m.stage}@{short(m.fingerprint)}" + (f"<br/>{rows} rows" if rows is not None else "")
+            lines.append(f'    {node}["{label}"]')
+            for name, parent in sorted(m.parents.items()):
+                if store.exists(parent):
+                    lines.append(f'    n{parent[:12]} -->|"{name.split(":")[0]}"| {node}')
+                else:  # an ingest's parents are the input files' content fingerprints
+                    fnode = f"f{parent[:12]}"
+                    if fnode not in seen:
+                        seen.add(fnode)
+                        path = next((i["path"] for i in m.inputs if i.get("fingerprint") == parent), name)
+                        lines.append(f'    {fnode}[("{_mermaid_escape(path)}")]')
+                    lines.append(f"    {fnode} --> {node}")
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def _mermaid_escape(text: str) -> str:
+    return text.replace('"', "'")
+
+
+def lineage_text(store: DatasetStore, fp: str) -> str:
+    """The chain from an entry back to its input files, one block per step, inputs first."""
+    blocks = []
+    for m in store.lineage(fp):
+        head = f"{m.stage}  {m.fingerprint}"
+        detail = [
+            f"  kind: {m.kind}   created: {m.created_at}   took: {m.elapsed_s}s",
+            f"  code version: {short(m.code_version)}   winnow {m.winnow_version}",
+            f"  parents: " + (", ".join(f"{k}={short(v)}" for k, v in sorted(m.parents.items())) or "-"),
+            f"  params: {_compact(m.params)}",
+            "  tables: " + ", ".join(f"{k} ({v['rows']} rows)" for k, v in m.tables.items()),
+        ]
+        if m.inputs:
+            detail += [f"  input file: {i['path']} ({i.get('rows')} rows, sha256 {short(i['fingerprint'])})" for i in m.inputs]
+        if m.removed:
+            detail.append(f"  removed: {_removed_text(m)}")
+        if m.files:
+            detail.append(f"  files: {len(m.files)} under {store.files_dir(m.fingerprint)}")
+        blocks.append("\n".join([head, *detail]))
+    return "\n   |\n   v\n".join(blocks)
+
+
+def _compact(params: Any, limit: int = 400) -> str:
+    import json
+
+    text = json.dumps(params, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def publish_run(rows: list[dict[str, Any]], mermaid: str) -> None:
+    """Show the receipt and the lineage diagram on the flow run's Artifacts tab."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_table_artifact(rows, key="winnow-receipt", description="Rows in/out per stage, what was removed and why.")
+    create_markdown_artifact(
+        "# Lineage of this run\n\nEach box is a store entry (`stage@fingerprint`); "
+        "`winnow lineage FINGERPRINT` prints the same chain with parameters and code versions.\n\n" + mermaid,
+        key="winnow-lineage",
+        description="Which data, parameters and code produced what.",
+    )
+
+
+def why_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Ledger hits as plain rows for printing."""
+    return table.to_pylist()

@@ -1,0 +1,299 @@
+"""The thin layer between a pure stage function and Prefect.
+
+One generic executor loads a stage's inputs from the store, calls ``tasks.<stage>.run`` and writes
+the :class:`~tasks.common.StageResult` back as one store entry. Every stage becomes a Prefect task
+around that executor. Tasks exchange only fingerprints (short strings), never tables or models.
+
+Caching: the output's fingerprint is derived *before* running from the stage name, its code version
+(source of the stage and every project module it imports), its parameters and its parents'
+fingerprints. That fingerprint is the Prefect cache key, so a rerun on the same data is a cache hit
+across runs and processes. Prefect's cache records live inside the store (``prefect-cache/``), so
+deleting a store also forgets its cache; if a record points at an entry that is gone, the flow sees
+it before calling the task and refreshes that cache key instead of returning a dangling reference.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from storage import DatasetStore, code_version, derive_fingerprint, file_fingerprint, short
+from tasks.common import StageResult, concat_ledgers, set_progress_listener
+from winnow import io as wio
+from winnow.config import stage_module
+from winnow.errors import WinnowError
+
+FILES = "files"  # the pseudo-table name for an entry's non-tabular files (a model folder)
+INGEST_STAGES = ("ingest_corpus", "ingest_benchmarks")
+
+
+def parent_ref(fingerprint: str, table: str = "data") -> str:
+    """How a task names one input: ``FP`` for the main table, ``FP/name`` for another one."""
+    return fingerprint if table == "data" else f"{fingerprint}/{table}"
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    fp, _, table = ref.partition("/")
+    return fp, table or "data"
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What one task will compute: enough to name its output before running it."""
+
+    stage: str
+    parents: dict[str, str]  # run() argument name -> parent_ref(...)
+    params: dict[str, Any]
+    code_version: str
+
+    @property
+    def fingerprint(self) -> str:
+        return derive_fingerprint(self.stage, self.code_version, self.params, self.parents)
+
+
+def plan_stage(stage: str, parents: dict[str, str], params: Any) -> StagePlan:
+    """Plan a pipeline stage (``tasks.<stage>``) with a Params dataclass or a plain dict."""
+    module = stage_module(stage)
+    if not isinstance(params, dict):
+        params = json.loads(json.dumps(_asdict(params)))
+    return StagePlan(stage, dict(sorted(parents.items())), params, code_version(module.__name__))
+
+
+def plan_ingest(kind: str, paths: list[str], columns: dict[str, Any]) -> StagePlan:
+    """Plan reading user files: the parents are the files' content fingerprints."""
+    parents = {}
+    for i, path in enumerate(paths):
+        files = wio.input_files(Path(path))
+        root = Path(path) if Path(path).is_dir() else None
+        parents[f"file{i}:{Path(path).name}"] = file_fingerprint(files, root)
+    params = {"paths": [str(Path(p).resolve()) for p in paths], "columns": columns}
+    # The absolute path is recorded for lineage but must not make equal content a cache miss.
+    return StagePlan(f"ingest_{kind}", parents, params, code_version("winnow.io"))
+
+
+def fingerprint_of(plan: StagePlan) -> str:
+    """Content identity of an ingest ignores where the files sit; a stage's is its full plan."""
+    if plan.stage in INGEST_STAGES:
+        slim = {k: v for k, v in plan.params.items() if k != "paths"}
+        parents = {k.split(":", 1)[0]: v for k, v in plan.parents.items()}
+        return derive_fingerprint(plan.stage, plan.code_version, slim, parents)
+    return plan.fingerprint
+
+
+def execute(plan: StagePlan, store_root: str, force: bool = False) -> str:
+    """Compute a planned stage into the store and return its fingerprint.
+
+    An output already in the store is reused unless ``force`` (a user asked to rerun the stage),
+    in which case it is recomputed and swapped in atomically.
+    """
+    store = DatasetStore(store_root)
+    fp = fingerprint_of(plan)
+    if store.exists(fp) and not force:
+        return fp
+    started = time.perf_counter()
+    if plan.stage in INGEST_STAGES:
+        result, inputs = _ingest(plan)
+        files_from = None
+    else:
+        module = stage_module(plan.stage)
+        kwargs = _load_inputs(store, plan.parents)
+        params = module.Params(**_params_for(module.Params, plan.params))
+        files_from = store.scratch_dir() if "out_dir" in inspect.signature(module.run).parameters else None
+        if files_from is not None:
+            kwargs["out_dir"] = files_from
+        result = module.run(**kwargs, params=params)
+        inputs = []
+        if not isinstance(result, StageResult):
+            raise TypeError(f"tasks.{plan.stage}.run returned {type(result).__name__}, not StageResult")
+    store.put(
+        fingerprint=fp,
+        stage=plan.stage,
+        params=plan.params,
+        code_version=plan.code_version,
+        parents={k: split_ref(v)[0] for k, v in plan.parents.items()},
+        tables=result.tables,
+        removed=concat_ledgers([result.removed]),
+        metrics=result.metrics,
+        files_from=files_from,
+        inputs=inputs,
+        elapsed_s=time.perf_counter() - started,
+        replace=force,
+    )
+    return fp
+
+
+def _asdict(params: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(params)
+
+
+def _params_for(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """JSON turned tuples into lists; give tuple-typed fields their tuples back."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            v = values[f.name]
+            out[f.name] = tuple(v) if isinstance(v, list) and "tuple" in str(f.type) else v
+    return out
+
+
+def _load_inputs(store: DatasetStore, parents: dict[str, str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for arg, ref in parents.items():
+        fp, table = split_ref(ref)
+        kwargs[arg] = store.files_dir(fp) if table == FILES else store.table(fp, table)
+    return kwargs
+
+
+def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:
+    columns = dict(plan.params["columns"])
+    split = columns.pop("split", None)
+    tables = []
+    inputs = []
+    for path, (_, fp) in zip(plan.params["paths"], plan.parents.items()):
+        raw = wio.read_table(path, split=split)
+        if plan.stage == "ingest_corpus":
+            tables.append(wio.canonical_corpus(raw, wio.Columns(**columns), where=path))
+        else:
+            tables.append(wio.canonical_benchmarks(raw, where=path, default_name=_stem(path)))
+        inputs.append({"path": path, "fingerprint": fp, "rows": raw.num_rows})
+    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    if len(tables) > 1:
+        wio.check_unique_ids(table["id"], where=" + ".join(plan.params["paths"]), column="id")
+    metrics = {"rows_out": table.num_rows}
+    if "domain" in table.column_names:
+        metrics["rows_by_domain"] = dict(zip(*table.group_by("domain").aggregate([("id", "count")]).to_pydict().values()))
+    if "benchmark" in table.column_names:
+        metrics["rows_by_benchmark"] = dict(zip(*table.group_by("benchmark").aggregate([("id", "count")]).to_pydict().values()))
+    return StageResult(tables={"data": table}, metrics=metrics), inputs
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".gz", ".parquet", ".jsonl", ".json", ".ndjson"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+# -- Prefect ---------------------------------------------------------------------------------------
+
+
+def _prefect_task(stage: str):
+    """The Prefect task for one stage: a named wrapper around :func:`execute`."""
+    from prefect import task
+    from prefect.cache_policies import CachePolicy
+
+    class StageFingerprint(CachePolicy):
+        """Cache key = the planned output fingerprint (inputs + params + code version)."""
+
+        def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs):  # noqa: ANN001
+            return fingerprint_of(inputs["plan"])
+
+    def run_stage(plan: StagePlan, store_root: str, force: bool = False) -> str:
+        set_progress_listener(_progress_reporter(stage))
+        try:
+            fp = execute(plan, store_root, force=force)
+        finally:
+            set_progress_listener(None)
+        _publish_stage(stage, fp, store_root)
+        return fp
+
+    run_stage.__name__ = stage
+    run_stage.__qualname__ = stage
+    return task(
+        name=stage,
+        task_run_name=f"{stage}",
+        cache_policy=StageFingerprint(),
+        cache_expiration=timedelta(days=365),
+        persist_result=True,
+        result_serializer="json",
+        log_prints=True,
+    )(run_stage)
+
+
+_TASKS: dict[str, Any] = {}
+
+
+def stage_task(stage: str, store_root: str, refresh: bool = False):
+    """The Prefect task for ``stage``, with cache records kept inside the store at ``store_root``."""
+    from prefect.locking.filesystem import FileSystemLockManager
+
+    if stage not in _TASKS:
+        _TASKS[stage] = _prefect_task(stage)
+    root = Path(store_root)
+    policy = _TASKS[stage].cache_policy.configure(
+        key_storage=root / "prefect-cache",
+        # SERIALIZABLE + file locks: two flows reaching the same stage at once compute it once.
+        lock_manager=FileSystemLockManager(lock_files_directory=root / "prefect-locks"),
+        isolation_level="SERIALIZABLE",
+    )
+    return _TASKS[stage].with_options(cache_policy=policy, refresh_cache=refresh)
+
+
+def _progress_reporter(stage: str):
+    """Mirror a stage's `track` progress into one Prefect progress artifact per task run."""
+    try:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.context import TaskRunContext
+
+        if TaskRunContext.get() is None:
+            return None
+    except ImportError:  # pragma: no cover
+        return None
+    state: dict[str, Any] = {"id": None, "last": -1.0}
+
+    def report(desc: str, fraction: float) -> None:
+        pct = round(100.0 * fraction, 1)
+        if pct - state["last"] < 5.0 and pct < 100.0:
+            return  # keep API traffic low: one update per 5%
+        state["last"] = pct
+        try:
+            if state["id"] is None:
+                state["id"] = create_progress_artifact(pct, description=f"{stage}: {desc}")
+            else:
+                update_progress_artifact(state["id"], pct, description=f"{stage}: {desc}")
+        except Exception:  # progress display must never fail a stage
+            pass
+
+    return report
+
+
+def _publish_stage(stage: str, fp: str, store_root: str) -> None:
+    """Show what a computed stage did in the Prefect UI: removed rows, and a lineage event."""
+    from prefect.artifacts import create_table_artifact
+    from prefect.events import emit_event
+
+    store = DatasetStore(store_root)
+    m = store.manifest(fp)
+    removed = store.removed(fp)
+    if removed.num_rows:
+        rows = removed.slice(0, 50).to_pylist()
+        create_table_artifact(
+            rows,
+            key=f"removed-{stage.replace('_', '-')}",
+            description=f"{stage}: first {len(rows)} of {removed.num_rows} ledger rows (entry {short(fp)}). "
+            f"`winnow why ID` explains any row.",
+        )
+    emit_event(
+        event="winnow.dataset.materialized",
+        resource={"prefect.resource.id": f"winnow.dataset.{fp}", "prefect.resource.name": f"{stage}@{short(fp)}",
+                  "winnow.stage": stage},
+        related=[
+            {"prefect.resource.id": f"winnow.dataset.{parent}", "prefect.resource.role": f"parent:{name}"}
+            for name, parent in m.parents.items()
+        ],
+        payload={"params": m.params, "code_version": m.code_version, "tables": {k: v["rows"] for k, v in m.tables.items()},
+                 "removed": m.removed, "store": str(store.root)},
+    )
+
+

@@ -1,0 +1,363 @@
+"""A content-addressed store of datasets and models. It alone decides paths on disk.
+
+Layout under the store root::
+
+    objects/<fingerprint>/manifest.json      what, from what, by which code, with which parameters
+    objects/<fingerprint>/tables/<name>.parquet
+    objects/<fingerprint>/removed.parquet    the per-row removal ledger of the stage that made it
+    objects/<fingerprint>/files/...          non-tabular outputs (a trained model and tokenizer)
+    runs/<run id>.json, runs/latest.json     which entry each stage of a pipeline run produced
+    tmp/                                     staging; never read
+
+An entry is written completely under ``tmp/`` and then renamed into ``objects/`` in one
+``rename(2)``, so a reader sees either no entry or a whole one; a crash leaves only a stray staging
+folder, which :meth:`DatasetStore.clean_staging` removes. Entries are immutable: the same
+fingerprint always means the same content, so when two writers race the loser simply drops its copy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from storage.fingerprint import canonical_json, short
+from tasks.common import LEDGER_SCHEMA
+from winnow import __version__
+from winnow.errors import WinnowError
+
+MANIFEST = "manifest.json"
+LEDGER_FILE = "removed.parquet"
+#: Staging folders older than this are abandoned writes (a crash), safe to delete.
+STALE_STAGING_S = 3600.0
+
+
+@dataclass
+class Manifest:
+    """Everything known about one store entry, saved as ``manifest.json`` beside its data."""
+
+    fingerprint: str
+    stage: str
+    kind: str  # "dataset" or "model"
+    params: dict[str, Any]
+    code_version: str
+    parents: dict[str, str]
+    tables: dict[str, dict[str, Any]]  # name -> {rows, bytes, schema}
+    files: list[str]
+    removed: dict[str, dict[str, int]]  # action -> reason -> rows
+    metrics: dict[str, Any]
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # external files read (ingest)
+    created_at: str = ""
+    elapsed_s: float = 0.0
+    winnow_version: str = __version__
+
+    def rows(self, table: str = "data") -> int | None:
+        """Row count of one of the entry's tables, or None if it has no such table."""
+        info = self.tables.get(table)
+        return None if info is None else int(info["rows"])
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+class DatasetStore:
+    """The on-disk store; see the module docstring for its layout and guarantees."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.objects = self.root / "objects"
+        self.runs = self.root / "runs"
+        self.staging = self.root / "tmp"
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def exists(self, fingerprint: str) -> bool:
+        """True if a complete entry with this exact fingerprint is in the store."""
+        return (self.objects / fingerprint / MANIFEST).is_file()
+
+    def path(self, fingerprint: str) -> Path:
+        """The folder of an existing entry."""
+        if not self.exists(fingerprint):
+            raise WinnowError(f"store {self.root}: no entry {short(fingerprint)}")
+        return self.objects / fingerprint
+
+    def manifest(self, fingerprint: str) -> Manifest:
+        """The manifest of an existing entry."""
+        return Manifest.load(self.path(fingerprint) / MANIFEST)
+
+    def table(self, fingerprint: str, name: str = "data") -> pa.Table:
+        """Read one named table of an entry."""
+        path = self.path(fingerprint) / "tables" / f"{name}.parquet"
+        if not path.is_file():
+            have = ", ".join(self.manifest(fingerprint).tables) or "none"
+            raise WinnowError(f"store entry {short(fingerprint)} has no table '{name}' (has: {have})")
+        return pq.read_table(path)
+
+    def table_path(self, fingerprint: str, name: str = "data") -> Path:
+        """Path of a named table's Parquet file (for tools that read files, e.g. `datasets`)."""
+        return self.path(fingerprint) / "tables" / f"{name}.parquet"
+
+    def files_dir(self, fingerprint: str) -> Path:
+        """Folder of an entry's non-tabular files (e.g. a model's weights and tokenizer)."""
+        return self.path(fingerprint) / "files"
+
+    def removed(self, fingerprint: str) -> pa.Table:
+        """The removal ledger written by the stage that made this entry (may be empty)."""
+        path = self.path(fingerprint) / LEDGER_FILE
+        return pq.read_table(path) if path.is_file() else LEDGER_SCHEMA.empty_table()
+
+    def entries(self) -> list[Manifest]:
+        """All complete entries, oldest first."""
+        if not self.objects.is_dir():
+            return []
+        found = [Manifest.load(p / MANIFEST) for p in self.objects.iterdir() if (p / MANIFEST).is_file()]
+        return sorted(found, key=lambda m: (m.created_at, m.fingerprint))
+
+    def resolve(self, ref: str) -> str:
+        """Turn what a person types into a full fingerprint.
+
+        Accepted: a full fingerprint or a unique prefix of at least 4 characters; a stage name
+        (``dedup``) or ``RUN:STAGE`` meaning that stage's output in the latest (or named) run; or
+        the path of an entry folder.
+        """
+        ref = ref.strip()
+        candidate = Path(ref)
+        if candidate.is_dir() and (candidate / MANIFEST).is_file():
+            return Manifest.load(candidate / MANIFEST).fingerprint
+        run_id, _, stage = ref.rpartition(":")
+        if self.runs.is_dir() and (stage in self._run_outputs(run_id or "latest", missing_ok=True)):
+            return self._run_outputs(run_id or "latest")[stage]
+        if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref) and self.objects.is_dir():
+            matches = [p.name for p in self.objects.iterdir() if p.name.startswith(ref) and (p / MANIFEST).is_file()]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise WinnowError(f"'{ref}' matches {len(matches)} store entries; give more characters")
+        raise WinnowError(
+            f"no store entry matches '{ref}' in {self.root} "
+            "(give a fingerprint prefix, a stage name from the latest run, or RUN:STAGE)"
+        )
+
+    def lineage(self, fingerprint: str) -> list[Manifest]:
+        """The entry and all its ancestors, ancestors first (a topological order)."""
+        order: list[Manifest] = []
+        seen: set[str] = set()
+
+        def visit(fp: str) -> None:
+            if fp in seen:
+                return
+            seen.add(fp)
+            m = self.manifest(fp)
+            for parent in m.parents.values():
+                if self.exists(parent):
+                    visit(parent)
+            order.append(m)
+
+        visit(fingerprint)
+        return order
+
+    def why(self, row_id: str, fingerprints: list[str] | None = None) -> pa.Table:
+        """Every ledger row about ``row_id`` in the given entries (default: the whole store).
+
+        The result has the ledger columns plus ``entry`` (the fingerprint of the stage output
+        whose ledger holds the row), in pipeline order.
+        """
+        chosen = fingerprints if fingerprints is not None else [m.fingerprint for m in self.entries()]
+        hits = []
+        for fp in chosen:
+            path = self.objects / fp / LEDGER_FILE
+            if not path.is_file():
+                continue
+            found = pq.read_table(path, filters=pc.field("id") == row_id)
+            if found.num_rows:
+                hits.append(found.append_column("entry", pa.array([fp] * found.num_rows, pa.string())))
+        if not hits:
+            return LEDGER_SCHEMA.append(pa.field("entry", pa.string())).empty_table()
+        return pa.concat_tables(hits)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def put(
+        self,
+        *,
+        fingerprint: str,
+        stage: str,
+        params: Mapping[str, Any],
+        code_version: str,
+        parents: Mapping[str, str],
+        tables: Mapping[str, pa.Table],
+        removed: pa.Table | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        files_from: Path | None = None,
+        inputs: list[dict[str, Any]] | None = None,
+        elapsed_s: float = 0.0,
+        replace: bool = False,
+    ) -> Manifest:
+        """Write one entry atomically and return its manifest.
+
+        ``files_from``, if given, is a folder from :meth:`scratch_dir` holding non-tabular outputs
+        (a model's files); it is moved into the entry, whose kind is then ``"model"``. If the entry already exists (another writer won the
+        race) the existing manifest is returned and the new copy is discarded, unless ``replace``
+        (a forced recompute), which swaps the new copy in with two renames.
+        """
+        if self.exists(fingerprint) and not replace:
+            return self.manifest(fingerprint)
+        for name in tables:
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"table name {name!r} must be alphanumeric")
+        removed = removed if removed is not None else LEDGER_SCHEMA.empty_table()
+        if not removed.schema.equals(LEDGER_SCHEMA):
+            raise ValueError(f"removal ledger schema must be {LEDGER_SCHEMA}, got {removed.schema}")
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.objects.mkdir(parents=True, exist_ok=True)
+        tmp = self.staging / f"{fingerprint[:16]}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            (tmp / "tables").mkdir()
+            table_info = {}
+            for name, table in tables.items():
+                path = tmp / "tables" / f"{name}.parquet"
+                pq.write_table(table, path, compression="zstd")
+                table_info[name] = {
+                    "rows": table.num_rows,
+                    "bytes": path.stat().st_size,
+                    "schema": {f.name: str(f.type) for f in table.schema},
+                }
+            pq.write_table(removed, tmp / LEDGER_FILE, compression="zstd")
+            files: list[str] = []
+            if files_from is not None:
+                os.rename(files_from, tmp / "files")
+                files = sorted(str(p.relative_to(tmp / "files")) for p in (tmp / "files").rglob("*") if p.is_file())
+            manifest = Manifest(
+                fingerprint=fingerprint,
+                stage=stage,
+                kind="model" if files_from is not None else "dataset",
+                params=json.loads(canonical_json(params)),
+                code_version=code_version,
+                parents=dict(parents),
+                tables=table_info,
+                files=files,
+                removed=_summarise_ledger(removed),
+                metrics=json.loads(canonical_json(metrics or {})),
+                inputs=list(inputs or []),
+                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                elapsed_s=round(elapsed_s, 3),
+            )
+            _write_json(tmp / MANIFEST, asdict(manifest))
+            _fsync_tree(tmp)
+            final = self.objects / fingerprint
+            if replace and final.exists():
+                old = self.staging / f"replaced-{fingerprint[:16]}-{uuid.uuid4().hex}"
+                os.rename(final, old)
+                os.rename(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+                _fsync_dir(self.objects)
+                return manifest
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if self.exists(fingerprint):  # a concurrent writer committed the same entry first
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return self.manifest(fingerprint)
+                raise
+            _fsync_dir(self.objects)
+            return manifest
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def scratch_dir(self) -> Path:
+        """A new empty folder inside the store for a stage to write files into before :meth:`put`."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        path = self.staging / f"scratch-{uuid.uuid4().hex}"
+        path.mkdir()
+        return path
+
+    def record_run(self, run_id: str, outputs: Mapping[str, str], info: Mapping[str, Any]) -> Path:
+        """Save which entry each stage of a pipeline run produced; also becomes ``latest``."""
+        self.runs.mkdir(parents=True, exist_ok=True)
+        record = {"run_id": run_id, "outputs": dict(outputs), **info}
+        path = self.runs / f"{run_id}.json"
+        _atomic_write_json(path, record)
+        _atomic_write_json(self.runs / "latest.json", record)
+        return path
+
+    def run_record(self, run_id: str = "latest") -> dict[str, Any]:
+        """A saved run record (``latest`` by default)."""
+        path = self.runs / f"{run_id}.json"
+        if not path.is_file():
+            raise WinnowError(f"store {self.root}: no run '{run_id}' (run `winnow run` first)")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def _run_outputs(self, run_id: str, missing_ok: bool = False) -> dict[str, str]:
+        try:
+            return self.run_record(run_id)["outputs"]
+        except WinnowError:
+            if missing_ok:
+                return {}
+            raise
+
+    def clean_staging(self, older_than_s: float = STALE_STAGING_S) -> int:
+        """Delete abandoned staging folders (left by a crash); returns how many were removed."""
+        if not self.staging.is_dir():
+            return 0
+        now = time.time()
+        removed = 0
+        for p in self.staging.iterdir():
+            if now - p.stat().st_mtime >= older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def iter_sizes(self) -> Iterator[tuple[str, int]]:
+        """(fingerprint, bytes on disk) for every entry."""
+        for m in self.entries():
+            folder = self.objects / m.fingerprint
+            yield m.fingerprint, sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _summarise_ledger(removed: pa.Table) -> dict[str, dict[str, int]]:
+    summary: dict[str, dict[str, int]] = {}
+    if removed.num_rows == 0:
+        return summary
+    counts = removed.group_by(["action", "reason"]).aggregate([("id", "count")])
+    for action, reason, n in zip(*(counts[c].to_pylist() for c in ("action", "reason", "id_count"))):
+        summary.setdefault(action, {})[reason] = n
+    return summary
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    _write_json(tmp, obj)
+    os.replace(tmp, path)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,166 @@
+"""The store: stable fingerprints, atomic writes, manifests, lineage and the removal ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from storage import DatasetStore, code_version, derive_fingerprint, file_fingerprint, table_fingerprint
+from tasks.common import ledger
+from winnow.errors import WinnowError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _licences(n: int = 6) -> pa.Table:
+    """Real text: licence files every Debian machine has."""
+    files = sorted(p for p in Path("/usr/share/common-licenses").iterdir() if p.is_file() and not p.is_symlink())[:n]
+    return pa.table({"id": [p.name for p in files], "text": [p.read_text(errors="replace") for p in files]})
+
+
+def _put(store: DatasetStore, table: pa.Table, fp: str, **kw):
+    return store.put(fingerprint=fp, stage="test", params={"a": 1}, code_version="c", parents={}, tables={"data": table}, **kw)
+
+
+def test_table_fingerprint_ignores_chunking_but_not_content():
+    t = _licences()
+    rechunked = pa.concat_tables([t.slice(0, 2), t.slice(2)])
+    assert rechunked["text"].num_chunks == 2
+    assert table_fingerprint(t) == table_fingerprint(rechunked)
+    changed = t.set_column(1, "text", pa.array([s + "!" if i == 3 else s for i, s in enumerate(t["text"].to_pylist())]))
+    assert table_fingerprint(changed) != table_fingerprint(t)
+
+
+def test_fingerprints_are_stable_across_processes(tmp_path):
+    """Python's hash() is salted per process; our fingerprints must not be."""
+    code = (
+        "import pyarrow as pa; from storage import derive_fingerprint, table_fingerprint;"
+        "print(derive_fingerprint('dedup', 'v1', {'threshold': 0.8, 'ngram': [5]}, {'corpus': 'ab'}));"
+        "print(table_fingerprint(pa.table({'id': ['x', 'y'], 'text': ['héllo', 'wörld']})))"
+    )
+    outs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)}, cwd=REPO).stdout
+        for seed in (1, 2)
+    }
+    assert len(outs) == 1
+    here = f"{derive_fingerprint('dedup', 'v1', {'ngram': (5,), 'threshold': 0.8}, {'corpus': 'ab'})}\n"
+    assert outs.pop().startswith(here)
+
+
+def test_derived_fingerprint_changes_with_each_ingredient():
+    base = derive_fingerprint("dedup", "v1", {"t": 0.8}, {"corpus": "a"})
+    assert base != derive_fingerprint("dedup", "v2", {"t": 0.8}, {"corpus": "a"})
+    assert base != derive_fingerprint("dedup", "v1", {"t": 0.9}, {"corpus": "a"})
+    assert base != derive_fingerprint("dedup", "v1", {"t": 0.8}, {"corpus": "b"})
+    assert base != derive_fingerprint("contamination", "v1", {"t": 0.8}, {"corpus": "a"})
+
+
+def test_file_fingerprint_is_content_not_name(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b" / "a.jsonl"
+    b.parent.mkdir()
+    a.write_text('{"id": 1}\n')
+    b.write_text('{"id": 1}\n')
+    assert file_fingerprint([a]) == file_fingerprint([b])
+    b.write_text('{"id": 2}\n')
+    assert file_fingerprint([a]) != file_fingerprint([b])
+
+
+def test_code_version_covers_imported_project_modules():
+    """Editing tasks/common.py must invalidate stages that import it (Prefect's TASK_SOURCE would not)."""
+    from storage.codeversion import _module_file, _project_imports
+
+    imports = _project_imports("storage.store", _module_file("storage.store"))
+    assert "tasks.common" in imports and "storage.fingerprint" in imports
+    assert len(code_version("storage.store")) == 64
+
+
+def test_manifest_round_trip_and_tables(tmp_path):
+    store = DatasetStore(tmp_path / "s")
+    table = _licences()
+    removed = ledger(["GPL-2"], "test", "drop", "exact_duplicate", [{"duplicate_of": "GPL-3"}])
+    m = _put(store, table, "ab" * 32, removed=removed, metrics={"rows_in": 7})
+    again = store.manifest("ab" * 32)
+    assert again == m
+    assert again.tables["data"]["rows"] == table.num_rows
+    assert again.removed == {"drop": {"exact_duplicate": 1}}
+    assert store.table("ab" * 32).equals(table)
+    assert store.resolve("abab") == "ab" * 32
+    assert store.why("GPL-2")["reason"].to_pylist() == ["exact_duplicate"]
+    assert store.why("MIT").num_rows == 0
+
+
+def test_a_crash_mid_write_leaves_no_visible_entry(tmp_path):
+    store = DatasetStore(tmp_path / "s")
+
+    class Boom(Exception):
+        pass
+
+    class Exploding(dict):
+        """Metrics that fail to serialise after the tables were written: a crash mid-write."""
+
+        def items(self):
+            raise Boom
+
+    with pytest.raises(Boom):
+        _put(store, _licences(), "cd" * 32, metrics=Exploding(x=1))
+    assert not store.exists("cd" * 32)
+    assert store.entries() == []
+    assert list(store.staging.iterdir()) == []  # the half-written folder was removed
+
+
+def test_abandoned_staging_is_invisible_and_cleanable(tmp_path):
+    """A killed process leaves a staging folder; readers never see it, `store clean` removes it."""
+    store = DatasetStore(tmp_path / "s")
+    code = (
+        "import os, pyarrow as pa; from storage import DatasetStore;"
+        f"s = DatasetStore({str(tmp_path / 's')!r});"
+        "import storage.store as ss; ss._fsync_tree = lambda p: os._exit(9);"  # die just before the rename
+        "s.put(fingerprint='ef'*32, stage='t', params={}, code_version='c', parents={}, tables={'data': pa.table({'id': ['a']})})"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO)
+    assert proc.returncode == 9
+    assert not store.exists("ef" * 32) and store.entries() == []
+    assert len(list(store.staging.iterdir())) == 1
+    assert store.clean_staging(older_than_s=0) == 1
+
+
+def test_put_is_idempotent_and_replace_swaps(tmp_path):
+    store = DatasetStore(tmp_path / "s")
+    first = _put(store, _licences(3), "12" * 32)
+    second = _put(store, _licences(4), "12" * 32)  # same fingerprint: the first writer wins
+    assert second == first and store.table("12" * 32).num_rows == 3
+    third = _put(store, _licences(4), "12" * 32, replace=True)
+    assert third.tables["data"]["rows"] == 4 and store.table("12" * 32).num_rows == 4
+
+
+def test_lineage_walks_parents_first(tmp_path):
+    store = DatasetStore(tmp_path / "s")
+    t = _licences(2)
+    store.put(fingerprint="a" * 64, stage="ingest", params={}, code_version="c", parents={}, tables={"data": t})
+    store.put(fingerprint="b" * 64, stage="dedup", params={}, code_version="c", parents={"corpus": "a" * 64}, tables={"data": t})
+    store.put(fingerprint="c" * 64, stage="train", params={}, code_version="c", parents={"train": "b" * 64}, tables={"data": t})
+    assert [m.stage for m in store.lineage("c" * 64)] == ["ingest", "dedup", "train"]
+    store.record_run("r1", {"dedup": "b" * 64}, {})
+    assert store.resolve("dedup") == "b" * 64 and store.resolve("r1:dedup") == "b" * 64
+
+
+def test_unknown_refs_are_clear_errors(tmp_path):
+    store = DatasetStore(tmp_path / "s")
+    with pytest.raises(WinnowError, match="no store entry matches 'beef'"):
+        store.resolve("beef")
+    with pytest.raises(WinnowError, match="no run 'latest'"):
+        store.run_record()
+
+
+def test_ledger_schema_is_enforced(tmp_path):
+    store = DatasetStore(tmp_path / "s")
+    with pytest.raises(ValueError, match="ledger schema"):
+        _put(store, _licences(2), "ff" * 32, removed=pa.table({"id": ["x"]}))
+    assert store.entries() == []

@@ -1,0 +1,373 @@
+"""The ``winnow`` command line.
+
+``winnow run`` runs the whole pipeline as a Prefect flow; ``winnow STAGE IN --out OUT`` applies one
+stage to a user's file (through the same store, so it is cached and has lineage); ``winnow store``,
+``winnow lineage`` and ``winnow why`` inspect what was made and why rows were removed.
+Errors in the user's input or configuration print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from winnow.errors import WinnowError
+
+EXIT_USAGE = 2
+
+
+def _prefect_env() -> None:
+    """Quiet, local, offline Prefect defaults; a user's explicit settings win."""
+    defaults = {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS": "4",
+        "PREFECT_UI_URL": "http://127.0.0.1:4200",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="pipeline config file (TOML; default ./winnow.toml if present)")
+    p.add_argument("--profile", help="a named profile from winnow/profiles.toml, e.g. smoke")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set dedup.threshold=0.9 (repeatable)")
+    p.add_argument("--store", help="store folder (overrides [store].root; default ./.winnow)")
+
+
+def _add_column_args(p: argparse.ArgumentParser, label: bool = False) -> None:
+    p.add_argument("--id-column", default="id", help="column holding unique row ids (default: id)")
+    p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    p.add_argument("--domain-column", default="domain", help="column naming each row's domain (optional)")
+    p.add_argument("--label-column", default="label", help="column holding labels (default: label)")
+    p.add_argument("--split", help="split to read when IN is a saved `datasets` DatasetDict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="winnow", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the whole pipeline (a Prefect flow) and print its receipt")
+    _add_config_args(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--only", metavar="STAGE", help="rerun this stage alone on cached upstream outputs")
+    which.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every later one")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+    p = sub.add_parser("config", help="print the resolved configuration, every key documented")
+    _add_config_args(p)
+
+    p = sub.add_parser("store", help="list or describe store entries")
+    ssub = p.add_subparsers(dest="store_command", required=True)
+    q = ssub.add_parser("ls", help="list entries, newest last")
+    q.add_argument("--store")
+    q.add_argument("--stage", help="only entries of this stage")
+    q = ssub.add_parser("show", help="describe one entry (manifest, tables, removal summary)")
+    q.add_argument("ref", help="fingerprint prefix, a stage name (latest run), RUN:STAGE or an entry folder")
+    q.add_argument("--store")
+    q = ssub.add_parser("clean", help="delete staging folders abandoned by crashed writes")
+    q.add_argument("--store")
+
+    p = sub.add_parser("lineage", help="the chain from an entry back to the input files")
+    p.add_argument("ref", help="fingerprint prefix, a stage name (latest run), RUN:STAGE or an entry folder")
+    p.add_argument("--store")
+    p.add_argument("--mermaid", action="store_true", help="print a mermaid diagram instead of text")
+
+    p = sub.add_parser("why", help="why was this row removed (or masked, flagged, relabelled)?")
+    p.add_argument("row_id")
+    p.add_argument("--store")
+    p.add_argument("--run", default="latest", help="look in this run's entries (default: latest); 'all' = whole store")
+
+    for stage, helptext in (
+        ("dedup", "remove exact and near-duplicate rows from IN"),
+        ("contamination", "find (and drop or mask) benchmark text inside IN"),
+        ("label-noise", "find mislabelled rows in IN"),
+        ("mixture", "choose domain weights for IN and write the weighted training mixture"),
+        ("train", "train a causal LM on IN (training rows) and save it to --out"),
+        ("evaluate", "evaluate a trained model (--model) on held-out rows IN and benchmarks"),
+    ):
+        p = sub.add_parser(stage, help=helptext)
+        p.add_argument("input", metavar="IN", help="Parquet file/folder, JSONL(.gz) or a `datasets` folder")
+        p.add_argument("--out", required=True, help="output Parquet (or .jsonl) file; a folder for `train`")
+        p.add_argument("--removed", help="where to write the removal report (default: OUT stem + .removed.parquet)")
+        if stage in ("contamination", "evaluate"):
+            p.add_argument("--benchmark", action="append", default=[], metavar="B",
+                           help="benchmark file (repeatable; default: the bundled benchmarks)")
+        if stage == "evaluate":
+            p.add_argument("--model", required=True, help="the store entry `winnow train` printed (fingerprint prefix)")
+            p.add_argument("--contamination-report", metavar="REF",
+                           help="store entry of a contamination run, to score clean and contaminated subsets apart")
+        _add_column_args(p)
+        _add_config_args(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``winnow`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except WinnowError as e:
+        print(f"winnow: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("winnow: interrupted; the store holds only complete entries", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "config":
+        from winnow.config import describe
+
+        print(describe(_load(args)), end="")
+        return 0
+    if args.command == "store":
+        return cmd_store(args)
+    if args.command == "lineage":
+        return cmd_lineage(args)
+    if args.command == "why":
+        return cmd_why(args)
+    return cmd_stage(args)
+
+
+def _load(args: argparse.Namespace):
+    from winnow.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "store", None):
+        overrides.append(f"store.root={json.dumps(args.store)}")
+    return load_config(args.config, args.profile, overrides)
+
+
+def _store(args: argparse.Namespace):
+    from storage import DatasetStore
+    from winnow.config import load_config
+
+    root = args.store or load_config().store.root
+    return DatasetStore(root)
+
+
+# -- run -------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the pipeline flow; print the receipt, mixture weights, metrics and output paths."""
+    from winnow.config import STAGES
+
+    cfg = _load(args)
+    force: list[str] = []
+    last = None
+    for name in (args.only, args.from_stage):
+        if name and name.replace("-", "_") not in STAGES:
+            raise WinnowError(f"unknown stage '{name}'; stages are: {', '.join(STAGES)}")
+    if args.only:
+        force, last = [args.only.replace("-", "_")], args.only.replace("-", "_")
+    elif args.from_stage:
+        start = STAGES.index(args.from_stage.replace("-", "_"))
+        force = list(STAGES[start:])
+    _preflight(cfg)
+    _prefect_env()
+    from flows.pipeline import nightly
+    from flows.receipt import evaluation_summary, format_table, mixture_weights, receipt_rows
+    from storage import DatasetStore, short
+
+    started = time.perf_counter()
+    state = nightly(config=cfg.to_dict(), force=force, last=last, return_state=True)
+    if state.is_failed():
+        exc = _exception_of(state)
+        if isinstance(exc, WinnowError):
+            raise exc
+        print(f"winnow: the flow failed: {exc}", file=sys.stderr)
+        return 1
+    summary = state.result()
+    store = DatasetStore(summary["store"])
+    outputs, cached = summary["outputs"], summary["cached"]
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"winnow run {summary['run_id']}  ({time.perf_counter() - started:.1f}s, "
+          f"{sum(cached.values())}/{len(cached)} stages from cache)")
+    print(format_table(receipt_rows(store, outputs, cached)))
+    if "mixture" in outputs:
+        print("\nmixture weights:")
+        print(format_table(mixture_weights(store, outputs["mixture"])))
+    if "evaluate" in outputs:
+        ev = evaluation_summary(store, outputs["evaluate"])
+        print("\nheld-out bits/byte per domain:")
+        print(format_table(ev["data"]))
+        print("\nbenchmarks:")
+        print(format_table(ev["benchmarks"]))
+    print(f"\nstore: {store.root}")
+    for stage in ("label_noise", "mixture", "train", "evaluate"):
+        if stage in outputs:
+            where = store.files_dir(outputs[stage]) if stage == "train" else store.path(outputs[stage]) / "tables"
+            print(f"  {stage:<12} {short(outputs[stage])}  {where}")
+    flow_run_id = state.state_details.flow_run_id
+    ui = os.environ.get("PREFECT_UI_URL", "http://127.0.0.1:4200").rstrip("/")
+    print(f"Prefect UI (after `prefect server start`): {ui}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts")
+    print("Explain a removed row: winnow why ROW_ID    Trace an output: winnow lineage evaluate")
+    return 0
+
+
+def _exception_of(state: Any) -> BaseException:
+    try:
+        state.result()
+    except BaseException as e:  # the flow's own exception, re-raised by Prefect
+        return e
+    return RuntimeError(state.message or "flow failed")
+
+
+def _preflight(cfg: Any) -> None:
+    """Read and validate the inputs before any Prefect work, so bad input fails fast and cleanly."""
+    from flows.stagetask import execute, fingerprint_of, plan_ingest
+    from storage import DatasetStore
+    from winnow import io as wio
+
+    store = DatasetStore(cfg.store.root)
+    inputs = cfg.inputs
+    columns = {"split": inputs.split, "id": inputs.id_column, "text": inputs.text_column,
+               "domain": inputs.domain_column, "label": inputs.label_column}
+    for kind, paths, cols in (("corpus", [inputs.corpus], columns), ("benchmarks", list(inputs.benchmarks), {"split": inputs.split})):
+        plan = plan_ingest(kind, paths, cols)
+        if not store.exists(fingerprint_of(plan)):
+            execute(plan, str(store.root))  # validates; the flow then finds it in the store
+    del wio
+
+
+# -- one stage on a user's file ------------------------------------------------------------------
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """Apply one stage to the user's file through the store; export the result and its ledger."""
+    from flows.stagetask import FILES, execute, parent_ref, plan_ingest, plan_stage
+    from storage import DatasetStore, short
+    from winnow import io as wio
+
+    stage = args.command.replace("-", "_")
+    cfg = _load(args)
+    store = DatasetStore(cfg.store.root)
+    cols = wio.Columns(id=args.id_column, text=args.text_column, domain=args.domain_column, label=args.label_column)
+    columns = {"split": args.split, "id": cols.id, "text": cols.text, "domain": cols.domain, "label": cols.label}
+    root = str(store.root)
+    corpus = execute(plan_ingest("corpus", [args.input], columns), root)
+    if stage == "label_noise":
+        labelled = store.table(corpus)
+        if "label" not in labelled.column_names:
+            raise WinnowError(f"{args.input}: missing label column '{cols.label}' (use --label-column)")
+    parents: dict[str, str] = {"corpus": corpus}
+    if stage in ("contamination", "evaluate"):
+        bench_paths = args.benchmark or list(cfg.inputs.benchmarks)
+        parents["benchmarks"] = execute(plan_ingest("benchmarks", bench_paths, {"split": args.split}), root)
+    if stage == "train":
+        parents = {"train": corpus}
+    if stage == "evaluate":
+        model = _model_ref(store, args.model)
+        parents = {"model_dir": parent_ref(model, FILES), "heldout": corpus, "benchmarks": parents["benchmarks"]}
+        if args.contamination_report:
+            parents["contamination"] = parent_ref(store.resolve(args.contamination_report), "report")
+    plan = plan_stage(stage, parents, cfg.params(stage))
+    fp = execute(plan, root)
+    m = store.manifest(fp)
+    out = Path(args.out)
+    if stage == "train":
+        if out.exists() and any(out.iterdir()):
+            raise WinnowError(f"{out}: output folder exists and is not empty")
+        shutil.copytree(store.files_dir(fp), out, dirs_exist_ok=True)
+    else:
+        wio.export_table(store.table(fp), out, cols)
+    removed_path = Path(args.removed) if args.removed else out.with_name(out.name.split(".")[0] + ".removed.parquet")
+    ledger = store.removed(fp)
+    if ledger.num_rows:
+        wio.export_table(ledger, removed_path)
+    for name in m.tables:
+        if name != "data" and stage != "train":
+            wio.export_table(store.table(fp, name), out.with_name(out.name.split(".")[0] + f".{name}.parquet"))
+    rows_in = store.manifest(corpus).rows()
+    print(f"{args.command}: {rows_in} rows in, {m.rows()} rows out -> {out}")
+    if ledger.num_rows:
+        print(f"removal report: {ledger.num_rows} rows -> {removed_path}")
+    print(f"store entry {short(fp)} (winnow lineage {short(fp)}); metrics: {json.dumps(m.metrics)[:600]}")
+    return 0
+
+
+def _model_ref(store: Any, ref: str) -> str:
+    """A model is named by its store entry, so evaluation keeps its lineage back to the data."""
+    fp = store.resolve(ref)
+    if store.manifest(fp).kind != "model":
+        raise WinnowError(f"{ref}: store entry {fp[:12]} is a {store.manifest(fp).stage} dataset, not a model")
+    return fp
+
+
+# -- inspection ------------------------------------------------------------------------------------
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from flows.receipt import format_table
+    from storage import short
+
+    store = _store(args)
+    if args.store_command == "ls":
+        rows = []
+        sizes = dict(store.iter_sizes())
+        for m in store.entries():
+            if args.stage and m.stage != args.stage.replace("-", "_"):
+                continue
+            rows.append({"entry": short(m.fingerprint), "stage": m.stage, "kind": m.kind, "rows": m.rows(),
+                         "MB": round(sizes.get(m.fingerprint, 0) / 1e6, 2), "created": m.created_at[:19]})
+        print(format_table(rows) if rows else f"store {store.root} is empty")
+        return 0
+    if args.store_command == "clean":
+        print(f"removed {store.clean_staging(0.0)} abandoned staging folders from {store.root}")
+        return 0
+    fp = store.resolve(args.ref)
+    m = store.manifest(fp)
+    print(json.dumps({**m.__dict__, "path": str(store.path(fp))}, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from flows.receipt import lineage_mermaid, lineage_text
+
+    store = _store(args)
+    fp = store.resolve(args.ref)
+    print(lineage_mermaid(store, {"x": fp}) if args.mermaid else lineage_text(store, fp))
+    return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from storage import short
+
+    store = _store(args)
+    entries = None
+    if args.run != "all":
+        record = store.run_record(args.run)
+        entries = [fp for fp in record["outputs"].values() if store.exists(fp)]
+    hits = store.why(args.row_id, entries)
+    if hits.num_rows == 0:
+        where = "the store" if entries is None else f"run {args.run}"
+        print(f"{args.row_id}: not removed, masked, flagged or relabelled in {where}")
+        return 0
+    for row in hits.to_pylist():
+        evidence = json.loads(row["evidence"])
+        print(f"{row['id']}: {row['action']} by {row['stage']} ({row['reason']}) in entry {short(row['entry'])}")
+        for key, value in evidence.items():
+            print(f"    {key}: {json.dumps(value)[:300]}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

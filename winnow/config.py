@@ -1,0 +1,306 @@
+"""The pipeline configuration: one TOML file, every stage's parameters, validated on load.
+
+Precedence, lowest first: each stage's ``Params`` defaults (documented on the class) -> a named
+profile from ``winnow/profiles.toml`` (``smoke`` is the small one tests use) -> the user's config
+file -> ``--set section.key=value`` flags. Unknown sections, unknown keys and values of the wrong
+type are errors that name the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from winnow.errors import WinnowError
+
+#: The pipeline, in order. Each name is also the module ``tasks.<name>``.
+STAGES: tuple[str, ...] = ("dedup", "contamination", "label_noise", "mixture", "train", "evaluate")
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+SAMPLE_DIR = REPO_DIR / "data" / "sample"
+PROFILES_FILE = PACKAGE_DIR / "profiles.toml"
+DEFAULT_CONFIG_NAME = "winnow.toml"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the dataset store lives.
+
+    Attributes:
+        root: the store folder; relative paths are taken from the working directory.
+    """
+
+    root: str = ".winnow"
+
+
+@dataclass(frozen=True)
+class InputsConfig:
+    """What the pipeline reads.
+
+    Attributes:
+        corpus: the training corpus (Parquet, JSONL or a `datasets` folder). Rows need an id and a
+            text; a domain column splits it into mixture domains; a label column marks labelled rows
+            for the label-noise stage. Default: the bundled real sample.
+        benchmarks: evaluation benchmarks checked for contamination and scored by evaluate.
+        id_column, text_column, domain_column, label_column: the user's column names for each role.
+        split: the split to read when an input is a saved `datasets` DatasetDict.
+    """
+
+    corpus: str = str(SAMPLE_DIR / "corpus.parquet")
+    benchmarks: tuple[str, ...] = (str(SAMPLE_DIR / "benchmarks.parquet"),)
+    id_column: str = "id"
+    text_column: str = "text"
+    domain_column: str = "domain"
+    label_column: str = "label"
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How the flow executes.
+
+    Attributes:
+        task_runner: "threads" (default, one machine), "dask" or "ray" (needs the `dask`/`ray`
+            extra; scale-out through prefect-dask / prefect-ray).
+        runner_address: an existing Dask scheduler / Ray cluster address; empty starts a local one.
+        max_workers: threads (or local Dask workers) to run independent tasks on.
+    """
+
+    task_runner: str = "threads"
+    runner_address: str = ""
+    max_workers: int = 2
+
+
+@dataclass
+class PipelineConfig:
+    """The resolved configuration of one run."""
+
+    store: StoreConfig = field(default_factory=StoreConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    stages: dict[str, Any] = field(default_factory=dict)  # stage name -> its Params instance
+    profile: str | None = None
+    source: str | None = None  # the config file read, if any
+
+    def params(self, stage: str) -> Any:
+        """The Params dataclass of one stage."""
+        return self.stages[stage]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (used as the Prefect flow parameter and in run records)."""
+        out: dict[str, Any] = {
+            "store": dataclasses.asdict(self.store),
+            "inputs": dataclasses.asdict(self.inputs),
+            "run": dataclasses.asdict(self.run),
+        }
+        for name, params in self.stages.items():
+            out[name] = dataclasses.asdict(params)
+        return json.loads(json.dumps(out))
+
+
+SECTIONS: dict[str, type] = {"store": StoreConfig, "inputs": InputsConfig, "run": RunConfig}
+
+
+def stage_module(stage: str) -> types.ModuleType:
+    """Import ``tasks.<stage>``; an unknown name is a user error listing the known stages."""
+    if stage not in STAGES:
+        raise WinnowError(f"unknown stage '{stage}'; stages are: {', '.join(STAGES)}")
+    return importlib.import_module(f"tasks.{stage}")
+
+
+def load_config(
+    path: str | Path | None = None,
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+) -> PipelineConfig:
+    """Resolve the configuration (see the module docstring for precedence).
+
+    ``path`` None means ``./winnow.toml`` if it exists, else defaults only.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if profile:
+        profiles = _read_toml(PROFILES_FILE)
+        if profile not in profiles:
+            raise WinnowError(f"unknown profile '{profile}'; profiles: {', '.join(sorted(profiles))}")
+        layers.append((f"profile '{profile}'", profiles[profile]))
+    source = None
+    if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
+        path = DEFAULT_CONFIG_NAME
+    if path is not None:
+        source = str(Path(path).resolve())
+        layers.append((str(path), _read_toml(Path(path))))
+    if overrides:
+        layers.append(("--set", _parse_overrides(overrides)))
+    merged: dict[str, dict[str, Any]] = {}
+    for where, layer in layers:
+        for section, values in layer.items():
+            if section not in SECTIONS and section not in STAGES:
+                raise WinnowError(
+                    f"{where}: unknown section [{section}]; sections are: {', '.join([*SECTIONS, *STAGES])}"
+                )
+            if not isinstance(values, dict):
+                raise WinnowError(f"{where}: [{section}] must be a table of keys")
+            for key, value in values.items():
+                merged.setdefault(section, {})[key] = (where, value)
+    built = {name: _build(cls, name, merged.get(name, {})) for name, cls in SECTIONS.items()}
+    stages = {s: _build(stage_module(s).Params, s, merged.get(s, {})) for s in STAGES}
+    return PipelineConfig(stages=stages, profile=profile, source=source, **built)
+
+
+def config_from_dict(values: dict[str, Any], where: str = "flow parameter") -> PipelineConfig:
+    """Rebuild a :class:`PipelineConfig` from :meth:`PipelineConfig.to_dict` output (validated)."""
+    for section in values:
+        if section not in SECTIONS and section not in STAGES:
+            raise WinnowError(f"{where}: unknown section [{section}]")
+    pick = lambda name: {k: (where, v) for k, v in values.get(name, {}).items()}  # noqa: E731
+    built = {name: _build(cls, name, pick(name)) for name, cls in SECTIONS.items()}
+    stages = {s: _build(stage_module(s).Params, s, pick(s)) for s in STAGES}
+    return PipelineConfig(stages=stages, **built)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise WinnowError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise WinnowError(f"{path}: invalid TOML ({e})") from None
+
+
+def _parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, eq, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not eq or not dot or not name:
+            raise WinnowError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. dedup.threshold=0.9")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()  # a bare word is a string, so `--set train.device=cpu` works
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def _build(cls: type, section: str, values: dict[str, tuple[str, Any]]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, (where, value) in values.items():
+        if key not in known:
+            raise WinnowError(f"{where}: unknown key '{section}.{key}'; known keys: {', '.join(sorted(known))}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}: {section}.{key}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # Params.__post_init__ range checks
+        raise WinnowError(f"[{section}]: {e}") from None
+    except WinnowError as e:
+        raise WinnowError(f"[{section}]: {e}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a type hint; lists become tuples where the hint says tuple."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(value, arg, where)
+            except WinnowError as e:
+                errors.append(str(e))
+        raise WinnowError(f"{where}: {value!r} is not a valid {_name(hint)}")
+    if hint is type(None):
+        if value is None or value == "none":
+            return None
+        raise WinnowError(f"{where}: expected none, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise WinnowError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise WinnowError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(v, item, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise WinnowError(f"{where}: expected a table of keys, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, vt, where) for k, v in value.items()}
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, dict):
+            return _build(hint, where, {k: (where, v) for k, v in value.items()})
+    elif isinstance(value, hint):
+        return value
+    raise WinnowError(f"{where}: expected {_name(hint)}, got {value!r}")
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def describe(cfg: PipelineConfig) -> str:
+    """The resolved configuration as TOML, each section headed by its documentation."""
+    lines = [
+        "# winnow pipeline configuration: every key with its resolved value.",
+        "# Defaults are documented on each stage's Params class (tasks/<stage>.py).",
+    ]
+    sections: list[tuple[str, Any]] = [
+        ("store", cfg.store),
+        ("inputs", cfg.inputs),
+        ("run", cfg.run),
+        *cfg.stages.items(),
+    ]
+    for name, obj in sections:
+        lines.append("")
+        doc = (type(obj).__doc__ or "").strip().splitlines()
+        if doc:
+            lines.append(f"# {doc[0]}")
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                lines.append(f"# {f.name} = (none)")
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
+    return json.dumps(str(value))
