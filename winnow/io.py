@@ -102,6 +102,12 @@ def _read_jsonl(path: Path) -> pa.Table:
     except (OSError, EOFError) as e:
         raise WinnowError(f"{path}: cannot read ({_first_line(e)})") from None
     try:
+        raw.decode("utf-8")  # Arrow's JSON reader does not validate UTF-8
+    except UnicodeDecodeError as e:
+        lineno = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1)
+        raise WinnowError(f"{path}:{lineno}: invalid UTF-8 at byte {col} of the line") from None
+    try:
         return pajson.read_json(io.BytesIO(raw), read_options=pajson.ReadOptions(block_size=1 << 24))
     except pa.ArrowException:
         pass
@@ -124,54 +130,56 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _column_as_string(table: pa.Table, column: str, where: str, allow_null: bool) -> pa.ChunkedArray:
+def _column_as_string(table: pa.Table, column: str, where: str, allow_null: bool, id_column: str = "id") -> pa.ChunkedArray:
     arr = table[column]
     if pa.types.is_integer(arr.type):
         arr = pc.cast(arr, pa.string())
     elif pa.types.is_large_string(arr.type):
         arr = pc.cast(arr, pa.string())
     elif pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
-        arr = _binary_to_utf8(arr, table, column, where)
+        arr = _binary_to_utf8(arr, table, column, where, id_column)
     elif not pa.types.is_string(arr.type) and not (allow_null and pa.types.is_null(arr.type)):
         raise WinnowError(f"{where}: column '{column}' must hold text, but has type {arr.type}")
     if pa.types.is_null(arr.type):
         arr = pc.cast(arr, pa.string())
     if not allow_null and arr.null_count:
         row = pc.index(pc.is_null(arr), True).as_py()
-        raise WinnowError(f"{where}: column '{column}' is null at row {row}{_row_id_hint(table, row, column)}")
+        raise WinnowError(f"{where}: column '{column}' is null at row {row}{_row_id_hint(table, row, column, id_column)}")
     return arr
 
 
-def _binary_to_utf8(arr: pa.ChunkedArray, table: pa.Table, column: str, where: str) -> pa.ChunkedArray:
+def _binary_to_utf8(
+    arr: pa.ChunkedArray, table: pa.Table, column: str, where: str, id_column: str, row_offset: int = 0
+) -> pa.ChunkedArray:
     try:
         return pc.cast(arr, pa.string())
     except pa.ArrowInvalid:
-        for row, value in enumerate(arr.to_pylist()):
+        for row, value in enumerate(arr.to_pylist(), start=row_offset):
             if value is not None:
                 try:
                     value.decode("utf-8")
                 except UnicodeDecodeError as e:
                     raise WinnowError(
-                        f"{where}: column '{column}' has invalid UTF-8 at row {row}{_row_id_hint(table, row, column)}"
+                        f"{where}: column '{column}' has invalid UTF-8 at row {row}{_row_id_hint(table, row, column, id_column)}"
                         f" (byte {e.start})"
                     ) from None
         raise
 
 
-def _row_id_hint(table: pa.Table, row: int, column: str) -> str:
-    if column != "id" and "id" in table.column_names:
-        value = table["id"][row].as_py()
+def _row_id_hint(table: pa.Table, row: int, column: str, id_column: str) -> str:
+    if column != id_column and id_column in table.column_names:
+        value = table[id_column][row].as_py()
         return f" (id {value!r})" if value is not None else ""
     return ""
 
 
-def _check_utf8(arr: pa.ChunkedArray, table: pa.Table, column: str, where: str) -> None:
+def _check_utf8(arr: pa.ChunkedArray, table: pa.Table, column: str, where: str, id_column: str) -> None:
     """Parquet readers do not validate UTF-8; a full validation finds the bad row."""
     for chunk_start, chunk in _chunks_with_offsets(arr):
         try:
             chunk.validate(full=True)
         except pa.ArrowInvalid:
-            _binary_to_utf8(pa.chunked_array([chunk.view(pa.binary())]), table.slice(chunk_start), column, where)
+            _binary_to_utf8(pa.chunked_array([chunk.view(pa.binary())]), table, column, where, id_column, chunk_start)
 
 
 def _chunks_with_offsets(arr: pa.ChunkedArray):
@@ -202,18 +210,18 @@ def canonical_corpus(table: pa.Table, cols: Columns, where: str, require_label: 
     out: dict[str, pa.ChunkedArray] = {}
     ids = _column_as_string(table, cols.id, where, allow_null=False)
     out["id"] = ids
-    text = _column_as_string(table, cols.text, where, allow_null=False)
-    _check_utf8(text, table, cols.text, where)
+    text = _column_as_string(table, cols.text, where, allow_null=False, id_column=cols.id)
+    _check_utf8(text, table, cols.text, where, cols.id)
     out["text"] = text
     if cols.domain in table.column_names:
-        out["domain"] = _column_as_string(table, cols.domain, where, allow_null=False)
+        out["domain"] = _column_as_string(table, cols.domain, where, allow_null=False, id_column=cols.id)
     else:
         out["domain"] = pa.chunked_array([pa.array([cols.default_domain] * table.num_rows, pa.string())])
     if cols.label in table.column_names:
         label = table[cols.label]
         if pa.types.is_integer(label.type) or pa.types.is_boolean(label.type):
             label = pc.cast(label, pa.string())
-        out["label"] = _column_as_string(table.set_column(table.column_names.index(cols.label), cols.label, label), cols.label, where, allow_null=True)
+        out["label"] = _column_as_string(table.set_column(table.column_names.index(cols.label), cols.label, label), cols.label, where, allow_null=True, id_column=cols.id)
         if require_label and out["label"].null_count == table.num_rows:
             raise WinnowError(f"{where}: label column '{cols.label}' is entirely null")
     check_unique_ids(out["id"], where, cols.id)

@@ -1,0 +1,132 @@
+"""Reading users' files: every bad input gets one clear error naming the file, row or column."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from winnow import io as wio
+from winnow.errors import WinnowError
+
+
+def _docs(n: int = 5) -> list[dict]:
+    files = sorted(Path("/usr/lib/python3.11/json").glob("*.py"))[:n]
+    return [{"doc_id": f"py:{p.name}", "body": p.read_text(), "domain": "code"} for p in files]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+COLS = wio.Columns(id="doc_id", text="body")
+
+
+def test_reads_parquet_jsonl_gzip_and_datasets_the_same(tmp_path):
+    rows = _docs()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    _jsonl(tmp_path / "d.jsonl", rows)
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    import datasets
+
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    tables = [wio.canonical_corpus(wio.read_table(tmp_path / n), COLS, n) for n in ("d.parquet", "d.jsonl", "d.jsonl.gz", "hf")]
+    for t in tables:
+        assert t.column_names[:3] == ["id", "text", "domain"]
+        assert t["id"].to_pylist() == [r["doc_id"] for r in rows]
+        assert t["text"].to_pylist() == [r["body"] for r in rows]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(WinnowError, match=r"nope\.parquet: no such file"):
+        wio.read_table(tmp_path / "nope.parquet")
+
+
+def test_truncated_parquet(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pylist(_docs()), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(WinnowError, match=r"t\.parquet: not a readable Parquet"):
+        wio.read_table(path)
+
+
+def test_bad_json_line_is_named(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_text('{"doc_id": "a", "body": "x"}\n{"doc_id": "b", "body": \n')
+    with pytest.raises(WinnowError, match=r"b\.jsonl:2: invalid JSON"):
+        wio.read_table(path)
+
+
+def test_invalid_utf8_in_jsonl_is_named(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_bytes(b'{"doc_id": "a", "body": "ok"}\n{"doc_id": "b", "body": "bad \xff byte"}\n')
+    with pytest.raises(WinnowError, match=r"u\.jsonl:2: invalid UTF-8"):
+        wio.read_table(path)
+
+
+def test_invalid_utf8_in_parquet_is_named(tmp_path):
+    table = pa.table({"doc_id": ["a", "b"], "body": pa.array([b"fine", b"bad \xff"], pa.binary())})
+    with pytest.raises(WinnowError, match=r"column 'body' has invalid UTF-8 at row 1 \(id 'b'\)"):
+        wio.canonical_corpus(table, COLS, "x.parquet")
+
+
+def test_missing_text_column_names_the_columns(tmp_path):
+    table = pa.Table.from_pylist(_docs())
+    with pytest.raises(WinnowError, match=r"missing text column 'text' \(columns: doc_id, body, domain; choose another with --text-column\)"):
+        wio.canonical_corpus(table, wio.Columns(id="doc_id"), "in.parquet")
+
+
+def test_null_and_non_text_values_are_named():
+    table = pa.table({"doc_id": ["a", "b", "c"], "body": ["x", None, "z"]})
+    with pytest.raises(WinnowError, match=r"column 'body' is null at row 1 \(id 'b'\)"):
+        wio.canonical_corpus(table, COLS, "in")
+    table = pa.table({"doc_id": ["a", "b"], "body": [1.5, 2.5]})
+    with pytest.raises(WinnowError, match=r"column 'body' must hold text, but has type double"):
+        wio.canonical_corpus(table, COLS, "in")
+
+
+def test_duplicate_ids_are_named():
+    table = pa.table({"doc_id": ["a", "b", "a"], "body": ["x", "y", "z"]})
+    with pytest.raises(WinnowError, match=r"1 duplicated id\(s\); e\.g\. 'a' at rows \[0, 2\]"):
+        wio.canonical_corpus(table, COLS, "in")
+
+
+def test_empty_dataset():
+    with pytest.raises(WinnowError, match="the dataset is empty"):
+        wio.canonical_corpus(pa.table({"doc_id": pa.array([], pa.string()), "body": pa.array([], pa.string())}), COLS, "in")
+
+
+def test_integer_ids_and_labels_become_strings_and_extras_pass_through():
+    table = pa.table({"doc_id": [1, 2], "body": ["x", "y"], "label": [0, 1], "score": [0.5, 0.7]})
+    out = wio.canonical_corpus(table, COLS, "in")
+    assert out["id"].to_pylist() == ["1", "2"] and out["label"].to_pylist() == ["0", "1"]
+    assert out["score"].to_pylist() == [0.5, 0.7] and out["domain"].to_pylist() == ["default", "default"]
+
+
+def test_benchmarks_accept_letters_and_reject_unknown_fields(tmp_path):
+    table = pa.Table.from_pylist([
+        {"question": "2+2?", "choices": ["3", "4"], "answer": "B", "target": None},
+        {"question": "def f():", "choices": None, "answer": None, "target": "return 1"},
+    ])
+    out = wio.canonical_benchmarks(table, "b.jsonl", "mine")
+    assert out["answer"].to_pylist() == [1, -1]
+    assert out["target"].to_pylist() == ["4", "return 1"]
+    assert out["id"].to_pylist() == ["mine/0", "mine/1"]
+    with pytest.raises(WinnowError, match=r"unknown benchmark field\(s\) \['qestion'\]"):
+        wio.canonical_benchmarks(pa.Table.from_pylist([{"qestion": "x"}]), "b.jsonl", "b")
+    with pytest.raises(WinnowError, match=r"row 0: 'question' is empty"):
+        wio.canonical_benchmarks(pa.Table.from_pylist([{"question": "  "}]), "b.jsonl", "b")
+    with pytest.raises(WinnowError, match=r"row 0: 'answer' 'E' is not a valid choice"):
+        wio.canonical_benchmarks(pa.Table.from_pylist([{"question": "q", "choices": ["a", "b"], "answer": "E"}]), "b.jsonl", "b")
+
+
+def test_export_restores_user_column_names(tmp_path):
+    out = wio.canonical_corpus(pa.Table.from_pylist(_docs(2)), COLS, "in")
+    path = wio.export_table(out, tmp_path / "o.parquet", COLS)
+    assert pq.read_table(path).column_names[:2] == ["doc_id", "body"]
