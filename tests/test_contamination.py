@@ -1,0 +1,300 @@
+"""Contamination stage: benchmark examples planted into real text are found, located and removed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tasks.common import BENCHMARK_SCHEMA, LEDGER_SCHEMA, normalize_text, params_from_dict
+from tasks.contamination import REPORT_SCHEMA, Params, run
+from tasks.ngram_index import Tokenizer
+from winnow.errors import WinnowError
+
+LICENSES = Path("/usr/share/common-licenses")
+
+# Real multiple-choice style items (MMLU-like wording), long enough for 13-token spans.
+ITEMS = [
+    ("Which of the following best describes the function of the mitochondria in eukaryotic cells "
+     "during aerobic respiration", "It produces most of the cell's ATP"),
+    ("A ball is thrown straight up with an initial speed of twenty metres per second; ignoring air "
+     "resistance, how long does it take to reach its highest point", "About two seconds"),
+    ("In the context of the separation of powers, which branch of government is primarily "
+     "responsible for interpreting the constitution", "The judiciary"),
+]
+
+
+def _license_docs() -> list[str]:
+    docs = []
+    for p in sorted(LICENSES.iterdir()):
+        if p.is_file() and not p.is_symlink():
+            docs.append(p.read_text(encoding="utf-8", errors="replace"))
+    assert len(docs) >= 5
+    return docs
+
+
+def _corpus(docs: list[str]) -> pa.Table:
+    return pa.table({
+        "id": [f"doc{i}" for i in range(len(docs))],
+        "text": docs,
+        "domain": ["legal"] * len(docs),
+    })
+
+
+def _bench(items=ITEMS, benchmark="mmlu_like", ids=None) -> pa.Table:
+    n = len(items)
+    return pa.table({
+        "id": ids or [f"{benchmark}/{i}" for i in range(n)],
+        "benchmark": [benchmark] * n,
+        "question": [q for q, _ in items],
+        "choices": [[a, "none of these"] for _, a in items],
+        "answer": [0] * n,
+        "target": [a for _, a in items],
+    }, schema=BENCHMARK_SCHEMA)
+
+
+def _planted(insert: str, where: int = 3) -> tuple[list[str], int]:
+    docs = _license_docs()
+    d = docs[where]
+    cut = len(d) // 2
+    docs[where] = d[:cut] + "\n" + insert + "\n" + d[cut:]
+    return docs, cut + 1
+
+
+def _row(report: pa.Table, example_id: str) -> dict:
+    return [r for r in report.to_pylist() if r["id"] == example_id][0]
+
+
+def test_verbatim_item_is_found_with_its_character_span():
+    q, a = ITEMS[0]
+    docs, at = _planted(f"{q}? {a}.")
+    res = run(_corpus(docs), _bench(), Params())
+    row = _row(res.tables["report"], "mmlu_like/0")
+    assert row["contaminated"] and "longest_match" in row["rule"]
+    assert row["coverage"] == 1.0
+    assert row["longest_match_tokens"] == row["example_tokens"]
+    hit = json.loads(row["hits"])[0]
+    assert hit["doc_id"] == "doc3"
+    assert normalize_text(docs[3][hit["start"]:hit["end"]]) == normalize_text(f"{q} {a}")
+    assert hit["start"] == at
+    # the other items were not planted
+    assert res.tables["report"].schema == REPORT_SCHEMA
+    assert sum(res.tables["report"]["contaminated"].to_pylist()) == 1
+
+
+def test_reformatted_copy_is_found():
+    q, a = ITEMS[1]
+    # upper case, doubled spaces, punctuation changed, full-width digits-free letters in one word
+    reformatted = re.sub(r" ", "  ", q.upper()).replace(";", " --") + " ... ANSWER:" + a.upper()
+    reformatted = reformatted.replace("BALL", "ＢＡＬＬ")
+    docs, _ = _planted(reformatted)
+    row = _row(run(_corpus(docs), _bench(), Params()).tables["report"], "mmlu_like/1")
+    assert row["contaminated"]
+    assert row["longest_match_tokens"] >= 13
+
+
+def test_decoy_sharing_topic_words_is_not_flagged():
+    decoy = ("Mitochondria are organelles; eukaryotic cells rely on them. During respiration, aerobic "
+             "or not, the cell makes ATP, and the function of each part is described below.")
+    docs, _ = _planted(decoy)
+    res = run(_corpus(docs), _bench(), Params())
+    assert not any(res.tables["report"]["contaminated"].to_pylist())
+    assert res.removed.num_rows == 0
+    assert res.tables["data"].equals(_corpus(docs))
+
+
+def test_mask_replaces_only_the_matched_span():
+    q, a = ITEMS[2]
+    docs, at = _planted(f"{q}? {a}.")
+    res = run(_corpus(docs), _bench(), Params(action="mask", mask_text="<X>"))
+    out = res.tables["data"]
+    assert out.num_rows == len(docs)
+    text = out["text"][3].as_py()
+    assert "<X>" in text and "judiciary" not in text.lower()
+    assert text.startswith(docs[3][:at]) and text.endswith(docs[3][at + len(q) + len(a) + 4:])
+    assert res.removed.schema == LEDGER_SCHEMA
+    led = res.removed.to_pylist()
+    assert [(r["id"], r["action"], r["reason"]) for r in led] == [("doc3", "mask", "benchmark_contamination")]
+    ev = json.loads(led[0]["evidence"])
+    assert ev["benchmark_ids"] == ["mmlu_like/2"] and ev["longest_match"] >= 13 and ev["spans"][0][0] == at
+
+
+def test_drop_removes_the_document_and_records_it():
+    q, a = ITEMS[0]
+    docs, _ = _planted(f"{q} {a}")
+    res = run(_corpus(docs), _bench(), Params(action="drop"))
+    assert res.tables["data"].num_rows == len(docs) - 1
+    assert "doc3" not in res.tables["data"]["id"].to_pylist()
+    assert res.removed["action"].to_pylist() == ["drop"]
+    assert res.metrics["rows_out"] == len(docs) - 1
+
+
+def test_flag_changes_nothing_but_records_the_document():
+    q, a = ITEMS[0]
+    docs, _ = _planted(f"{q} {a}")
+    res = run(_corpus(docs), _bench(), Params(action="flag"))
+    assert res.tables["data"].equals(_corpus(docs))
+    assert res.removed["action"].to_pylist() == ["flag"]
+
+
+def test_partial_copy_fires_on_longest_span():
+    q, _ = ITEMS[1]
+    half = " ".join(q.split()[: len(q.split()) // 2 + 1])
+    docs, _ = _planted(half)
+    row = _row(run(_corpus(docs), _bench(), Params()).tables["report"], "mmlu_like/1")
+    assert row["contaminated"] and row["rule"].startswith("longest_match")
+    assert 0.4 < row["coverage"] < 0.7
+
+
+def test_threshold_is_per_benchmark():
+    q, a = ITEMS[0]
+    half = " ".join(q.split()[:14])  # a 14-token span
+    docs, _ = _planted(half)
+    bench = pa.concat_tables([_bench(ITEMS[:1], "strict"), _bench(ITEMS[:1], "lenient")])
+    params = Params(per_benchmark={"lenient": {"min_longest_match": 20, "min_coverage": 0.9}})
+    rep = run(_corpus(docs), bench, params).tables["report"]
+    assert _row(rep, "strict/0")["contaminated"]
+    lenient = _row(rep, "lenient/0")
+    assert not lenient["contaminated"] and lenient["rule"] is None
+    assert lenient["longest_match_tokens"] == 14  # the evidence is still reported
+
+
+def test_short_example_matches_whole_and_fires_coverage():
+    items = [("What is the capital city of Australia", "Canberra")]  # question: 7 tokens < n = 8
+    docs, _ = _planted("Quiz night: what is the capital city of Australia? Canberra!")
+    params = Params(fields=("question",))
+    row = _row(run(_corpus(docs), _bench(items), params).tables["report"], "mmlu_like/0")
+    assert row["checked"] and row["contaminated"] and row["rule"] == "coverage"
+    assert row["longest_match_tokens"] == 7
+
+
+def test_too_short_example_is_reported_unchecked_not_clean():
+    items = [("Define entropy", None)]
+    bench = _bench([("Define entropy", "x")])
+    bench = bench.set_column(5, "target", pa.array([None], pa.string()))
+    res = run(_corpus(_license_docs()), bench, Params())
+    row = res.tables["report"].to_pylist()[0]
+    assert row["checked"] is False and row["contaminated"] is False and row["example_tokens"] == 2
+    assert res.metrics["unchecked_examples"] == 1
+    assert items  # keep linters quiet about the documented case
+
+
+def test_field_choice_changes_what_is_checked():
+    q, a = ITEMS[0]
+    docs, _ = _planted(f"Unrelated words first. {a}. " * 3)
+    rep_q = run(_corpus(docs), _bench(), Params(fields=("question",))).tables["report"]
+    assert _row(rep_q, "mmlu_like/0")["matched_ngrams"] == 0
+    rep_qa = run(_corpus(docs), _bench(), Params(fields=("question", "answer"))).tables["report"]
+    assert _row(rep_qa, "mmlu_like/0")["example_tokens"] == len(normalize_text(f"{q} {a}").split())
+
+
+def test_unicode_variants_match_and_offsets_are_in_characters():
+    items = [("Le café de la gare ouvre à six heures du matin et ferme à minuit chaque jour de la semaine",
+              "oui")]
+    decomposed = "Préambule — « ﬁn ». " + "LE CAFE\u0301 DE LA GARE OUVRE A\u0300 SIX HEURES DU MATIN ET FERME " \
+        "A\u0300 MINUIT CHAQUE JOUR DE LA SEMAINE"
+    docs, _ = _planted(decomposed)
+    res = run(_corpus(docs), _bench(items), Params())
+    row = res.tables["report"].to_pylist()[0]
+    assert row["contaminated"]
+    hit = json.loads(row["hits"])[0]
+    assert docs[3][hit["start"]:hit["end"]].startswith("LE CAFE\u0301")
+    assert docs[3][hit["start"]:hit["end"]].endswith("SEMAINE")
+
+
+def test_tokens_agree_with_normalize_text_on_real_text():
+    tok = Tokenizer()
+    texts = _license_docs() + ["Ｆｕｌｌ-width ＡＢＣ, ligature ﬁsh, e\u0301te\u0301, ΟΔΟΣ, Straße, İstanbul, ½ cup"]
+    toks = tok.tokens_of_texts(texts)
+    for d, t in enumerate(texts):
+        lo, hi = toks.doc_bounds[d], toks.doc_bounds[d + 1]
+        want = normalize_text(t).split()
+        assert hi - lo == len(want), d
+        # equal words hash equal: compare against hashing the normalised words on their own
+        ref = tok.tokens_of_texts([" ".join(want)])
+        assert np.array_equal(toks.hash[lo:hi], ref.hash)
+
+
+def test_match_does_not_cross_document_boundaries():
+    q, a = ITEMS[0]
+    words = q.split()
+    docs = _license_docs()
+    docs[1] = docs[1] + "\n" + " ".join(words[:7])
+    docs[2] = " ".join(words[7:]) + " " + a + "\n" + docs[2]
+    row = _row(run(_corpus(docs), _bench(), Params()).tables["report"], "mmlu_like/0")
+    assert row["longest_match_tokens"] == row["example_tokens"] - 7  # the second part alone
+    assert row["n_docs"] == 1  # only the second half (>= 8 tokens) forms n-grams
+
+
+def test_threads_give_the_same_result():
+    q, a = ITEMS[0]
+    docs, _ = _planted(f"{q} {a}")
+    one = run(_corpus(docs), _bench(), Params(batch_mb=0.02, workers=1))
+    two = run(_corpus(docs), _bench(), Params(batch_mb=0.02, workers=2))
+    assert one.tables["report"].equals(two.tables["report"])
+    assert one.tables["data"].equals(two.tables["data"])
+
+
+def test_benchmark_larger_than_corpus_still_reports_every_example():
+    q, a = ITEMS[0]
+    corpus = _corpus([f"Notes. {q} {a}. End."])
+    res = run(corpus, _bench(ITEMS * 1 + [(q + " variant " + str(i), a) for i in range(5)],
+                             ids=[f"e{i}" for i in range(8)]), Params())
+    assert res.tables["report"].num_rows == 8
+    assert res.metrics["benchmark_larger_than_corpus"] is True
+    assert res.tables["report"]["contaminated"].to_pylist()[0] is True
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+def test_corpus_without_text_column_is_an_error():
+    corpus = _corpus(_license_docs()).rename_columns(["id", "body", "domain"])
+    with pytest.raises(WinnowError, match="missing column 'text'"):
+        run(corpus, _bench(), Params())
+
+
+def test_corpus_with_empty_text_names_the_row():
+    docs = _license_docs()
+    docs[2] = ""
+    with pytest.raises(WinnowError, match="doc2"):
+        run(_corpus(docs), _bench(), Params())
+
+
+def test_benchmark_with_unknown_schema_is_an_error():
+    bench = pa.table({"id": ["x"], "prompt": ["What is two plus two?"], "label": ["4"]})
+    with pytest.raises(WinnowError, match="unknown schema.*benchmark, question"):
+        run(_corpus(_license_docs()), bench, Params())
+
+
+def test_benchmark_with_empty_question_names_the_example():
+    bench = _bench()
+    bench = bench.set_column(2, "question", pa.array([ITEMS[0][0], "   ", ITEMS[2][0]]))
+    with pytest.raises(WinnowError, match="mmlu_like/1.*question"):
+        run(_corpus(_license_docs()), bench, Params())
+
+
+def test_benchmark_missing_a_checked_field_is_an_error():
+    bench = _bench().drop_columns(["target"])
+    with pytest.raises(WinnowError, match="field 'target'.*missing"):
+        run(_corpus(_license_docs()), bench, Params())
+    # not checked -> not needed
+    assert run(_corpus(_license_docs()), bench, Params(fields=("question",))).tables["report"].num_rows == 3
+
+
+def test_duplicate_benchmark_ids_are_an_error():
+    with pytest.raises(WinnowError, match="duplicate id 'same'"):
+        run(_corpus(_license_docs()), _bench(ids=["same", "other", "same"]), Params())
+
+
+def test_unknown_params_are_rejected_by_name():
+    with pytest.raises(WinnowError, match="ngram"):
+        params_from_dict(Params, {"ngram": 13}, "contamination")
+    with pytest.raises(WinnowError, match="per_benchmark.mmlu: unknown key"):
+        Params(per_benchmark={"mmlu": {"threshold": 3}})
+    with pytest.raises(WinnowError, match="action"):
+        Params(action="delete")
