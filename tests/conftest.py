@@ -1,0 +1,57 @@
+"""Shared fixtures: one Prefect server for the whole session, and paths to the bundled sample."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server on a temporary SQLite database, started once per test session.
+
+    Heartbeats are off (each costs ~1 s per flow) and task results go to a fresh folder so no
+    cache record from outside the test session can leak in.
+    """
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        with temporary_settings(
+            updates={
+                PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results"),
+            }
+        ):
+            yield
+
+
+@pytest.fixture(scope="session")
+def sample_corpus() -> Path:
+    path = SAMPLE / "corpus.parquet"
+    if not path.exists():
+        pytest.fail(f"bundled sample missing: {path} (run `python data/build_sample.py`)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_benchmarks() -> Path:
+    path = SAMPLE / "benchmarks.parquet"
+    if not path.exists():
+        pytest.fail(f"bundled sample missing: {path} (run `python data/build_sample.py`)")
+    return path
