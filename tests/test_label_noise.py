@@ -1,0 +1,238 @@
+"""Label-noise stage: real fortunes categories with injected label noise, actions, bad input."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tasks import label_noise as ln
+from winnow.errors import WinnowError
+
+FORTUNES = "/usr/share/games/fortunes"
+CATS = ("bofh-excuses", "definitions", "startrek", "linux")
+
+
+def _fortunes(cats: tuple[str, ...], per_class: int) -> list[tuple[str, str]]:
+    if not os.path.isdir(FORTUNES):
+        pytest.skip("Debian 'fortunes' packages not installed")
+    rows = []
+    for cat in cats:
+        recs = re.split(r"\n%\n", open(f"{FORTUNES}/{cat}", encoding="utf-8", errors="replace").read())
+        rows += [(cat, r.strip()) for r in recs if r.strip()][:per_class]
+    return rows
+
+
+def _noisy(rows, rate: float, seed: int = 0):
+    """A corpus whose labels are flipped uniformly to another class on ``rate`` of the rows."""
+    rng = np.random.default_rng(seed)
+    cats = sorted({c for c, _ in rows})
+    labels = [c for c, _ in rows]
+    flipped = rng.choice(len(rows), int(rate * len(rows)), replace=False)
+    for i in flipped:
+        labels[i] = str(rng.choice([c for c in cats if c != labels[i]]))
+    table = pa.table(
+        {
+            "id": [f"r{i}" for i in range(len(rows))],
+            "text": [t for _, t in rows],
+            "domain": ["quotes"] * len(rows),
+            "label": labels,
+        }
+    )
+    return table, {f"r{i}" for i in flipped}
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    return _noisy(_fortunes(CATS, 150), 0.10)
+
+
+@pytest.fixture(scope="module")
+def flagged(noisy):
+    return ln.run(noisy[0], ln.Params(features="tfidf"))
+
+
+TFIDF = ln.Params(features="tfidf")
+
+
+def test_finds_injected_label_errors(noisy, flagged):
+    truth = noisy[1]
+    found = set(flagged.removed["id"].to_pylist())
+    tp = len(found & truth)
+    assert tp / len(found) >= 0.6, "precision"  # base rate is 0.10
+    assert tp / len(truth) >= 0.7, "recall"
+
+
+def test_flag_leaves_data_unchanged_and_ledgers_every_issue(noisy, flagged):
+    assert flagged.tables["data"].equals(noisy[0])
+    led = flagged.removed
+    assert set(led["action"].to_pylist()) == {"flag"}
+    assert set(led["reason"].to_pylist()) == {"label_issue"}
+    assert led.num_rows == flagged.metrics["issues"] > 0
+    ev = json.loads(led["evidence"][0].as_py())
+    assert {"given_label", "suggested_label", "label_quality", "method"} <= ev.keys()
+    assert ev["given_label"] in CATS and ev["suggested_label"] in CATS
+
+
+def test_scores_rank_every_labelled_row_worst_first(noisy, flagged):
+    s = flagged.tables["scores"]
+    assert s.num_rows == noisy[0].num_rows
+    assert sorted(s["id"].to_pylist()) == sorted(noisy[0]["id"].to_pylist())
+    assert s["rank"].to_pylist() == list(range(1, s.num_rows + 1))
+    q = s["label_quality"].to_pylist()
+    assert q == sorted(q)
+    assert sum(s["is_issue"].to_pylist()) == flagged.metrics["issues"]
+
+
+def test_ledger_evidence_matches_scores(flagged):
+    s = {r["id"]: r for r in flagged.tables["scores"].to_pylist()}
+    for row in flagged.removed.slice(0, 20).to_pylist():
+        ev = json.loads(row["evidence"])
+        assert ev["given_label"] == s[row["id"]]["label"]
+        assert ev["suggested_label"] == s[row["id"]]["suggested_label"]
+        assert ev["label_quality"] == pytest.approx(s[row["id"]]["label_quality"], rel=1e-5, abs=1e-12)
+
+
+def test_drop_removes_only_low_quality_issues(noisy):
+    res = ln.run(noisy[0], ln.Params(features="tfidf", action="drop", drop_max_quality=0.2))
+    dropped = set(res.removed.filter(pa.compute.equal(res.removed["action"], "drop"))["id"].to_pylist())
+    assert dropped and res.tables["data"].num_rows == noisy[0].num_rows - len(dropped)
+    assert dropped.isdisjoint(res.tables["data"]["id"].to_pylist())
+    quality = {r["id"]: r["label_quality"] for r in res.tables["scores"].to_pylist()}
+    assert max(quality[i] for i in dropped) <= 0.2
+    # issues above the quality cut are flagged, not dropped
+    flagged = res.removed.filter(pa.compute.equal(res.removed["action"], "flag"))["id"].to_pylist()
+    assert all(quality[i] > 0.2 for i in flagged)
+
+
+def test_relabel_writes_confident_suggestions(noisy):
+    table, truth = noisy
+    res = ln.run(table, ln.Params(features="tfidf", action="relabel", relabel_min_confidence=0.5))
+    relabelled = res.removed.filter(pa.compute.equal(res.removed["action"], "relabel")).to_pylist()
+    assert relabelled
+    out = dict(zip(res.tables["data"]["id"].to_pylist(), res.tables["data"]["label"].to_pylist()))
+    for row in relabelled:
+        ev = json.loads(row["evidence"])
+        assert out[row["id"]] == ev["suggested_label"] != ev["given_label"]
+        assert ev["suggested_confidence"] >= 0.5
+    # a relabel of an injected flip should mostly restore the original category
+    original = dict(zip(table["id"].to_pylist(), [c for c, _ in _fortunes(CATS, 150)]))
+    fixed = [r["id"] for r in relabelled if r["id"] in truth]
+    assert sum(out[i] == original[i] for i in fixed) >= 0.8 * len(fixed)
+
+
+def test_unlabelled_rows_pass_through_unscored(noisy):
+    table = noisy[0]
+    labels = table["label"].to_pylist()
+    labels[:100] = [None] * 100
+    t = table.set_column(3, "label", pa.array(labels, pa.string()))
+    res = ln.run(t, ln.Params(features="tfidf", action="drop"))
+    assert res.metrics["labelled_rows"] == t.num_rows - 100
+    assert res.tables["scores"].num_rows == t.num_rows - 100
+    kept = set(res.tables["data"]["id"].to_pylist())
+    assert {f"r{i}" for i in range(100)} <= kept
+    assert not {f"r{i}" for i in range(100)} & set(res.removed["id"].to_pylist())
+
+
+def test_no_labelled_rows_is_a_pass_through():
+    t = pa.table({"id": ["a", "b"], "text": ["x y", "z w"], "label": pa.array([None, None], pa.string())})
+    res = ln.run(t, TFIDF)
+    assert res.tables["data"].equals(t) and res.removed.num_rows == 0
+    assert res.metrics["labelled_rows"] == 0
+
+
+def test_integer_labels_binary_and_relabel_keeps_type():
+    rows = _fortunes(("bofh-excuses", "startrek"), 120)
+    table, truth = _noisy(rows, 0.15, seed=1)
+    ints = [0 if lab == "bofh-excuses" else 1 for lab in table["label"].to_pylist()]
+    t = table.set_column(3, "label", pa.array(ints, pa.int64()))
+    res = ln.run(t, ln.Params(features="tfidf", action="relabel", relabel_min_confidence=0.6))
+    assert res.tables["data"].schema.field("label").type == pa.int64()
+    assert res.metrics["classes"] == 2 and res.metrics["relabelled"] > 0
+    found = set(res.removed["id"].to_pylist())
+    assert len(found & truth) >= 0.7 * len(truth)
+
+
+def test_class_smaller_than_folds_is_not_checked(noisy):
+    t = noisy[0]
+    extra = pa.table(
+        {"id": ["tiny1", "tiny2"], "text": ["a rare quote about cats", "another rare cat line"],
+         "domain": ["quotes"] * 2, "label": ["cats", "cats"]}
+    )
+    res = ln.run(pa.concat_tables([t, extra]), TFIDF)
+    assert res.metrics["unchecked_rare_class_rows"] == 2
+    s = {r["id"]: r for r in res.tables["scores"].to_pylist()}
+    assert s["tiny1"]["label_quality"] is None and s["tiny1"]["rank"] is None
+    assert "tiny1" not in res.removed["id"].to_pylist()
+    assert "cats" not in {r["suggested_label"] for r in s.values()}
+
+
+def test_deterministic(noisy, flagged):
+    again = ln.run(noisy[0], TFIDF)
+    assert again.removed.equals(flagged.removed)
+    assert again.tables["scores"].equals(flagged.tables["scores"])
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def _small(labels, texts=None, ids=None):
+    n = len(labels)
+    return pa.table(
+        {
+            "id": ids or [f"r{i}" for i in range(n)],
+            "text": texts or [f"text number {i} with words" for i in range(n)],
+            "label": pa.array(labels, pa.string()),
+        }
+    )
+
+
+def test_single_class_is_an_error():
+    with pytest.raises(WinnowError, match="at least 2 classes"):
+        ln.run(_small(["a"] * 10 + ["b"] * 2), TFIDF)
+
+
+def test_empty_label_string_is_an_error_naming_the_row():
+    with pytest.raises(WinnowError, match="'r3'.*empty label"):
+        ln.run(_small(["a"] * 3 + [" "] + ["b"] * 6), TFIDF)
+
+
+def test_empty_text_on_labelled_row_is_an_error():
+    texts = [f"t {i}" for i in range(10)]
+    texts[4] = "   "
+    with pytest.raises(WinnowError, match="'r4'.*empty 'text'"):
+        ln.run(_small(["a", "b"] * 5, texts=texts), TFIDF)
+
+
+def test_duplicate_ids_are_an_error():
+    with pytest.raises(WinnowError, match="duplicate id 'x'"):
+        ln.run(_small(["a", "b"] * 5, ids=["x"] * 2 + [f"r{i}" for i in range(8)]), TFIDF)
+
+
+def test_missing_label_column_is_an_error():
+    with pytest.raises(WinnowError, match="missing column 'label'"):
+        ln.run(_small(["a", "b"]).drop_columns(["label"]), TFIDF)
+
+
+def test_label_outside_declared_classes_is_an_error():
+    with pytest.raises(WinnowError, match="'r1' has label 'b'.*not in label_noise.classes"):
+        ln.run(_small(["a", "b"] * 5), ln.Params(features="tfidf", classes=("a",)))
+
+
+def test_bad_params_fail_at_construction():
+    with pytest.raises(WinnowError, match="filter_by"):
+        ln.Params(filter_by="nope")
+    with pytest.raises(WinnowError, match="folds"):
+        ln.Params(folds=1)
+
+
+def test_minilm_without_wheel_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(ln, "minilm_available", lambda: False)
+    with pytest.raises(WinnowError, match=re.escape(ln.MINILM_INSTALL)):
+        ln.Params(features="minilm")
+    assert ln.Params().features == "tfidf"
