@@ -1,0 +1,826 @@
+"""Dedup: drop exact and near-duplicate documents, with a receipt for every one dropped.
+
+Three passes, each over the survivors of the one before:
+
+1. **Exact**: xxh3-128 of the normalised text (NFKC, lower case, punctuation to spaces, collapsed
+   whitespace; each switchable). Texts that normalise to nothing (e.g. ``"!!!"``) are compared
+   on their raw text instead, so ``"!!!"`` and ``"???"`` are not duplicates of each other.
+2. **Near (MinHash-LSH)**: word (or byte) n-gram shingles, MinHash signatures computed by a
+   vectorised kernel (:mod:`tasks.minhash`; identical to datasketch's ``affine32`` MinHash given
+   our shingle hash), banding chosen so that a pair at the threshold becomes a candidate with
+   probability >= ``min_recall``, every candidate verified with exact Jaccard of the shingle sets,
+   clusters = connected components (union-find) of the verified pairs.
+3. **Semantic** (off by default): MiniLM embeddings, k-means, and inside each cluster a document
+   whose cosine to an earlier kept one is >= ``semantic_threshold`` is dropped (SemDeDup).
+
+Which copy survives a cluster is ``keep``: the first seen, the longest, or the highest
+``score_column``. With a previous ``index`` (incremental runs), documents seen in earlier runs
+always win over new ones, because they have already been published.
+
+The index (``tables["index"]``) has one row per document ever seen (previous index rows first,
+unchanged, then this corpus's rows in input order), in :data:`INDEX_COLUMNS`:
+
+==============  ==================================  ==============================================
+column          type                                meaning
+==============  ==================================  ==============================================
+id              string                              document id
+seq             int64                               global arrival order (first seen = 0)
+status          string                              ``kept`` or the ledger reason it was dropped
+exact_hash      fixed_size_binary(16)               xxh3-128 of the normalised text
+num_shingles    int32                               distinct shingles (0: nothing to compare)
+signature       fixed_size_list<uint32>[num_perm]   MinHash (null for exact duplicates/no shingles)
+band_keys       fixed_size_list<uint64>[bands]      LSH band hashes (null where signature is)
+shingles        list<uint32>                        sorted distinct shingle hashes, for exact
+                                                    Jaccard against later documents (null where
+                                                    signature is, or with ``index_shingles=False``)
+==============  ==================================  ==============================================
+
+The schema metadata key ``winnow.dedup.index`` holds the settings the hashes depend on; an index
+built with other settings is rejected (or its band keys recomputed, when only banding differs).
+
+Edge cases, by rule:
+
+* missing ``id``/``text`` column, wrong type, empty table, null id or text, duplicate id, text
+  that is not valid UTF-8, an id already in the previous index: :class:`WinnowError` naming it.
+* blank text (empty or whitespace only): ``empty_text`` decides (``error`` by default, ``keep``
+  passes it through uncompared, ``drop`` removes it with reason ``empty_text``).
+* text shorter than ``ngram`` tokens: one shingle of all its tokens.
+* very long text (tens of MB): processed like any other; memory is bounded by ``batch_bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from tasks import minhash as mh
+from tasks.common import Normalization, StageResult, concat_ledgers, ledger, require_columns
+from winnow.errors import WinnowError
+
+STAGE = "dedup"
+INDEX_FORMAT = 1
+INDEX_META_KEY = b"winnow.dedup.index"
+INDEX_COLUMNS = ("id", "seq", "status", "exact_hash", "num_shingles", "signature", "band_keys", "shingles")
+_KEEP_POLICIES = ("first", "longest", "score")
+_EMPTY_RULES = ("error", "keep", "drop")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Settings of the dedup stage.
+
+    Attributes:
+        exact: drop exact duplicates of the normalised text. Default on: it is nearly free and
+            makes the near-dup pass smaller.
+        near: drop near duplicates found by MinHash-LSH. Default on.
+        semantic: drop semantic duplicates (MiniLM embeddings, SemDeDup). Default off: it embeds
+            every surviving document (~200 docs/s on 2 CPU cores) and removes paraphrases that
+            are often wanted; turn on for web-scale crawls with templated content.
+        threshold: Jaccard of the shingle sets at or above which two documents are near
+            duplicates. 0.8 is the usual choice for 5-gram word shingles (Lee et al. 2021 use
+            0.8); raise to 0.9 to drop only light edits, lower to 0.7 for aggressive dedup.
+        num_perm: MinHash permutations. 128 gives a standard error of 0.035 on an estimate at
+            J=0.8; the estimate is only used to find candidates, which are then verified exactly,
+            so more permutations buy little.
+        ngram: shingle length in tokens (or bytes with ``shingle="char"``). 5 words is the
+            standard for prose; use 3 for very short texts (tweets, titles).
+        shingle: ``"word"`` (n-grams of normalised words) or ``"char"`` (n-grams of the UTF-8
+            bytes of the normalised text; use ngram 8-12). Word is the default and the faster.
+        seed: seed of the MinHash permutations (datasketch's default is 1; same seed, same
+            signatures as datasketch given our shingle hash).
+        min_recall: lower bound for P(candidate | J = threshold) when choosing (bands, rows).
+            0.9 by default; pairs above the threshold are found with higher probability (0.99
+            at J=0.85 for t=0.8).
+        bands, rows: fixed banding; 0 (default) chooses from ``threshold`` and ``min_recall``.
+        verify: check each candidate pair with exact Jaccard of the shingle sets (default on;
+            off accepts the MinHash estimate, faster but with ~3% wrong calls near the threshold).
+        keep: which copy of a cluster survives: ``"first"`` (input order; default, stable and
+            cheap), ``"longest"`` (most characters; keeps the most complete version), or
+            ``"score"`` (highest ``score_column``, e.g. a quality score).
+        score_column: numeric column for ``keep="score"``; null scores rank last.
+        nfkc, lowercase, strip_punctuation, collapse_whitespace: text normalisation before
+            hashing and shingling (see :class:`tasks.common.Normalization`); all on by default
+            so reformatted copies match.
+        empty_text: blank texts (empty or whitespace only): ``"error"`` (default; the corpus is
+            probably mis-parsed), ``"keep"`` (pass through, never compared), ``"drop"`` (remove,
+            ledger reason ``empty_text``).
+        max_bucket: an LSH bucket up to this size yields all its pairs, a larger one a star and
+            a chain (linear in its size). 32 by default; raise if recall on big clusters of
+            near-identical templates matters more than time.
+        batch_bytes: text bytes featurised at once; bounds peak memory (default 64 MB).
+        index_shingles: store each document's shingle set in the index so later incremental
+            runs can verify new-vs-old pairs exactly (about 4 bytes per shingle). Off: new-vs-old
+            pairs are judged on the MinHash estimate.
+        semantic_threshold: cosine similarity at or above which two documents in one k-means
+            cluster are semantic duplicates. 0.95 keeps paraphrases with different facts apart
+            (MiniLM paraphrases score ~0.9-0.95, unrelated text ~0.0-0.2).
+        semantic_clusters: k-means clusters; 0 picks ``max(1, round(sqrt(n)))``, which keeps the
+            per-cluster pairwise work at about n^1.5 in total.
+        semantic_batch_size: texts per MiniLM forward pass (64: fastest on 2 CPU cores).
+    """
+
+    exact: bool = True
+    near: bool = True
+    semantic: bool = False
+    threshold: float = 0.8
+    num_perm: int = 128
+    ngram: int = 5
+    shingle: str = "word"
+    seed: int = 1
+    min_recall: float = 0.9
+    bands: int = 0
+    rows: int = 0
+    verify: bool = True
+    keep: str = "first"
+    score_column: str = ""
+    nfkc: bool = True
+    lowercase: bool = True
+    strip_punctuation: bool = True
+    collapse_whitespace: bool = True
+    empty_text: str = "error"
+    max_bucket: int = 32
+    batch_bytes: int = 64 << 20
+    index_shingles: bool = True
+    semantic_threshold: float = 0.95
+    semantic_clusters: int = 0
+    semantic_batch_size: int = 64
+
+    def normalization(self) -> Normalization:
+        """The :class:`Normalization` these params describe."""
+        return Normalization(self.nfkc, self.lowercase, self.strip_punctuation, self.collapse_whitespace)
+
+    def banding(self) -> mh.Banding:
+        """The (bands, rows) in use: fixed by ``bands``/``rows`` or chosen from the threshold."""
+        if self.bands and self.rows:
+            b, r = self.bands, self.rows
+            return mh.Banding(b, r, self.threshold, 1.0 - (1.0 - self.threshold**r) ** b)
+        return mh.choose_banding(self.threshold, self.num_perm, self.min_recall)
+
+    def check(self) -> None:
+        """Raise :class:`WinnowError` naming the first invalid setting."""
+        def bad(name: str, why: str) -> WinnowError:
+            return WinnowError(f"dedup.{name} = {getattr(self, name)!r}: {why}")
+
+        if self.keep not in _KEEP_POLICIES:
+            raise bad("keep", f"expected one of {', '.join(_KEEP_POLICIES)}")
+        if self.keep == "score" and not self.score_column:
+            raise bad("score_column", "keep='score' needs the name of a numeric column")
+        if self.empty_text not in _EMPTY_RULES:
+            raise bad("empty_text", f"expected one of {', '.join(_EMPTY_RULES)}")
+        if self.shingle not in ("word", "char"):
+            raise bad("shingle", "expected 'word' or 'char'")
+        if not 0.0 < self.threshold <= 1.0:
+            raise bad("threshold", "expected 0 < threshold <= 1")
+        if not 0.0 < self.semantic_threshold <= 1.0:
+            raise bad("semantic_threshold", "expected 0 < semantic_threshold <= 1")
+        if not 0.0 < self.min_recall < 1.0:
+            raise bad("min_recall", "expected 0 < min_recall < 1")
+        if self.num_perm < 1 or self.ngram < 1 or self.max_bucket < 2 or self.batch_bytes < 1:
+            raise WinnowError("dedup: num_perm, ngram and batch_bytes must be >= 1 and max_bucket >= 2")
+        if (self.bands > 0) != (self.rows > 0) or self.bands * self.rows > self.num_perm or min(self.bands, self.rows) < 0:
+            raise bad("bands", f"bands and rows must both be 0 or both set with bands*rows <= num_perm ({self.num_perm})")
+
+    def index_settings(self) -> dict[str, Any]:
+        """The settings an index's hashes depend on (stored in its schema metadata)."""
+        return {
+            "format": INDEX_FORMAT,
+            "scheme": "affine32",
+            "shingle_hash": "xxh3_64-poly-fmix64-hi32",
+            "num_perm": self.num_perm,
+            "seed": self.seed,
+            "ngram": self.ngram,
+            "shingle": self.shingle,
+            "normalization": [self.nfkc, self.lowercase, self.strip_punctuation, self.collapse_whitespace],
+        }
+
+
+# --------------------------------------------------------------------------- features
+
+
+@dataclass
+class Features:
+    """Per-document hashes of one corpus (arrays aligned with its rows)."""
+
+    exact: np.ndarray  # uint64[n, 2]
+    blank: np.ndarray  # bool[n]: empty or whitespace-only text
+    num_units: np.ndarray  # int64[n]: tokens (bytes for char shingles) after normalisation
+    sigs: np.ndarray  # uint32[n, k]
+    bands: np.ndarray  # uint64[n, b]
+    shingles: np.ndarray  # uint32[S]: shingle hashes in document order
+    shingle_offsets: np.ndarray  # int64[n + 1]
+
+    @property
+    def num_shingles(self) -> np.ndarray:
+        return np.diff(self.shingle_offsets)
+
+
+def featurize(texts: pa.Array | pa.ChunkedArray, params: Params, banding: mh.Banding, use_numba: bool = True) -> Features:
+    """Exact keys, MinHash signatures, band keys and shingle hashes of ``texts``.
+
+    Works in batches of at most ``params.batch_bytes`` of text, so intermediate arrays stay
+    bounded whatever the corpus size (one huge text is a batch of its own).
+    """
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
+    n = len(texts)
+    cum = np.cumsum(pc.binary_length(texts).to_numpy(zero_copy_only=False).astype(np.int64))
+    bounds = [0]
+    while bounds[-1] < n:
+        start = bounds[-1]
+        base = cum[start - 1] if start else 0
+        stop = int(np.searchsorted(cum, base + params.batch_bytes, side="right"))
+        bounds.append(max(stop, start + 1))
+    a, b = mh.permutations(params.num_perm, params.seed)
+    parts = [_featurize_batch(texts.slice(s, e - s), params, banding, a, b, use_numba)
+             for s, e in zip(bounds[:-1], bounds[1:])]
+    if len(parts) == 1:
+        return parts[0]
+    offs = [parts[0].shingle_offsets]
+    for p in parts[1:]:
+        offs.append(p.shingle_offsets[1:] + offs[-1][-1])
+    return Features(
+        exact=np.concatenate([p.exact for p in parts]),
+        blank=np.concatenate([p.blank for p in parts]),
+        num_units=np.concatenate([p.num_units for p in parts]),
+        sigs=np.concatenate([p.sigs for p in parts]),
+        bands=np.concatenate([p.bands for p in parts]),
+        shingles=np.concatenate([p.shingles for p in parts]),
+        shingle_offsets=np.concatenate(offs),
+    )
+
+
+def _featurize_batch(texts: pa.Array, params: Params, banding: mh.Banding, a: np.ndarray, b: np.ndarray,
+                     use_numba: bool) -> Features:
+    folded = mh.fold_case(texts, params.nfkc, params.lowercase)
+    if params.shingle == "word":
+        units, unit_off = mh.word_units(folded, params.strip_punctuation, use_numba)
+    else:
+        units, unit_off = mh.char_units(folded, params.strip_punctuation, params.collapse_whitespace)
+    h = mh.document_hashes(units, unit_off, params.ngram, a, b, use_numba)
+    blank = pc.equal(pc.binary_length(pc.utf8_trim_whitespace(texts)), 0).to_numpy(zero_copy_only=False)
+    # Texts with no word characters ("!!!", "---") normalise to nothing: key those on their raw
+    # text, so they only match identical copies.
+    for i in np.flatnonzero((h.num_units == 0) & ~blank):
+        d = xxhash.xxh3_128_intdigest(b"\x00raw\x00" + texts[int(i)].as_py().encode("utf-8"))
+        h.exact[i] = (d >> 64, d & ((1 << 64) - 1))
+    return Features(h.exact, blank, h.num_units, h.sigs, mh.band_keys(h.sigs, banding.bands, banding.rows),
+                    h.shingles, h.shingle_offsets)
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _check_corpus(corpus: pa.Table, params: Params) -> None:
+    if not isinstance(corpus, pa.Table):
+        raise WinnowError(f"dedup: corpus must be a pyarrow Table, got {type(corpus).__name__}")
+    require_columns(corpus, {"id": pa.string(), "text": pa.string()}, "dedup corpus")
+    if corpus.num_rows == 0:
+        raise WinnowError("dedup corpus: the table has no rows")
+    ids, texts = corpus.column("id"), corpus.column("text")
+    if ids.null_count:
+        raise WinnowError(f"dedup corpus: column 'id' has {ids.null_count} null value(s), first at row "
+                          f"{_first_true(pc.is_null(ids))}")
+    if texts.null_count:
+        row = _first_true(pc.is_null(texts))
+        raise WinnowError(f"dedup corpus: column 'text' is null for id {ids[row].as_py()!r} (row {row}); "
+                          "fill or drop null texts before dedup")
+    counts = pc.value_counts(ids).flatten()
+    dup = pc.filter(counts[0], pc.greater(counts[1], 1))
+    if len(dup):
+        raise WinnowError(f"dedup corpus: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once); "
+                          "ids must be unique")
+    for chunk_start, chunk in _chunks_with_start(texts):
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid:
+            row = chunk_start + _first_invalid_utf8(chunk)
+            raise WinnowError(f"dedup corpus: text of id {ids[row].as_py()!r} (row {row}) is not valid UTF-8; "
+                              "decode the source with the right encoding (or errors='replace') before dedup") from None
+    if params.keep == "score":
+        col = params.score_column
+        if col not in corpus.column_names:
+            raise WinnowError(f"dedup: score_column '{col}' is not a column (have: {', '.join(corpus.column_names)})")
+        t = corpus.schema.field(col).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+            raise WinnowError(f"dedup: score_column '{col}' has type {t}, expected a numeric type")
+
+
+def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
+def _chunks_with_start(arr: pa.ChunkedArray):
+    start = 0
+    for chunk in arr.chunks:
+        yield start, chunk
+        start += len(chunk)
+
+
+def _first_invalid_utf8(chunk: pa.Array) -> int:
+    raw = chunk.cast(pa.large_binary()) if pa.types.is_large_string(chunk.type) else chunk.view(pa.binary())
+    for i, v in enumerate(raw.to_pylist()):
+        if v is None:
+            continue
+        try:
+            v.decode("utf-8")
+        except UnicodeDecodeError:
+            return i
+    return 0
+
+
+# --------------------------------------------------------------------------- previous index
+
+
+@dataclass
+class _Previous:
+    table: pa.Table
+    ids: pa.ChunkedArray
+    seq: np.ndarray
+    kept: np.ndarray  # bool
+    exact: np.ndarray  # uint64[N, 2]
+    has_sig: np.ndarray  # bool
+    bands_recomputed: bool
+
+
+def _load_index(index: pa.Table | None, params: Params, banding: mh.Banding) -> _Previous | None:
+    if index is None or index.num_rows == 0:
+        return None
+    missing = [c for c in INDEX_COLUMNS if c not in index.column_names]
+    if missing:
+        raise WinnowError(f"dedup index: missing column(s) {', '.join(missing)}; pass the 'index' table a dedup run returned")
+    meta = json.loads((index.schema.metadata or {}).get(INDEX_META_KEY, b"{}"))
+    want = params.index_settings()
+    diff = [k for k in want if meta.get(k) != want[k]]
+    if diff:
+        raise WinnowError(
+            "dedup index: built with other settings (" + ", ".join(f"{k}={meta.get(k)!r}, now {want[k]!r}" for k in diff)
+            + "); rebuild it by running dedup on the whole corpus without an index"
+        )
+    recompute = (meta.get("bands"), meta.get("rows")) != (banding.bands, banding.rows)
+    exact = _fsb16_to_u64(index.column("exact_hash"))
+    return _Previous(
+        table=index,
+        ids=index.column("id"),
+        seq=index.column("seq").to_numpy(),
+        kept=pc.equal(index.column("status"), "kept").to_numpy(zero_copy_only=False),
+        exact=exact,
+        has_sig=pc.is_valid(index.column("signature")).to_numpy(zero_copy_only=False),
+        bands_recomputed=recompute,
+    )
+
+
+def _fsb16_to_u64(col: pa.ChunkedArray) -> np.ndarray:
+    parts = []
+    for ch in col.chunks:
+        buf = np.frombuffer(ch.buffers()[1], dtype=">u8")[2 * ch.offset : 2 * (ch.offset + len(ch))]
+        parts.append(buf.astype(np.uint64).reshape(-1, 2))
+    return np.concatenate(parts) if parts else np.zeros((0, 2), np.uint64)
+
+
+def _u64_to_fsb16(x: np.ndarray) -> pa.Array:
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(x), [None, pa.py_buffer(x.astype(">u8").tobytes())])
+
+
+def _fixed_list_rows(col: pa.ChunkedArray, rows: np.ndarray, width: int, dtype: type) -> np.ndarray:
+    """Rows ``rows`` of a fixed_size_list column as a dense [len(rows), width] array."""
+    taken = col.take(pa.array(rows, pa.int64())).combine_chunks()
+    if taken.null_count:
+        taken = pc.fill_null(taken, pa.scalar([0] * width, taken.type))
+    flat = taken.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return flat.reshape(len(rows), width)
+
+
+def _list_rows(col: pa.ChunkedArray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    taken = col.take(pa.array(rows, pa.int64())).combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(taken), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    off = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=off[1:])
+    return taken.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False), off
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of ``n`` nodes given undirected edges (union-find)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    g = coo_matrix((np.ones(len(left), np.int8), (left, right)), shape=(n, n))
+    return connected_components(g, directed=False)[1]
+
+
+def _keepers(labels: np.ndarray, cls: np.ndarray, policy: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """For each node, the node that survives its group: smallest (cls, policy, order)."""
+    perm = np.lexsort((order, policy, cls, labels))
+    first = np.ones(len(perm), bool)
+    first[1:] = labels[perm][1:] != labels[perm][:-1]
+    group_keeper = perm[first]  # in label order of sorted labels
+    uniq = labels[perm][first]
+    return group_keeper[np.searchsorted(uniq, labels)]
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = None) -> StageResult:
+    """Drop exact, near and (optionally) semantic duplicates from ``corpus``.
+
+    Args:
+        corpus: rows with ``id`` (unique string) and ``text`` (string); other columns pass through.
+        params: see :class:`Params`.
+        index: the ``tables["index"]`` of an earlier run, for incremental dedup: this corpus is
+            checked against every document seen before, and earlier documents always survive.
+
+    Returns:
+        ``tables["data"]`` (surviving rows, input order and schema), ``tables["index"]`` (every
+        document seen, see the module docstring), the ledger of dropped rows (reason
+        ``exact_duplicate``, ``near_duplicate``, ``semantic_duplicate`` or ``empty_text``; evidence
+        ``duplicate_of``, ``cluster_id``, ``cluster_size``, ``jaccard_estimated``,
+        ``jaccard_verified``, ...), and metrics.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    params.check()
+    _check_corpus(corpus, params)
+    banding = params.banding()
+    prev = _load_index(index, params, banding)
+    n = corpus.num_rows
+    ids = corpus.column("id")
+    id_list = ids.to_pylist()
+    if prev is not None:
+        seen = pc.is_in(ids, value_set=prev.ids.combine_chunks())
+        if pc.any(seen).as_py():
+            row = _first_true(seen)
+            raise WinnowError(f"dedup: id {id_list[row]!r} (row {row}) is already in the dedup index from an earlier run; "
+                              "pass only new documents, or give re-ingested ones new ids")
+    n_old = 0 if prev is None else prev.table.num_rows
+    seq0 = 0 if prev is None else int(prev.seq.max()) + 1
+
+    t = time.perf_counter()
+    feats = featurize(corpus.column("text"), params, banding)
+    timings["featurize"] = time.perf_counter() - t
+
+    if params.empty_text == "error" and feats.blank.any():
+        row = int(np.flatnonzero(feats.blank)[0])
+        raise WinnowError(f"dedup corpus: text of id {id_list[row]!r} (row {row}) is blank ({int(feats.blank.sum())} "
+                          "blank text(s) in all); set dedup.empty_text to 'keep' or 'drop', or remove them")
+    status = np.full(n, "kept", dtype=object)
+    evidence: dict[int, dict[str, Any]] = {}
+    if params.empty_text == "drop":
+        for i in np.flatnonzero(feats.blank):
+            status[i] = "empty_text"
+            evidence[int(i)] = {"rule": "text is empty or whitespace only"}
+    active = ~feats.blank  # rows still in play
+
+    policy = _policy_key(corpus, params)
+
+    # ---- exact
+    t = time.perf_counter()
+    n_exact_clusters = 0
+    if params.exact:
+        n_exact_clusters = _exact_pass(feats, prev, active, policy, status, evidence, id_list, seq0)
+        active &= status == "kept"
+    timings["exact"] = time.perf_counter() - t
+
+    # ---- near
+    near_metrics: dict[str, Any] = {}
+    if params.near:
+        t = time.perf_counter()
+        near_metrics = _near_pass(feats, prev, active, policy, status, evidence, id_list, params, banding, seq0)
+        active &= status == "kept"
+        timings["near"] = time.perf_counter() - t
+
+    # ---- semantic
+    sem_metrics: dict[str, Any] = {}
+    if params.semantic:
+        t = time.perf_counter()
+        sem_metrics = _semantic_pass(corpus, active, policy, status, evidence, id_list, params)
+        timings["semantic"] = time.perf_counter() - t
+
+    keep_mask = status == "kept"
+    if params.empty_text == "keep":
+        keep_mask |= feats.blank
+    data = corpus.filter(pa.array(keep_mask))
+    dropped = np.flatnonzero(~keep_mask)
+    removed = ledger([id_list[i] for i in dropped], STAGE, "drop", [status[i] for i in dropped], [evidence[int(i)] for i in dropped])
+
+    t = time.perf_counter()
+    new_index = _index_table(prev, corpus, feats, status, params, banding, seq0)
+    timings["index"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+
+    reasons = ("exact_duplicate", "near_duplicate", "semantic_duplicate", "empty_text")
+    metrics = {
+        "rows_in": n,
+        "rows_out": data.num_rows,
+        "removed": {r: int((status == r).sum()) for r in reasons},
+        "blank_texts": int(feats.blank.sum()),
+        "exact_clusters": n_exact_clusters,
+        "near": near_metrics,
+        "semantic": sem_metrics,
+        "banding": {"bands": banding.bands, "rows": banding.rows, "threshold": banding.threshold,
+                    "p_candidate_at_threshold": round(banding.p_at_threshold, 4)},
+        "index": {"rows_before": n_old, "rows_after": new_index.num_rows},
+        "kernel": "numba" if mh.HAVE_NUMBA else "numpy",
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "docs_per_s": round(n / max(timings["total"], 1e-9), 1),
+    }
+    return StageResult(tables={"data": data, "index": new_index}, removed=concat_ledgers([removed]), metrics=metrics)
+
+
+def _policy_key(corpus: pa.Table, params: Params) -> np.ndarray:
+    """float64 per row, smaller = preferred, for :func:`_keepers` (ties go to the earlier row)."""
+    n = corpus.num_rows
+    if params.keep == "first":
+        return np.zeros(n)
+    if params.keep == "longest":
+        return -pc.utf8_length(corpus.column("text")).to_numpy(zero_copy_only=False).astype(np.float64)
+    score = pc.cast(corpus.column(params.score_column), pa.float64())
+    return -pc.fill_null(score, -np.inf).to_numpy(zero_copy_only=False)
+
+
+def _exact_pass(feats: Features, prev: _Previous | None, active: np.ndarray, policy: np.ndarray,
+                status: np.ndarray, evidence: dict[int, dict[str, Any]], id_list: list[str], seq0: int) -> int:
+    """Mark exact duplicates among the active rows (and against the previous index)."""
+    rows = np.flatnonzero(active)
+    keys = feats.exact[rows]
+    old_rows = np.zeros(0, np.int64)
+    if prev is not None:
+        # Only old docs whose hash occurs among the new ones matter (hash-set scan, O(old)).
+        hit = pc.is_in(pa.array(prev.exact[:, 0]), value_set=pa.array(np.unique(keys[:, 0]))).to_numpy(zero_copy_only=False)
+        old_rows = np.flatnonzero(hit)
+    all_keys = np.concatenate([prev.exact[old_rows] if prev is not None else np.zeros((0, 2), np.uint64), keys])
+    m_old = len(old_rows)
+    if len(all_keys) == 0:
+        return 0
+    # group = index of the first occurrence of each (hi, lo)
+    uniq, labels, counts = np.unique(all_keys, axis=0, return_inverse=True, return_counts=True)
+    labels = labels.ravel()
+    if (counts > 1).sum() == 0:
+        return 0
+    cls = np.concatenate([np.where(prev.kept[old_rows], 0, 1) if m_old else np.zeros(0, np.int64), np.full(len(rows), 2)])
+    pol = np.concatenate([np.zeros(m_old), policy[rows]])
+    order = np.concatenate([prev.seq[old_rows] if m_old else np.zeros(0, np.int64), seq0 + rows])
+    keeper = _keepers(labels, cls, pol, order)
+    sizes = counts[labels]
+    cluster_no = _cluster_numbers(labels, order, sizes > 1)
+    n_clusters = 0
+    for w in np.flatnonzero((keeper != np.arange(len(keeper))) & (np.arange(len(keeper)) >= m_old)):
+        i = int(rows[w - m_old])
+        k = int(keeper[w])
+        dup_of = prev.ids[int(old_rows[k])].as_py() if k < m_old else id_list[int(rows[k - m_old])]
+        status[i] = "exact_duplicate"
+        evidence[i] = {
+            "duplicate_of": dup_of,
+            "cluster_id": f"exact-{seq0}-{cluster_no[w]}",
+            "cluster_size": int(sizes[w]),
+            "jaccard_estimated": 1.0,
+            "jaccard_verified": 1.0,
+            "normalized_xxh3_128": f"{int(all_keys[w, 0]):016x}{int(all_keys[w, 1]):016x}",
+            "duplicate_of_earlier_run": bool(k < m_old),
+        }
+    n_clusters = int(np.unique(labels[np.flatnonzero(sizes > 1)]).size)
+    return n_clusters
+
+
+def _cluster_numbers(labels: np.ndarray, order: np.ndarray, in_cluster: np.ndarray) -> np.ndarray:
+    """0-based cluster number per node, numbered by each cluster's earliest member (stable)."""
+    first = np.full(labels.max() + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first, labels, order)
+    ranks = np.full(labels.max() + 1, -1, np.int64)
+    clustered = np.unique(labels[in_cluster])
+    ranks[clustered[np.argsort(first[clustered], kind="stable")]] = np.arange(len(clustered))
+    return ranks[labels]
+
+
+def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, policy: np.ndarray,
+               status: np.ndarray, evidence: dict[int, dict[str, Any]], id_list: list[str], params: Params,
+               banding: mh.Banding, seq0: int) -> dict[str, Any]:
+    """Mark near duplicates among active rows (and against the previous index)."""
+    rows = np.flatnonzero(active & (feats.num_shingles > 0))
+    new_bands = feats.bands[rows]
+    # Old docs that share at least one band key with a new doc (hash-set scan per band).
+    old_rows = np.zeros(0, np.int64)
+    old_bands = np.zeros((0, banding.bands), np.uint64)
+    if prev is not None and len(rows):
+        cand = np.flatnonzero(prev.has_sig)
+        if prev.bands_recomputed:
+            all_old = mh.band_keys(_fixed_list_rows(prev.table.column("signature"), cand, params.num_perm, np.uint32),
+                                   banding.bands, banding.rows)
+        else:
+            all_old = _fixed_list_rows(prev.table.column("band_keys"), cand, banding.bands, np.uint64)
+        hit = np.zeros(len(cand), bool)
+        for band in range(banding.bands):
+            hit |= pc.is_in(pa.array(all_old[:, band]), value_set=pa.array(np.unique(new_bands[:, band]))).to_numpy(
+                zero_copy_only=False)
+        old_rows = cand[hit]
+        old_bands = all_old[hit]
+    m_old = len(old_rows)
+    w_bands = np.concatenate([old_bands, new_bands])
+    nw = len(w_bands)
+    metrics: dict[str, Any] = {"candidate_pairs": 0, "verified_pairs": 0, "clusters": 0, "old_docs_matched": int(m_old)}
+    if nw < 2:
+        return metrics
+
+    # Candidates: equal band keys, per band, then distinct pairs; never old-old (settled earlier).
+    docs = np.arange(nw)
+    lefts, rights = [], []
+    for band in range(banding.bands):
+        left, right = mh.pairs_sharing_keys(w_bands[:, band], docs, params.max_bucket)
+        keep = right >= m_old
+        lefts.append(left[keep])
+        rights.append(right[keep])
+    left, right = mh.unique_pairs(np.concatenate(lefts), np.concatenate(rights), nw)
+    metrics["candidate_pairs"] = int(len(left))
+
+    # Signatures and shingle sets of the documents in some candidate pair (old ones from the index).
+    inv = np.unique(np.concatenate([left, right]))
+    inv_old, inv_new = inv[inv < m_old], inv[inv >= m_old]
+    new_rows = rows[inv_new - m_old]
+    if len(inv_old):
+        old_sigs = _fixed_list_rows(prev.table.column("signature"), old_rows[inv_old], params.num_perm, np.uint32)
+        old_sets, old_off = mh.sort_unique(*_list_rows(prev.table.column("shingles"), old_rows[inv_old]))
+    else:
+        old_sigs = np.zeros((0, params.num_perm), np.uint32)
+        old_sets, old_off = np.zeros(0, np.uint32), np.zeros(1, np.int64)
+    new_sets, new_off = mh.sort_unique(*_take_csr(feats.shingles, feats.shingle_offsets, new_rows))
+    sigs = np.concatenate([old_sigs, feats.sigs[new_rows]])
+    sets = np.concatenate([old_sets, new_sets])
+    set_off = np.concatenate([old_off, new_off[1:] + old_off[-1]])
+    # Old documents indexed without shingles (index_shingles=False) cannot be verified.
+    verifiable = np.diff(set_off) > 0
+    li, ri = np.searchsorted(inv, left), np.searchsorted(inv, right)
+
+    est = mh.estimated_jaccard(sigs, li, ri)
+    if params.verify:
+        ver = mh.jaccard_of_pairs(sets, set_off, li, ri)
+        unver = ~(verifiable[li] & verifiable[ri])
+        score = np.where(unver, est, ver)
+    else:
+        score = est
+    edge = score >= params.threshold
+    metrics["verified_pairs"] = int(edge.sum())
+    el, er, ej = left[edge], right[edge], score[edge]
+    if len(el) == 0:
+        return metrics
+
+    labels = _components(nw, el, er)
+    sizes = np.bincount(labels)[labels]
+    cls = np.concatenate([np.where(prev.kept[old_rows], 0, 1) if m_old else np.zeros(0, np.int64), np.full(len(rows), 2)])
+    pol = np.concatenate([np.zeros(m_old), policy[rows]])
+    order = np.concatenate([prev.seq[old_rows] if m_old else np.zeros(0, np.int64), seq0 + rows])
+    keeper = _keepers(labels, cls, pol, order)
+    cluster_no = _cluster_numbers(labels, order, sizes > 1)
+    losers = np.flatnonzero((keeper != np.arange(nw)) & (np.arange(nw) >= m_old))
+    metrics["clusters"] = int(np.unique(labels[sizes > 1]).size)
+
+    # Evidence: Jaccard to the survivor (estimated and exact), and the strongest verified edge.
+    kl, kr = np.searchsorted(inv, losers), np.searchsorted(inv, keeper[losers])
+    est_k = mh.estimated_jaccard(sigs, kl, kr)
+    ver_k = mh.jaccard_of_pairs(sets, set_off, kl, kr) if params.verify else np.full(len(kl), np.nan)
+    ver_k = np.where(verifiable[kl] & verifiable[kr], ver_k, np.nan)
+    best_nb, best_j = _strongest_edge(nw, el, er, ej)
+    for li, w in enumerate(losers):
+        i = int(rows[w - m_old])
+        k = int(keeper[w])
+        nb = int(best_nb[w])
+        status[i] = "near_duplicate"
+        evidence[i] = {
+            "duplicate_of": _working_id(k, m_old, old_rows, rows, prev, id_list),
+            "cluster_id": f"near-{seq0}-{cluster_no[w]}",
+            "cluster_size": int(sizes[w]),
+            "jaccard_estimated": round(float(est_k[li]), 4),
+            "jaccard_verified": None if np.isnan(ver_k[li]) else round(float(ver_k[li]), 4),
+            "linked_to": _working_id(nb, m_old, old_rows, rows, prev, id_list),
+            "linked_jaccard": round(float(best_j[w]), 4),
+            "threshold": params.threshold,
+            "duplicate_of_earlier_run": bool(k < m_old),
+        }
+    return metrics
+
+
+def _working_id(w: int, m_old: int, old_rows: np.ndarray, rows: np.ndarray, prev: _Previous | None,
+                id_list: list[str]) -> str:
+    return prev.ids[int(old_rows[w])].as_py() if w < m_old else id_list[int(rows[w - m_old])]
+
+
+def _strongest_edge(n: int, left: np.ndarray, right: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each node, its neighbour over the highest-Jaccard edge (and that Jaccard)."""
+    a = np.concatenate([left, right])
+    b = np.concatenate([right, left])
+    jj = np.concatenate([j, j])
+    perm = np.lexsort((b, -jj, a))
+    first = np.ones(len(perm), bool)
+    first[1:] = a[perm][1:] != a[perm][:-1]
+    nb = np.full(n, -1, np.int64)
+    best = np.full(n, np.nan)
+    nb[a[perm][first]] = b[perm][first]
+    best[a[perm][first]] = jj[perm][first]
+    return nb, best
+
+
+def _take_csr(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.diff(offsets)[rows]
+    off = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=off[1:])
+    if off[-1] == 0:
+        return np.zeros(0, values.dtype), off
+    starts = np.repeat(offsets[rows] - off[:-1], lengths)
+    return values[np.arange(off[-1]) + starts], off
+
+
+def _semantic_pass(corpus: pa.Table, active: np.ndarray, policy: np.ndarray, status: np.ndarray,
+                   evidence: dict[int, dict[str, Any]], id_list: list[str], params: Params) -> dict[str, Any]:
+    """SemDeDup over the active rows: MiniLM embeddings, k-means, cosine threshold per cluster."""
+    from tasks.embeddings import embed_texts
+
+    rows = np.flatnonzero(active)
+    if len(rows) < 2:
+        return {"embedded": int(len(rows)), "clusters": 0}
+    texts = corpus.column("text").take(pa.array(rows)).to_pylist()
+    vecs, _ = embed_texts(texts, batch_size=params.semantic_batch_size)
+    vecs = np.asarray(vecs, np.float32)
+    k = params.semantic_clusters or max(1, int(round(np.sqrt(len(rows)))))
+    k = min(k, len(rows))
+    labels = _kmeans(vecs, k, params.seed)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    n_pairs = 0
+    for grp in np.split(order, bounds):
+        if len(grp) < 2:
+            continue
+        # Visit the group in keep-preference order; drop a member too close to one already kept.
+        grp = grp[np.lexsort((rows[grp], policy[rows[grp]]))]
+        sims = vecs[grp] @ vecs[grp].T
+        n_pairs += len(grp) * (len(grp) - 1) // 2
+        kept_local: list[int] = []
+        for a in range(len(grp)):
+            if kept_local:
+                s = sims[a, kept_local]
+                best = int(np.argmax(s))
+                if s[best] >= params.semantic_threshold:
+                    i, k_ = int(rows[grp[a]]), int(rows[grp[kept_local[best]]])
+                    status[i] = "semantic_duplicate"
+                    evidence[i] = {"duplicate_of": id_list[k_], "cluster_id": f"semantic-{int(labels[grp[a]])}",
+                                   "cluster_size": int(len(grp)), "cosine": round(float(s[best]), 4),
+                                   "threshold": params.semantic_threshold}
+                    continue
+            kept_local.append(a)
+    return {"embedded": int(len(rows)), "clusters": int(k), "pairs_compared": int(n_pairs)}
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    model = (KMeans(n_clusters=k, n_init=1, random_state=seed) if len(x) <= 20000
+             else MiniBatchKMeans(n_clusters=k, n_init=1, random_state=seed, batch_size=4096))
+    return model.fit_predict(x)
+
+
+def _index_table(prev: _Previous | None, corpus: pa.Table, feats: Features, status: np.ndarray, params: Params,
+                 banding: mh.Banding, seq0: int) -> pa.Table:
+    n = corpus.num_rows
+    k, b = params.num_perm, banding.bands
+    full = (status != "exact_duplicate") & (feats.num_shingles > 0)
+    null_mask = pa.array(~full)
+    sig = pa.FixedSizeListArray.from_arrays(pa.array(feats.sigs.ravel(), pa.uint32()), k, mask=null_mask)
+    bands = pa.FixedSizeListArray.from_arrays(pa.array(feats.bands.ravel(), pa.uint64()), b, mask=null_mask)
+    if params.index_shingles:
+        shingles = pa.LargeListArray.from_arrays(pa.array(feats.shingle_offsets, pa.int64()),
+                                                 pa.array(feats.shingles, pa.uint32()), mask=null_mask)
+    else:
+        shingles = pa.nulls(n, pa.large_list(pa.uint32()))
+    settings = dict(params.index_settings(), bands=b, rows=banding.rows)
+    schema = pa.schema(
+        [("id", pa.string()), ("seq", pa.int64()), ("status", pa.string()), ("exact_hash", pa.binary(16)),
+         ("num_shingles", pa.int32()), ("signature", pa.list_(pa.uint32(), k)), ("band_keys", pa.list_(pa.uint64(), b)),
+         ("shingles", pa.large_list(pa.uint32()))],
+        metadata={INDEX_META_KEY: json.dumps(settings, sort_keys=True).encode()},
+    )
+    new = pa.table(
+        [corpus.column("id").cast(pa.string()), pa.array(seq0 + np.arange(n), pa.int64()), pa.array(status.tolist(), pa.string()),
+         _u64_to_fsb16(feats.exact), pa.array(feats.num_shingles.astype(np.int32)), sig, bands, shingles],
+        schema=schema,
+    )
+    if prev is None:
+        return new
+    old = prev.table
+    if prev.bands_recomputed:
+        has = np.flatnonzero(prev.has_sig)
+        keys = np.zeros((old.num_rows, b), np.uint64)
+        keys[has] = mh.band_keys(_fixed_list_rows(old.column("signature"), has, k, np.uint32), b, banding.rows)
+        col = pa.FixedSizeListArray.from_arrays(pa.array(keys.ravel(), pa.uint64()), b, mask=pa.array(~prev.has_sig))
+        old = old.set_column(old.column_names.index("band_keys"), pa.field("band_keys", pa.list_(pa.uint64(), b)), col)
+    # Zero-copy append: the old rows keep their chunks, so a store can persist only the new chunk.
+    return pa.concat_tables([old.select(list(INDEX_COLUMNS)).cast(schema), new])
+
+
+__all__ = ["INDEX_COLUMNS", "Params", "STAGE", "featurize", "run"]

@@ -1,0 +1,295 @@
+"""Dedup stage: exact, near (MinHash-LSH) and incremental dedup on real text from this machine."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tasks import dedup
+from tasks import minhash as mh
+from tasks.common import LEDGER_SCHEMA, normalize_text
+from winnow.errors import WinnowError
+
+LICENSES = Path("/usr/share/common-licenses")
+FORTUNES = Path("/usr/share/games/fortunes")
+KERNEL = Path("/usr/share/doc")
+
+
+def _licence(name: str) -> str:
+    return (LICENSES / name).read_text(encoding="utf-8", errors="replace")
+
+
+def _fortunes(limit: int = 3000) -> list[tuple[str, str]]:
+    rows = []
+    for f in sorted(os.listdir(FORTUNES)):
+        p = FORTUNES / f
+        if p.is_file() and "." not in f:
+            for j, r in enumerate(re.split(r"\n%\n", p.read_text(encoding="utf-8", errors="replace"))):
+                if r.strip():
+                    rows.append((f"fortune/{f}/{j}", r.strip()))
+    return rows[:limit]
+
+
+def _kernel_pairs(limit: int = 200) -> list[tuple[str, str]]:
+    """The same Documentation/ files from kernel docs 6.1 and 6.12 (natural near-duplicates)."""
+    old = KERNEL / "linux-doc-6.1" / "Documentation"
+    new = KERNEL / "linux-doc-6.12" / "Documentation"
+    rows = []
+    for p in sorted(old.glob("admin-guide/**/*.rst.gz"))[:limit]:
+        q = new / p.relative_to(old)
+        if q.exists():
+            rows.append((f"k6.1/{p.relative_to(old)}", gzip.open(p).read().decode("utf-8", "replace")))
+            rows.append((f"k6.12/{q.relative_to(new)}", gzip.open(q).read().decode("utf-8", "replace")))
+    return rows
+
+
+def _table(rows: list[tuple[str, str]], **extra: list) -> pa.Table:
+    cols = {"id": [r[0] for r in rows], "text": [r[1] for r in rows]}
+    cols.update(extra)
+    return pa.table(cols)
+
+
+def _shingle_set(text: str, n: int = 5) -> set[str]:
+    toks = normalize_text(text).split()
+    if len(toks) < n:
+        return {" ".join(toks)} if toks else set()
+    return {" ".join(toks[i : i + n]) for i in range(len(toks) - n + 1)}
+
+
+def _jaccard(a: str, b: str) -> float:
+    x, y = _shingle_set(a), _shingle_set(b)
+    return len(x & y) / len(x | y)
+
+
+def _evidence(res) -> dict[str, dict]:
+    return {i: json.loads(e) for i, e in zip(res.removed.column("id").to_pylist(), res.removed.column("evidence").to_pylist())}
+
+
+@pytest.fixture(scope="module")
+def licences() -> pa.Table:
+    names = ["GFDL-1.2", "GFDL-1.3", "LGPL-2", "LGPL-2.1", "GPL-2", "GPL-3", "Apache-2.0", "MPL-2.0"]
+    return _table([(n, _licence(n)) for n in names])
+
+
+@pytest.fixture(scope="module")
+def kernel() -> pa.Table:
+    return _table(_kernel_pairs())
+
+
+# --------------------------------------------------------------------------- exact
+
+
+def test_reformatted_copy_is_an_exact_duplicate_of_the_first() -> None:
+    fortunes = _fortunes(50)
+    text = fortunes[3][1]
+    copy = "  " + text.upper().replace(" ", "   ").replace(",", " ;") + "\n"
+    t = _table(fortunes + [("copy", copy)])
+    res = dedup.run(t, dedup.Params())
+    ev = _evidence(res)
+    assert res.removed.column("reason").to_pylist()[-1] == "exact_duplicate"
+    assert ev["copy"]["duplicate_of"] == fortunes[3][0]
+    assert "copy" not in res.tables["data"].column("id").to_pylist()
+
+
+def test_punctuation_only_texts_are_not_duplicates_of_each_other() -> None:
+    t = _table([("a", "!!!"), ("b", "???"), ("c", "!!!")])
+    res = dedup.run(t, dedup.Params())
+    assert res.tables["data"].column("id").to_pylist() == ["a", "b"]
+    assert _evidence(res)["c"]["duplicate_of"] == "a"
+
+
+# --------------------------------------------------------------------------- near
+
+
+def test_gfdl_versions_are_near_duplicates_at_08_not_09(licences: pa.Table) -> None:
+    j = _jaccard(_licence("GFDL-1.2"), _licence("GFDL-1.3"))
+    assert 0.8 <= j < 0.9
+    at08 = dedup.run(licences, dedup.Params(threshold=0.8))
+    at09 = dedup.run(licences, dedup.Params(threshold=0.9))
+    ev = _evidence(at08)
+    assert ev["GFDL-1.3"]["duplicate_of"] == "GFDL-1.2"
+    assert at08.removed.column("reason").to_pylist() == ["near_duplicate"]
+    assert at09.removed.num_rows == 0
+
+
+def test_verified_jaccard_is_exact_jaccard_of_word_5_grams(licences: pa.Table) -> None:
+    res = dedup.run(licences, dedup.Params(threshold=0.7))
+    ev = _evidence(res)
+    assert set(ev) == {"GFDL-1.3", "LGPL-2.1"}  # LGPL-2 vs 2.1 is J = 0.72
+    for dup, e in ev.items():
+        truth = _jaccard(_licence(dup), _licence(e["duplicate_of"]))
+        assert e["jaccard_verified"] == pytest.approx(truth, abs=2e-3)
+        assert abs(e["jaccard_estimated"] - truth) < 0.15  # 4 standard errors at k=128
+
+
+def test_kernel_doc_versions_recall_and_precision(kernel: pa.Table) -> None:
+    texts = dict(zip(kernel.column("id").to_pylist(), kernel.column("text").to_pylist()))
+    res = dedup.run(kernel, dedup.Params())
+    dropped = {i: e["duplicate_of"] for i, e in _evidence(res).items()}
+    truth_pairs = []
+    for i in list(texts)[1::2]:  # each 6.12 file with its 6.1 version
+        j = _jaccard(texts[i.replace("k6.12/", "k6.1/")], texts[i])
+        if j >= 0.8:
+            truth_pairs.append(i)
+    assert len(truth_pairs) >= 30
+    found = sum(dropped.get(i) == i.replace("k6.12/", "k6.1/") for i in truth_pairs)
+    assert found / len(truth_pairs) >= 0.97
+    wrong = [i for i, k in dropped.items() if _jaccard(texts[i], texts[k]) < 0.8 - 0.01]
+    assert not wrong
+
+
+# --------------------------------------------------------------------------- datasketch equivalence
+
+
+@pytest.mark.parametrize("seed,num_perm", [(1, 128), (7, 64)])
+def test_signatures_equal_datasketch_minhash_with_our_shingle_hash(licences: pa.Table, seed: int, num_perm: int) -> None:
+    from datasketch import MinHash, MinHashLSH
+
+    params = dedup.Params(seed=seed, num_perm=num_perm)
+    feats = dedup.featurize(licences.column("text"), params, params.banding())
+    texts = licences.column("text").to_pylist() + []
+    lsh = MinHashLSH(threshold=0.8, num_perm=num_perm)
+    for d, text in enumerate(texts):
+        toks = normalize_text(text).split()
+        shingles = [" ".join(toks[i : i + 5]).encode() for i in range(len(toks) - 4)]
+        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=mh.shingle_hash32)
+        m.update_batch(shingles)
+        assert np.array_equal(m.hashvalues, feats.sigs[d])
+        lsh.insert(str(d), MinHash(hashvalues=feats.sigs[d], seed=seed, scheme="affine32"))
+    assert "1" in lsh.query(MinHash(hashvalues=feats.sigs[0], seed=seed, scheme="affine32"))
+
+
+def test_numba_and_numpy_paths_agree() -> None:
+    t = _table(_fortunes(400) + [("short", "two words"), ("blank-ish", "!!"), ("uni", "Ça va? Ünïcödé — ½ ﬁ")])
+    params = dedup.Params()
+    fast = dedup.featurize(t.column("text"), params, params.banding(), use_numba=True)
+    slow = dedup.featurize(t.column("text"), params, params.banding(), use_numba=False)
+    for name in ("exact", "num_units", "sigs", "bands", "shingles", "shingle_offsets"):
+        assert np.array_equal(getattr(fast, name), getattr(slow, name)), name
+
+
+def test_tokens_match_normalize_text_on_real_text(kernel: pa.Table) -> None:
+    texts = kernel.column("text").to_pylist()[:40] + [r[1] for r in _fortunes(300)]
+    arr = pa.array(texts)
+    units, off = mh.word_units(mh.fold_case(arr, True, True), strip_punctuation=True)
+    for d, text in enumerate(texts):
+        want = [mh.token_hash(t.encode()) for t in normalize_text(text).split()]
+        assert units[off[d] : off[d + 1]].tolist() == want
+
+
+# --------------------------------------------------------------------------- banding
+
+
+def test_banding_meets_recall_target_where_datasketch_default_does_not() -> None:
+    from datasketch.lsh import _optimal_param
+
+    ours = mh.choose_banding(0.8, 128, 0.9)
+    b, r = _optimal_param(0.8, 128, 0.5, 0.5)
+    assert ours.p_at_threshold >= 0.9 and ours.bands * ours.rows <= 128
+    assert 1 - (1 - 0.8**r) ** b < 0.5
+
+
+# --------------------------------------------------------------------------- keep policy, output shape
+
+
+def test_keep_longest_and_keep_score(licences: pa.Table) -> None:
+    longest = dedup.run(licences, dedup.Params(keep="longest"))
+    lens = {i: len(t) for i, t in zip(licences.column("id").to_pylist(), licences.column("text").to_pylist())}
+    loser = longest.removed.column("id")[0].as_py()
+    winner = _evidence(longest)[loser]["duplicate_of"]
+    assert {loser, winner} == {"GFDL-1.2", "GFDL-1.3"} and lens[winner] >= lens[loser]
+    scored = licences.append_column("quality", pa.array([0.1, 0.9, 0, 0, 0, 0, 0, 0], pa.float64()))
+    res = dedup.run(scored, dedup.Params(keep="score", score_column="quality"))
+    assert res.removed.column("id").to_pylist() == ["GFDL-1.2"]
+
+
+def test_output_keeps_input_order_schema_and_extra_columns() -> None:
+    rows = _fortunes(300)
+    rows = rows + [(f"dup{i}", rows[i][1]) for i in range(0, 300, 7)]
+    t = _table(rows, domain=["prose"] * len(rows))
+    res = dedup.run(t, dedup.Params())
+    data = res.tables["data"]
+    assert data.schema == t.schema
+    ids = data.column("id").to_pylist()
+    assert ids == [i for i in t.column("id").to_pylist() if i in set(ids)]
+    assert res.removed.schema == LEDGER_SCHEMA
+    assert res.metrics["rows_in"] == t.num_rows and res.metrics["rows_out"] == data.num_rows
+    assert data.num_rows + res.removed.num_rows == t.num_rows
+    assert res.tables["index"].num_rows == t.num_rows
+
+
+# --------------------------------------------------------------------------- incremental
+
+
+def test_incremental_run_matches_full_run_on_new_rows(kernel: pa.Table) -> None:
+    # Yesterday: the 6.1 docs; today: the 6.12 docs, which near-duplicate many of them.
+    first, second = kernel.take(np.arange(0, kernel.num_rows, 2)), kernel.take(np.arange(1, kernel.num_rows, 2))
+    full = dedup.run(pa.concat_tables([first, second]), dedup.Params())
+    r1 = dedup.run(first, dedup.Params())
+    r2 = dedup.run(second, dedup.Params(), index=r1.tables["index"])
+    full_ev, inc_ev = _evidence(full), {**_evidence(r1), **_evidence(r2)}
+    assert set(full_ev) == set(inc_ev)
+    assert r2.tables["index"].num_rows == kernel.num_rows
+    assert r2.metrics["near"]["old_docs_matched"] > 0
+    assert any(e["duplicate_of_earlier_run"] for e in _evidence(r2).values())
+
+
+def test_index_rejects_seen_ids_and_other_settings(licences: pa.Table) -> None:
+    r1 = dedup.run(licences, dedup.Params())
+    with pytest.raises(WinnowError, match="already in the dedup index"):
+        dedup.run(licences, dedup.Params(), index=r1.tables["index"])
+    other = _table([("new", "some new text here for the index check")])
+    with pytest.raises(WinnowError, match="ngram"):
+        dedup.run(other, dedup.Params(ngram=3), index=r1.tables["index"])
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_rejected_with_the_row_named() -> None:
+    with pytest.raises(WinnowError, match="missing column 'text'"):
+        dedup.run(pa.table({"id": ["a"]}), dedup.Params())
+    with pytest.raises(WinnowError, match="no rows"):
+        dedup.run(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}), dedup.Params())
+    with pytest.raises(WinnowError, match="'b'"):
+        dedup.run(pa.table({"id": ["a", "b"], "text": ["x", None]}), dedup.Params())
+    with pytest.raises(WinnowError, match="duplicate id 'a'"):
+        dedup.run(pa.table({"id": ["a", "a"], "text": ["x", "y"]}), dedup.Params())
+    with pytest.raises(WinnowError, match="dedup.keep"):
+        dedup.run(pa.table({"id": ["a"], "text": ["x"]}), dedup.Params(keep="best"))
+
+
+def test_invalid_utf8_is_rejected_with_its_id() -> None:
+    data = b"fine" + b"bad\xff\xfe"
+    offsets = pa.py_buffer(np.array([0, 4, 9], np.int32).tobytes())
+    texts = pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(data)])
+    with pytest.raises(WinnowError, match="'second'.*not valid UTF-8"):
+        dedup.run(pa.table({"id": ["first", "second"], "text": texts}), dedup.Params())
+
+
+def test_blank_texts_follow_the_empty_text_rule() -> None:
+    t = pa.table({"id": ["a", "b", "c", "d"], "text": ["hello there", "", "   \n", "hello there!"]})
+    with pytest.raises(WinnowError, match="'b'.*blank"):
+        dedup.run(t, dedup.Params())
+    kept = dedup.run(t, dedup.Params(empty_text="keep"))
+    assert kept.tables["data"].column("id").to_pylist() == ["a", "b", "c"]
+    dropped = dedup.run(t, dedup.Params(empty_text="drop"))
+    assert dropped.tables["data"].column("id").to_pylist() == ["a"]
+    assert sorted(dropped.removed.column("reason").to_pylist()) == ["empty_text", "empty_text", "exact_duplicate"]
+
+
+def test_long_document_is_processed() -> None:
+    words = _licence("GPL-3").split()
+    rng = np.random.default_rng(0)
+    big = " ".join(rng.choice(words, 1_000_000))  # ~6 MB, one document
+    t = _table([("big", big), ("big-copy", big + " and one more sentence"), ("small", "a small text")])
+    res = dedup.run(t, dedup.Params(batch_bytes=1 << 20))
+    assert res.tables["data"].column("id").to_pylist() == ["big", "small"]
+    assert _evidence(res)["big-copy"]["jaccard_verified"] > 0.99
