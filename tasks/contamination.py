@@ -45,7 +45,9 @@ Edge cases (documented behaviour, never a silent "clean"):
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -64,7 +66,7 @@ from tasks.common import (
     ledger,
     require_columns,
 )
-from tasks.ngram_index import Tokenizer, Tokens
+from tasks.ngram_index import Folder, Vocab, ngram_keys
 from winnow.errors import WinnowError
 
 STAGE = "contamination"
@@ -148,8 +150,8 @@ class Params:
         if isinstance(self.normalization, dict):
             object.__setattr__(self, "normalization", Normalization(**self.normalization))
         object.__setattr__(self, "fields", tuple(self.fields))
-        if self.ngram_n < 1:
-            raise WinnowError(f"contamination: ngram_n must be >= 1, got {self.ngram_n}")
+        if not 1 <= self.ngram_n <= 255:
+            raise WinnowError(f"contamination: ngram_n must be in 1..255, got {self.ngram_n}")
         if self.action not in ACTIONS:
             raise WinnowError(f"contamination: action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
         if not (self.normalization.strip_punctuation and self.normalization.collapse_whitespace):
@@ -306,30 +308,28 @@ class _Index:
         return int(sum(k.size for k in self.keys.values()))
 
 
-def _build_index(tok: Tokenizer, ex_tokens: Tokens, n: int, min_tokens: int) -> _Index:
-    lengths_e = np.diff(ex_tokens.doc_bounds)
+def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, n: int, min_tokens: int) -> _Index:
+    lengths_e = np.diff(ex_bounds)
     ex_of_token = np.repeat(np.arange(lengths_e.size), lengths_e)
     want = sorted({n} | {int(L) for L in lengths_e if min_tokens <= L < n})
     keys, ptr, occ_e, occ_q = {}, {}, {}, {}
-    all_keys = []
     for L in want:
-        h, first = tok.ngrams(ex_tokens, L)
+        h, first = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, L)
         e = ex_of_token[first]
         if L != n:  # short examples: only their one whole-length n-gram
-            keep = (lengths_e[e] == L)
+            keep = lengths_e[e] == L
             h, first, e = h[keep], first[keep], e[keep]
-        q = first - ex_tokens.doc_bounds[e]
+        q = first - ex_bounds[e]
         order = np.argsort(h, kind="stable")
         h, e, q = h[order], e[order], q[order]
         uk, start = np.unique(h, return_index=True)
         keys[L], ptr[L] = uk, np.append(start, h.size).astype(np.int64)
         occ_e[L], occ_q[L] = e.astype(np.int64), q.astype(np.int64)
-        all_keys.append(uk)
-    total = int(sum(k.size for k in all_keys))
+    total = int(sum(k.size for k in keys.values()))
     bits = int(min(27, max(16, np.ceil(np.log2(max(total, 1))) + 5)))
     bitmap = np.zeros(1 << bits, dtype=bool)
     shift = 64 - bits
-    for k in all_keys:
+    for k in keys.values():
         bitmap[k >> np.uint64(shift)] = True
     return _Index(want, keys, ptr, occ_e, occ_q, bitmap, shift)
 
@@ -338,13 +338,13 @@ def _build_index(tok: Tokenizer, ex_tokens: Tokens, n: int, min_tokens: int) -> 
 # scan
 
 
-def _scan_batch(tok: Tokenizer, index: _Index, arr: pa.Array, row0: int) -> np.ndarray:
-    """Hits of one batch: int64 rows (L, key index, doc row, token position, char start, char end)."""
-    toks = tok.tokens_of_array(arr)
+def _scan_batch(folder: Folder, vocab: Vocab, index: _Index, arr: pa.Array, row0: int) -> np.ndarray:
+    """Hits of one batch: int64 rows (L, key index, doc row, token position in the doc)."""
+    bounds, th = folder.hashed(arr)
+    usable = vocab.contains(th)
     out = []
-    tok_doc = None
     for L in index.lengths:
-        h, first = tok.ngrams(toks, L)
+        h, first = ngram_keys(th, usable, bounds, L)
         if h.size == 0:
             continue
         cand = np.flatnonzero(index.bitmap[h >> np.uint64(index.shift)])
@@ -358,12 +358,9 @@ def _scan_batch(tok: Tokenizer, index: _Index, arr: pa.Array, row0: int) -> np.n
         if not ok.any():
             continue
         k, j = first[cand[ok]], j[ok]
-        if tok_doc is None:
-            tok_doc = np.repeat(np.arange(len(toks.doc_bounds) - 1), np.diff(toks.doc_bounds))
-        d = tok_doc[k]
-        out.append(np.stack([np.full(k.size, L), j, d + row0, k - toks.doc_bounds[d],
-                             toks.start[k], toks.end[k + L - 1]], axis=1))
-    return np.concatenate(out) if out else np.zeros((0, 6), np.int64)
+        d = np.searchsorted(bounds, k, side="right") - 1
+        out.append(np.stack([np.full(k.size, L), j, d + row0, k - bounds[d]], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 4), np.int64)
 
 
 def _batches(text: pa.ChunkedArray, batch_bytes: int) -> list[tuple[int, pa.Array]]:
@@ -392,7 +389,7 @@ def _batches(text: pa.ChunkedArray, batch_bytes: int) -> list[tuple[int, pa.Arra
 
 def _expand(index: _Index, hits: np.ndarray) -> dict[str, np.ndarray]:
     """One row per (hit, example occurrence of the matched n-gram)."""
-    cols = {k: [] for k in ("e", "q", "L", "row", "p", "cs", "ce")}
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("e", "q", "L", "row", "p")}
     for L in index.lengths:
         hL = hits[hits[:, 0] == L]
         if hL.size == 0:
@@ -405,37 +402,41 @@ def _expand(index: _Index, hits: np.ndarray) -> dict[str, np.ndarray]:
         cols["e"].append(index.occ_example[L][occ])
         cols["q"].append(index.occ_pos[L][occ])
         cols["L"].append(np.full(occ.size, L))
-        for name, c in (("row", 2), ("p", 3), ("cs", 4), ("ce", 5)):
-            cols[name].append(hL[rep, c])
+        cols["row"].append(hL[rep, 2])
+        cols["p"].append(hL[rep, 3])
     return {k: (np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64)) for k, v in cols.items()}
 
 
 def _chains(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Runs of consecutive n-grams on one diagonal of one (example, document) pair."""
+    """Runs of consecutive n-grams on one diagonal of one (example, document) pair.
+
+    A chain of c n-grams of length L starting at example token q0 and document token p0 is a
+    contiguous match of ``c + L - 1`` tokens.
+    """
     if x["e"].size == 0:
-        return {k: np.zeros(0, np.int64) for k in ("e", "row", "q0", "tokens", "cs", "ce")}
+        return {k: np.zeros(0, np.int64) for k in ("e", "row", "q0", "p0", "tokens")}
     diag = x["p"] - x["q"]
     order = np.lexsort((x["q"], diag, x["row"], x["e"]))
-    e, row, q, dg, L = x["e"][order], x["row"][order], x["q"][order], diag[order], x["L"][order]
-    cs, ce = x["cs"][order], x["ce"][order]
+    e, row, q, dg, L, p = (x[k][order] if k != "dg" else diag[order] for k in ("e", "row", "q", "dg", "L", "p"))
     new = np.ones(e.size, dtype=bool)
     new[1:] = (e[1:] != e[:-1]) | (row[1:] != row[:-1]) | (dg[1:] != dg[:-1]) | (q[1:] != q[:-1] + 1)
     starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], e.size) - 1
-    return {
-        "e": e[starts], "row": row[starts], "q0": q[starts],
-        "tokens": (ends - starts) + L[starts],
-        "cs": cs[starts],
-        "ce": np.maximum.reduceat(ce, starts),
-    }
+    # a chain's end is its last n-gram's end; lengths can differ only between whole short examples
+    end_tok = np.maximum.reduceat(q + L, starts)
+    return {"e": e[starts], "row": row[starts], "q0": q[starts], "p0": p[starts],
+            "tokens": end_tok - q[starts]}
 
 
-def _coverage(x: dict[str, np.ndarray], ex_bounds: np.ndarray, group: np.ndarray | None = None
-              ) -> np.ndarray:
-    """Covered token count per example (or per group id when ``group`` is given)."""
+def _coverage(x: dict[str, np.ndarray], ex_bounds: np.ndarray) -> np.ndarray:
+    """Number of tokens of each example covered by a matched n-gram.
+
+    ``x["e"]`` indexes the groups delimited by ``ex_bounds`` (examples, or (example, document)
+    pairs laid end to end), ``x["q"]`` is the n-gram's first token in its group, ``x["L"]`` its
+    length.
+    """
     n_ex = ex_bounds.size - 1
     if x["e"].size == 0:
-        return np.zeros(n_ex if group is None else 0, np.int64)
+        return np.zeros(n_ex, np.int64)
     total = int(ex_bounds[-1])
     g0 = ex_bounds[x["e"]] + x["q"]
     diff = np.zeros(total + 1, dtype=np.int64)
@@ -444,6 +445,20 @@ def _coverage(x: dict[str, np.ndarray], ex_bounds: np.ndarray, group: np.ndarray
     covered = np.cumsum(diff[:-1]) > 0
     cum = np.concatenate(([0], np.cumsum(covered)))
     return cum[ex_bounds[1:]] - cum[ex_bounds[:-1]]
+
+
+def _pair_spans(ch: dict[str, np.ndarray], chain_pair: np.ndarray, n_pairs: int) -> list[list[tuple[int, int]]]:
+    """Merged document token intervals ``[start, end)`` of the chains of each (example, doc) pair."""
+    out: list[list[tuple[int, int]]] = [[] for _ in range(n_pairs)]
+    order = np.lexsort((ch["p0"], chain_pair))
+    for c in order.tolist():
+        pi, a, b = int(chain_pair[c]), int(ch["p0"][c]), int(ch["p0"][c] + ch["tokens"][c])
+        lst = out[pi]
+        if lst and a <= lst[-1][1]:
+            lst[-1] = (lst[-1][0], max(lst[-1][1], b))
+        else:
+            lst.append((a, b))
+    return out
 
 
 def _merge_spans(spans: list[tuple[int, int]]) -> list[list[int]]:
@@ -470,48 +485,49 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
     t0 = time.perf_counter()
     _check_corpus(corpus)
     ex = _examples(benchmarks, params)
-    tok = Tokenizer(params.normalization)
-    ex_tokens = tok.tokens_of_texts(ex.texts)
-    ex_bounds = ex_tokens.doc_bounds
+    folder = Folder(params.normalization)
+    ex_bounds, ex_hash = folder.hashed(pa.array(ex.texts, pa.string()))
+    vocab = Vocab(ex_hash)
     ex_len = np.diff(ex_bounds)
-    index = _build_index(tok, ex_tokens, params.ngram_n, params.min_example_tokens)
+    index = _build_index(ex_hash, ex_bounds, params.ngram_n, params.min_example_tokens)
     t_index = time.perf_counter() - t0
 
     # scan
     t1 = time.perf_counter()
     text = corpus["text"]
     batches = _batches(text, max(1, int(params.batch_mb * 1e6)))
-    workers = params.workers or max(1, (__import__("os").cpu_count() or 1))
+    workers = params.workers or (os.cpu_count() or 1)
+    scan = functools.partial(_scan_batch, folder, vocab, index)
     if workers > 1 and len(batches) > 1:
         with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(lambda b: _scan_batch(tok, index, b[1], b[0]), batches))
+            parts = list(pool.map(lambda b: scan(b[1], b[0]), batches))
     else:
-        parts = [_scan_batch(tok, index, a, r0) for r0, a in batches]
-    hits = np.concatenate(parts) if parts else np.zeros((0, 6), np.int64)
+        parts = [scan(a, r0) for r0, a in batches]
+    hits = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
     t_scan = time.perf_counter() - t1
     mb = sum(pc.sum(pc.binary_length(c)).as_py() or 0 for c in text.chunks) / 1e6
 
-    # score
+    # score each example
     x = _expand(index, hits)
     ch = _chains(x)
     n_ex = len(ex.ids)
     longest = np.zeros(n_ex, np.int64)
-    if ch["e"].size:
-        np.maximum.at(longest, ch["e"], ch["tokens"])
-    covered = _coverage(x, ex_bounds)
-    coverage = np.where(ex_len > 0, covered / np.maximum(ex_len, 1), 0.0)
+    np.maximum.at(longest, ch["e"], ch["tokens"])
+    coverage = _coverage(x, ex_bounds) / np.maximum(ex_len, 1)
     matched = np.zeros(n_ex, np.int64)
     n_docs = np.zeros(n_ex, np.int64)
     if x["e"].size:
-        eq = np.unique(np.stack([x["e"], x["q"], x["L"]], 1), axis=0)
-        matched = np.bincount(eq[:, 0], minlength=n_ex)
-        er = np.unique(np.stack([x["e"], x["row"]], 1), axis=0)
-        n_docs = np.bincount(er[:, 0], minlength=n_ex)
+        # (example, position, length) and (example, document) as single int64 keys
+        eq = np.unique((x["e"] << 40) | (x["q"] << 8) | x["L"])
+        matched = np.bincount(eq >> 40, minlength=n_ex)
+        er = np.unique(x["e"] * corpus.num_rows + x["row"])
+        n_docs = np.bincount(er // corpus.num_rows, minlength=n_ex)
     checked = (ex_len >= params.ngram_n) | (ex_len >= params.min_example_tokens)
-    rules_of = {b: params.rules_for(b) for b in set(ex.benchmarks)}
+    rules = [params.rules_for(b) for b in ex.benchmarks]
+    thr_longest = np.array([r["min_longest_match"] for r in rules], np.int64)
+    thr_cov = np.array([r["min_coverage"] for r in rules], np.float64)
     fired: list[list[str]] = []
-    for i in range(n_ex):
-        r = rules_of[ex.benchmarks[i]]
+    for i, r in enumerate(rules):
         f = []
         if checked[i]:
             if longest[i] >= r["min_longest_match"]:
@@ -523,53 +539,53 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
         fired.append(f)
     contaminated = np.array([bool(f) for f in fired], dtype=bool)
 
-    # per (example, document) evidence: which documents to act on
+    # evidence per (example, document) pair: which documents carry enough to be acted on
+    n_rows = corpus.num_rows
+    pairs, chain_pair = np.unique(ch["e"] * n_rows + ch["row"], return_inverse=True)
+    pair_e, pair_row = pairs // n_rows, pairs % n_rows
+    pair_best = np.zeros(pairs.size, np.int64)
+    np.maximum.at(pair_best, chain_pair, ch["tokens"])
+    pair_cov = np.zeros(pairs.size)
+    sel = contaminated[x["e"]]
+    if sel.any():
+        grp = np.searchsorted(pairs, x["e"][sel] * n_rows + x["row"][sel])
+        pb = np.zeros(pairs.size + 1, np.int64)
+        np.cumsum(ex_len[pair_e], out=pb[1:])
+        pair_cov = _coverage({"e": grp, "q": x["q"][sel], "L": x["L"][sel]}, pb) / np.maximum(ex_len[pair_e], 1)
+    strong = contaminated[pair_e] & ((pair_best >= thr_longest[pair_e]) | (pair_cov >= thr_cov[pair_e]))
+    no_strong = contaminated & (np.bincount(pair_e[strong], minlength=n_ex) == 0)
+    strong |= no_strong[pair_e]  # contaminated only jointly: act on every document involved
+
+    # token spans -> character spans, only for the documents that are listed or acted on
+    spans_tok = _pair_spans(ch, chain_pair, pairs.size)
+    listed: dict[int, list[int]] = {}
+    n_listed = np.zeros(n_ex, np.int64)
+    for pi in range(pairs.size):
+        e = int(pair_e[pi])
+        if n_listed[e] < params.max_hits:
+            listed.setdefault(e, []).append(pi)
+            n_listed[e] += len(spans_tok[pi])
+    need_rows = {int(pair_row[pi]) for lst in listed.values() for pi in lst} | set(pair_row[strong].tolist())
+    offsets = {r: folder.offsets(text[r].as_py()) for r in sorted(need_rows)} if need_rows else {}
+
+    def char_spans(pi: int) -> list[list[int]]:
+        st, en = offsets[int(pair_row[pi])]
+        return [[int(st[a]), int(en[b - 1])] for a, b in spans_tok[pi]]
+
     doc_ids = corpus["id"]
-    by_pair: dict[tuple[int, int], list[int]] = {}
-    for c in range(ch["e"].size):
-        by_pair.setdefault((int(ch["e"][c]), int(ch["row"][c])), []).append(c)
-    pair_cov: dict[tuple[int, int], float] = {}
-    if by_pair:
-        pairs = np.array(sorted(by_pair), dtype=np.int64)
-        # coverage of each example by one document: run _coverage on a relabelled example axis
-        pid = {p: i for i, p in enumerate(map(tuple, pairs.tolist()))}
-        sel = contaminated[x["e"]]
-        if sel.any():
-            sub = {k: v[sel] for k, v in x.items()}
-            grp = np.array([pid[(e, r)] for e, r in zip(sub["e"].tolist(), sub["row"].tolist())], np.int64)
-            pb = np.concatenate(([0], np.cumsum(ex_len[pairs[:, 0]])))
-            cov_tokens = _coverage({"e": grp, "q": sub["q"], "L": sub["L"]}, pb)
-            for p, i in pid.items():
-                if contaminated[p[0]]:
-                    pair_cov[p] = cov_tokens[i] / max(int(ex_len[p[0]]), 1)
+    hits_json = ["[]"] * n_ex
+    for e, lst in listed.items():
+        items = [{"doc_id": doc_ids[int(pair_row[pi])].as_py(), "start": s_, "end": e_}
+                 for pi in lst for s_, e_ in char_spans(pi)]
+        hits_json[e] = json.dumps(items[: params.max_hits])
     act_spans: dict[int, list[tuple[int, int]]] = {}
     act_examples: dict[int, set[int]] = {}
     act_longest: dict[int, int] = {}
-    hits_json: list[str] = ["[]"] * n_ex
-    pairs_of_ex: dict[int, list[tuple[int, int]]] = {}
-    for p in sorted(by_pair):
-        pairs_of_ex.setdefault(p[0], []).append(p)
-    for e, plist in pairs_of_ex.items():
-        listed = []
-        r = rules_of[ex.benchmarks[e]]
-        strong = []
-        for p in plist:
-            cs = by_pair[p]
-            spans = _merge_spans([(int(ch["cs"][c]), int(ch["ce"][c])) for c in cs])
-            best = int(max(ch["tokens"][c] for c in cs))
-            for s, t in spans:
-                listed.append({"doc_id": doc_ids[p[1]].as_py(), "start": s, "end": t})
-            if contaminated[e] and (best >= r["min_longest_match"] or pair_cov.get(p, 0.0) >= r["min_coverage"]):
-                strong.append((p, spans, best))
-        hits_json[e] = json.dumps(listed[: params.max_hits])
-        if contaminated[e]:
-            if not strong:  # contaminated only jointly: act on every document involved
-                strong = [(p, _merge_spans([(int(ch["cs"][c]), int(ch["ce"][c])) for c in by_pair[p]]),
-                           int(max(ch["tokens"][c] for c in by_pair[p]))) for p in plist]
-            for p, spans, best in strong:
-                act_spans.setdefault(p[1], []).extend(map(tuple, spans))
-                act_examples.setdefault(p[1], set()).add(e)
-                act_longest[p[1]] = max(act_longest.get(p[1], 0), best)
+    for pi in np.flatnonzero(strong).tolist():
+        r = int(pair_row[pi])
+        act_spans.setdefault(r, []).extend(tuple(sp) for sp in char_spans(pi))
+        act_examples.setdefault(r, set()).add(int(pair_e[pi]))
+        act_longest[r] = max(act_longest.get(r, 0), int(pair_best[pi]))
 
     report = pa.table(
         {

@@ -1,21 +1,26 @@
-"""Vectorised word tokenisation and n-gram hashing that keeps character offsets.
+"""Fast word tokenisation for n-gram matching, with character offsets on demand.
 
-Used by :mod:`tasks.contamination`. The corpus is scanned in Arrow batches without a Python loop
-over documents or tokens: the UTF-8 buffer of a batch is turned into one array of code points, each
-code point is folded through a lookup table (NFKC, lower case, punctuation and white space become
-separators: the same folding as :func:`tasks.common.normalize_text`), and tokens are the maximal
-runs of word characters. Token hashes are polynomial hashes over the folded code points computed
-from one prefix sum (mod 2**64), n-gram hashes are polynomial hashes over token hashes, both passed
-through the splitmix64 finaliser so every bit is usable for the bitmap prefilter.
+Used by :mod:`tasks.contamination`. Text is folded exactly like :func:`tasks.common.normalize_text`
+(NFKC, lower case, punctuation and white space become separators) but without a Python loop over
+documents or tokens:
 
-Why a lookup table per code point instead of ``normalize_text`` on the whole text: it keeps the
-position of every token in the original text (needed to report hits and to mask spans), and it is
-~50x faster. Where folding a code point depends on its neighbours (combining marks compose with the
-letter before them, Hangul jamo compose, Greek capital sigma lowers to a final form at a word end)
-or expands to several characters (ligatures such as U+FB01, U+00BD), the table marks it *complex*
-and the documents holding such code points go through :func:`_fold_slow`, which applies
-``normalize_text`` to the affected word runs. Benchmark text and corpus text use exactly the same
-functions, so a token folds to the same hash on both sides.
+* **ASCII documents** (most of a typical corpus): one ``bytes.translate`` over the batch's UTF-8
+  buffer maps upper case to lower case and every non-word byte to a space.
+* **Other documents**: the batch is decoded to code points (UTF-32) and each code point is folded
+  through a lookup table built from ``normalize_text`` itself. Where folding a code point depends on
+  its neighbours (combining marks compose with the letter before them, Hangul jamo compose, Greek
+  capital sigma lowers to a final form at a word end) or expands to several characters (ligatures
+  such as U+FB01, U+00BD), the table marks it *complex* and the word runs holding it go through
+  ``normalize_text`` one by one.
+
+Tokens are then split by Arrow (``ascii_split_whitespace``) and mapped to integer ids of the
+benchmark vocabulary by Arrow's hash table (``index_in``): a token that is in no benchmark example
+can be in no matching n-gram, so it becomes -1 and breaks every n-gram window it is in. N-gram keys
+are polynomial hashes (mod 2**64) over the ids, passed through the splitmix64 finaliser.
+
+Character offsets into the original text are only needed for documents that matched;
+:meth:`Folder.offsets` recomputes them for one document with the same folding, so token ``i`` of the
+fast path is token ``i`` there.
 """
 
 from __future__ import annotations
@@ -23,39 +28,31 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.common import Normalization, normalize_text
 
 U64 = np.uint64
 COMPLEX = np.uint32(0xFFFFFFFF)
 _WORD_RE = re.compile(r"\w", re.UNICODE)
-
-# Odd multipliers (random 64-bit constants) for the two polynomial hashes; their inverses mod 2**64
-# re-base a window's sum to position 0.
-_P_CHAR = 0x9E3779B97F4A7C15
 _P_TOKEN = 0xC2B2AE3D27D4EB4F
 _LENGTH_SALT = 0x165667B19E3779F9
-
-
-def _inv(x: int) -> int:
-    return pow(x, -1, 1 << 64)
+_MASKS = np.array([(1 << (8 * i)) - 1 for i in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 
 
 @functools.cache
 def fold_table(nfkc: bool = True, lowercase: bool = True) -> np.ndarray:
-    """Per-code-point fold: 0 = separator, :data:`COMPLEX` = context-dependent, else folded code point.
+    """Per-code-point fold: 0 = separator, :data:`COMPLEX` = context-dependent, else the folded code point.
 
     Code points past U+323AF (unassigned planes, private use, tags) are separators except the
     variation selectors U+E0100..U+E01EF, which are combining marks (complex). Built once per
-    process (~0.3 s).
+    process (~0.4 s).
     """
-    top = 0x32400
     table = np.zeros(0x110000, dtype=np.uint32)
-    for cp in range(top):
+    for cp in range(0x32400):
         if 0xD800 <= cp < 0xE000:
             continue
         ch = chr(cp)
@@ -66,13 +63,9 @@ def fold_table(nfkc: bool = True, lowercase: bool = True) -> np.ndarray:
         m = unicodedata.normalize("NFKC", ch) if nfkc else ch
         if lowercase:
             m = m.lower()
-        words = [bool(_WORD_RE.match(c)) for c in m]
-        if not any(words):
+        if not any(_WORD_RE.match(c) for c in m):
             continue  # separator: punctuation, white space, symbols
-        if len(m) == 1:
-            table[cp] = ord(m)
-        else:
-            table[cp] = COMPLEX
+        table[cp] = ord(m) if len(m) == 1 else COMPLEX
     table[0xE0100:0xE01F0] = COMPLEX
     return table
 
@@ -87,198 +80,218 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
-class _Powers:
-    """Growing tables of P**i and P**-i mod 2**64 (shared read-only across threads once grown)."""
-
-    def __init__(self, base: int) -> None:
-        self.base = base
-        self.inv = _inv(base)
-        self.pow = np.ones(1, dtype=U64)
-        self.ipow = np.ones(1, dtype=U64)
-
-    def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        if len(self.pow) < n:
-            size = max(n, 2 * len(self.pow))
-            with np.errstate(over="ignore"):
-                p = np.full(size, self.base, dtype=U64)
-                p[0] = 1
-                ip = np.full(size, self.inv, dtype=U64)
-                ip[0] = 1
-                self.pow = np.cumprod(p, dtype=U64)
-                self.ipow = np.cumprod(ip, dtype=U64)
-        return self.pow[:n], self.ipow[:n]
+def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets rebased to 0 as int64, UTF-8 bytes) of a string array, slices included."""
+    n = len(arr)
+    off_dtype = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=off_dtype)[arr.offset: arr.offset + n + 1].astype(np.int64)
+    buf = arr.buffers()[2]
+    raw = np.frombuffer(buf, dtype=np.uint8)[offsets[0]: offsets[-1]] if buf is not None else np.zeros(0, np.uint8)
+    return offsets - offsets[0], raw
 
 
-@dataclass
-class Tokens:
-    """Tokens of a set of documents, in document order.
-
-    Attributes:
-        hash: uint64 token hashes (folded text, mixed).
-        start, end: character offsets of each token in its document's original text.
-        doc_bounds: int64, ``len = n_docs + 1``; tokens of document ``d`` are
-            ``doc_bounds[d]:doc_bounds[d+1]``.
-    """
-
-    hash: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
-    doc_bounds: np.ndarray
+def _string_array(offsets: np.ndarray, data: bytes) -> pa.Array:
+    if offsets[-1] < 2**31 - 1:
+        return pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data))
+    return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.astype(np.int64)),
+                                            pa.py_buffer(data))
 
 
-class Tokenizer:
-    """Folds and hashes text; one instance per stage run (it caches power tables)."""
+class Folder:
+    """Folds text to space-separated word tokens; one instance per stage run."""
 
     def __init__(self, norm: Normalization = Normalization()) -> None:
         self.norm = norm
         self.table = fold_table(norm.nfkc, norm.lowercase)
-        self.table_ascii = self.table[:128].astype(np.uint8)
-        self.char_pow = _Powers(_P_CHAR)
-        self.token_pow = _Powers(_P_TOKEN)
-        # Grow once up front so threads only ever read these arrays.
-        self.char_pow.get(1 << 16)
-        self.token_pow.get(1 << 14)
+        t = self.table[:128]
+        self.ascii_translate = bytes(int(c) if c else 0x20 for c in t) + bytes(range(128, 256))
 
-    # -- text to folded code points ---------------------------------------------------------------
+    # -- whole batches ---------------------------------------------------------------------------
 
-    def tokens_of_array(self, arr: pa.Array) -> Tokens:
-        """Tokenise every string of a (non-null) Arrow string array."""
+    def fold_array(self, arr: pa.Array) -> pa.Array:
+        """Each string folded: word tokens in normalised form separated by ASCII spaces."""
         if isinstance(arr, pa.ChunkedArray):
             arr = arr.combine_chunks()
-        n = len(arr)
-        if n == 0:
-            return Tokens(*(np.zeros(0, dtype=t) for t in (U64, np.int64, np.int64)), np.zeros(1, np.int64))
-        off_dtype = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-        offsets = np.frombuffer(arr.buffers()[1], dtype=off_dtype)[arr.offset : arr.offset + n + 1].astype(np.int64)
-        data_buf = arr.buffers()[2]
-        raw = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]] if data_buf is not None \
-            else np.zeros(0, np.uint8)
-        byte_bounds = offsets - offsets[0]
-        if raw.size == 0 or int(raw.max()) < 0x80:
-            fold = self.table_ascii[raw]
-            return self._tokens(fold, byte_bounds, None)
+        if len(arr) == 0:
+            return pa.array([], pa.string())
+        is_ascii = pc.string_is_ascii(arr).to_numpy(zero_copy_only=False)
+        if is_ascii.all():
+            return self._fold_ascii(arr)
+        if not is_ascii.any():
+            return self._fold_unicode(arr)
+        a_idx, u_idx = np.flatnonzero(is_ascii), np.flatnonzero(~is_ascii)
+        both = pa.concat_arrays([self._fold_ascii(arr.take(a_idx)).cast(pa.large_string()),
+                                 self._fold_unicode(arr.take(u_idx)).cast(pa.large_string())])
+        inv = np.empty(len(arr), np.int64)
+        inv[np.concatenate((a_idx, u_idx))] = np.arange(len(arr))
+        return both.take(inv)
+
+    def tokens(self, arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
+        """(token bounds per document, int64 ``len = n_docs + 1``; flat array of token strings)."""
+        lists = pc.ascii_split_whitespace(pc.ascii_trim_whitespace(self.fold_array(arr)))
+        bounds = np.asarray(lists.offsets, dtype=np.int64)
+        return bounds - bounds[0], lists.flatten()
+
+    def hashed(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(token bounds per document, int64 ``len = n_docs + 1``; uint64 hash of every token).
+
+        The same tokens as :meth:`tokens`, hashed straight from the folded UTF-8 bytes: each token
+        is read 8 bytes at a time (unaligned loads from a padded copy) and mixed with its length.
+        """
+        offsets, raw = _string_parts(self.fold_array(arr))
+        N = raw.size
+        # one leading and 16 trailing spaces: token edges need no special case at the ends, and
+        # 8-byte loads past the last token stay inside the buffer
+        buf = np.full(N + 17, 0x20, np.uint8)
+        buf[1:N + 1] = raw
+        word = buf[:N + 2] != 0x20
+        edges = np.flatnonzero(word[1:] != word[:-1])  # alternately token start, token end
+        s, e = edges[0::2], edges[1::2]
+        # documents are adjacent in the buffer: split a token that runs across a boundary
+        inner = offsets[1:-1]
+        inner = inner[(inner > 0) & (inner < N)]
+        cut = inner[word[inner] & word[inner + 1]]
+        if cut.size:
+            s = np.insert(s, np.searchsorted(s, cut), cut)
+            e = np.insert(e, np.searchsorted(e, cut), cut)
+        bounds = np.searchsorted(s, offsets, side="left").astype(np.int64)
+        if s.size == 0:
+            return bounds, np.zeros(0, U64)
+        s1 = s + 1  # positions in buf
+        load8 = np.ndarray(shape=(N + 10,), dtype="<u8", buffer=buf, offset=0, strides=(1,))
+        length = e - s
+        with np.errstate(over="ignore"):
+            h = load8[s1] & _MASKS[np.minimum(length, 8)]
+            h += length.astype(U64) * U64(_P_TOKEN)
+            _mix64(h)
+            c = 8
+            idx = np.flatnonzero(length > c)
+            while idx.size:
+                w = load8[s1[idx] + c] & _MASKS[np.minimum(length[idx] - c, 8)]
+                hi = h[idx] * U64(_P_TOKEN) + w
+                h[idx] = _mix64(hi)
+                c += 8
+                idx = idx[length[idx] > c]
+        return bounds, h
+
+    def _fold_ascii(self, arr: pa.Array) -> pa.Array:
+        offsets, raw = _string_parts(arr)
+        return _string_array(offsets, raw.tobytes().translate(self.ascii_translate))
+
+    def _fold_unicode(self, arr: pa.Array) -> pa.Array:
+        _, raw = _string_parts(arr)
         cps = np.frombuffer(raw.tobytes().decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
-        not_cont = (raw & 0xC0) != 0x80
-        cum = np.zeros(raw.size + 1, dtype=np.int64)
-        np.cumsum(not_cont, out=cum[1:])
-        bounds = cum[byte_bounds]
+        char_bounds = np.zeros(len(arr) + 1, np.int64)
+        np.cumsum(pc.utf8_length(arr).to_numpy(zero_copy_only=False), out=char_bounds[1:])
         fold = self.table[cps]
         cplx = np.flatnonzero(fold == COMPLEX)
-        if cplx.size == 0:
-            return self._tokens(fold, bounds, None)
-        # Documents with context-dependent code points: fold them exactly, one by one.
-        slow_docs = np.unique(np.searchsorted(bounds, cplx, side="right") - 1)
-        slow = set(slow_docs.tolist())
-        pieces, pos_pieces, new_bounds = [], [], [0]
-        prev = 0
-        for d in range(n):
-            lo, hi = bounds[d], bounds[d + 1]
-            if d in slow:
-                f, p = self._fold_slow(cps[lo:hi], fold[lo:hi])
-            else:
-                f, p = fold[lo:hi], np.arange(0, hi - lo, dtype=np.int64)
-            pieces.append(f)
-            pos_pieces.append(p)
-            prev += len(f)
-            new_bounds.append(prev)
-        return self._tokens(np.concatenate(pieces), np.asarray(new_bounds, np.int64), np.concatenate(pos_pieces))
+        if cplx.size:
+            slow = set((np.searchsorted(char_bounds, cplx, side="right") - 1).tolist())
+            pieces = []
+            for d in range(len(arr)):
+                lo, hi = char_bounds[d], char_bounds[d + 1]
+                pieces.append(self._fold_slow(cps[lo:hi], fold[lo:hi])[0] if d in slow else fold[lo:hi])
+            char_bounds = np.zeros(len(arr) + 1, np.int64)
+            np.cumsum([p.size for p in pieces], out=char_bounds[1:])
+            fold = np.concatenate(pieces)
+        fold = np.where(fold == 0, np.uint32(0x20), fold)
+        nbytes = 1 + (fold >= 0x80).astype(np.int64) + (fold >= 0x800) + (fold >= 0x10000)
+        cum = np.zeros(fold.size + 1, np.int64)
+        np.cumsum(nbytes, out=cum[1:])
+        data = fold.tobytes().decode("utf-32-le").encode("utf-8")
+        return _string_array(cum[char_bounds], data)
 
-    def tokens_of_texts(self, texts: list[str]) -> Tokens:
-        """Tokenise Python strings (benchmark side)."""
-        return self.tokens_of_array(pa.array(texts, pa.string()))
+    def _fold_slow(self, cps: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact folding of one document holding complex code points.
 
-    def _fold_slow(self, cps: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact folding of one document: word runs holding complex code points go through
-        ``normalize_text``; every token of such a run is given the run's character span."""
+        Word runs with a complex code point go through ``normalize_text``; each token of such a run
+        is given the run's character span. Returns (folded code points, 0 = separator; and for each,
+        the original character span ``[start, end)`` it comes from).
+        """
         nonsep = fold != 0
         edges = np.flatnonzero(np.diff(np.concatenate(([False], nonsep, [False])).astype(np.int8)))
-        run_lo, run_hi = edges[::2], edges[1::2]
-        f_out, p_out = [], []
+        f_out, s_out, e_out = [], [], []
         last = 0
-        for lo, hi in zip(run_lo.tolist(), run_hi.tolist()):
-            seg = fold[lo:hi]
-            if not (seg == COMPLEX).any():
+        for lo, hi in zip(edges[::2].tolist(), edges[1::2].tolist()):
+            if not (fold[lo:hi] == COMPLEX).any():
                 continue
-            # untouched stretch before this run
             f_out.append(fold[last:lo])
-            p_out.append(np.arange(last, lo, dtype=np.int64))
+            s_out.append(np.arange(last, lo, dtype=np.int64))
+            e_out.append(np.arange(last + 1, lo + 1, dtype=np.int64))
             text = cps[lo:hi].tobytes().decode("utf-32-le")
             for tok in normalize_text(text, self.norm).split():
                 t = np.frombuffer(tok.encode("utf-32-le"), dtype=np.uint32)
-                p = np.full(len(t), lo, dtype=np.int64)
-                p[-1] = hi - 1  # so the token spans the whole run in the original text
-                f_out.append(np.concatenate((t, [0])).astype(np.uint32))
-                p_out.append(np.concatenate((p, [hi - 1])))
+                f_out.append(np.append(t, np.uint32(0)))
+                s_out.append(np.full(len(t) + 1, lo, dtype=np.int64))
+                e_out.append(np.full(len(t) + 1, hi, dtype=np.int64))
             last = hi
         f_out.append(fold[last:])
-        p_out.append(np.arange(last, len(fold), dtype=np.int64))
-        return np.concatenate(f_out).astype(np.uint32), np.concatenate(p_out)
+        s_out.append(np.arange(last, len(fold), dtype=np.int64))
+        e_out.append(np.arange(last + 1, len(fold) + 1, dtype=np.int64))
+        return np.concatenate(f_out).astype(np.uint32), np.concatenate(s_out), np.concatenate(e_out)
 
-    # -- folded code points to token hashes -------------------------------------------------------
+    # -- one document, with offsets ---------------------------------------------------------------
 
-    def _tokens(self, fold: np.ndarray, bounds: np.ndarray, pos: np.ndarray | None) -> Tokens:
-        n_docs = len(bounds) - 1
-        N = fold.size
-        word = fold != 0
-        # a token starts at a word char whose predecessor is not a word char or is in another doc
-        prev = np.empty(N, dtype=bool)
-        if N:
-            prev[0] = False
-            prev[1:] = word[:-1]
-        nxt = np.empty(N, dtype=bool)
-        if N:
-            nxt[-1] = False
-            nxt[:-1] = word[1:]
-        starts_at = bounds[:-1][bounds[:-1] < N]
-        prev[starts_at] = False
-        ends_at = bounds[1:][bounds[1:] > 0] - 1
-        nxt[ends_at] = False
-        s = np.flatnonzero(word & ~prev)
-        e = np.flatnonzero(word & ~nxt) + 1
-        pw, ipw = self.char_pow.get(N + 1)
-        with np.errstate(over="ignore"):
-            h = np.zeros(N + 1, dtype=U64)
-            np.cumsum(fold.astype(U64) * pw[:N], out=h[1:])
-            th = (h[e] - h[s]) * ipw[s]
-            th += (e - s).astype(U64)  # length in, so zero-padded folds never collide
-        _mix64(th)
-        doc_bounds = np.searchsorted(s, bounds, side="left").astype(np.int64)
-        tok_doc = np.repeat(np.arange(n_docs), np.diff(doc_bounds))
-        if pos is None:
-            start = s - bounds[:-1][tok_doc]
-            end = e - bounds[:-1][tok_doc]
-        else:
-            start = pos[s]
-            end = pos[e - 1] + 1
-        return Tokens(th, start.astype(np.int64), end.astype(np.int64), doc_bounds)
-
-    # -- token hashes to n-gram hashes ------------------------------------------------------------
-
-    def ngrams(self, tokens: Tokens, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hashes of every n-gram that lies inside one document, and the index of its first token."""
-        T = tokens.hash.size
-        if T < n:
-            return np.zeros(0, U64), np.zeros(0, np.int64)
-        pw, ipw = self.token_pow.get(T + 1)
-        with np.errstate(over="ignore"):
-            g = np.zeros(T + 1, dtype=U64)
-            np.cumsum(tokens.hash * pw[:T], out=g[1:])
-            k = T - n + 1
-            ng = (g[n:] - g[:k]) * ipw[:k]
-            ng += U64((n * _LENGTH_SALT) & 0xFFFFFFFFFFFFFFFF)
-        _mix64(ng)
-        # keep n-grams whose last token is in the same document as the first
-        db = tokens.doc_bounds
-        counts = np.maximum(np.diff(db) - n + 1, 0)
-        if counts.sum() == k:
-            return ng, np.arange(k, dtype=np.int64)
-        first = np.repeat(db[:-1], counts) + _ranges(counts)
-        return ng[first], first
+    def offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Character (start, end) of every token of ``text``, in the order of :meth:`tokens`."""
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        fold = self.table[cps]
+        spans = None
+        if (fold == COMPLEX).any():
+            fold, *spans = self._fold_slow(cps, fold)
+        word = np.concatenate(([False], fold != 0, [False])).astype(np.int8)
+        edges = np.flatnonzero(np.diff(word))
+        s, e = edges[::2], edges[1::2]
+        if spans is None:
+            return s.astype(np.int64), e.astype(np.int64)
+        return spans[0][s], spans[1][e - 1]
 
 
-def _ranges(counts: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(c) for c in counts])`` without the loop."""
-    counts = counts.astype(np.int64)
-    total = int(counts.sum())
-    starts = np.cumsum(counts) - counts
-    return np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+class Vocab:
+    """Hashes of the benchmark tokens, as a bitmap: a corpus token not in it can be in no match.
+
+    A bitmap answers "maybe" for a few tokens outside the vocabulary (about ``len/2**bits``); those
+    only make the n-gram lookup check a few more windows.
+    """
+
+    def __init__(self, token_hashes: np.ndarray) -> None:
+        uniq = np.unique(token_hashes)
+        self.size = int(uniq.size)
+        bits = int(min(26, max(12, np.ceil(np.log2(max(self.size, 1))) + 6)))
+        self.shift = U64(64 - bits)
+        self.bitmap = np.zeros(1 << bits, dtype=bool)
+        self.bitmap[uniq >> self.shift] = True
+
+    def __len__(self) -> int:
+        return self.size
+
+    def contains(self, token_hashes: np.ndarray) -> np.ndarray:
+        return self.bitmap[token_hashes >> self.shift]
+
+
+def ngram_keys(th: np.ndarray, usable: np.ndarray, bounds: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of every n-gram that lies in one document and has only ``usable`` tokens.
+
+    ``th`` are token hashes (:meth:`Folder.hashed`), ``usable`` a bool per token (in the benchmark
+    vocabulary), ``bounds`` the token bounds of the documents. Returns (uint64 keys, int64 index of
+    each n-gram's first token).
+    """
+    T = th.size
+    if T < n:
+        return np.zeros(0, U64), np.zeros(0, np.int64)
+    k = T - n + 1
+    bad = np.zeros(T + 1, np.int32)
+    np.cumsum(~usable, out=bad[1:])
+    ok = (bad[n:] - bad[:k]) == 0
+    first = np.flatnonzero(ok)
+    if len(bounds) > 2 and first.size:  # drop windows that cross into the next document
+        doc_end = bounds[np.searchsorted(bounds, first, side="right")]
+        first = first[first + n <= doc_end]
+    if first.size == 0:
+        return np.zeros(0, U64), first
+    with np.errstate(over="ignore"):
+        h = np.full(first.size, U64((n * _LENGTH_SALT) & 0xFFFFFFFFFFFFFFFF))
+        for j in range(n):  # Horner over the window; only usable windows are touched
+            h *= U64(_P_TOKEN)
+            h += th[first + j]
+    return _mix64(h), first

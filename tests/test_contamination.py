@@ -12,7 +12,7 @@ import pytest
 
 from tasks.common import BENCHMARK_SCHEMA, LEDGER_SCHEMA, normalize_text, params_from_dict
 from tasks.contamination import REPORT_SCHEMA, Params, run
-from tasks.ngram_index import Tokenizer
+from tasks.ngram_index import Folder
 from winnow.errors import WinnowError
 
 LICENSES = Path("/usr/share/common-licenses")
@@ -206,17 +206,36 @@ def test_unicode_variants_match_and_offsets_are_in_characters():
     assert docs[3][hit["start"]:hit["end"]].endswith("SEMAINE")
 
 
-def test_tokens_agree_with_normalize_text_on_real_text():
-    tok = Tokenizer()
-    texts = _license_docs() + ["Ｆｕｌｌ-width ＡＢＣ, ligature ﬁsh, e\u0301te\u0301, ΟΔΟΣ, Straße, İstanbul, ½ cup"]
-    toks = tok.tokens_of_texts(texts)
+def test_tokens_agree_with_normalize_text_and_offsets_line_up():
+    folder = Folder()
+    texts = _license_docs() + [
+        "Ｆｕｌｌ-width ＡＢＣ, ligature ﬁsh, e\u0301te\u0301, ΟΔΟΣ, Straße, İstanbul, ½ cup",
+        "plain ascii only, with_underscores and CAPS",
+        "“Curly” quotes — dashes… and non\u00a0breaking spaces",
+    ]
+    bounds, toks = folder.tokens(pa.array(texts))
+    toks = toks.to_pylist()
     for d, t in enumerate(texts):
-        lo, hi = toks.doc_bounds[d], toks.doc_bounds[d + 1]
         want = normalize_text(t).split()
-        assert hi - lo == len(want), d
-        # equal words hash equal: compare against hashing the normalised words on their own
-        ref = tok.tokens_of_texts([" ".join(want)])
-        assert np.array_equal(toks.hash[lo:hi], ref.hash)
+        assert toks[bounds[d]:bounds[d + 1]] == want, d
+        start, end = folder.offsets(t)
+        assert len(start) == len(want)
+        for w, a, b in zip(want, start.tolist(), end.tolist()):
+            assert w in normalize_text(t[a:b]).split()
+
+
+def test_tokens_agree_with_normalize_text_on_random_unicode():
+    rng = np.random.default_rng(7)
+    cps = [c for c in range(0x20, 0x30000) if not 0xD800 <= c < 0xE000]
+    picks = rng.choice(cps, size=(3000, 3))
+    seps = rng.choice([" ", ", ", "-", "\n", "\u3000", "\u00a0"], size=3000)
+    texts = ["".join(chr(c) for c in w) + str(s) for w, s in zip(picks.tolist(), seps.tolist())]
+    docs = ["".join(texts[i:i + 30]) for i in range(0, len(texts), 30)]
+    bounds, toks = Folder().tokens(pa.array(docs))
+    toks = toks.to_pylist()
+    for d, t in enumerate(docs):
+        assert toks[bounds[d]:bounds[d + 1]] == normalize_text(t).split(), d
+        assert len(Folder().offsets(t)[0]) == bounds[d + 1] - bounds[d]
 
 
 def test_match_does_not_cross_document_boundaries():
