@@ -71,7 +71,11 @@ class PipelineRun:
         forced = name in self.force
         # A cache record whose store entry was deleted must not be trusted: refresh it.
         refresh = forced or not self.store.exists(fingerprint_of(plan))
-        state = stage_task(name, root, refresh=refresh)(plan, root, force=forced, return_state=True)
+        # submit() (not a direct call) so the flow's task runner decides where the stage runs:
+        # threads here, a Dask or Ray worker when run.task_runner says so.
+        future = stage_task(name, root, refresh=refresh).submit(plan, root, force=forced)
+        future.wait()
+        state = future.state
         fp = state.result()
         self.outcomes[name] = Outcome(name, fp, cached=state.name == "Cached")
         return fp
@@ -143,6 +147,31 @@ def finish(run: PipelineRun) -> dict[str, Any]:
     publish_run(rows, lineage_mermaid(store, outputs))
     get_run_logger().info("run %s: %d stages, %d from cache", run_id, len(rows), sum(cached.values()))
     return {"run_id": run_id, "outputs": outputs, "cached": cached, "store": str(store.root)}
+
+
+def task_runner(cfg: PipelineConfig):
+    """The Prefect task runner named by ``[run]``: threads, or an existing scale-out engine."""
+    kind, address, workers = cfg.run.task_runner, cfg.run.runner_address, cfg.run.max_workers
+    if kind == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise WinnowError("run.task_runner = 'dask' needs the dask extra: pip install -e '.[dask]'") from None
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "host": "127.0.0.1",
+                                              "dashboard_address": "127.0.0.1:0"})
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            raise WinnowError("run.task_runner = 'ray' needs the ray extra: pip install -e '.[ray]'") from None
+        return RayTaskRunner(address=address or None, init_kwargs={"num_cpus": workers, "include_dashboard": False})
+    raise WinnowError(f"run.task_runner: unknown runner '{kind}'; use threads, dask or ray")
 
 
 def stage_flow(stage: str):

@@ -181,12 +181,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         force = list(STAGES[start:])
     _preflight(cfg)
     _prefect_env()
-    from flows.pipeline import nightly
+    from flows.pipeline import nightly, task_runner
     from flows.receipt import evaluation_summary, format_table, mixture_weights, receipt_rows
     from storage import DatasetStore, short
 
     started = time.perf_counter()
-    state = nightly(config=cfg.to_dict(), force=force, last=last, return_state=True)
+    flow = nightly.with_options(task_runner=task_runner(cfg))
+    state = flow(config=cfg.to_dict(), force=force, last=last, return_state=True)
     if state.is_failed():
         exc = _exception_of(state)
         if isinstance(exc, WinnowError):
