@@ -241,7 +241,8 @@ def _examples(benchmarks: pa.Table, params: Params) -> _Examples:
         if x in seen:
             raise WinnowError(f"{what}: duplicate id {x!r}")
         seen.add(x)
-    used = {f for b in set(names) for f in params.rules_for(b)["fields"]}
+    fields_of = {b: params.rules_for(b)["fields"] for b in set(names)}
+    used = {f for fs in fields_of.values() for f in fs}
     cols: dict[str, list[Any]] = {}
     for f in ("question", "choices", "answer", "target", "context"):
         src = {"answer": ("choices", "answer", "target")}.get(f, (f,))
@@ -266,7 +267,7 @@ def _examples(benchmarks: pa.Table, params: Params) -> _Examples:
         if q is None or not q.strip():
             raise WinnowError(f"{what}: example {x!r} has a null or empty 'question'")
         parts = []
-        for f in params.rules_for(names[i])["fields"]:
+        for f in fields_of[names[i]]:
             if f == "choices":
                 parts.extend(c for c in (cols["choices"][i] or []) if c)
             elif f == "answer":
@@ -313,8 +314,9 @@ def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, n: int, min_tokens:
     ex_of_token = np.repeat(np.arange(lengths_e.size), lengths_e)
     want = sorted({n} | {int(L) for L in lengths_e if min_tokens <= L < n})
     keys, ptr, occ_e, occ_q = {}, {}, {}, {}
+    grams = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, want)
     for L in want:
-        h, first = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, L)
+        h, first = grams[L]
         e = ex_of_token[first]
         if L != n:  # short examples: only their one whole-length n-gram
             keep = lengths_e[e] == L
@@ -343,8 +345,9 @@ def _scan_batch(folder: Folder, vocab: Vocab, index: _Index, arr: pa.Array, row0
     bounds, th = folder.hashed(arr)
     usable = vocab.contains(th)
     out = []
+    grams = ngram_keys(th, usable, bounds, index.lengths)
     for L in index.lengths:
-        h, first = ngram_keys(th, usable, bounds, L)
+        h, first = grams[L]
         if h.size == 0:
             continue
         cand = np.flatnonzero(index.bitmap[h >> np.uint64(index.shift)])
@@ -523,7 +526,8 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
         er = np.unique(x["e"] * corpus.num_rows + x["row"])
         n_docs = np.bincount(er // corpus.num_rows, minlength=n_ex)
     checked = (ex_len >= params.ngram_n) | (ex_len >= params.min_example_tokens)
-    rules = [params.rules_for(b) for b in ex.benchmarks]
+    rules_of = {b: params.rules_for(b) for b in set(ex.benchmarks)}
+    rules = [rules_of[b] for b in ex.benchmarks]
     thr_longest = np.array([r["min_longest_match"] for r in rules], np.int64)
     thr_cov = np.array([r["min_coverage"] for r in rules], np.float64)
     fired: list[list[str]] = []

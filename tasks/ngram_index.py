@@ -136,49 +136,40 @@ class Folder:
         """(token bounds per document, int64 ``len = n_docs + 1``; uint64 hash of every token).
 
         The same tokens as :meth:`tokens`, hashed straight from the folded UTF-8 bytes: each token
-        is read 8 bytes at a time (unaligned loads from a padded copy) and mixed with its length.
+        is read 8 bytes at a time (unaligned loads from a padded buffer) and mixed with its length.
+        ASCII and other documents are folded apart and their tokens put back in document order.
         """
-        offsets, raw = _string_parts(self.fold_array(arr))
-        N = raw.size
-        # one leading and 16 trailing spaces: token edges need no special case at the ends, and
-        # 8-byte loads past the last token stay inside the buffer
-        buf = np.full(N + 17, 0x20, np.uint8)
-        buf[1:N + 1] = raw
-        word = buf[:N + 2] != 0x20
-        edges = np.flatnonzero(word[1:] != word[:-1])  # alternately token start, token end
-        s, e = edges[0::2], edges[1::2]
-        # documents are adjacent in the buffer: split a token that runs across a boundary
-        inner = offsets[1:-1]
-        inner = inner[(inner > 0) & (inner < N)]
-        cut = inner[word[inner] & word[inner + 1]]
-        if cut.size:
-            s = np.insert(s, np.searchsorted(s, cut), cut)
-            e = np.insert(e, np.searchsorted(e, cut), cut)
-        bounds = np.searchsorted(s, offsets, side="left").astype(np.int64)
-        if s.size == 0:
-            return bounds, np.zeros(0, U64)
-        s1 = s + 1  # positions in buf
-        load8 = np.ndarray(shape=(N + 10,), dtype="<u8", buffer=buf, offset=0, strides=(1,))
-        length = e - s
-        with np.errstate(over="ignore"):
-            h = load8[s1] & _MASKS[np.minimum(length, 8)]
-            h += length.astype(U64) * U64(_P_TOKEN)
-            _mix64(h)
-            c = 8
-            idx = np.flatnonzero(length > c)
-            while idx.size:
-                w = load8[s1[idx] + c] & _MASKS[np.minimum(length[idx] - c, 8)]
-                hi = h[idx] * U64(_P_TOKEN) + w
-                h[idx] = _mix64(hi)
-                c += 8
-                idx = idx[length[idx] > c]
-        return bounds, h
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        n = len(arr)
+        if n == 0:
+            return np.zeros(1, np.int64), np.zeros(0, U64)
+        is_ascii = pc.string_is_ascii(arr).to_numpy(zero_copy_only=False)
+        if is_ascii.all():
+            return _hash_buffer(*self._ascii_buffer(arr))
+        if not is_ascii.any():
+            return _hash_buffer(*self._unicode_buffer(arr))
+        a_idx, u_idx = np.flatnonzero(is_ascii), np.flatnonzero(~is_ascii)
+        ba, ha = _hash_buffer(*self._ascii_buffer(arr.take(a_idx)))
+        bu, hu = _hash_buffer(*self._unicode_buffer(arr.take(u_idx)))
+        counts = np.empty(n, np.int64)
+        counts[a_idx], counts[u_idx] = np.diff(ba), np.diff(bu)
+        src = np.empty(n, np.int64)
+        src[a_idx], src[u_idx] = ba[:-1], bu[:-1] + ha.size
+        bounds = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=bounds[1:])
+        order = np.repeat(src - bounds[:-1], counts) + np.arange(int(bounds[-1]), dtype=np.int64)
+        return bounds, np.concatenate((ha, hu))[order]
 
-    def _fold_ascii(self, arr: pa.Array) -> pa.Array:
+    def _ascii_buffer(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(byte offsets, folded bytes with 1 leading and 16 trailing spaces) of ASCII strings."""
         offsets, raw = _string_parts(arr)
-        return _string_array(offsets, raw.tobytes().translate(self.ascii_translate))
+        buf = bytearray(raw.size + 17)  # NUL padding folds to spaces
+        buf[1:raw.size + 1] = raw.data
+        return offsets, np.frombuffer(buf.translate(self.ascii_translate), np.uint8)
 
-    def _fold_unicode(self, arr: pa.Array) -> pa.Array:
+    def _unicode_buffer(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(byte offsets, folded UTF-8 with 1 leading and 16 trailing spaces) of any strings."""
         _, raw = _string_parts(arr)
         cps = np.frombuffer(raw.tobytes().decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
         char_bounds = np.zeros(len(arr) + 1, np.int64)
@@ -194,12 +185,25 @@ class Folder:
             char_bounds = np.zeros(len(arr) + 1, np.int64)
             np.cumsum([p.size for p in pieces], out=char_bounds[1:])
             fold = np.concatenate(pieces)
-        fold = np.where(fold == 0, np.uint32(0x20), fold)
-        nbytes = 1 + (fold >= 0x80).astype(np.int64) + (fold >= 0x800) + (fold >= 0x10000)
-        cum = np.zeros(fold.size + 1, np.int64)
-        np.cumsum(nbytes, out=cum[1:])
-        data = fold.tobytes().decode("utf-32-le").encode("utf-8")
-        return _string_array(cum[char_bounds], data)
+        fold[fold == 0] = 0x20
+        # UTF-8 length of each document: one byte per code point, plus the extra bytes of the
+        # (few) non-ASCII ones
+        wide = np.flatnonzero(fold >= 0x80)
+        extra = 1 + (fold[wide] >= 0x800).astype(np.int64) + (fold[wide] >= 0x10000)
+        per_doc = np.bincount(np.searchsorted(char_bounds, wide, side="right") - 1, weights=extra,
+                              minlength=len(char_bounds) - 1).astype(np.int64)
+        byte_bounds = char_bounds.copy()
+        byte_bounds[1:] += np.cumsum(per_doc)
+        data = b" " + fold.tobytes().decode("utf-32-le").encode("utf-8") + b" " * 16
+        return byte_bounds, np.frombuffer(data, np.uint8)
+
+    def _fold_ascii(self, arr: pa.Array) -> pa.Array:
+        offsets, buf = self._ascii_buffer(arr)
+        return _string_array(offsets, buf[1:-16].tobytes())
+
+    def _fold_unicode(self, arr: pa.Array) -> pa.Array:
+        offsets, buf = self._unicode_buffer(arr)
+        return _string_array(offsets, buf[1:-16].tobytes())
 
     def _fold_slow(self, cps: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact folding of one document holding complex code points.
@@ -210,11 +214,12 @@ class Folder:
         """
         nonsep = fold != 0
         edges = np.flatnonzero(np.diff(np.concatenate(([False], nonsep, [False])).astype(np.int8)))
+        run_lo, run_hi = edges[::2], edges[1::2]
+        # only the word runs that hold a complex code point
+        hot = np.unique(np.searchsorted(run_lo, np.flatnonzero(fold == COMPLEX), side="right") - 1)
         f_out, s_out, e_out = [], [], []
         last = 0
-        for lo, hi in zip(edges[::2].tolist(), edges[1::2].tolist()):
-            if not (fold[lo:hi] == COMPLEX).any():
-                continue
+        for lo, hi in zip(run_lo[hot].tolist(), run_hi[hot].tolist()):
             f_out.append(fold[last:lo])
             s_out.append(np.arange(last, lo, dtype=np.int64))
             e_out.append(np.arange(last + 1, lo + 1, dtype=np.int64))
@@ -247,6 +252,40 @@ class Folder:
         return spans[0][s], spans[1][e - 1]
 
 
+def _hash_buffer(offsets: np.ndarray, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token bounds and hashes of folded text: ``buf`` is 1 space, the documents' folded bytes
+    back to back (``offsets``), 16 spaces."""
+    N = buf.size - 17
+    word = buf[:N + 2] != 0x20
+    edges = np.flatnonzero(word[1:] != word[:-1])  # alternately token start, token end
+    s, e = edges[0::2], edges[1::2]
+    # documents are adjacent in the buffer: split a token that runs across a boundary
+    inner = offsets[1:-1]
+    inner = inner[(inner > 0) & (inner < N)]
+    cut = inner[word[inner] & word[inner + 1]]
+    if cut.size:
+        s = np.insert(s, np.searchsorted(s, cut), cut)
+        e = np.insert(e, np.searchsorted(e, cut), cut)
+    bounds = np.searchsorted(s, offsets, side="left").astype(np.int64)
+    if s.size == 0:
+        return bounds, np.zeros(0, U64)
+    s1 = s + 1  # positions in buf
+    load8 = np.ndarray(shape=(N + 10,), dtype="<u8", buffer=buf, offset=0, strides=(1,))
+    length = e - s
+    with np.errstate(over="ignore"):
+        h = load8[s1] & _MASKS[np.minimum(length, 8)]
+        h += length.astype(U64) * U64(_P_TOKEN)
+        _mix64(h)
+        c = 8
+        idx = np.flatnonzero(length > c)
+        while idx.size:
+            w = load8[s1[idx] + c] & _MASKS[np.minimum(length[idx] - c, 8)]
+            h[idx] = _mix64(h[idx] * U64(_P_TOKEN) + w)
+            c += 8
+            idx = idx[length[idx] > c]
+    return bounds, h
+
+
 class Vocab:
     """Hashes of the benchmark tokens, as a bitmap: a corpus token not in it can be in no match.
 
@@ -269,29 +308,39 @@ class Vocab:
         return self.bitmap[token_hashes >> self.shift]
 
 
-def ngram_keys(th: np.ndarray, usable: np.ndarray, bounds: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keys of every n-gram that lies in one document and has only ``usable`` tokens.
+def ngram_keys(th: np.ndarray, usable: np.ndarray, bounds: np.ndarray, lengths: list[int]
+               ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Keys of every n-gram, for each n in ``lengths``, that lies in one document and has only
+    ``usable`` tokens.
 
     ``th`` are token hashes (:meth:`Folder.hashed`), ``usable`` a bool per token (in the benchmark
-    vocabulary), ``bounds`` the token bounds of the documents. Returns (uint64 keys, int64 index of
-    each n-gram's first token).
+    vocabulary), ``bounds`` the token bounds of the documents. Returns ``{n: (uint64 keys, int64
+    index of each n-gram's first token)}``. One pass serves every length: the polynomial hash of a
+    window is extended token by token and read off at each requested length.
     """
+    lengths = sorted(set(lengths))
     T = th.size
-    if T < n:
-        return np.zeros(0, U64), np.zeros(0, np.int64)
-    k = T - n + 1
-    bad = np.zeros(T + 1, np.int32)
-    np.cumsum(~usable, out=bad[1:])
-    ok = (bad[n:] - bad[:k]) == 0
-    first = np.flatnonzero(ok)
-    if len(bounds) > 2 and first.size:  # drop windows that cross into the next document
-        doc_end = bounds[np.searchsorted(bounds, first, side="right")]
-        first = first[first + n <= doc_end]
-    if first.size == 0:
-        return np.zeros(0, U64), first
+    empty = (np.zeros(0, U64), np.zeros(0, np.int64))
+    if T == 0:
+        return {n: empty for n in lengths}
+    # run[k]: how many usable tokens follow from k (k included) before a break or the document end
+    idx = np.arange(T, dtype=np.int64)
+    nxt = np.where(usable, T, idx)
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+    doc_end = np.repeat(bounds[1:], np.diff(bounds))
+    run = np.minimum(nxt, doc_end) - idx
+    out = {}
+    first = np.flatnonzero(run >= lengths[0])
+    h = np.zeros(first.size, U64)
+    done = 0
     with np.errstate(over="ignore"):
-        h = np.full(first.size, U64((n * _LENGTH_SALT) & 0xFFFFFFFFFFFFFFFF))
-        for j in range(n):  # Horner over the window; only usable windows are touched
-            h *= U64(_P_TOKEN)
-            h += th[first + j]
-    return _mix64(h), first
+        for n in lengths:
+            keep = run[first] >= n
+            first, h = first[keep], h[keep]
+            for j in range(done, n):  # Horner, one more token per step
+                h *= U64(_P_TOKEN)
+                h += th[first + j]
+            done = n
+            key = h + U64((n * _LENGTH_SALT) & 0xFFFFFFFFFFFFFFFF)
+            out[n] = (_mix64(key), first)
+    return out
