@@ -110,11 +110,30 @@ def load_items(limit: int | None) -> pa.Table:
         q = body.split("\n\n")[0]
         choices = [p.strip() for p in parts[1:]]
         add("medmcqa", i, q, choices, "abcd".find(r["ideal"].strip()[:1]))
-    table = pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA)
+    table = dedupe_items(pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA))
     if limit and table.num_rows > limit:
         rng = np.random.default_rng(11)
         table = table.take(np.sort(rng.choice(table.num_rows, limit, replace=False)))
     return table
+
+
+def dedupe_items(table: pa.Table, n: int = 8) -> pa.Table:
+    """Keep the first of any items that share an n-gram of their checked text.
+
+    QuaRTz pairs questions that differ by a word and SocialIQA reuses contexts; without this, an
+    unplanted item that shares most of its text with a planted one would count as a false positive.
+    """
+    bounds, toks = Folder().tokens(pa.array([item_text(r) for r in table.to_pylist()]))
+    toks = toks.to_pylist()
+    seen: set[tuple[str, ...]] = set()
+    keep = []
+    for i in range(table.num_rows):
+        t = toks[bounds[i]:bounds[i + 1]]
+        grams = {tuple(t[j:j + n]) for j in range(max(1, len(t) - n + 1))}
+        if not grams & seen:
+            keep.append(i)
+        seen |= grams
+    return table.take(keep)
 
 
 def load_corpus(target_mb: float) -> tuple[pa.Table, str]:
@@ -202,9 +221,9 @@ def plant_text(kind: str, text: str, rng: np.random.Generator) -> str:
 
 def decoy_text(text: str, rng: np.random.Generator) -> str:
     topic = [w.strip(string.punctuation) for w in text.split()]
-    topic = list(dict.fromkeys(w for w in topic if len(w) > 3 and w.lower() not in _STOP))
+    topic = list(dict.fromkeys(w for w in topic if len(w) > 3 and w.isalpha() and w.lower() not in _STOP))
     rng.shuffle(topic)
-    topic = (topic + ["it"] * 6)[:6]
+    topic = (topic + ["method", "history", "practice", "theory", "evidence", "context"])[:6]
     return (f"Reading notes: {topic[0]} comes up again, and so does {topic[1]}. Someone asked whether "
             f"{topic[2]} matters here; we think {topic[3]} is more relevant, though {topic[4]} and "
             f"{topic[5]} deserve a look too.")
@@ -243,7 +262,7 @@ def plant(corpus: pa.Table, bench: pa.Table, per_kind: int, seed: int) -> tuple[
         spaces = [m.start() for m in re.finditer(r"\s", t)] or [len(t)]
         at = spaces[int(rng.integers(len(spaces)))]
         texts[d] = t[:at] + "\n" + insert + "\n" + t[at:]
-        truth[rows[it]["id"]] = {"kind": kind, "doc": ids[d]}
+        truth[rows[it]["id"]] = {"kind": kind, "doc": ids[d], "tokens": len(folder.tokens(pa.array([text]))[1])}
     out = corpus.set_column(corpus.column_names.index("text"), "text", pa.array(texts, pa.string()))
     return out, truth
 
@@ -260,7 +279,8 @@ def winnow_method(params: Params):
         return {
             "flagged": {r["id"] for r in rep if r["contaminated"]},
             "docs": {r["id"]: {h["doc_id"] for h in json.loads(r["hits"])} for r in rep if r["contaminated"]},
-            "scan_s": res.metrics["scan_seconds"], "total_s": res.metrics["seconds"], "cpu_s": cpu,
+            "scan_s": res.metrics["scan_seconds"], "total_s": res.metrics["seconds"],
+            "cpu_s": res.metrics["scan_cpu_seconds"], "run_cpu_s": cpu,
             "index_s": res.metrics["index_seconds"],
         }
     return method
@@ -292,7 +312,7 @@ def lm_eval_method(corpus: pa.Table, bench: pa.Table) -> dict:
         for ng in jm.word_ngrams(jan.normalize_string(item_text(r)), n):
             lookup.setdefault(ng, set()).add(r["id"])
     t_index = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     docs: dict[str, set[str]] = {}
     for did, text in zip(corpus["id"].to_pylist(), corpus["text"].to_pylist()):
         for ng in jm.word_ngrams(jan.normalize_string(text), n):
@@ -301,8 +321,9 @@ def lm_eval_method(corpus: pa.Table, bench: pa.Table) -> dict:
                 for e in hit:
                     docs.setdefault(e, set()).add(did)
     t_scan = time.perf_counter() - t1
+    cpu_scan = time.process_time() - c1
     return {"flagged": set(docs), "docs": docs, "scan_s": t_scan, "total_s": time.perf_counter() - t0,
-            "cpu_s": time.process_time() - c0, "index_s": t_index}
+            "cpu_s": cpu_scan, "run_cpu_s": time.process_time() - c0, "index_s": t_index}
 
 
 def janitor_clean_throughput(corpus: pa.Table, bench: pa.Table, mb: float) -> float:
@@ -337,6 +358,9 @@ def score(found: dict, natural: set[str], truth: dict, all_ids: list[str]) -> di
         right = [1 for i, d in listed if d == truth[i]["doc"]]
         row["doc_precision"] = len(right) / len(listed) if listed else None
         out[kind] = row
+    long_items = [i for i, t in truth.items() if t["kind"] == "partial" and t["tokens"] >= 16 and i not in natural]
+    out["partial_16plus"] = {"items": len(long_items), "flagged": sum(i in flagged for i in long_items),
+                             "recall": sum(i in flagged for i in long_items) / len(long_items) if long_items else None}
     planted = {i for i, t in truth.items() if t["kind"] != "decoy"}
     tp = len(flagged & planted)
     fp = len(flagged - planted)
@@ -367,7 +391,8 @@ def main() -> None:
           f"({', '.join(sorted(set(bench['benchmark'].to_pylist())))}); planted {per_kind} per kind")
 
     methods = {
-        "winnow (default: n=8, longest>=13 or coverage>=0.5)": winnow_method(Params()),
+        "winnow default (n=8; longest>=13 or coverage>=0.4)": winnow_method(Params()),
+        "winnow n=5 (sensitive)": winnow_method(Params(ngram_n=5, template_examples=3)),
         "winnow n=13, longest>=13 only": winnow_method(Params(ngram_n=13, min_longest_match=13, min_coverage=1.0)),
     }
     if _janitor() is not None:
@@ -380,20 +405,21 @@ def main() -> None:
         found = m(planted, bench)
         s = score(found, natural, truth, bench["id"].to_pylist())
         s.update({"scan_s": found["scan_s"], "total_s": found["total_s"], "cpu_s": found["cpu_s"],
+                  "run_cpu_s": found["run_cpu_s"],
                   "index_s": found["index_s"], "scan_mb_per_s": mb / found["scan_s"],
                   "mb_per_cpu_s": mb / found["cpu_s"]})
         results[name] = s
     w2 = winnow_method(Params(workers=2))(planted, bench)
     janitor_mbs = janitor_clean_throughput(planted, bench, 2.0) if _janitor() is not None else None
 
-    head = ("| method | verbatim | partial | reformatted | paraphrased | decoys flagged | precision | "
-            "natural | scan MB/s/core | MB per CPU-s |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| method | verbatim | partial | partial, items >= 16 tokens | reformatted | paraphrased | "
+            "decoys flagged | precision | natural | scan MB/s (1 thread, wall) | scan MB per CPU-s |")
+    lines = [head, "|" + "---|" * 11]
     for name, s in results.items():
         def cell(k):
             r = s[k]
             return f"{r['recall']:.3f} ({r['flagged']}/{r['items']})" if r["recall"] is not None else "-"
-        lines.append(f"| {name} | {cell('verbatim')} | {cell('partial')} | {cell('reformatted')} | "
+        lines.append(f"| {name} | {cell('verbatim')} | {cell('partial')} | {cell('partial_16plus')} | {cell('reformatted')} | "
                      f"{cell('paraphrased')} | {s['decoy']['flagged']}/{s['decoy']['items']} | "
                      f"{s['precision']:.3f} | {s['natural']} | {s['scan_mb_per_s']:.1f} | {s['mb_per_cpu_s']:.1f} |")
     dp = ["| method | " + " | ".join(KINDS) + " |", "|" + "---|" * (len(KINDS) + 1)]

@@ -183,6 +183,20 @@ def test_too_short_example_is_reported_unchecked_not_clean():
     assert items  # keep linters quiet about the documented case
 
 
+def test_template_ngrams_shared_by_many_examples_are_not_evidence():
+    template = "Which of the following statements about this topic is most accurate"
+    topics = ["volcanoes", "glaciers", "tides", "comets", "forests", "deserts", "rivers", "storms",
+              "islands", "caves", "reefs", "dunes"]
+    items = [(f"{template} when considering {t} and their formation over long periods", "A")
+             for t in topics]
+    docs, _ = _planted(template + " in general?")
+    on = run(_corpus(docs), _bench(items), Params(fields=("question",))).tables["report"]
+    assert not any(on["contaminated"].to_pylist())
+    assert set(on["matched_ngrams"].to_pylist()) == {0}
+    off = run(_corpus(docs), _bench(items), Params(fields=("question",), template_examples=0)).tables["report"]
+    assert all(m > 0 for m in off["matched_ngrams"].to_pylist())
+
+
 def test_field_choice_changes_what_is_checked():
     q, a = ITEMS[0]
     docs, _ = _planted(f"Unrelated words first. {a}. " * 3)
