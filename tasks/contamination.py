@@ -6,10 +6,13 @@ Method (n-gram overlap with longest-match scoring):
    ``question`` then ``target``). It is folded like :func:`tasks.common.normalize_text` (NFKC, lower
    case, punctuation and white space folded) and cut into word tokens; every word ``n``-gram
    (default ``n = 8``) is hashed into an in-memory index: a sorted uint64 array plus a CSR list of
-   (example, token position) occurrences.
-2. The corpus is streamed in Arrow batches (threads in parallel, numpy does the work with the GIL
-   released): the same folding and hashing, every corpus n-gram looked up through a bitmap prefilter
-   and a binary search. Character offsets into the original text are kept for every token.
+   (example, token position) occurrences. N-grams found in ``template_examples`` or more examples
+   are template text and are not indexed.
+2. The corpus is streamed in Arrow batches (``workers`` threads; numpy does the work with the GIL
+   released), see :mod:`tasks.ngram_index`: the same folding and hashing straight from the UTF-8
+   buffers, a bitmap of benchmark token pairs to skip windows that cannot match, and every remaining
+   window looked up through a bitmap prefilter and a binary search. Character offsets into the
+   original text are recomputed only for the documents that matched.
 3. Per example: ``matched_ngrams`` (distinct example n-grams found anywhere), ``coverage`` (fraction
    of example tokens covered by a found n-gram), ``longest_match_tokens`` (longest run of example
    tokens found *contiguously in one document*: consecutive n-grams at consecutive positions on the
@@ -32,6 +35,7 @@ Edge cases (documented behaviour, never a silent "clean"):
   n-gram of their own length) when they have at least ``min_example_tokens`` tokens; shorter ones
   are reported with ``checked = False`` (``contaminated`` False, ``rule`` null) and counted in
   ``metrics["unchecked_examples"]``.
+* Benchmark ids must be unique across all benchmarks (the report and evaluate join on them).
 * A benchmark larger than the corpus is fine: every example still gets a report row;
   ``metrics["benchmark_larger_than_corpus"]`` says so.
 * Corpus: missing ``id``/``text`` column, non-string type, null or empty text, null or duplicate
