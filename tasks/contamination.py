@@ -337,7 +337,7 @@ def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, n: int, min_tokens:
             keep = lengths_e[e] == L
             h, first, e = h[keep], first[keep], e[keep]
         q = first - ex_bounds[e]
-        if template_examples and h.size:
+        if template_examples and h.size and L == n:  # a whole short example is never a template
             # an n-gram in many examples is template text ("which of the following is ..."):
             # evidence for none of them in particular
             o = np.lexsort((e, h))

@@ -197,6 +197,17 @@ def test_template_ngrams_shared_by_many_examples_are_not_evidence():
     assert all(m > 0 for m in off["matched_ngrams"].to_pylist())
 
 
+def test_optional_context_column_can_be_checked():
+    passage = ("The committee met on a rainy Tuesday to discuss the budget for the new library wing, "
+               "and after a long debate it approved the plan")
+    bench = _bench(ITEMS[:1]).append_column("context", pa.array([passage]))
+    docs, _ = _planted(passage)
+    plain = run(_corpus(docs), bench, Params()).tables["report"].to_pylist()[0]
+    assert not plain["contaminated"]
+    with_ctx = run(_corpus(docs), bench, Params(fields=("context", "question"))).tables["report"].to_pylist()[0]
+    assert with_ctx["contaminated"] and with_ctx["longest_match_tokens"] >= 20
+
+
 def test_field_choice_changes_what_is_checked():
     q, a = ITEMS[0]
     docs, _ = _planted(f"Unrelated words first. {a}. " * 3)
