@@ -80,7 +80,7 @@ ACTIONS = ("mask", "drop", "flag")
 #: (``choices[answer]``; ``target`` when ``answer`` is -1); ``choices`` is all choices in order;
 #: ``context`` is an optional extra column (e.g. a reading passage).
 FIELDS = ("question", "choices", "answer", "target", "context")
-_RULE_KEYS = ("fields", "min_longest_match", "min_coverage", "min_docs")
+_RULE_KEYS = ("fields", "ngram_n", "min_longest_match", "min_coverage", "min_docs")
 
 REPORT_SCHEMA = pa.schema(
     [
@@ -130,7 +130,9 @@ class Params:
             about any one example. Default 10; 0 keeps every n-gram.
         per_benchmark: overrides by benchmark name, e.g.
             ``{"humaneval": {"fields": ["question", "target"], "min_longest_match": 30}}``; keys:
-            ``fields``, ``min_longest_match``, ``min_coverage``, ``min_docs``.
+            ``fields``, ``ngram_n``, ``min_longest_match``, ``min_coverage``, ``min_docs``. A
+            smaller ``ngram_n`` for a benchmark of short items finds shorter partial copies at some
+            cost in precision (see BENCHMARKS.md: n = 5 gives partial recall 0.97, precision 0.93).
         action: ``mask`` (default: keeps the rest of the document), ``drop`` or ``flag``.
         mask_text: what a masked span is replaced with. Default one space, so the words on either
             side do not fuse.
@@ -162,8 +164,6 @@ class Params:
         if isinstance(self.normalization, dict):
             object.__setattr__(self, "normalization", Normalization(**self.normalization))
         object.__setattr__(self, "fields", tuple(self.fields))
-        if not 1 <= self.ngram_n <= 255:
-            raise WinnowError(f"contamination: ngram_n must be in 1..255, got {self.ngram_n}")
         if self.action not in ACTIONS:
             raise WinnowError(f"contamination: action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
         if not (self.normalization.strip_punctuation and self.normalization.collapse_whitespace):
@@ -173,26 +173,29 @@ class Params:
                 or self.min_example_tokens < 1:
             raise WinnowError("contamination: batch_mb must be > 0, max_hits, workers and template_examples >= 0, "
                               "min_example_tokens >= 1")
-        _check_rules(self.fields, self.min_longest_match, self.min_coverage, self.min_docs, "contamination")
+        _check_rules(self.fields, self.ngram_n, self.min_longest_match, self.min_coverage, self.min_docs,
+                     "contamination")
         for bench, over in self.per_benchmark.items():
             unknown = sorted(set(over) - set(_RULE_KEYS))
             if unknown:
                 raise WinnowError(f"contamination.per_benchmark.{bench}: unknown key(s) {', '.join(unknown)}; "
                                   f"known: {', '.join(_RULE_KEYS)}")
             r = self.rules_for(bench)
-            _check_rules(r["fields"], r["min_longest_match"], r["min_coverage"], r["min_docs"],
+            _check_rules(r["fields"], r["ngram_n"], r["min_longest_match"], r["min_coverage"], r["min_docs"],
                          f"contamination.per_benchmark.{bench}")
 
     def rules_for(self, benchmark: str) -> dict[str, Any]:
         """The fields and thresholds in force for one benchmark."""
-        r = {"fields": self.fields, "min_longest_match": self.min_longest_match,
+        r = {"fields": self.fields, "ngram_n": self.ngram_n, "min_longest_match": self.min_longest_match,
              "min_coverage": self.min_coverage, "min_docs": self.min_docs}
         r.update(self.per_benchmark.get(benchmark, {}))
         r["fields"] = tuple(r["fields"])
         return r
 
 
-def _check_rules(fields: Any, longest: Any, coverage: Any, docs: Any, where: str) -> None:
+def _check_rules(fields: Any, n: Any, longest: Any, coverage: Any, docs: Any, where: str) -> None:
+    if not isinstance(n, int) or not 1 <= n <= 255:
+        raise WinnowError(f"{where}: ngram_n must be an integer in 1..255, got {n!r}")
     if not fields or any(f not in FIELDS for f in fields):
         raise WinnowError(f"{where}: fields must be a non-empty list of {', '.join(FIELDS)}; got {list(fields)}")
     if not isinstance(longest, int) or longest < 1:
@@ -323,31 +326,34 @@ class _Index:
         return int(sum(k.size for k in self.keys.values()))
 
 
-def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, n: int, min_tokens: int,
+def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, min_tokens: int,
                  template_examples: int = 0) -> _Index:
+    """Index the n-grams of every example; ``ex_n`` is each example's n (per benchmark)."""
     lengths_e = np.diff(ex_bounds)
     ex_of_token = np.repeat(np.arange(lengths_e.size), lengths_e)
-    want = sorted({n} | {int(L) for L in lengths_e if min_tokens <= L < n})
+    short = (lengths_e >= min_tokens) & (lengths_e < ex_n)
+    want = sorted({int(v) for v in np.unique(ex_n)} | {int(v) for v in np.unique(lengths_e[short])})
     keys, ptr, occ_e, occ_q = {}, {}, {}, {}
     grams = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, want)
     for L in want:
         h, first = grams[L]
         e = ex_of_token[first]
-        if L != n:  # short examples: only their one whole-length n-gram
-            keep = lengths_e[e] == L
-            h, first, e = h[keep], first[keep], e[keep]
+        # the example's own n, or its whole token sequence when it is shorter than its n
+        whole = short[e] & (lengths_e[e] == L)
+        keep = (ex_n[e] == L) | whole
+        h, first, e, whole = h[keep], first[keep], e[keep], whole[keep]
         q = first - ex_bounds[e]
-        if template_examples and h.size and L == n:  # a whole short example is never a template
+        if template_examples and h.size:
             # an n-gram in many examples is template text ("which of the following is ..."):
-            # evidence for none of them in particular
+            # evidence for none of them in particular. A whole short example is never a template.
             o = np.lexsort((e, h))
             hs, es = h[o], e[o]
             first_of_pair = np.ones(hs.size, bool)
             first_of_pair[1:] = (hs[1:] != hs[:-1]) | (es[1:] != es[:-1])
-            gk, gc = np.unique(hs[first_of_pair], return_counts=True)
+            gk, gc = np.unique(hs[first_of_pair & ~whole[o]], return_counts=True)
             common = gk[gc >= template_examples]
             if common.size:
-                keep = ~np.isin(h, common)
+                keep = whole | ~np.isin(h, common)
                 h, e, q = h[keep], e[keep], q[keep]
         order = np.argsort(h, kind="stable")
         h, e, q = h[order], e[order], q[order]
@@ -519,7 +525,9 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
     ex_bounds, ex_hash = folder.hashed(pa.array(ex.texts, pa.string()))
     vocab = Vocab(ex_hash)
     ex_len = np.diff(ex_bounds)
-    index = _build_index(ex_hash, ex_bounds, params.ngram_n, params.min_example_tokens, params.template_examples)
+    n_of = {b: params.rules_for(b)["ngram_n"] for b in set(ex.benchmarks)}
+    ex_n = np.array([n_of[b] for b in ex.benchmarks], np.int64)
+    index = _build_index(ex_hash, ex_bounds, ex_n, params.min_example_tokens, params.template_examples)
     t_index = time.perf_counter() - t0
 
     # scan
@@ -553,7 +561,7 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
         matched = np.bincount(eq >> 40, minlength=n_ex)
         er = np.unique(x["e"] * corpus.num_rows + x["row"])
         n_docs = np.bincount(er // corpus.num_rows, minlength=n_ex)
-    checked = (ex_len >= params.ngram_n) | (ex_len >= params.min_example_tokens)
+    checked = (ex_len >= ex_n) | (ex_len >= params.min_example_tokens)
     rules_of = {b: params.rules_for(b) for b in set(ex.benchmarks)}
     rules = [rules_of[b] for b in ex.benchmarks]
     thr_longest = np.array([r["min_longest_match"] for r in rules], np.int64)

@@ -163,6 +163,17 @@ def test_threshold_is_per_benchmark():
     assert lenient["longest_match_tokens"] == 14  # the evidence is still reported
 
 
+def test_ngram_n_can_be_set_per_benchmark():
+    q, _ = ITEMS[1]
+    piece = " ".join(q.split()[3:9])  # six words of the question
+    docs, _ = _planted(piece)
+    bench = pa.concat_tables([_bench(ITEMS[1:2], "default_n"), _bench(ITEMS[1:2], "short_n")])
+    params = Params(fields=("question",), per_benchmark={"short_n": {"ngram_n": 5}})
+    rep = run(_corpus(docs), bench, params).tables["report"]
+    assert _row(rep, "default_n/0")["matched_ngrams"] == 0
+    assert _row(rep, "short_n/0")["matched_ngrams"] == 2 and _row(rep, "short_n/0")["longest_match_tokens"] == 6
+
+
 def test_short_example_matches_whole_and_fires_coverage():
     items = [("What is the capital city of Australia", "Canberra")]  # question: 7 tokens < n = 8
     docs, _ = _planted("Quiz night: what is the capital city of Australia? Canberra!")
@@ -342,3 +353,5 @@ def test_unknown_params_are_rejected_by_name():
         Params(per_benchmark={"mmlu": {"threshold": 3}})
     with pytest.raises(WinnowError, match="action"):
         Params(action="delete")
+    with pytest.raises(WinnowError, match="per_benchmark.mmlu: ngram_n"):
+        Params(per_benchmark={"mmlu": {"ngram_n": 0}})
