@@ -70,7 +70,7 @@ from tasks.common import (
     ledger,
     require_columns,
 )
-from tasks.ngram_index import U64, Folder, Vocab, ngram_keys
+from tasks.ngram_index import Folder, Vocab, ngram_keys
 from winnow.errors import WinnowError
 
 STAGE = "contamination"

@@ -184,14 +184,14 @@ def test_short_example_matches_whole_and_fires_coverage():
 
 
 def test_too_short_example_is_reported_unchecked_not_clean():
-    items = [("Define entropy", None)]
     bench = _bench([("Define entropy", "x")])
-    bench = bench.set_column(5, "target", pa.array([None], pa.string()))
-    res = run(_corpus(_license_docs()), bench, Params())
+    bench = bench.set_column(5, "target", pa.array([None], pa.string()))  # no answer text
+    docs = _license_docs() + ["Physics quiz: define entropy."]
+    res = run(_corpus(docs), bench, Params())
     row = res.tables["report"].to_pylist()[0]
     assert row["checked"] is False and row["contaminated"] is False and row["example_tokens"] == 2
     assert res.metrics["unchecked_examples"] == 1
-    assert items  # keep linters quiet about the documented case
+    assert res.metrics["per_benchmark"]["mmlu_like"]["unchecked"] == 1
 
 
 def test_template_ngrams_shared_by_many_examples_are_not_evidence():
