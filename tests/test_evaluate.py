@@ -1,0 +1,220 @@
+"""Evaluate stage: metric math on hand-made numbers, windowed scoring, bits/byte, benchmark subsets."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tasks import evaluate, mixture, train
+from tasks.common import BENCHMARK_SCHEMA
+from tasks.evaluate import (
+    Params,
+    brier_score,
+    choice_scores,
+    expected_calibration_error,
+    score_requests,
+    windows,
+)
+from winnow.errors import WinnowError
+
+TINY = dict(vocab_size=512, d_model=64, n_layers=2, n_heads=2, seq_len=64, batch_size=8, warmup_steps=5, lr=5e-3, num_threads=1)
+FAST = dict(max_docs_per_domain=4, batch_size=32, num_threads=1)
+
+
+# --- metric math ---------------------------------------------------------------------------------
+
+
+def test_perfect_knowledge_gives_zero_ece_and_brier():
+    conf, correct = np.ones(20), np.ones(20, dtype=bool)
+    assert expected_calibration_error(conf, correct) == 0.0
+    assert brier_score([np.array([1.0, 0.0, 0.0])] * 20, [0] * 20) == 0.0
+
+
+def test_confidently_wrong_is_the_worst_case():
+    assert expected_calibration_error(np.ones(10), np.zeros(10, dtype=bool)) == pytest.approx(1.0)
+    assert brier_score([np.array([0.0, 1.0])] * 10, [0] * 10) == pytest.approx(2.0)
+
+
+def test_calibrated_bins_give_zero_ece_and_miscalibration_is_weighted_by_bin_size():
+    # 10 items at 0.7 with 7 right, 10 at 0.95 with 9.5... use 20 at 0.95 with 19 right.
+    conf = np.array([0.7] * 10 + [0.95] * 20)
+    correct = np.array([1] * 7 + [0] * 3 + [1] * 19 + [0])
+    assert expected_calibration_error(conf, correct, bins=15) == pytest.approx(0.0, abs=1e-12)
+    # Same confidences, all right: gaps 0.3 (weight 1/3) and 0.05 (weight 2/3).
+    assert expected_calibration_error(conf, np.ones(30), bins=15) == pytest.approx(0.3 / 3 + 0.05 * 2 / 3)
+
+
+def test_choice_scores_on_hand_made_logits():
+    s = choice_scores(np.log([0.7, 0.2, 0.1]), choice_bytes=[1, 1, 1], answer=0)
+    assert (s["pred"], s["correct"]) == (0, True)
+    assert s["confidence"] == pytest.approx(0.7) and s["prob_answer"] == pytest.approx(0.7)
+    assert brier_score([s["probs"]], [0]) == pytest.approx(0.09 + 0.04 + 0.01)
+    # Length normalisation flips a long right answer that loses on raw log-likelihood.
+    s = choice_scores([-2.0, -1.5, -3.0], choice_bytes=[10, 1, 1], answer=0)
+    assert (s["pred"], s["correct"], s["pred_norm"], s["correct_norm"]) == (1, False, 0, True)
+
+
+def test_windows_score_every_token_once_within_the_context():
+    tokens = list(range(1000))
+    for ctx, stride in [(64, 63), (64, 32), (64, 500), (128, 1)]:
+        ws = windows(tokens, first=1, context_len=ctx, stride=stride)
+        scored = []
+        for w, first in ws:
+            assert 1 <= first < len(w) <= ctx
+            scored.extend(w[first:])
+            if w[first] > ctx:  # past the start, each window carries at least ctx - stride context
+                assert first >= ctx - min(stride, ctx - 1)
+        assert scored == tokens[1:]
+
+
+# --- scoring with a real trained model -----------------------------------------------------------
+
+
+def _corpus() -> pa.Table:
+    rows = []
+    for f in sorted(glob.glob("/usr/lib/python3.11/*.py"))[:60]:
+        rows.append({"id": f, "text": open(f, encoding="utf-8").read(), "domain": "code"})
+    for f in sorted(glob.glob("/usr/share/common-licenses/*")):
+        if os.path.isfile(f):
+            rows.append({"id": f, "text": open(f, encoding="utf-8", errors="replace").read(), "domain": "legal"})
+    return pa.Table.from_pylist(rows)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(trained_dir, untrained_dir, heldout) from a real mixture of Python code and licences."""
+    mixed = mixture.run(_corpus(), mixture.Params(train_bytes=250_000, chunk_bytes=2048, method="uniform"))
+    trained = tmp_path_factory.mktemp("trained")
+    untrained = tmp_path_factory.mktemp("untrained")
+    train.run(mixed.tables["data"], train.Params(**TINY, max_steps=40), trained)
+    train.run(mixed.tables["data"], train.Params(**TINY, max_steps=0), untrained)
+    return trained, untrained, mixed.tables["heldout"]
+
+
+def _benchmarks() -> pa.Table:
+    rows = [
+        {"id": "mc1", "benchmark": "toy", "question": "import", "choices": [" os", " banana"], "answer": 0, "target": " os"},
+        {"id": "mc2", "benchmark": "toy", "question": "def f(x):\n    return", "choices": [" x", " GNU General Public"], "answer": 0, "target": " x"},
+        {"id": "mc3", "benchmark": "toy", "question": "This program is free", "choices": [" software", " lunch", " beer"], "answer": 0, "target": " software"},
+        {"id": "mc4", "benchmark": "toy", "question": "for i in", "choices": [" range(10):", " the"], "answer": 0, "target": " range(10):"},
+        {"id": "he1", "benchmark": "code_gen", "question": "def add(a, b):\n", "choices": [], "answer": -1, "target": "    return a + b\n"},
+    ]
+    return pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA)
+
+
+def _load(model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
+def test_trained_model_has_lower_bits_per_byte_than_untrained(models):
+    trained, untrained, heldout = models
+    empty = BENCHMARK_SCHEMA.empty_table()
+    good = evaluate.run(trained, heldout, empty, Params(**FAST))
+    base = evaluate.run(untrained, heldout, empty, Params(**FAST))
+    for g, b in zip(good.tables["data"].to_pylist(), base.tables["data"].to_pylist()):
+        assert g["domain"] == b["domain"] and g["bytes"] == b["bytes"]
+        assert g["bits_per_byte"] < b["bits_per_byte"] - 0.5
+    # An untrained model is near-uniform over the vocabulary: ~ln(512) nats per token.
+    assert base.tables["data"]["nats_per_token"][0].as_py() == pytest.approx(math.log(512), abs=0.3)
+    assert good.metrics["bits_per_byte_mean"] < base.metrics["bits_per_byte_mean"]
+
+
+def test_batched_padded_scoring_matches_the_model_loss(models):
+    import torch
+
+    model, tok = _load(models[0])
+    texts = ["def main():\n    print('hello')\n", "Copyright (C) 2007 Free Software Foundation", "x = 1"]
+    reqs = [([tok.eos_token_id, *tok(t)["input_ids"]], 1) for t in texts]
+    nll = score_requests(model, reqs, batch_size=3, device="cpu", dtype="float32")
+    for (ids, _), got in zip(reqs, nll):
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            want = model(input_ids=x, labels=x).loss.item() * (len(ids) - 1)
+        assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_bits_per_byte_counts_all_bytes_and_ignores_row_order(models):
+    trained, _, heldout = models
+    a = evaluate.run(trained, heldout, BENCHMARK_SCHEMA.empty_table(), Params(**FAST))
+    shuffled = heldout.take(np.random.default_rng(0).permutation(heldout.num_rows))
+    b = evaluate.run(trained, shuffled, BENCHMARK_SCHEMA.empty_table(), Params(**FAST))
+    for row, other in zip(a.tables["data"].to_pylist(), b.tables["data"].to_pylist()):
+        assert (row["domain"], row["docs"], row["bytes"], row["tokens"]) == (other["domain"], other["docs"], other["bytes"], other["tokens"])
+        assert row["bits_per_byte"] == pytest.approx(other["bits_per_byte"], rel=1e-5)  # same docs, other batches
+        assert row["docs"] == 4
+        assert row["bits_per_byte"] == pytest.approx(row["nats_per_token"] * row["tokens"] / (math.log(2) * row["bytes"]))
+
+
+def test_benchmark_examples_match_direct_log_likelihoods(models):
+    import torch
+
+    trained, _, heldout = models
+    result = evaluate.run(trained, heldout.slice(0, 2), _benchmarks(), Params(**FAST))
+    model, tok = _load(trained)
+    ex = {r["id"]: r for r in result.tables["examples"].to_pylist()}
+
+    def loglik(context: str, continuation: str) -> float:
+        ctx = [tok.eos_token_id, *tok(context)["input_ids"]]
+        ids = ctx + tok(continuation)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        return float(sum(logp[p - 1, ids[p]] for p in range(len(ctx), len(ids))))
+
+    assert ex["mc3"]["logliks"] == pytest.approx([loglik("This program is free", c) for c in [" software", " lunch", " beer"]], rel=1e-4)
+    assert ex["mc1"]["pred"] == int(np.argmax(ex["mc1"]["logliks"]))
+    he = ex["he1"]
+    assert he["kind"] == "target" and he["target_bytes"] == len("    return a + b\n")
+    assert he["bits_per_byte"] == pytest.approx(-loglik("def add(a, b):\n", "    return a + b\n") / (math.log(2) * 17), rel=1e-4)
+    rows = {(r["benchmark"], r["subset"]): r for r in result.tables["benchmarks"].to_pylist()}
+    toy = rows[("toy", "all")]
+    mc = [ex[i] for i in ("mc1", "mc2", "mc3", "mc4")]
+    assert toy["n"] == 4 and toy["accuracy"] == pytest.approx(np.mean([e["correct"] for e in mc]))
+    assert toy["ece"] == pytest.approx(expected_calibration_error([e["confidence"] for e in mc], [e["correct"] for e in mc]))
+    assert rows[("code_gen", "all")]["accuracy"] is None and rows[("code_gen", "all")]["bits_per_byte"] == pytest.approx(he["bits_per_byte"])
+    assert result.metrics["accuracy/toy"] == pytest.approx(toy["accuracy"], abs=1e-5)
+
+
+def test_contamination_report_splits_every_metric_into_subsets(models):
+    trained, _, heldout = models
+    report = pa.table(
+        {
+            "id": ["mc1", "mc2", "mc3", "mc4", "he1"],
+            "benchmark": ["toy", "toy", "toy", "toy", "code_gen"],
+            "contaminated": [True, False, False, True, False],
+        }
+    )
+    result = evaluate.run(trained, heldout.slice(0, 2), _benchmarks(), Params(**FAST), contamination=report)
+    rows = {(r["benchmark"], r["subset"]): r for r in result.tables["benchmarks"].to_pylist()}
+    assert [rows[("toy", s)]["n"] for s in ("all", "clean", "contaminated")] == [4, 2, 2]
+    ex = {r["id"]: r for r in result.tables["examples"].to_pylist()}
+    clean_acc = np.mean([ex["mc2"]["correct"], ex["mc3"]["correct"]])
+    assert rows[("toy", "clean")]["accuracy"] == pytest.approx(clean_acc)
+    assert result.metrics["accuracy_gap/toy"] == pytest.approx(rows[("toy", "all")]["accuracy"] - clean_acc, abs=1e-5)
+    assert rows[("code_gen", "contaminated")]["n"] == 0 and rows[("code_gen", "contaminated")]["bits_per_byte"] is None
+    assert ex["mc1"]["contaminated"] is True and ex["mc2"]["contaminated"] is False
+
+
+def test_contamination_report_must_cover_every_example(models):
+    trained, _, heldout = models
+    report = pa.table({"id": ["mc1"], "contaminated": [True]})
+    with pytest.raises(WinnowError, match="no row for example id 'mc2'"):
+        evaluate.run(trained, heldout.slice(0, 1), _benchmarks(), Params(**FAST), contamination=report)
+
+
+def test_bad_inputs_name_the_problem(models, tmp_path):
+    trained, _, heldout = models
+    bad = _benchmarks().to_pylist()
+    bad[0]["answer"] = 5
+    with pytest.raises(WinnowError, match="'mc1' has answer 5 but 2 choices"):
+        evaluate.run(trained, heldout, pa.Table.from_pylist(bad, schema=BENCHMARK_SCHEMA), Params(**FAST))
+    with pytest.raises(WinnowError, match="no saved model"):
+        evaluate.run(tmp_path, heldout, _benchmarks(), Params(**FAST))
+    with pytest.raises(WinnowError, match="held-out table is empty"):
+        evaluate.run(trained, heldout.slice(0, 0), _benchmarks(), Params(**FAST))
