@@ -220,6 +220,20 @@ class Features:
     def num_shingles(self) -> np.ndarray:
         return np.diff(self.shingle_offsets)
 
+    # The passes below read features only through these three accessors, so a disk-backed
+    # implementation (tasks.dedup_files.ShardedFeatures) can stand in for this in-memory one.
+    def band(self, j: int) -> np.ndarray:
+        """Band ``j``'s key for every row (uint64[n])."""
+        return self.bands[:, j]
+
+    def signatures_of(self, rows: np.ndarray) -> np.ndarray:
+        """Signatures of ``rows`` (uint32[len(rows), k])."""
+        return self.sigs[rows]
+
+    def shingles_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shingle hashes of ``rows`` as (values, CSR offsets)."""
+        return _take_csr(self.shingles, self.shingle_offsets, rows)
+
 
 def featurize(texts: pa.Array | pa.ChunkedArray, params: Params, banding: mh.Banding, use_numba: bool = True) -> Features:
     """Exact keys, MinHash signatures, band keys and shingle hashes of ``texts``.
@@ -260,48 +274,51 @@ def _featurize_batch(texts: pa.Array, params: Params, banding: mh.Banding, a: np
                      use_numba: bool) -> Features:
     folded = mh.fold_case(texts, params.nfkc, params.lowercase)
     if params.shingle == "word":
-        units, unit_off = mh.word_units(folded, params.strip_punctuation, use_numba)
+        wf = mh.word_features(folded, params.strip_punctuation, params.ngram, a, b, banding.bands, banding.rows,
+                              use_numba)
+        h, keys = wf.hashes, wf.band_keys
     else:
         units, unit_off = mh.char_units(folded, params.strip_punctuation, params.collapse_whitespace)
-    h = mh.document_hashes(units, unit_off, params.ngram, a, b, use_numba)
+        h = mh.document_hashes(units, unit_off, params.ngram, a, b, use_numba)
+        keys = mh.band_keys(h.sigs, banding.bands, banding.rows)
     blank = pc.equal(pc.binary_length(pc.utf8_trim_whitespace(texts)), 0).to_numpy(zero_copy_only=False)
     # Texts with no word characters ("!!!", "---") normalise to nothing: key those on their raw
     # text, so they only match identical copies.
     for i in np.flatnonzero((h.num_units == 0) & ~blank):
         d = xxhash.xxh3_128_intdigest(b"\x00raw\x00" + texts[int(i)].as_py().encode("utf-8"))
         h.exact[i] = (d >> 64, d & ((1 << 64) - 1))
-    return Features(h.exact, blank, h.num_units, h.sigs, mh.band_keys(h.sigs, banding.bands, banding.rows),
-                    h.shingles, h.shingle_offsets)
+    return Features(h.exact, blank, h.num_units, h.sigs, keys, h.shingles, h.shingle_offsets)
 
 
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_corpus(corpus: pa.Table, params: Params) -> None:
+def _check_corpus(corpus: pa.Table, params: Params, where: str = "dedup corpus", check_ids: bool = True) -> None:
     if not isinstance(corpus, pa.Table):
-        raise WinnowError(f"dedup: corpus must be a pyarrow Table, got {type(corpus).__name__}")
-    require_columns(corpus, {"id": pa.string(), "text": pa.string()}, "dedup corpus")
+        raise WinnowError(f"{where}: corpus must be a pyarrow Table, got {type(corpus).__name__}")
+    require_columns(corpus, {"id": pa.string(), "text": pa.string()}, where)
     if corpus.num_rows == 0:
-        raise WinnowError("dedup corpus: the table has no rows")
+        raise WinnowError(f"{where}: the table has no rows")
     ids, texts = corpus.column("id"), corpus.column("text")
     if ids.null_count:
-        raise WinnowError(f"dedup corpus: column 'id' has {ids.null_count} null value(s), first at row "
+        raise WinnowError(f"{where}: column 'id' has {ids.null_count} null value(s), first at row "
                           f"{_first_true(pc.is_null(ids))}")
     if texts.null_count:
         row = _first_true(pc.is_null(texts))
-        raise WinnowError(f"dedup corpus: column 'text' is null for id {ids[row].as_py()!r} (row {row}); "
+        raise WinnowError(f"{where}: column 'text' is null for id {ids[row].as_py()!r} (row {row}); "
                           "fill or drop null texts before dedup")
-    counts = pc.value_counts(ids).flatten()
-    dup = pc.filter(counts[0], pc.greater(counts[1], 1))
-    if len(dup):
-        raise WinnowError(f"dedup corpus: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once); "
-                          "ids must be unique")
+    if check_ids:
+        counts = pc.value_counts(ids).flatten()
+        dup = pc.filter(counts[0], pc.greater(counts[1], 1))
+        if len(dup):
+            raise WinnowError(f"{where}: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once); "
+                              "ids must be unique")
     for chunk_start, chunk in _chunks_with_start(texts):
         try:
             chunk.validate(full=True)
         except pa.ArrowInvalid:
             row = chunk_start + _first_invalid_utf8(chunk)
-            raise WinnowError(f"dedup corpus: text of id {ids[row].as_py()!r} (row {row}) is not valid UTF-8; "
+            raise WinnowError(f"{where}: text of id {ids[row].as_py()!r} (row {row}) is not valid UTF-8; "
                               "decode the source with the right encoding (or errors='replace') before dedup") from None
     if params.keep == "score":
         col = params.score_column
@@ -468,42 +485,12 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
     feats = featurize(corpus.column("text"), params, banding)
     timings["featurize"] = time.perf_counter() - t
 
-    if params.empty_text == "error" and feats.blank.any():
-        row = int(np.flatnonzero(feats.blank)[0])
-        raise WinnowError(f"dedup corpus: text of id {id_list[row]!r} (row {row}) is blank ({int(feats.blank.sum())} "
-                          "blank text(s) in all); set dedup.empty_text to 'keep' or 'drop', or remove them")
-    status = np.full(n, "kept", dtype=object)
-    evidence: dict[int, dict[str, Any]] = {}
-    if params.empty_text == "drop":
-        for i in np.flatnonzero(feats.blank):
-            status[i] = "empty_text"
-            evidence[int(i)] = {"rule": "text is empty or whitespace only"}
-    active = ~feats.blank  # rows still in play
-
     policy = _policy_key(corpus, params)
-
-    # ---- exact
-    t = time.perf_counter()
-    n_exact_clusters = 0
-    if params.exact:
-        n_exact_clusters = _exact_pass(feats, prev, active, policy, status, evidence, id_list, seq0)
-        active &= status == "kept"
-    timings["exact"] = time.perf_counter() - t
-
-    # ---- near
-    near_metrics: dict[str, Any] = {}
-    if params.near:
-        t = time.perf_counter()
-        near_metrics = _near_pass(feats, prev, active, policy, status, evidence, id_list, params, banding, seq0)
-        active &= status == "kept"
-        timings["near"] = time.perf_counter() - t
-
-    # ---- semantic
-    sem_metrics: dict[str, Any] = {}
-    if params.semantic:
-        t = time.perf_counter()
-        sem_metrics = _semantic_pass(corpus, active, policy, status, evidence, id_list, params)
-        timings["semantic"] = time.perf_counter() - t
+    texts = corpus.column("text")
+    dec = decide(feats, id_list, policy, params, banding, prev, seq0,
+                 texts_of=lambda rows: texts.take(pa.array(rows, pa.int64())).to_pylist())
+    status, evidence = dec.status, dec.evidence
+    timings.update(dec.timings)
 
     keep_mask = status == "kept"
     if params.empty_text == "keep":
@@ -522,10 +509,7 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         "rows_in": n,
         "rows_out": data.num_rows,
         "removed": {r: int((status == r).sum()) for r in reasons},
-        "blank_texts": int(feats.blank.sum()),
-        "exact_clusters": n_exact_clusters,
-        "near": near_metrics,
-        "semantic": sem_metrics,
+        **dec.metrics,
         "banding": {"bands": banding.bands, "rows": banding.rows, "threshold": banding.threshold,
                     "p_candidate_at_threshold": round(banding.p_at_threshold, 4)},
         "index": {"rows_before": n_old, "rows_after": new_index.num_rows},
@@ -534,6 +518,62 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         "docs_per_s": round(n / max(timings["total"], 1e-9), 1),
     }
     return StageResult(tables={"data": data, "index": new_index}, removed=concat_ledgers([removed]), metrics=metrics)
+
+
+@dataclass
+class Decisions:
+    """What :func:`decide` concluded for each row of a corpus."""
+
+    status: np.ndarray  # object[n]: "kept" or the reason the row is dropped
+    evidence: dict[int, dict[str, Any]]  # row -> ledger evidence, for dropped rows
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+
+
+def decide(feats: Features, id_list: list[str], policy: np.ndarray, params: Params, banding: mh.Banding,
+           prev: _Previous | None = None, seq0: int = 0, texts_of: Any = None) -> Decisions:
+    """Run the blank-text rule and the exact, near and semantic passes over featurised rows.
+
+    ``feats`` is anything with Features' arrays (``exact``, ``blank``, ``num_shingles``) and
+    accessors (``band``, ``signatures_of``, ``shingles_of``); ``policy`` ranks rows for
+    ``keep`` (smaller is preferred); ``texts_of(rows)`` returns texts (semantic pass only).
+    """
+    n = len(id_list)
+    timings: dict[str, float] = {}
+    if params.empty_text == "error" and feats.blank.any():
+        row = int(np.flatnonzero(feats.blank)[0])
+        raise WinnowError(f"dedup corpus: text of id {id_list[row]!r} (row {row}) is blank ({int(feats.blank.sum())} "
+                          "blank text(s) in all); set dedup.empty_text to 'keep' or 'drop', or remove them")
+    status = np.full(n, "kept", dtype=object)
+    evidence: dict[int, dict[str, Any]] = {}
+    if params.empty_text == "drop":
+        for i in np.flatnonzero(feats.blank):
+            status[i] = "empty_text"
+            evidence[int(i)] = {"rule": "text is empty or whitespace only"}
+    active = ~feats.blank  # rows still in play
+
+    t = time.perf_counter()
+    n_exact_clusters = 0
+    if params.exact:
+        n_exact_clusters = _exact_pass(feats, prev, active, policy, status, evidence, id_list, seq0)
+        active &= status == "kept"
+    timings["exact"] = time.perf_counter() - t
+
+    near_metrics: dict[str, Any] = {}
+    if params.near:
+        t = time.perf_counter()
+        near_metrics = _near_pass(feats, prev, active, policy, status, evidence, id_list, params, banding, seq0)
+        active &= status == "kept"
+        timings["near"] = time.perf_counter() - t
+
+    sem_metrics: dict[str, Any] = {}
+    if params.semantic:
+        t = time.perf_counter()
+        sem_metrics = _semantic_pass(texts_of, active, policy, status, evidence, id_list, params)
+        timings["semantic"] = time.perf_counter() - t
+    metrics = {"blank_texts": int(feats.blank.sum()), "exact_clusters": n_exact_clusters, "near": near_metrics,
+               "semantic": sem_metrics}
+    return Decisions(status, evidence, metrics, timings)
 
 
 def _policy_key(corpus: pa.Table, params: Params) -> np.ndarray:
@@ -561,9 +601,13 @@ def _exact_pass(feats: Features, prev: _Previous | None, active: np.ndarray, pol
     m_old = len(old_rows)
     if len(all_keys) == 0:
         return 0
-    # group = index of the first occurrence of each (hi, lo)
-    uniq, labels, counts = np.unique(all_keys, axis=0, return_inverse=True, return_counts=True)
-    labels = labels.ravel()
+    # Group equal (hi, lo) keys: sort once, label runs (np.unique(axis=0) is ~10x slower).
+    perm = np.lexsort((all_keys[:, 1], all_keys[:, 0]))
+    sk = all_keys[perm]
+    new_group = np.r_[True, (sk[1:] != sk[:-1]).any(axis=1)]
+    labels = np.empty(len(perm), np.int64)
+    labels[perm] = np.cumsum(new_group) - 1
+    counts = np.bincount(labels)
     if (counts > 1).sum() == 0:
         return 0
     cls = np.concatenate([np.where(prev.kept[old_rows], 0, 1) if m_old else np.zeros(0, np.int64), np.full(len(rows), 2)])
@@ -606,8 +650,7 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
                banding: mh.Banding, seq0: int) -> dict[str, Any]:
     """Mark near duplicates among active rows (and against the previous index)."""
     rows = np.flatnonzero(active & (feats.num_shingles > 0))
-    new_bands = feats.bands[rows]
-    # Old docs that share at least one band key with a new doc (hash-set scan per band).
+    # Old docs that share at least one band key with a new doc (hash-set scan per band, O(old)).
     old_rows = np.zeros(0, np.int64)
     old_bands = np.zeros((0, banding.bands), np.uint64)
     if prev is not None and len(rows):
@@ -619,22 +662,23 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
             all_old = _fixed_list_rows(prev.table.column("band_keys"), cand, banding.bands, np.uint64)
         hit = np.zeros(len(cand), bool)
         for band in range(banding.bands):
-            hit |= pc.is_in(pa.array(all_old[:, band]), value_set=pa.array(np.unique(new_bands[:, band]))).to_numpy(
-                zero_copy_only=False)
+            new_keys = np.unique(feats.band(band)[rows])
+            hit |= pc.is_in(pa.array(all_old[:, band]), value_set=pa.array(new_keys)).to_numpy(zero_copy_only=False)
         old_rows = cand[hit]
         old_bands = all_old[hit]
     m_old = len(old_rows)
-    w_bands = np.concatenate([old_bands, new_bands])
-    nw = len(w_bands)
+    nw = m_old + len(rows)
     metrics: dict[str, Any] = {"candidate_pairs": 0, "verified_pairs": 0, "clusters": 0, "old_docs_matched": int(m_old)}
     if nw < 2:
         return metrics
 
-    # Candidates: equal band keys, per band, then distinct pairs; never old-old (settled earlier).
+    # Candidates: equal band keys, band by band, then distinct pairs; never old-old (settled
+    # earlier). Only one band's keys are in memory at a time.
     docs = np.arange(nw)
     lefts, rights = [], []
     for band in range(banding.bands):
-        left, right = mh.pairs_sharing_keys(w_bands[:, band], docs, params.max_bucket)
+        keys = np.concatenate([old_bands[:, band], feats.band(band)[rows]])
+        left, right = mh.pairs_sharing_keys(keys, docs, params.max_bucket)
         keep = right >= m_old
         lefts.append(left[keep])
         rights.append(right[keep])
@@ -651,8 +695,8 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
     else:
         old_sigs = np.zeros((0, params.num_perm), np.uint32)
         old_sets, old_off = np.zeros(0, np.uint32), np.zeros(1, np.int64)
-    new_sets, new_off = mh.sort_unique(*_take_csr(feats.shingles, feats.shingle_offsets, new_rows))
-    sigs = np.concatenate([old_sigs, feats.sigs[new_rows]])
+    new_sets, new_off = mh.sort_unique(*feats.shingles_of(new_rows))
+    sigs = np.concatenate([old_sigs, feats.signatures_of(new_rows)])
     sets = np.concatenate([old_sets, new_sets])
     set_off = np.concatenate([old_off, new_off[1:] + old_off[-1]])
     # Old documents indexed without shingles (index_shingles=False) cannot be verified.
@@ -737,17 +781,18 @@ def _take_csr(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tupl
     return values[np.arange(off[-1]) + starts], off
 
 
-def _semantic_pass(corpus: pa.Table, active: np.ndarray, policy: np.ndarray, status: np.ndarray,
+def _semantic_pass(texts_of: Any, active: np.ndarray, policy: np.ndarray, status: np.ndarray,
                    evidence: dict[int, dict[str, Any]], id_list: list[str], params: Params) -> dict[str, Any]:
-    """SemDeDup over the active rows: MiniLM embeddings, k-means, cosine threshold per cluster."""
-    from tasks.embeddings import embed_texts
+    """SemDeDup over the active rows: MiniLM embeddings, k-means, cosine threshold per cluster.
 
+    Inside a cluster, members are visited in keep-preference order and a member is dropped when
+    its cosine to an already kept member reaches the threshold (SemDeDup keeps the member
+    farthest from the centroid instead; we keep by ``params.keep`` like the other passes).
+    """
     rows = np.flatnonzero(active)
     if len(rows) < 2:
         return {"embedded": int(len(rows)), "clusters": 0}
-    texts = corpus.column("text").take(pa.array(rows)).to_pylist()
-    vecs, _ = embed_texts(texts, batch_size=params.semantic_batch_size)
-    vecs = np.asarray(vecs, np.float32)
+    vecs = np.asarray(_embed(texts_of(rows), params.semantic_batch_size), np.float32)
     k = params.semantic_clusters or max(1, int(round(np.sqrt(len(rows)))))
     k = min(k, len(rows))
     labels = _kmeans(vecs, k, params.seed)
@@ -775,6 +820,13 @@ def _semantic_pass(corpus: pa.Table, active: np.ndarray, policy: np.ndarray, sta
                     continue
             kept_local.append(a)
     return {"embedded": int(len(rows)), "clusters": int(k), "pairs_compared": int(n_pairs)}
+
+
+def _embed(texts: list[str], batch_size: int) -> np.ndarray:
+    """L2-normalised MiniLM vectors of ``texts`` (from the model wheel, on CPU)."""
+    from tasks.embeddings import embed_texts
+
+    return embed_texts(texts, batch_size=batch_size)[0]
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:

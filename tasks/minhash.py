@@ -31,6 +31,7 @@ value by value, though both estimate the same Jaccard. Our signatures can be wra
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -64,10 +65,12 @@ SPACE, WORD, OTHER = 0, 1, 2
 def char_classes() -> np.ndarray:
     """uint8[0x110000]: the class of every code point, by Python's own ``\\w`` and ``\\s``.
 
-    Built once per process (~0.1 s) from the regex engine that :func:`tasks.common.normalize_text`
+    Built once per process (~0.05 s) from the regex engine that :func:`tasks.common.normalize_text`
     uses, so the tokenizer splits exactly where it would. Read-only after construction.
     """
-    every = "".join(map(chr, range(0x110000)))
+    points = np.arange(0x110000, dtype="<u4")
+    points[0xD800:0xE000] = 0x20  # lone surrogates cannot occur in valid UTF-8; keep one char per slot
+    every = points.tobytes().decode("utf-32-le")
     table = np.full(0x110000, OTHER, np.uint8)
     for m in re.finditer(r"\w+", every):
         table[m.start() : m.end()] = WORD
@@ -150,9 +153,21 @@ def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fold_case(texts: pa.Array, nfkc: bool, lowercase: bool) -> pa.Array:
-    """NFKC and lower-case a string column with Arrow (no per-row Python)."""
-    if nfkc:
-        texts = pc.utf8_normalize(texts, "NFKC")
+    """NFKC (Python's ``unicodedata``, as ``normalize_text``) and lower case (Arrow) a column.
+
+    Normalising is the slow part, and nearly all text is already in NFKC, so only the rows that
+    are not ASCII and fail Python's quick check are normalised; the others pass through as is.
+    """
+    if nfkc and len(texts):
+        non_ascii = np.flatnonzero(~pc.string_is_ascii(texts).to_numpy(zero_copy_only=False))
+        if len(non_ascii):
+            sub = texts.take(pa.array(non_ascii)).to_pylist()
+            todo = [(int(i), t) for i, t in zip(non_ascii, sub) if not unicodedata.is_normalized("NFKC", t)]
+            if todo:
+                fixed = pa.array([unicodedata.normalize("NFKC", t) for _, t in todo], texts.type)
+                index = np.arange(len(texts))
+                index[[i for i, _ in todo]] = len(texts) + np.arange(len(todo))
+                texts = pa.concat_arrays([texts, fixed]).take(pa.array(index))
     if lowercase:
         texts = pc.utf8_lower(texts)
     return texts
@@ -265,6 +280,77 @@ if HAVE_NUMBA:
                     sig[j] = min(sig[j], v)
             sigs[d, :] = sig
         return sigs, h32, exact
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _nb_word_features(data, offsets, classes, strip, n, a, b, bands, rows, cap_off):  # pragma: no cover
+        # Everything for one document in one pass while its bytes are in cache: tokenize and
+        # hash, exact key, shingles, MinHash, band keys. Shingles go to a buffer with room for
+        # the most a text of that length can have ((bytes + 1) // 2 + 1), compacted afterwards.
+        ndoc = offsets.shape[0] - 1
+        k = a.shape[0]
+        sigs = np.empty((ndoc, k), np.uint32)
+        exact = np.empty((ndoc, 2), np.uint64)
+        keys = np.empty((ndoc, bands), np.uint64)
+        counts = np.zeros((ndoc, 2), np.int64)  # tokens, shingles
+        shbuf = np.empty(cap_off[ndoc], np.uint32)
+        for d in numba.prange(ndoc):
+            tok = np.empty(cap_off[d + 1] - cap_off[d], np.uint64)
+            i, end, t, inside = offsets[d], offsets[d + 1], 0, False
+            h = _FNV_OFFSET
+            while i < end:
+                cp, width = _nb_char(data, i)
+                cl = classes[cp]
+                is_tok = cl == 1 or (cl == 2 and not strip)
+                if is_tok:
+                    if not inside:
+                        h = _FNV_OFFSET
+                    for j in range(i, i + width):
+                        h = (h ^ np.uint64(data[j])) * _FNV_PRIME
+                elif inside:
+                    tok[t] = _nb_fmix64(h)
+                    t += 1
+                inside = is_tok
+                i += width
+            if inside:
+                tok[t] = _nb_fmix64(h)
+                t += 1
+            e1 = np.uint64(t)
+            e2 = e1
+            for j in range(t):
+                e1 = e1 * _POLY + tok[j]
+                e2 = e2 * _POLY2 + tok[j]
+            exact[d, 0] = _nb_fmix64(e1)
+            exact[d, 1] = _nb_fmix64(e2)
+            nsh = t - n + 1 if t >= n else (1 if t > 0 else 0)
+            width = min(n, t)
+            sig = np.full(k, np.uint32(0xFFFFFFFF), np.uint32)
+            base = cap_off[d]
+            for s in range(nsh):
+                acc = np.uint64(0)
+                for j in range(width):
+                    acc = acc * _POLY + tok[s + j]
+                hv = np.uint32(_nb_fmix64(acc) >> np.uint64(32))
+                shbuf[base + s] = hv
+                x = _nb_fmix32(hv)
+                for j in range(k):
+                    v = np.uint32(a[j] * x + b[j])
+                    sig[j] = min(sig[j], v)
+            sigs[d, :] = sig
+            for band in range(bands):
+                acc = np.uint64(band + 1)
+                for j in range(band * rows, (band + 1) * rows):
+                    acc = acc * _POLY + np.uint64(sig[j])
+                keys[d, band] = _nb_fmix64(acc)
+            counts[d, 0] = t
+            counts[d, 1] = nsh
+        return sigs, exact, keys, counts, shbuf
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _nb_compact(buf, cap_off, lengths, out_off):  # pragma: no cover - compiled
+        out = np.empty(out_off[-1], buf.dtype)
+        for d in numba.prange(lengths.shape[0]):
+            out[out_off[d] : out_off[d + 1]] = buf[cap_off[d] : cap_off[d] + lengths[d]]
+        return out
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def _nb_signatures(h, offsets, a, b):  # pragma: no cover - compiled
@@ -466,6 +552,37 @@ def document_hashes(
     return DocumentHashes(exact, np.diff(unit_offsets), sigs, h32, sh_off)
 
 
+@dataclass
+class WordFeatures:
+    """Everything dedup needs from a batch of texts with word shingles."""
+
+    hashes: DocumentHashes
+    band_keys: np.ndarray  # uint64[n, bands]
+
+
+def word_features(folded: pa.Array, strip_punctuation: bool, n: int, a: np.ndarray, b: np.ndarray, bands: int,
+                  rows: int, use_numba: bool = True) -> WordFeatures:
+    """Tokens, exact keys, shingles, signatures and band keys of case-folded texts.
+
+    The Numba path does it all in one pass per document; the fallback chains
+    :func:`word_units`, :func:`document_hashes` and :func:`band_keys` (identical results).
+    """
+    if not (use_numba and HAVE_NUMBA):
+        units, off = word_units(folded, strip_punctuation, use_numba=False)
+        h = document_hashes(units, off, n, a, b, use_numba=False)
+        return WordFeatures(h, band_keys(h.sigs, bands, rows))
+    offsets, data = string_buffers(folded)
+    cap = (np.diff(offsets) + 1) // 2 + 1
+    cap_off = np.zeros(len(cap) + 1, np.int64)
+    np.cumsum(cap, out=cap_off[1:])
+    sigs, exact, keys, counts, buf = _nb_word_features(data, offsets, char_classes(), strip_punctuation, n, a, b,
+                                                       bands, rows, cap_off)
+    sh_off = np.zeros(len(cap) + 1, np.int64)
+    np.cumsum(counts[:, 1], out=sh_off[1:])
+    shingles = _nb_compact(buf, cap_off, counts[:, 1].copy(), sh_off)
+    return WordFeatures(DocumentHashes(exact, counts[:, 0].copy(), sigs, shingles, sh_off), keys)
+
+
 def signatures(h32: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, use_numba: bool = True) -> np.ndarray:
     """MinHash signatures uint32[ndoc, k] of given shingle hashes (CSR by ``offsets``)."""
     offsets = np.ascontiguousarray(offsets, np.int64)
@@ -576,7 +693,7 @@ def pairs_sharing_keys(keys: np.ndarray, docs: np.ndarray, max_bucket: int = 32)
     """
     if len(keys) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    order = np.argsort(keys, kind="stable")
+    order = np.argsort(keys)  # not stable, but deterministic: ties only reorder big buckets
     sk, sd = keys[order], docs[order]
     starts = np.concatenate([[0], np.flatnonzero(sk[1:] != sk[:-1]) + 1])
     sizes = np.diff(np.concatenate([starts, [len(sk)]]))

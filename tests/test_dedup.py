@@ -293,3 +293,54 @@ def test_long_document_is_processed() -> None:
     res = dedup.run(t, dedup.Params(batch_bytes=1 << 20))
     assert res.tables["data"].column("id").to_pylist() == ["big", "small"]
     assert _evidence(res)["big-copy"]["jaccard_verified"] > 0.99
+
+
+# --------------------------------------------------------------------------- semantic
+
+
+def test_semantic_pass_drops_vectors_close_to_a_kept_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stand-in embedder: bag of normalised words, so rewordings of one fortune are close.
+    rows = _fortunes(60)
+    vocab = {w: i for i, w in enumerate(sorted({w for _, t in rows for w in normalize_text(t).split()}))}
+
+    def embed(texts: list[str], batch_size: int) -> np.ndarray:
+        x = np.zeros((len(texts), len(vocab)), np.float32)
+        for r, t in enumerate(texts):
+            for w in normalize_text(t).split():
+                x[r, vocab[w]] += 1
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    monkeypatch.setattr(dedup, "_embed", embed)
+    words = normalize_text(rows[5][1]).split()
+    reordered = " ".join(words[::-1])  # same words, new order: no shared 5-gram, cosine 1
+    t = _table(rows + [("reordered", reordered)])
+    res = dedup.run(t, dedup.Params(semantic=True, semantic_clusters=4))
+    ev = _evidence(res)
+    assert res.removed.column("reason").to_pylist() == ["semantic_duplicate"]
+    assert ev["reordered"]["duplicate_of"] == rows[5][0] and ev["reordered"]["cosine"] >= 0.95
+    assert dedup.run(t, dedup.Params()).removed.num_rows == 0  # MinHash alone does not see it
+
+
+@pytest.mark.slow
+def test_semantic_dedup_with_minilm_finds_bible_paraphrases() -> None:
+    import sys
+
+    sys.path.append("/usr/lib/python3/dist-packages")
+    import Sword
+
+    mgr = Sword.SWMgr()
+    verses: dict[str, list[tuple[str, str]]] = {}
+    for module in ("engKJV2006eb", "engWEB2015eb"):
+        mod, vk = mgr.getModule(module), Sword.VerseKey()
+        vk.setVersificationSystem(mod.getConfigEntry("Versification"))
+        vk.setText("John 1:1")
+        for _ in range(50):
+            mod.setKey(vk)
+            verses.setdefault(module, []).append((f"{module}/{vk.getText()}", mod.stripText().strip()))
+            vk.increment()
+    t = _table(verses["engKJV2006eb"] + verses["engWEB2015eb"])
+    res = dedup.run(t, dedup.Params(semantic=True, semantic_threshold=0.9, near=False))
+    ev = _evidence(res)
+    assert len(ev) >= 10
+    same_verse = [i.split("/")[1] == e["duplicate_of"].split("/")[1] for i, e in ev.items()]
+    assert np.mean(same_verse) >= 0.9
