@@ -355,3 +355,24 @@ def test_unknown_params_are_rejected_by_name():
         Params(action="delete")
     with pytest.raises(WinnowError, match="per_benchmark.mmlu: ngram_n"):
         Params(per_benchmark={"mmlu": {"ngram_n": 0}})
+
+
+@pytest.mark.slow
+def test_planted_benchmark_items_meet_the_recall_and_precision_targets():
+    import importlib.util
+
+    if importlib.util.find_spec("evals") is None:
+        pytest.skip("needs the evals wheel (pip install --no-deps evals==3.0.1.post1)")
+    from benchmarks.bench_contamination import load_corpus, load_items, plant, score, winnow_method
+
+    bench = load_items(600)
+    corpus, _ = load_corpus(3.0)
+    planted, truth = plant(corpus, bench, 40, seed=1)
+    method = winnow_method(Params())
+    natural = method(corpus, bench)["flagged"]
+    s = score(method(planted, bench), natural, truth, bench["id"].to_pylist())
+    assert s["verbatim"]["recall"] == 1.0
+    assert s["reformatted"]["recall"] >= 0.95
+    assert s["partial_16plus"]["recall"] >= 0.95
+    assert s["precision"] >= 0.99
+    assert s["decoy"]["flagged"] == 0
