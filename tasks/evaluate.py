@@ -248,7 +248,7 @@ def score_requests(
                 score[row, first - 1 : len(toks) - 1] = 1.0  # logits at t predict token t+1
             ids = ids.to(device)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(input_ids=ids).logits
+                logits = model(input_ids=ids, use_cache=False).logits
             logits = logits[:, :-1].float()
             if real_vocab is not None and real_vocab < logits.shape[-1]:
                 logits[..., real_vocab:] = float("-inf")

@@ -49,6 +49,7 @@ HISTORY_SCHEMA = pa.schema(
         ("lr", pa.float64()),
         ("tokens", pa.int64()),  # tokens trained on so far
         ("elapsed_s", pa.float64()),  # seconds since the loop started (setup excluded)
+        ("cpu_s", pa.float64()),  # CPU seconds of this process (all threads) since the loop started
     ]
 )
 
@@ -437,7 +438,7 @@ def train_loop(
         stopped_by = "max_tokens"
     elif params.max_steps is None:
         stopped_by = "one_pass"
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for step in range(1, total_steps + 1):
         lr = lr_at(step - 1, total_steps, params)
         for group in optimizer.param_groups:
@@ -445,7 +446,8 @@ def train_loop(
         for _ in range(params.grad_accum_steps):
             x = next(data)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = step_model(input_ids=x, labels=x).loss  # the model shifts labels itself
+                # The model shifts the labels itself; no KV cache is wanted while training.
+                loss = step_model(input_ids=x, labels=x, use_cache=False).loss
             (loss / params.grad_accum_steps).backward()
             loss_sum += loss.detach()
             micro_since_log += 1
@@ -461,7 +463,14 @@ def train_loop(
             loss_sum.zero_()
             micro_since_log = 0
             history.append(
-                {"step": step, "loss": mean_loss, "lr": lr, "tokens": tokens, "elapsed_s": time.perf_counter() - t0}
+                {
+                    "step": step,
+                    "loss": mean_loss,
+                    "lr": lr,
+                    "tokens": tokens,
+                    "elapsed_s": time.perf_counter() - t0,
+                    "cpu_s": time.process_time() - cpu0,
+                }
             )
         if out_of_time:
             stopped_by = "time_budget"
