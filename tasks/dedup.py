@@ -2,9 +2,10 @@
 
 Three passes, each over the survivors of the one before:
 
-1. **Exact**: xxh3-128 of the normalised text (NFKC, lower case, punctuation to spaces, collapsed
-   whitespace; each switchable). Texts that normalise to nothing (e.g. ``"!!!"``) are compared
-   on their raw text instead, so ``"!!!"`` and ``"???"`` are not duplicates of each other.
+1. **Exact**: a 128-bit key of the normalised token sequence (NFKC, lower case, punctuation as
+   separator, whitespace runs as one; each switchable), i.e. of ``normalize_text(text)``. Texts
+   that normalise to nothing (e.g. ``"!!!"``) are keyed on their raw text (xxh3-128) instead, so
+   ``"!!!"`` and ``"???"`` are not duplicates of each other.
 2. **Near (MinHash-LSH)**: word (or byte) n-gram shingles, MinHash signatures computed by a
    vectorised kernel (:mod:`tasks.minhash`; identical to datasketch's ``affine32`` MinHash given
    our shingle hash), banding chosen so that a pair at the threshold becomes a candidate with
@@ -26,11 +27,11 @@ column          type                                meaning
 id              string                              document id
 seq             int64                               global arrival order (first seen = 0)
 status          string                              ``kept`` or the ledger reason it was dropped
-exact_hash      fixed_size_binary(16)               xxh3-128 of the normalised text
-num_shingles    int32                               distinct shingles (0: nothing to compare)
+exact_hash      fixed_size_binary(16)               exact-duplicate key (big-endian hi, lo)
+num_shingles    int32                               shingles in the text (0: nothing to compare)
 signature       fixed_size_list<uint32>[num_perm]   MinHash (null for exact duplicates/no shingles)
 band_keys       fixed_size_list<uint64>[bands]      LSH band hashes (null where signature is)
-shingles        list<uint32>                        sorted distinct shingle hashes, for exact
+shingles        large_list<uint32>                  shingle hashes in text order, for exact
                                                     Jaccard against later documents (null where
                                                     signature is, or with ``index_shingles=False``)
 ==============  ==================================  ==============================================
@@ -192,7 +193,7 @@ class Params:
         return {
             "format": INDEX_FORMAT,
             "scheme": "affine32",
-            "shingle_hash": "xxh3_64-poly-fmix64-hi32",
+            "shingle_hash": "fnv1a64-fmix64-poly-fmix64-hi32",
             "num_perm": self.num_perm,
             "seed": self.seed,
             "ngram": self.ngram,
@@ -414,6 +415,16 @@ def _fixed_list_rows(col: pa.ChunkedArray, rows: np.ndarray, width: int, dtype: 
     return flat.reshape(len(rows), width)
 
 
+def _fixed_list_matrix(col: pa.ChunkedArray, width: int, dtype: type) -> np.ndarray:
+    """A whole fixed_size_list column as a dense [n, width] array (null rows hold zeros or junk;
+    zero-copy for a single chunk)."""
+    parts = []
+    for ch in col.chunks:
+        vals = ch.values.to_numpy(zero_copy_only=False)[ch.offset * width : (ch.offset + len(ch)) * width]
+        parts.append(vals.astype(dtype, copy=False).reshape(len(ch), width))
+    return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+
 def _list_rows(col: pa.ChunkedArray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     taken = col.take(pa.array(rows, pa.int64())).combine_chunks()
     lengths = pc.fill_null(pc.list_value_length(taken), 0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -512,7 +523,8 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         **dec.metrics,
         "banding": {"bands": banding.bands, "rows": banding.rows, "threshold": banding.threshold,
                     "p_candidate_at_threshold": round(banding.p_at_threshold, 4)},
-        "index": {"rows_before": n_old, "rows_after": new_index.num_rows},
+        "index": {"rows_before": n_old, "rows_after": new_index.num_rows,
+                  "band_keys_recomputed": bool(prev is not None and prev.bands_recomputed)},
         "kernel": "numba" if mh.HAVE_NUMBA else "numpy",
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "docs_per_s": round(n / max(timings["total"], 1e-9), 1),
@@ -628,7 +640,7 @@ def _exact_pass(feats: Features, prev: _Previous | None, active: np.ndarray, pol
             "cluster_size": int(sizes[w]),
             "jaccard_estimated": 1.0,
             "jaccard_verified": 1.0,
-            "normalized_xxh3_128": f"{int(all_keys[w, 0]):016x}{int(all_keys[w, 1]):016x}",
+            "exact_key": f"{int(all_keys[w, 0]):016x}{int(all_keys[w, 1]):016x}",
             "duplicate_of_earlier_run": bool(k < m_old),
         }
     n_clusters = int(np.unique(labels[np.flatnonzero(sizes > 1)]).size)
@@ -659,7 +671,7 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
             all_old = mh.band_keys(_fixed_list_rows(prev.table.column("signature"), cand, params.num_perm, np.uint32),
                                    banding.bands, banding.rows)
         else:
-            all_old = _fixed_list_rows(prev.table.column("band_keys"), cand, banding.bands, np.uint64)
+            all_old = _fixed_list_matrix(prev.table.column("band_keys"), banding.bands, np.uint64)[cand]
         hit = np.zeros(len(cand), bool)
         for band in range(banding.bands):
             new_keys = np.unique(feats.band(band)[rows])

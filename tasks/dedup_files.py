@@ -4,12 +4,12 @@
 decisions, same ledger), but never holds the texts, signatures or shingles of the whole corpus:
 
 1. **Featurise** each row group of the inputs in a worker process (``workers`` at a time) and
-   spill the features to one Parquet shard per task: exact key, signature, one uint64 column per
-   LSH band, shingle hashes.
+   spill the features to one Parquet shard per task: exact key, one uint64 column per LSH band
+   and a few bytes more (about 170 bytes per document).
 2. **Decide** in the parent with :func:`tasks.dedup.decide`, reading the shards through
    :class:`ShardedFeatures`: the exact pass loads 16 bytes per document; the near pass groups
    one band column at a time (an external group-by on band keys: 16 bytes per document in
-   memory), then reads signatures and shingles only for documents in a candidate pair.
+   memory), then recomputes signatures and shingles only for documents in a candidate pair.
 3. **Write** the surviving rows (input order and schema) as ``data-NNNNN.parquet`` and the
    ledger as ``removed.parquet`` under ``out_dir``.
 
@@ -76,18 +76,25 @@ def _featurize_task(task: tuple[int, Path, list[int], int, int], params_dict: di
     }
     for j in range(banding.bands):
         out[f"band_{j}"] = pa.array(feats.bands[:, j])
-    out["signature"] = pa.FixedSizeListArray.from_arrays(pa.array(feats.sigs.ravel()), params.num_perm)
-    out["shingles"] = pa.LargeListArray.from_arrays(pa.array(feats.shingle_offsets), pa.array(feats.shingles))
+    # Signatures and shingles are not spilled (~1.5 KB per document): only documents in a
+    # candidate pair need them, and ShardedFeatures recomputes those from the text.
     pq.write_table(pa.table(out), Path(workdir) / f"features-{number:05d}.parquet", compression="none")
     return number, table.num_rows
 
 
 class ShardedFeatures:
-    """Features spilled to Parquet shards, read lazily; the accessors match dedup.Features."""
+    """Features spilled to Parquet shards, read lazily; the accessors match dedup.Features.
 
-    def __init__(self, shards: list[Path], sizes: list[int]) -> None:
+    Signatures and shingle hashes are recomputed from the input text for the few documents that
+    need them (those in a candidate pair), which is cheaper than writing and reading them all.
+    """
+
+    def __init__(self, shards: list[Path], tasks: list[tuple[int, Path, list[int], int, int]],
+                 params: dedup.Params) -> None:
         self.shards = shards
-        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.tasks = tasks
+        self.params = params
+        self.starts = np.array([t[3] for t in tasks] + [tasks[-1][3] + tasks[-1][4]], np.int64)
         small = pa.concat_tables(
             pq.read_table(s, columns=["id", "exact_hi", "exact_lo", "blank", "num_shingles", "policy"]) for s in shards
         )
@@ -96,46 +103,37 @@ class ShardedFeatures:
         self.blank = small.column("blank").to_numpy(zero_copy_only=False)
         self.num_shingles = small.column("num_shingles").to_numpy()
         self.policy = small.column("policy").to_numpy()
+        self._memo: tuple[np.ndarray, dedup.Features] | None = None
 
     def band(self, j: int) -> np.ndarray:
         return np.concatenate([pq.read_table(s, columns=[f"band_{j}"]).column(0).to_numpy() for s in self.shards])
 
-    def _by_shard(self, rows: np.ndarray):
+    def _features_of(self, rows: np.ndarray) -> dedup.Features:
+        """Features of ``rows`` (in that order), recomputed from their text shard by shard."""
+        rows = np.asarray(rows, np.int64)
+        if self._memo is not None and np.array_equal(self._memo[0], rows):
+            return self._memo[1]
         order = np.argsort(rows, kind="stable")
-        shard_of = np.searchsorted(self.starts, rows[order], side="right") - 1
-        for s in np.unique(shard_of):
-            sel = order[shard_of == s]
-            yield s, sel, rows[sel] - self.starts[s]
+        task_of = np.searchsorted(self.starts, rows[order], side="right") - 1
+        texts = []
+        for t in np.unique(task_of):
+            _, path, groups, start, _ = self.tasks[t]
+            local = rows[order[task_of == t]] - start
+            col = pq.ParquetFile(path).read_row_groups(groups, columns=["text"]).column("text")
+            texts.append(col.take(pa.array(local)).combine_chunks())
+        sorted_texts = pa.concat_arrays(texts) if texts else pa.array([], pa.string())
+        inverse = np.empty(len(rows), np.int64)
+        inverse[order] = np.arange(len(rows))
+        feats = dedup.featurize(sorted_texts.take(pa.array(inverse)), self.params, self.params.banding())
+        self._memo = (rows.copy(), feats)
+        return feats
 
     def signatures_of(self, rows: np.ndarray) -> np.ndarray:
-        out = None
-        for s, sel, local in self._by_shard(np.asarray(rows, np.int64)):
-            col = pq.read_table(self.shards[s], columns=["signature"]).column(0).combine_chunks()
-            k = col.type.list_size
-            block = col.values.to_numpy()[col.offset * k : (col.offset + len(col)) * k].reshape(-1, k)
-            if out is None:
-                out = np.empty((len(rows), k), np.uint32)
-            out[sel] = block[local]
-        return out if out is not None else np.zeros((0, 0), np.uint32)
+        return self._features_of(rows).sigs
 
     def shingles_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.asarray(rows, np.int64)
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for s, sel, local in self._by_shard(rows):
-            col = pq.read_table(self.shards[s], columns=["shingles"]).column(0).combine_chunks()
-            offs = col.offsets.to_numpy()
-            vals, off = dedup._take_csr(col.values.to_numpy(), offs, local)
-            parts.append((sel, vals, off))
-        lengths = np.zeros(len(rows), np.int64)
-        for sel, _, off in parts:
-            lengths[sel] = np.diff(off)
-        offsets = np.zeros(len(rows) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        values = np.empty(int(offsets[-1]), np.uint32)
-        for sel, vals, off in parts:
-            for i, r in enumerate(sel):  # scatter each document's run to its place in row order
-                values[offsets[r] : offsets[r + 1]] = vals[off[i] : off[i + 1]]
-        return values, offsets
+        f = self._features_of(rows)
+        return f.shingles, f.shingle_offsets
 
 
 def dedup_parquet(inputs: list[str | Path], out_dir: str | Path, params: dedup.Params = dedup.Params(),
@@ -171,11 +169,10 @@ def dedup_parquet(inputs: list[str | Path], out_dir: str | Path, params: dedup.P
                                  [threads] * len(tasks)))
     else:
         done = [_featurize_task(task, params_dict, str(workdir), 0) for task in tasks]
-    sizes = [n for _, n in sorted(done)]
     timings["featurize"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    feats = ShardedFeatures([workdir / f"features-{i:05d}.parquet" for i in range(len(tasks))], sizes)
+    feats = ShardedFeatures([workdir / f"features-{i:05d}.parquet" for i in range(len(tasks))], tasks, params)
     counts = pc.value_counts(feats.ids).flatten()
     dup = pc.filter(counts[0], pc.greater(counts[1], 1))
     if len(dup):

@@ -344,3 +344,41 @@ def test_semantic_dedup_with_minilm_finds_bible_paraphrases() -> None:
     assert len(ev) >= 10
     same_verse = [i.split("/")[1] == e["duplicate_of"].split("/")[1] for i, e in ev.items()]
     assert np.mean(same_verse) >= 0.9
+
+
+# --------------------------------------------------------------------------- Parquet path, index variants
+
+
+def test_parquet_path_gives_the_same_data_and_ledger_as_run(kernel: pa.Table, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from tasks.dedup_files import dedup_parquet
+
+    corpus = pa.concat_tables([kernel, _table(_fortunes(2000))])
+    pq.write_table(corpus.slice(0, 500), tmp_path / "a.parquet", row_group_size=200)
+    pq.write_table(corpus.slice(500), tmp_path / "b.parquet", row_group_size=700)
+    metrics = dedup_parquet([tmp_path / "a.parquet", tmp_path / "b.parquet"], tmp_path / "out", workers=1)
+    data = pa.concat_tables(pq.read_table(p) for p in sorted((tmp_path / "out").glob("data-*.parquet")))
+    expected = dedup.run(corpus, dedup.Params())
+    assert metrics["tasks"] == 3 + -(-(corpus.num_rows - 500) // 700)  # one per row group
+    assert metrics["removed"] == expected.metrics["removed"]
+    assert data.equals(expected.tables["data"])
+    assert pq.read_table(tmp_path / "out" / "removed.parquet").equals(expected.removed)
+    assert not (tmp_path / "out" / "features").exists()
+
+
+def test_incremental_with_new_threshold_recomputes_band_keys(licences: pa.Table) -> None:
+    r1 = dedup.run(licences.slice(0, 1), dedup.Params(threshold=0.8))  # GFDL-1.2 yesterday
+    r2 = dedup.run(licences.slice(1), dedup.Params(threshold=0.7), index=r1.tables["index"])
+    assert r2.metrics["index"]["band_keys_recomputed"]
+    ev = _evidence(r2)
+    assert ev["GFDL-1.3"]["duplicate_of"] == "GFDL-1.2" and ev["GFDL-1.3"]["duplicate_of_earlier_run"]
+    assert ev["LGPL-2.1"]["duplicate_of"] == "LGPL-2"
+
+
+def test_index_without_shingles_falls_back_to_the_estimate(licences: pa.Table) -> None:
+    r1 = dedup.run(licences.slice(0, 1), dedup.Params(index_shingles=False))
+    assert r1.tables["index"].column("shingles").null_count == 1
+    r2 = dedup.run(licences.slice(1), dedup.Params(index_shingles=False), index=r1.tables["index"])
+    e = _evidence(r2)["GFDL-1.3"]
+    assert e["jaccard_verified"] is None and e["jaccard_estimated"] >= 0.8
