@@ -43,12 +43,20 @@ def receipt_rows(store: DatasetStore, outputs: Mapping[str, str], cached: Mappin
     return rows
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Plain-text table for the terminal."""
     if not rows:
         return "(nothing)"
     cols = list(rows[0])
-    cells = [[("" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    cells = [[_cell(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
     return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])

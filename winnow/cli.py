@@ -26,6 +26,8 @@ def _prefect_env() -> None:
     """Quiet, local, offline Prefect defaults; a user's explicit settings win."""
     defaults = {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The throwaway server of a run without PREFECT_API_URL can take >20 s to start on a busy box.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
@@ -125,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("winnow: interrupted; the store holds only complete entries", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `winnow lineage X | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
