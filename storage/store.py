@@ -337,13 +337,14 @@ def _summarise_ledger(removed: pa.Table) -> dict[str, dict[str, int]]:
     return summary
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def _write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
+    """Run records keep their key order: stages are listed in pipeline order."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    _write_json(tmp, obj)
+    _write_json(tmp, obj, sort_keys=False)
     os.replace(tmp, path)
 
 
