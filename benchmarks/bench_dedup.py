@@ -375,10 +375,13 @@ def _child(method: str, corpus: str, out: str) -> None:
     pa.default_memory_pool().release_unused()
     before = _rss_mb("VmRSS")
     _reset_peak_rss()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     labels, dropped, extra = METHODS[method](table)
     wall = time.perf_counter() - t0
-    info = {"wall_s": wall, "peak_rss_mb": _rss_mb("VmHWM"), "rss_before_mb": before, **extra}
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    info = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": _rss_mb("VmHWM"), "rss_before_mb": before, **extra}
     if method == "winnow":  # again in the same process: kernels loaded, the steady-state speed
         t0 = time.perf_counter()
         METHODS[method](table)

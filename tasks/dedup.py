@@ -253,22 +253,21 @@ def featurize(texts: pa.Array | pa.ChunkedArray, params: Params, banding: mh.Ban
         stop = int(np.searchsorted(cum, base + params.batch_bytes, side="right"))
         bounds.append(max(stop, start + 1))
     a, b = mh.permutations(params.num_perm, params.seed)
-    parts = [_featurize_batch(texts.slice(s, e - s), params, banding, a, b, use_numba)
-             for s, e in zip(bounds[:-1], bounds[1:])]
-    if len(parts) == 1:
-        return parts[0]
-    offs = [parts[0].shingle_offsets]
-    for p in parts[1:]:
+    if len(bounds) == 2:
+        return _featurize_batch(texts, params, banding, a, b, use_numba)
+    # Fill preallocated arrays batch by batch (concatenating at the end would copy them again).
+    exact = np.empty((n, 2), np.uint64)
+    blank = np.empty(n, bool)
+    num_units = np.empty(n, np.int64)
+    sigs = np.empty((n, params.num_perm), np.uint32)
+    bands = np.empty((n, banding.bands), np.uint64)
+    shingles, offs = [], [np.zeros(1, np.int64)]
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        p = _featurize_batch(texts.slice(s, e - s), params, banding, a, b, use_numba)
+        exact[s:e], blank[s:e], num_units[s:e], sigs[s:e], bands[s:e] = p.exact, p.blank, p.num_units, p.sigs, p.bands
+        shingles.append(p.shingles)
         offs.append(p.shingle_offsets[1:] + offs[-1][-1])
-    return Features(
-        exact=np.concatenate([p.exact for p in parts]),
-        blank=np.concatenate([p.blank for p in parts]),
-        num_units=np.concatenate([p.num_units for p in parts]),
-        sigs=np.concatenate([p.sigs for p in parts]),
-        bands=np.concatenate([p.bands for p in parts]),
-        shingles=np.concatenate([p.shingles for p in parts]),
-        shingle_offsets=np.concatenate(offs),
-    )
+    return Features(exact, blank, num_units, sigs, bands, np.concatenate(shingles), np.concatenate(offs))
 
 
 def _featurize_batch(texts: pa.Array, params: Params, banding: mh.Banding, a: np.ndarray, b: np.ndarray,
@@ -282,7 +281,7 @@ def _featurize_batch(texts: pa.Array, params: Params, banding: mh.Banding, a: np
         units, unit_off = mh.char_units(folded, params.strip_punctuation, params.collapse_whitespace)
         h = mh.document_hashes(units, unit_off, params.ngram, a, b, use_numba)
         keys = mh.band_keys(h.sigs, banding.bands, banding.rows)
-    blank = pc.equal(pc.binary_length(pc.utf8_trim_whitespace(texts)), 0).to_numpy(zero_copy_only=False)
+    blank = pc.or_(pc.utf8_is_space(texts), pc.equal(pc.binary_length(texts), 0)).to_numpy(zero_copy_only=False)
     # Texts with no word characters ("!!!", "---") normalise to nothing: key those on their raw
     # text, so they only match identical copies.
     for i in np.flatnonzero((h.num_units == 0) & ~blank):
@@ -437,12 +436,23 @@ def _list_rows(col: pa.ChunkedArray, rows: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Connected-component label of each of ``n`` nodes given undirected edges (union-find)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    g = coo_matrix((np.ones(len(left), np.int8), (left, right)), shape=(n, n))
-    return connected_components(g, directed=False)[1]
+    """Connected-component label (the smallest member) of each of ``n`` nodes given undirected
+    edges: union-find by hooking each edge's larger root onto the smaller, then pointer jumping,
+    repeated until every edge joins one root (a few rounds; vectorised)."""
+    parent = np.arange(n)
+    left, right = np.asarray(left, np.int64), np.asarray(right, np.int64)
+    while True:
+        while True:  # pointer jumping: every node points at its root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        pl, pr = parent[left], parent[right]
+        differ = pl != pr
+        if not differ.any():
+            return parent
+        lo, hi = np.minimum(pl[differ], pr[differ]), np.maximum(pl[differ], pr[differ])
+        np.minimum.at(parent, hi, lo)
 
 
 def _keepers(labels: np.ndarray, cls: np.ndarray, policy: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -628,20 +638,20 @@ def _exact_pass(feats: Features, prev: _Previous | None, active: np.ndarray, pol
     keeper = _keepers(labels, cls, pol, order)
     sizes = counts[labels]
     cluster_no = _cluster_numbers(labels, order, sizes > 1)
-    n_clusters = 0
-    for w in np.flatnonzero((keeper != np.arange(len(keeper))) & (np.arange(len(keeper)) >= m_old)):
-        i = int(rows[w - m_old])
-        k = int(keeper[w])
-        dup_of = prev.ids[int(old_rows[k])].as_py() if k < m_old else id_list[int(rows[k - m_old])]
+    losers = np.flatnonzero((keeper != np.arange(len(keeper))) & (np.arange(len(keeper)) >= m_old))
+    # Plain Python values for the per-row loop (numpy scalar access costs ~10x more).
+    for w, i, k, size, number, hi, lo in zip(losers.tolist(), rows[losers - m_old].tolist(), keeper[losers].tolist(),
+                                             sizes[losers].tolist(), cluster_no[losers].tolist(),
+                                             all_keys[losers, 0].tolist(), all_keys[losers, 1].tolist()):
         status[i] = "exact_duplicate"
         evidence[i] = {
-            "duplicate_of": dup_of,
-            "cluster_id": f"exact-{seq0}-{cluster_no[w]}",
-            "cluster_size": int(sizes[w]),
+            "duplicate_of": prev.ids[int(old_rows[k])].as_py() if k < m_old else id_list[int(rows[k - m_old])],
+            "cluster_id": f"exact-{seq0}-{number}",
+            "cluster_size": size,
             "jaccard_estimated": 1.0,
             "jaccard_verified": 1.0,
-            "exact_key": f"{int(all_keys[w, 0]):016x}{int(all_keys[w, 1]):016x}",
-            "duplicate_of_earlier_run": bool(k < m_old),
+            "exact_key": f"{hi:016x}{lo:016x}",
+            "duplicate_of_earlier_run": k < m_old,
         }
     n_clusters = int(np.unique(labels[np.flatnonzero(sizes > 1)]).size)
     return n_clusters
@@ -744,21 +754,23 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
     ver_k = mh.jaccard_of_pairs(sets, set_off, kl, kr) if params.verify else np.full(len(kl), np.nan)
     ver_k = np.where(verifiable[kl] & verifiable[kr], ver_k, np.nan)
     best_nb, best_j = _strongest_edge(nw, el, er, ej)
-    for li, w in enumerate(losers):
+    ver_k = np.round(ver_k, 4)
+    for w, k, nb, size, number, e_est, e_ver, e_best in zip(
+        losers.tolist(), keeper[losers].tolist(), best_nb[losers].tolist(), sizes[losers].tolist(),
+        cluster_no[losers].tolist(), np.round(est_k, 4).tolist(), ver_k.tolist(), np.round(best_j[losers], 4).tolist()
+    ):
         i = int(rows[w - m_old])
-        k = int(keeper[w])
-        nb = int(best_nb[w])
         status[i] = "near_duplicate"
         evidence[i] = {
             "duplicate_of": _working_id(k, m_old, old_rows, rows, prev, id_list),
-            "cluster_id": f"near-{seq0}-{cluster_no[w]}",
-            "cluster_size": int(sizes[w]),
-            "jaccard_estimated": round(float(est_k[li]), 4),
-            "jaccard_verified": None if np.isnan(ver_k[li]) else round(float(ver_k[li]), 4),
+            "cluster_id": f"near-{seq0}-{number}",
+            "cluster_size": size,
+            "jaccard_estimated": e_est,
+            "jaccard_verified": None if e_ver != e_ver else e_ver,  # NaN: not verifiable
             "linked_to": _working_id(nb, m_old, old_rows, rows, prev, id_list),
-            "linked_jaccard": round(float(best_j[w]), 4),
+            "linked_jaccard": e_best,
             "threshold": params.threshold,
-            "duplicate_of_earlier_run": bool(k < m_old),
+            "duplicate_of_earlier_run": k < m_old,
         }
     return metrics
 
@@ -784,13 +796,8 @@ def _strongest_edge(n: int, left: np.ndarray, right: np.ndarray, j: np.ndarray) 
 
 
 def _take_csr(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.diff(offsets)[rows]
-    off = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(lengths, out=off[1:])
-    if off[-1] == 0:
-        return np.zeros(0, values.dtype), off
-    starts = np.repeat(offsets[rows] - off[:-1], lengths)
-    return values[np.arange(off[-1]) + starts], off
+    """The items of documents ``rows`` (in that order) from CSR ``values``/``offsets``."""
+    return mh.gather_csr(values, offsets, rows)
 
 
 def _semantic_pass(texts_of: Any, active: np.ndarray, policy: np.ndarray, status: np.ndarray,

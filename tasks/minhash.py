@@ -162,11 +162,13 @@ def fold_case(texts: pa.Array, nfkc: bool, lowercase: bool) -> pa.Array:
         non_ascii = np.flatnonzero(~pc.string_is_ascii(texts).to_numpy(zero_copy_only=False))
         if len(non_ascii):
             sub = texts.take(pa.array(non_ascii)).to_pylist()
-            todo = [(int(i), t) for i, t in zip(non_ascii, sub) if not unicodedata.is_normalized("NFKC", t)]
+            todo = [i for i, t in zip(non_ascii.tolist(), sub) if not unicodedata.is_normalized("NFKC", t)]
             if todo:
-                fixed = pa.array([unicodedata.normalize("NFKC", t) for _, t in todo], texts.type)
+                # utf8proc (Arrow) normalises ~2x faster than unicodedata, with the same output
+                # on everything we have compared (tests/test_dedup.py).
+                fixed = pc.utf8_normalize(texts.take(pa.array(todo)), "NFKC")
                 index = np.arange(len(texts))
-                index[[i for i, _ in todo]] = len(texts) + np.arange(len(todo))
+                index[todo] = len(texts) + np.arange(len(todo))
                 texts = pa.concat_arrays([texts, fixed]).take(pa.array(index))
     if lowercase:
         texts = pc.utf8_lower(texts)
@@ -347,6 +349,7 @@ if HAVE_NUMBA:
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def _nb_compact(buf, cap_off, lengths, out_off):  # pragma: no cover - compiled
+        # out[out_off[d]:out_off[d+1]] = buf[cap_off[d]:cap_off[d] + lengths[d]] for every d
         out = np.empty(out_off[-1], buf.dtype)
         for d in numba.prange(lengths.shape[0]):
             out[out_off[d] : out_off[d + 1]] = buf[cap_off[d] : cap_off[d] + lengths[d]]
@@ -388,13 +391,36 @@ if HAVE_NUMBA:
             out[p] = inter / (size - inter) if size > inter else 0.0
         return out
 
+    @numba.njit(cache=True, nogil=True)
+    def _nb_radix_sort_u32(x):  # pragma: no cover - compiled
+        # LSD radix sort, 3 passes of 11 bits: ~5x faster than np.sort on random 32-bit hashes.
+        src = x.copy()
+        dst = np.empty_like(x)
+        counts = np.empty(2048, np.int64)
+        for shift in (0, 11, 22):
+            counts[:] = 0
+            for v in src:
+                counts[(v >> shift) & 0x7FF] += 1
+            total = 0
+            for i in range(2048):
+                c = counts[i]
+                counts[i] = total
+                total += c
+            for v in src:
+                digit = (v >> shift) & 0x7FF
+                dst[counts[digit]] = v
+                counts[digit] += 1
+            src, dst = dst, src
+        return src
+
     @numba.njit(parallel=True, cache=True, nogil=True)
     def _nb_sort_unique(values, offsets):  # pragma: no cover - compiled
         ndoc = offsets.shape[0] - 1
         counts = np.zeros(ndoc, np.int64)
         tmp = np.empty_like(values)
         for d in numba.prange(ndoc):
-            s = np.sort(values[offsets[d] : offsets[d + 1]])
+            seg = values[offsets[d] : offsets[d + 1]]
+            s = _nb_radix_sort_u32(seg) if seg.shape[0] > 512 else np.sort(seg)
             c = 0
             for i in range(s.shape[0]):
                 if i == 0 or s[i] != s[i - 1]:
@@ -581,6 +607,20 @@ def word_features(folded: pa.Array, strip_punctuation: bool, n: int, a: np.ndarr
     np.cumsum(counts[:, 1], out=sh_off[1:])
     shingles = _nb_compact(buf, cap_off, counts[:, 1].copy(), sh_off)
     return WordFeatures(DocumentHashes(exact, counts[:, 0].copy(), sigs, shingles, sh_off), keys)
+
+
+def gather_csr(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The items of documents ``rows`` (in that order) from CSR ``values``/``offsets``."""
+    rows = np.asarray(rows, np.int64)
+    lengths = (offsets[rows + 1] - offsets[rows]).astype(np.int64)
+    out_off = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=out_off[1:])
+    if HAVE_NUMBA:
+        return _nb_compact(values, np.ascontiguousarray(offsets[rows], np.int64), lengths, out_off), out_off
+    if out_off[-1] == 0:
+        return np.zeros(0, values.dtype), out_off
+    starts = np.repeat(offsets[rows] - out_off[:-1], lengths)
+    return values[np.arange(out_off[-1]) + starts], out_off
 
 
 def signatures(h32: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, use_numba: bool = True) -> np.ndarray:
