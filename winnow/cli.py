@@ -297,15 +297,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
         wio.export_table(store.table(fp), out, cols)
     removed_path = Path(args.removed) if args.removed else out.with_name(out.name.split(".")[0] + ".removed.parquet")
     ledger = store.removed(fp)
-    if ledger.num_rows:
-        wio.export_table(ledger, removed_path)
+    wio.export_table(ledger, removed_path)  # written even when empty: "nothing removed" is an answer
     for name in m.tables:
         if name != "data" and stage != "train":
             wio.export_table(store.table(fp, name), out.with_name(out.name.split(".")[0] + f".{name}.parquet"))
     rows_in = store.manifest(corpus).rows()
     print(f"{args.command}: {rows_in} rows in, {m.rows()} rows out -> {out}")
-    if ledger.num_rows:
-        print(f"removal report: {ledger.num_rows} rows -> {removed_path}")
+    print(f"removal report: {ledger.num_rows} rows -> {removed_path}")
     print(f"store entry {short(fp)} (winnow lineage {short(fp)}); metrics: {json.dumps(m.metrics)[:600]}")
     return 0
 

@@ -1,0 +1,86 @@
+"""One stage on a user's own file: `winnow dedup|contamination|label-noise IN --out OUT`."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from storage import DatasetStore
+from winnow.cli import main
+
+
+@pytest.fixture(scope="module")
+def user_file(tmp_path_factory, sample_corpus):
+    """A user's JSONL with their own column names: docs and quotes from the bundled sample."""
+    t = pq.read_table(sample_corpus)
+    quotes = t.filter(pc.equal(t["domain"], "quotes"))
+    quotes = quotes.take(list(range(0, quotes.num_rows, quotes.num_rows // 600))[:600])  # every category
+    # The same kernel doc paths from 6.1 and 6.12: real exact and near-duplicates.
+    old = {i.split("/", 1)[1] for i in t["id"].to_pylist() if i.startswith("docs:linux-6.1/")}
+    both = sorted(p for p in old if f"docs:linux-6.12/{p}" in set(t["id"].to_pylist()))[:60]
+    wanted = [f"docs:linux-6.1/{p}" for p in both] + [f"docs:linux-6.12/{p}" for p in both]
+    docs = t.filter(pc.is_in(t["id"], value_set=pa.array(wanted)))
+    assert docs.num_rows == 120
+    t = pa.concat_tables([docs, quotes])
+    path = tmp_path_factory.mktemp("user") / "mine.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for row in t.to_pylist():
+            f.write(json.dumps({"doc": row["id"], "body": row["text"], "topic": row["label"]}) + "\n")
+    return path
+
+
+def test_dedup_on_a_user_jsonl_restores_their_columns(user_file, tmp_path, capsys):
+    out = tmp_path / "clean.parquet"
+    store = tmp_path / "store"
+    code = main(["dedup", str(user_file), "--out", str(out), "--id-column", "doc", "--text-column", "body",
+                 "--label-column", "topic", "--store", str(store)])
+    assert code == 0, capsys.readouterr()
+    kept = pq.read_table(out)
+    assert {"doc", "body", "topic"} <= set(kept.column_names)
+    removed = pq.read_table(tmp_path / "clean.removed.parquet")
+    assert removed.num_rows > 0  # kernel docs 6.1/6.12 and fortunes hold real duplicates
+    assert kept.num_rows + removed.num_rows == sum(1 for _ in open(user_file))
+    assert set(removed.column_names) >= {"id", "stage", "reason", "evidence"}
+    assert not set(removed["id"].to_pylist()) & set(kept["doc"].to_pylist())
+    # The same command again is a store hit: same entry, nothing new written.
+    before = sorted(p.name for p in (store / "objects").iterdir())
+    assert main(["dedup", str(user_file), "--out", str(out), "--id-column", "doc", "--text-column", "body",
+                 "--label-column", "topic", "--store", str(store)]) == 0
+    assert sorted(p.name for p in (store / "objects").iterdir()) == before
+    assert len(DatasetStore(store).entries()) == 2  # the ingested input and the dedup output
+
+
+def test_label_noise_flags_rows_with_evidence(user_file, tmp_path, capsys):
+    out = tmp_path / "labels.parquet"
+    code = main(["label-noise", str(user_file), "--out", str(out), "--id-column", "doc", "--text-column", "body",
+                 "--label-column", "topic", "--store", str(tmp_path / "s"), "--set", 'label_noise.features="tfidf"'])
+    assert code == 0, capsys.readouterr()
+    scores = pq.read_table(tmp_path / "labels.scores.parquet")
+    assert scores.num_rows == 600  # every labelled row is scored; unlabelled docs pass through
+    assert pq.read_table(out).num_rows == 720
+
+
+def test_contamination_with_a_user_benchmark(user_file, tmp_path, capsys):
+    rows = [json.loads(line) for line in open(user_file, encoding="utf-8")]
+    quote = next(r["body"] for r in rows if r["topic"] and len(r["body"].split()) > 25)
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"id": "q1", "question": quote, "target": ""}) + "\n"
+                     + json.dumps({"id": "q2", "question": "an unrelated question about tensor cores and ferrets"}) + "\n")
+    out = tmp_path / "decont.parquet"
+    code = main(["contamination", str(user_file), "--benchmark", str(bench), "--out", str(out),
+                 "--id-column", "doc", "--text-column", "body", "--label-column", "topic", "--store", str(tmp_path / "s")])
+    captured = capsys.readouterr()
+    assert code == 0, captured
+    report = {r["id"]: r for r in pq.read_table(tmp_path / "decont.report.parquet").to_pylist()}
+    assert report["q1"]["contaminated"] and not report["q2"]["contaminated"]
+
+
+def test_missing_label_column_is_a_clear_error(user_file, tmp_path, capsys):
+    code = main(["label-noise", str(user_file), "--out", str(tmp_path / "o.parquet"), "--id-column", "doc",
+                 "--text-column", "body", "--store", str(tmp_path / "s")])
+    assert code == 2
+    assert "missing label column 'label'" in capsys.readouterr().err
