@@ -25,6 +25,10 @@ from winnow.config import STAGES, PipelineConfig, config_from_dict, load_config
 from winnow.errors import WinnowError
 
 
+#: Stage inputs that may be absent (the stage then runs without them).
+OPTIONAL_INPUTS = frozenset({"index", "contamination"})
+
+
 @dataclass
 class Outcome:
     """What happened to one stage in one run."""
@@ -61,7 +65,8 @@ class PipelineRun:
 
     def stage(self, stage: str, **parents: str | None) -> str | None:
         """Run one stage on its parents' outputs; None if the run stops before it."""
-        if not self.wanted(stage) or any(p is None for p in parents.values()):
+        required = {k: v for k, v in parents.items() if k not in OPTIONAL_INPUTS}
+        if not self.wanted(stage) or any(p is None for p in required.values()):
             return None
         plan = plan_stage(stage, {k: v for k, v in parents.items() if v is not None}, self.config.params(stage))
         return self._call(plan, name=stage)
@@ -98,7 +103,9 @@ def curate(config: dict[str, Any] | None = None, force: list[str] | None = None,
 def _curate(run: PipelineRun) -> dict[str, str | None]:
     corpus = run.ingest("corpus", [run.config.inputs.corpus])
     benchmarks = run.ingest("benchmarks", list(run.config.inputs.benchmarks))
-    deduped = run.stage("dedup", corpus=corpus)
+    previous = run.config.inputs.dedup_index
+    index = parent_ref(run.store.resolve(previous), "index") if previous else None
+    deduped = run.stage("dedup", corpus=corpus, index=index)
     decontaminated = run.stage("contamination", corpus=deduped, benchmarks=benchmarks)
     labels_checked = run.stage("label_noise", corpus=decontaminated)
     return {"benchmarks": benchmarks, "contamination": decontaminated, "curated": labels_checked}

@@ -84,3 +84,27 @@ def test_missing_label_column_is_a_clear_error(user_file, tmp_path, capsys):
                  "--text-column", "body", "--store", str(tmp_path / "s")])
     assert code == 2
     assert "missing label column 'label'" in capsys.readouterr().err
+
+
+def test_incremental_dedup_checks_new_documents_against_an_earlier_index(user_file, tmp_path, capsys):
+    """Yesterday's kernel 6.1 docs are indexed; today's 6.12 copies are found against that index."""
+    rows = [json.loads(line) for line in open(user_file, encoding="utf-8")]
+    old = [r for r in rows if r["doc"].startswith("docs:linux-6.1/")]
+    new = [r for r in rows if r["doc"].startswith("docs:linux-6.12/")]
+    for name, part in (("old.jsonl", old), ("new.jsonl", new)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    store = tmp_path / "store"
+    common = ["--id-column", "doc", "--text-column", "body", "--label-column", "topic", "--store", str(store)]
+    assert main(["dedup", str(tmp_path / "old.jsonl"), "--out", str(tmp_path / "old_out.parquet"), *common]) == 0
+    first = [m for m in DatasetStore(store).entries() if m.stage == "dedup"][0]
+    assert main(["dedup", str(tmp_path / "new.jsonl"), "--out", str(tmp_path / "new_out.parquet"),
+                 "--index", first.fingerprint[:12], *common]) == 0
+    capsys.readouterr()
+    removed = pq.read_table(tmp_path / "new_out.removed.parquet").to_pylist()
+    assert len(removed) > 10
+    old_ids = {r["doc"] for r in old}
+    for row in removed:
+        assert row["id"].startswith("docs:linux-6.12/")
+        assert json.loads(row["evidence"])["duplicate_of"] in old_ids
+    second = [m for m in DatasetStore(store).entries() if m.stage == "dedup" and m.fingerprint != first.fingerprint][0]
+    assert second.parents["index"] == first.fingerprint  # lineage records what it was checked against

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         if stage in ("contamination", "evaluate"):
             p.add_argument("--benchmark", action="append", default=[], metavar="B",
                            help="benchmark file (repeatable; default: the bundled benchmarks)")
+        if stage == "dedup":
+            p.add_argument("--index", metavar="REF",
+                           help="incremental: check IN (new documents only) against this earlier dedup entry's index")
         if stage == "evaluate":
             p.add_argument("--model", required=True, help="the store entry `winnow train` printed (fingerprint prefix)")
             p.add_argument("--contamination-report", metavar="REF",
@@ -278,6 +281,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if stage in ("contamination", "evaluate"):
         bench_paths = args.benchmark or list(cfg.inputs.benchmarks)
         parents["benchmarks"] = execute(plan_ingest("benchmarks", bench_paths, {"split": args.split}), root)
+    if stage == "dedup" and args.index:
+        parents["index"] = parent_ref(store.resolve(args.index), "index")
     if stage == "train":
         parents = {"train": corpus}
     if stage == "evaluate":

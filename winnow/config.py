@@ -51,6 +51,9 @@ class InputsConfig:
         benchmarks: evaluation benchmarks checked for contamination and scored by evaluate.
         id_column, text_column, domain_column, label_column: the user's column names for each role.
         split: the split to read when an input is a saved `datasets` DatasetDict.
+        dedup_index: incremental dedup. A store reference (fingerprint prefix or RUN:dedup) of an
+            earlier dedup output whose signature index the new corpus is checked against; the
+            corpus must then hold only documents not seen before. Empty: dedup the corpus alone.
     """
 
     corpus: str = str(SAMPLE_DIR / "corpus.parquet")
@@ -60,6 +63,7 @@ class InputsConfig:
     domain_column: str = "domain"
     label_column: str = "label"
     split: str | None = None
+    dedup_index: str = ""
 
 
 @dataclass(frozen=True)
