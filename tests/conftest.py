@@ -41,17 +41,18 @@ def prefect_server(tmp_path_factory):
             yield
 
 
-@pytest.fixture(scope="session")
-def sample_corpus() -> Path:
-    path = SAMPLE / "corpus.parquet"
+def _sample(name: str) -> Path:
+    path = SAMPLE / name
     if not path.exists():
         pytest.fail(f"bundled sample missing: {path} (run `python data/build_sample.py`)")
     return path
+
+
+@pytest.fixture(scope="session")
+def sample_corpus() -> Path:
+    return _sample("corpus.parquet")
 
 
 @pytest.fixture(scope="session")
 def sample_benchmarks() -> Path:
-    path = SAMPLE / "benchmarks.parquet"
-    if not path.exists():
-        pytest.fail(f"bundled sample missing: {path} (run `python data/build_sample.py`)")
-    return path
+    return _sample("benchmarks.parquet")
