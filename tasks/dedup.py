@@ -494,8 +494,9 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
     ids = corpus.column("id")
     id_list = ids.to_pylist()
     if prev is not None:
-        seen = pc.is_in(ids, value_set=prev.ids.combine_chunks())
-        if pc.any(seen).as_py():
+        # Probe the old ids against a hash set of the new ones (cheaper than the reverse).
+        if pc.any(pc.is_in(prev.ids, value_set=ids.combine_chunks())).as_py():
+            seen = pc.is_in(ids, value_set=prev.ids.combine_chunks())
             row = _first_true(seen)
             raise WinnowError(f"dedup: id {id_list[row]!r} (row {row}) is already in the dedup index from an earlier run; "
                               "pass only new documents, or give re-ingested ones new ids")
@@ -676,16 +677,24 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
     old_rows = np.zeros(0, np.int64)
     old_bands = np.zeros((0, banding.bands), np.uint64)
     if prev is not None and len(rows):
-        cand = np.flatnonzero(prev.has_sig)
         if prev.bands_recomputed:
+            cand = np.flatnonzero(prev.has_sig)
             all_old = mh.band_keys(_fixed_list_rows(prev.table.column("signature"), cand, params.num_perm, np.uint32),
                                    banding.bands, banding.rows)
-        else:
-            all_old = _fixed_list_matrix(prev.table.column("band_keys"), banding.bands, np.uint64)[cand]
-        hit = np.zeros(len(cand), bool)
-        for band in range(banding.bands):
-            new_keys = np.unique(feats.band(band)[rows])
-            hit |= pc.is_in(pa.array(all_old[:, band]), value_set=pa.array(new_keys)).to_numpy(zero_copy_only=False)
+        else:  # zero-copy view; rows without a signature are masked out below
+            cand = np.arange(len(prev.has_sig))
+            all_old = _fixed_list_matrix(prev.table.column("band_keys"), banding.bands, np.uint64)
+        # All bands at once (a band key hashes its band number too, so keys of different bands
+        # never meet): a 2^22-bit table of the new keys' top bits rules out almost every old
+        # key with one gather, and only the few survivors are checked exactly.
+        new_keys = np.unique(np.concatenate([feats.band(band)[rows] for band in range(banding.bands)]))
+        table = np.zeros(1 << 22, bool)
+        table[new_keys >> np.uint64(42)] = True
+        flat = all_old.reshape(-1)
+        maybe = np.flatnonzero(table[flat >> np.uint64(42)])
+        hit = np.zeros(flat.shape[0], bool)
+        hit[maybe] = np.isin(flat[maybe], new_keys)
+        hit = hit.reshape(-1, banding.bands).any(axis=1) & prev.has_sig[cand]
         old_rows = cand[hit]
         old_bands = all_old[hit]
     m_old = len(old_rows)

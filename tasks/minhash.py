@@ -283,77 +283,94 @@ if HAVE_NUMBA:
             sigs[d, :] = sig
         return sigs, h32, exact
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _nb_word_features(data, offsets, classes, strip, n, a, b, bands, rows, cap_off):  # pragma: no cover
+    # Each kernel below is a per-item body plus two drivers, one parallel (prange) and one
+    # serial: waking the thread pool costs more than a small input takes (and, on a loaded
+    # machine, a scheduler time slice), so inputs under ~1 MB run serially.
+
+    @numba.njit(inline="always")
+    def _nb_word_doc(d, data, offsets, classes, strip, n, a, b, bands, rows, cap_off, sigs, exact, keys, counts,
+                     shbuf):  # pragma: no cover - compiled
         # Everything for one document in one pass while its bytes are in cache: tokenize and
         # hash, exact key, shingles, MinHash, band keys. Shingles go to a buffer with room for
         # the most a text of that length can have ((bytes + 1) // 2 + 1), compacted afterwards.
-        ndoc = offsets.shape[0] - 1
         k = a.shape[0]
-        sigs = np.empty((ndoc, k), np.uint32)
-        exact = np.empty((ndoc, 2), np.uint64)
-        keys = np.empty((ndoc, bands), np.uint64)
-        counts = np.zeros((ndoc, 2), np.int64)  # tokens, shingles
-        shbuf = np.empty(cap_off[ndoc], np.uint32)
-        for d in numba.prange(ndoc):
-            tok = np.empty(cap_off[d + 1] - cap_off[d], np.uint64)
-            i, end, t, inside = offsets[d], offsets[d + 1], 0, False
-            h = _FNV_OFFSET
-            while i < end:
-                cp, width = _nb_char(data, i)
-                cl = classes[cp]
-                is_tok = cl == 1 or (cl == 2 and not strip)
-                if is_tok:
-                    if not inside:
-                        h = _FNV_OFFSET
-                    for j in range(i, i + width):
-                        h = (h ^ np.uint64(data[j])) * _FNV_PRIME
-                elif inside:
-                    tok[t] = _nb_fmix64(h)
-                    t += 1
-                inside = is_tok
-                i += width
-            if inside:
+        tok = np.empty(cap_off[d + 1] - cap_off[d], np.uint64)
+        i, end, t, inside = offsets[d], offsets[d + 1], 0, False
+        h = _FNV_OFFSET
+        while i < end:
+            cp, width = _nb_char(data, i)
+            cl = classes[cp]
+            is_tok = cl == 1 or (cl == 2 and not strip)
+            if is_tok:
+                if not inside:
+                    h = _FNV_OFFSET
+                for j in range(i, i + width):
+                    h = (h ^ np.uint64(data[j])) * _FNV_PRIME
+            elif inside:
                 tok[t] = _nb_fmix64(h)
                 t += 1
-            e1 = np.uint64(t)
-            e2 = e1
-            for j in range(t):
-                e1 = e1 * _POLY + tok[j]
-                e2 = e2 * _POLY2 + tok[j]
-            exact[d, 0] = _nb_fmix64(e1)
-            exact[d, 1] = _nb_fmix64(e2)
-            nsh = t - n + 1 if t >= n else (1 if t > 0 else 0)
-            width = min(n, t)
-            sig = np.full(k, np.uint32(0xFFFFFFFF), np.uint32)
-            base = cap_off[d]
-            for s in range(nsh):
-                acc = np.uint64(0)
-                for j in range(width):
-                    acc = acc * _POLY + tok[s + j]
-                hv = np.uint32(_nb_fmix64(acc) >> np.uint64(32))
-                shbuf[base + s] = hv
-                x = _nb_fmix32(hv)
-                for j in range(k):
-                    v = np.uint32(a[j] * x + b[j])
-                    sig[j] = min(sig[j], v)
-            sigs[d, :] = sig
-            for band in range(bands):
-                acc = np.uint64(band + 1)
-                for j in range(band * rows, (band + 1) * rows):
-                    acc = acc * _POLY + np.uint64(sig[j])
-                keys[d, band] = _nb_fmix64(acc)
-            counts[d, 0] = t
-            counts[d, 1] = nsh
-        return sigs, exact, keys, counts, shbuf
+            inside = is_tok
+            i += width
+        if inside:
+            tok[t] = _nb_fmix64(h)
+            t += 1
+        e1 = np.uint64(t)
+        e2 = e1
+        for j in range(t):
+            e1 = e1 * _POLY + tok[j]
+            e2 = e2 * _POLY2 + tok[j]
+        exact[d, 0] = _nb_fmix64(e1)
+        exact[d, 1] = _nb_fmix64(e2)
+        nsh = t - n + 1 if t >= n else (1 if t > 0 else 0)
+        width = min(n, t)
+        sig = np.full(k, np.uint32(0xFFFFFFFF), np.uint32)
+        base = cap_off[d]
+        for s in range(nsh):
+            acc = np.uint64(0)
+            for j in range(width):
+                acc = acc * _POLY + tok[s + j]
+            hv = np.uint32(_nb_fmix64(acc) >> np.uint64(32))
+            shbuf[base + s] = hv
+            x = _nb_fmix32(hv)
+            for j in range(k):
+                v = np.uint32(a[j] * x + b[j])
+                sig[j] = min(sig[j], v)
+        sigs[d, :] = sig
+        for band in range(bands):
+            acc = np.uint64(band + 1)
+            for j in range(band * rows, (band + 1) * rows):
+                acc = acc * _POLY + np.uint64(sig[j])
+            keys[d, band] = _nb_fmix64(acc)
+        counts[d, 0] = t
+        counts[d, 1] = nsh
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _nb_compact(buf, cap_off, lengths, out_off):  # pragma: no cover - compiled
-        # out[out_off[d]:out_off[d+1]] = buf[cap_off[d]:cap_off[d] + lengths[d]] for every d
-        out = np.empty(out_off[-1], buf.dtype)
+    def _nb_word_par(data, offsets, classes, strip, n, a, b, bands, rows, cap_off, sigs, exact, keys, counts,
+                     shbuf):  # pragma: no cover - compiled
+        for d in numba.prange(offsets.shape[0] - 1):
+            _nb_word_doc(d, data, offsets, classes, strip, n, a, b, bands, rows, cap_off, sigs, exact, keys, counts,
+                         shbuf)
+
+    @numba.njit(cache=True, nogil=True)
+    def _nb_word_ser(data, offsets, classes, strip, n, a, b, bands, rows, cap_off, sigs, exact, keys, counts,
+                     shbuf):  # pragma: no cover - compiled
+        for d in range(offsets.shape[0] - 1):
+            _nb_word_doc(d, data, offsets, classes, strip, n, a, b, bands, rows, cap_off, sigs, exact, keys, counts,
+                         shbuf)
+
+    @numba.njit(inline="always")
+    def _nb_copy_doc(d, buf, starts, lengths, out_off, out):  # pragma: no cover - compiled
+        out[out_off[d] : out_off[d + 1]] = buf[starts[d] : starts[d] + lengths[d]]
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def _nb_compact_par(buf, starts, lengths, out_off, out):  # pragma: no cover - compiled
         for d in numba.prange(lengths.shape[0]):
-            out[out_off[d] : out_off[d + 1]] = buf[cap_off[d] : cap_off[d] + lengths[d]]
-        return out
+            _nb_copy_doc(d, buf, starts, lengths, out_off, out)
+
+    @numba.njit(cache=True, nogil=True)
+    def _nb_compact_ser(buf, starts, lengths, out_off, out):  # pragma: no cover - compiled
+        for d in range(lengths.shape[0]):
+            _nb_copy_doc(d, buf, starts, lengths, out_off, out)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def _nb_signatures(h, offsets, a, b):  # pragma: no cover - compiled
@@ -370,26 +387,33 @@ if HAVE_NUMBA:
             out[d, :] = sig
         return out
 
+    @numba.njit(inline="always")
+    def _nb_jaccard_pair(p, values, offsets, left, right, out):  # pragma: no cover - compiled
+        i0, i1 = offsets[left[p]], offsets[left[p] + 1]
+        j0, j1 = offsets[right[p]], offsets[right[p] + 1]
+        size = (i1 - i0) + (j1 - j0)
+        inter = 0
+        while i0 < i1 and j0 < j1:
+            x, y = values[i0], values[j0]
+            if x == y:
+                inter += 1
+                i0 += 1
+                j0 += 1
+            elif x < y:
+                i0 += 1
+            else:
+                j0 += 1
+        out[p] = inter / (size - inter) if size > inter else 0.0
+
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _nb_jaccard(values, offsets, left, right):  # pragma: no cover - compiled
-        out = np.empty(left.shape[0], np.float64)
+    def _nb_jaccard_par(values, offsets, left, right, out):  # pragma: no cover - compiled
         for p in numba.prange(left.shape[0]):
-            i0, i1 = offsets[left[p]], offsets[left[p] + 1]
-            j0, j1 = offsets[right[p]], offsets[right[p] + 1]
-            size = (i1 - i0) + (j1 - j0)
-            inter = 0
-            while i0 < i1 and j0 < j1:
-                x, y = values[i0], values[j0]
-                if x == y:
-                    inter += 1
-                    i0 += 1
-                    j0 += 1
-                elif x < y:
-                    i0 += 1
-                else:
-                    j0 += 1
-            out[p] = inter / (size - inter) if size > inter else 0.0
-        return out
+            _nb_jaccard_pair(p, values, offsets, left, right, out)
+
+    @numba.njit(cache=True, nogil=True)
+    def _nb_jaccard_ser(values, offsets, left, right, out):  # pragma: no cover - compiled
+        for p in range(left.shape[0]):
+            _nb_jaccard_pair(p, values, offsets, left, right, out)
 
     @numba.njit(cache=True, nogil=True)
     def _nb_radix_sort_u32(x):  # pragma: no cover - compiled
@@ -413,27 +437,36 @@ if HAVE_NUMBA:
             src, dst = dst, src
         return src
 
+    @numba.njit(inline="always")
+    def _nb_sort_doc(d, values, offsets, tmp, counts):  # pragma: no cover - compiled
+        seg = values[offsets[d] : offsets[d + 1]]
+        s = _nb_radix_sort_u32(seg) if seg.shape[0] > 512 else np.sort(seg)
+        c = 0
+        for i in range(s.shape[0]):
+            if i == 0 or s[i] != s[i - 1]:
+                tmp[offsets[d] + c] = s[i]
+                c += 1
+        counts[d] = c
+
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _nb_sort_unique(values, offsets):  # pragma: no cover - compiled
-        ndoc = offsets.shape[0] - 1
-        counts = np.zeros(ndoc, np.int64)
-        tmp = np.empty_like(values)
-        for d in numba.prange(ndoc):
-            seg = values[offsets[d] : offsets[d + 1]]
-            s = _nb_radix_sort_u32(seg) if seg.shape[0] > 512 else np.sort(seg)
-            c = 0
-            for i in range(s.shape[0]):
-                if i == 0 or s[i] != s[i - 1]:
-                    tmp[offsets[d] + c] = s[i]
-                    c += 1
-            counts[d] = c
-        new_off = np.zeros(ndoc + 1, np.int64)
-        for d in range(ndoc):
-            new_off[d + 1] = new_off[d] + counts[d]
-        out = np.empty(new_off[ndoc], values.dtype)
-        for d in numba.prange(ndoc):
-            out[new_off[d] : new_off[d + 1]] = tmp[offsets[d] : offsets[d] + counts[d]]
-        return out, new_off
+    def _nb_sort_par(values, offsets, tmp, counts):  # pragma: no cover - compiled
+        for d in numba.prange(offsets.shape[0] - 1):
+            _nb_sort_doc(d, values, offsets, tmp, counts)
+
+    @numba.njit(cache=True, nogil=True)
+    def _nb_sort_ser(values, offsets, tmp, counts):  # pragma: no cover - compiled
+        for d in range(offsets.shape[0] - 1):
+            _nb_sort_doc(d, values, offsets, tmp, counts)
+
+
+#: Inputs smaller than this (bytes of text, or items) run the serial Numba driver.
+PARALLEL_MIN = 1 << 20
+
+
+def _compact(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, out_off: np.ndarray) -> np.ndarray:
+    out = np.empty(int(out_off[-1]), buf.dtype)
+    (_nb_compact_par if out.size >= PARALLEL_MIN // 4 else _nb_compact_ser)(buf, starts, lengths, out_off, out)
+    return out
 
 
 # --------------------------------------------------------------------------- fallbacks
@@ -601,11 +634,17 @@ def word_features(folded: pa.Array, strip_punctuation: bool, n: int, a: np.ndarr
     cap = (np.diff(offsets) + 1) // 2 + 1
     cap_off = np.zeros(len(cap) + 1, np.int64)
     np.cumsum(cap, out=cap_off[1:])
-    sigs, exact, keys, counts, buf = _nb_word_features(data, offsets, char_classes(), strip_punctuation, n, a, b,
-                                                       bands, rows, cap_off)
-    sh_off = np.zeros(len(cap) + 1, np.int64)
+    ndoc = len(cap)
+    sigs = np.empty((ndoc, len(a)), np.uint32)
+    exact = np.empty((ndoc, 2), np.uint64)
+    keys = np.empty((ndoc, bands), np.uint64)
+    counts = np.zeros((ndoc, 2), np.int64)  # tokens, shingles
+    buf = np.empty(int(cap_off[-1]), np.uint32)
+    driver = _nb_word_par if int(offsets[-1] - offsets[0]) >= PARALLEL_MIN else _nb_word_ser
+    driver(data, offsets, char_classes(), strip_punctuation, n, a, b, bands, rows, cap_off, sigs, exact, keys, counts, buf)
+    sh_off = np.zeros(ndoc + 1, np.int64)
     np.cumsum(counts[:, 1], out=sh_off[1:])
-    shingles = _nb_compact(buf, cap_off, counts[:, 1].copy(), sh_off)
+    shingles = _compact(buf, cap_off, counts[:, 1].copy(), sh_off)
     return WordFeatures(DocumentHashes(exact, counts[:, 0].copy(), sigs, shingles, sh_off), keys)
 
 
@@ -616,7 +655,7 @@ def gather_csr(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tup
     out_off = np.zeros(len(rows) + 1, np.int64)
     np.cumsum(lengths, out=out_off[1:])
     if HAVE_NUMBA:
-        return _nb_compact(values, np.ascontiguousarray(offsets[rows], np.int64), lengths, out_off), out_off
+        return _compact(values, np.ascontiguousarray(offsets[rows], np.int64), lengths, out_off), out_off
     if out_off[-1] == 0:
         return np.zeros(0, values.dtype), out_off
     starts = np.repeat(offsets[rows] - out_off[:-1], lengths)
@@ -636,7 +675,12 @@ def sort_unique(values: np.ndarray, offsets: np.ndarray, use_numba: bool = True)
     offsets = np.ascontiguousarray(offsets, np.int64)
     values = np.ascontiguousarray(values, np.uint32)
     if use_numba and HAVE_NUMBA:
-        return _nb_sort_unique(values, offsets)
+        counts = np.zeros(len(offsets) - 1, np.int64)
+        tmp = np.empty_like(values)
+        (_nb_sort_par if values.size >= PARALLEL_MIN // 4 else _nb_sort_ser)(values, offsets, tmp, counts)
+        new_off = np.zeros(len(offsets), np.int64)
+        np.cumsum(counts, out=new_off[1:])
+        return _compact(tmp, offsets[:-1].copy(), counts, new_off), new_off
     ndoc = len(offsets) - 1
     doc = np.repeat(np.arange(ndoc, dtype=np.uint64), np.diff(offsets))
     key = np.unique((doc << np.uint64(32)) | values.astype(np.uint64))
@@ -654,7 +698,10 @@ def jaccard_of_pairs(
     right = np.ascontiguousarray(right, np.int64)
     offsets = np.ascontiguousarray(offsets, np.int64)
     if use_numba and HAVE_NUMBA:
-        return _nb_jaccard(np.ascontiguousarray(sets, np.uint32), offsets, left, right)
+        out = np.empty(len(left), np.float64)
+        driver = _nb_jaccard_par if len(left) >= 4096 else _nb_jaccard_ser
+        driver(np.ascontiguousarray(sets, np.uint32), offsets, left, right, out)
+        return out
     out = np.empty(len(left), np.float64)
     for p, (i, j) in enumerate(zip(left, right)):
         x, y = sets[offsets[i] : offsets[i + 1]], sets[offsets[j] : offsets[j + 1]]
@@ -690,6 +737,7 @@ class Banding:
         return 1.0 - (1.0 - j**self.rows) ** self.bands
 
 
+@lru_cache(maxsize=64)
 def choose_banding(threshold: float, num_perm: int, min_recall: float) -> Banding:
     """The (bands, rows) with ``P(candidate | J = threshold) >= min_recall`` and the fewest false
     candidates (smallest integral of P over ``[0, threshold]``); bands * rows <= num_perm.
