@@ -36,6 +36,11 @@ import xxhash
 from tasks.common import BENCHMARK_SCHEMA, StageResult, require_columns
 from winnow.errors import WinnowError
 
+# CPU threads that spin while waiting (OpenMP's default) collapse throughput when the cores are
+# shared: measured 10x slower with 2 threads on a busy 2-core box, while passive waiting costs a few
+# percent at most. Takes effect only if torch is not imported yet; the user's setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 STAGE = "evaluate"
 SUBSETS = ("all", "clean", "contaminated")
 
@@ -86,11 +91,14 @@ class Params:
     """Parameters of the evaluate stage.
 
     Attributes:
-        max_docs_per_domain: held-out documents scored per domain (a fixed hash-ordered subset, so
-            the same ones for every model), or None for all. Default 100 keeps a CPU evaluation
-            to about a minute while giving a stable per-domain estimate.
+        max_docs_per_domain: held-out documents (rows) scored per domain, or None for all. The
+            subset is fixed by a hash of the ids (the same documents for every model). Default 200.
+        max_bytes_per_domain: stop adding a domain's documents (in the same hash order) once this
+            many UTF-8 bytes are taken; at least one document is always scored. None for no cap.
+            Default 100 kB (~30k tokens) bounds the cost per domain (about 10 CPU-seconds for
+            the default model) whatever the document sizes; raise it for tighter estimates.
         max_examples_per_benchmark: benchmark examples scored per benchmark (hash-ordered subset),
-            or None for all. Default 200: accuracy's standard error is then at most 3.5 points.
+            or None for all. Default 100: accuracy's standard error is then at most 5 points.
         context_len: window length in tokens; None uses the model's context
             (``max_position_embeddings``). Longer than the model's context is an error.
         stride: new tokens scored per window of a long text; the remaining ``context_len -
@@ -109,8 +117,9 @@ class Params:
         sample_salt: mixed into the id hash that picks the capped subsets.
     """
 
-    max_docs_per_domain: int | None = 100
-    max_examples_per_benchmark: int | None = 200
+    max_docs_per_domain: int | None = 200
+    max_bytes_per_domain: int | None = 100_000
+    max_examples_per_benchmark: int | None = 100
     context_len: int | None = None
     stride: int | None = None
     choice_separator: str = " "
@@ -122,7 +131,7 @@ class Params:
     sample_salt: str = "winnow-eval"
 
     def __post_init__(self) -> None:
-        for name in ("max_docs_per_domain", "max_examples_per_benchmark"):
+        for name in ("max_docs_per_domain", "max_bytes_per_domain", "max_examples_per_benchmark"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1 or none, got {v}")
@@ -345,7 +354,8 @@ def _evaluate_heldout(heldout: pa.Table, params: Params, tokenizer: Any, eos: in
         keys = [f"{i}#{p}" for i, p in zip(keys, heldout["part"].to_pylist())]
     domains = heldout["domain"].to_pylist()
     texts = heldout["text"].to_pylist()
-    chosen = _capped(keys, domains, params.max_docs_per_domain, params.sample_salt)
+    sizes = [len(t.encode("utf-8")) for t in texts]
+    chosen = _capped(keys, domains, params.max_docs_per_domain, params.sample_salt, sizes, params.max_bytes_per_domain)
     enc = tokenizer([texts[i] for i in chosen], add_special_tokens=False)["input_ids"]
     nll = score([([eos, *ids], 1) for ids in enc])
     rows, metrics = [], {}
@@ -476,15 +486,36 @@ def _split_context(question: str, choice: str, separator: str) -> tuple[str, str
     return question, cont
 
 
-def _capped(keys: list[str], groups: list[str], cap: int | None, salt: str) -> list[int]:
-    """Indices of at most ``cap`` rows per group: the lowest salted hashes, in table order."""
-    if cap is None:
+def _capped(
+    keys: list[str],
+    groups: list[str],
+    cap: int | None,
+    salt: str,
+    sizes: list[int] | None = None,
+    max_size: int | None = None,
+) -> list[int]:
+    """Indices of the rows kept per group, in table order.
+
+    Rows are taken in order of a salted hash of their key (so the subset does not depend on the
+    table's order) until ``cap`` rows or, with ``sizes``, ``max_size`` in total; a group always
+    keeps its first row.
+    """
+    if cap is None and max_size is None:
         return list(range(len(keys)))
     s = salt.encode("utf-8") + b"\x00"
     by_group: dict[str, list[tuple[int, int]]] = {}
     for i, (k, g) in enumerate(zip(keys, groups)):
         by_group.setdefault(g, []).append((xxhash.xxh64_intdigest(s + k.encode("utf-8")), i))
-    keep = [i for g in by_group.values() for _, i in sorted(g)[:cap]]
+    keep = []
+    for members in by_group.values():
+        total = 0
+        for n, (_, i) in enumerate(sorted(members)):
+            if cap is not None and n >= cap:
+                break
+            if max_size is not None and sizes is not None and n > 0 and total + sizes[i] > max_size:
+                break
+            keep.append(i)
+            total += sizes[i] if sizes is not None else 0
     return sorted(keep)
 
 

@@ -68,8 +68,8 @@ class Params:
             ``"uniform"`` (every domain equal); ``"manual"`` (``manual_weights``). More methods
             can be registered in :data:`WEIGHTING_METHODS`.
         temperature: τ for ``"temperature"``. Default 2.0 halves the log-ratio between big and
-            small domains, a common middle ground (mT5/XLM-R use 3.3 and 3.3 for languages);
-            1 reproduces proportional, large values approach uniform.
+            small domains, between multilingual BERT's τ≈1.4 and XLM-R/mT5's τ≈3.3 (their α=0.7
+            and 0.3); 1 reproduces proportional, large values approach uniform.
         manual_weights: domain -> non-negative weight for ``"manual"`` (normalised to sum to 1).
             A domain left out gets weight 0 (still held out and evaluated); naming a domain not in
             the corpus is an error, so a typo cannot silently drop a domain.
@@ -77,9 +77,10 @@ class Params:
             use goes to the others in proportion to their weights (UniMax). None (default) lets a
             small domain repeat as often as its weight asks. Set 2-4 when a tiny domain gets a big
             weight and you see it memorised.
-        train_bytes: UTF-8 bytes of training text to sample. Default 4 MB is about 1.3M tokens of
-            a 4k BPE, more than the default training run reads once; raise it with the training
-            budget (the train stage loops over the data if it needs more).
+        train_bytes: UTF-8 bytes of training text to sample. Default 2 MB is about 600k tokens of
+            a 4k BPE, a little more than the default training run reads (410k tokens), so it
+            sees each sampled document at most once; raise it with the training budget (the train
+            stage loops over the data if it needs more, which repeats documents).
         heldout_fraction: share of each domain's documents held out for evaluation. 0.05 keeps
             training text nearly intact while giving a few hundred held-out docs on the sample.
         min_heldout_docs: held-out documents per domain at least (a domain of n docs keeps at
@@ -101,7 +102,7 @@ class Params:
     temperature: float = 2.0
     manual_weights: dict[str, float] | None = None
     max_epochs: float | None = None
-    train_bytes: int = 4_000_000
+    train_bytes: int = 2_000_000
     heldout_fraction: float = 0.05
     min_heldout_docs: int = 2
     max_heldout_docs: int | None = 500

@@ -181,6 +181,13 @@ def test_benchmark_examples_match_direct_log_likelihoods(models):
     assert result.metrics["accuracy/toy"] == pytest.approx(toy["accuracy"], abs=1e-5)
 
 
+def test_byte_cap_bounds_the_scored_text_per_domain(models):
+    trained, _, heldout = models
+    capped = evaluate.run(trained, heldout, BENCHMARK_SCHEMA.empty_table(), Params(**{**FAST, "max_docs_per_domain": None, "max_bytes_per_domain": 5000}))
+    for row in capped.tables["data"].to_pylist():
+        assert 1 <= row["docs"] and (row["bytes"] <= 5000 or row["docs"] == 1)
+
+
 def test_contamination_report_splits_every_metric_into_subsets(models):
     trained, _, heldout = models
     report = pa.table(

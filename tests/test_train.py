@@ -139,6 +139,13 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[-1] == pytest.approx(1e-4, rel=0.01)
 
 
+def test_lr_decay_follows_the_clock_when_time_runs_out_first():
+    p = Params(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(20, 100, p, time_fraction=1.0) == pytest.approx(1e-4)
+    assert lr_at(20, 100, p, time_fraction=0.0) == lr_at(20, 100, p)  # steps ahead: clock ignored
+    assert lr_at(90, 100, p, time_fraction=0.2) == lr_at(90, 100, p)
+
+
 def test_planned_steps_takes_the_tighter_budget():
     p = Params(batch_size=4, seq_len=10, max_steps=100, max_tokens=400)
     assert planned_steps(p, n_blocks=1000) == 10
