@@ -105,8 +105,16 @@ class Params:
             stride`` tokens are context already scored. None = half the context (each token sees at
             least half a window of context, at twice the cost of disjoint windows); ``context_len
             - 1`` gives disjoint windows (lm-eval's rolling log-likelihood, cheapest).
-        choice_separator: put between a question and a choice when the question does not end (and
-            the choice does not start) with whitespace. " " is lm-eval's target delimiter.
+        mc_template: how a multiple-choice question is shown before its choices, with a
+            ``{question}`` placeholder; None uses the question as it is. Default
+            ``"Question: {question}\nAnswer:"`` is lm-eval's cloze prompt (ARC, MMLU-cloze), which
+            makes the choice read as an answer rather than as more question text.
+        choice_separator: put between the (templated) question and a choice when the question
+            does not end (and the choice does not start) with whitespace. " " is lm-eval's
+            target delimiter.
+        target_separator: put between question and target of a non-multiple-choice item, on the
+            same rule. "\n" suits "line -> next line" items; HumanEval prompts end in a newline
+            already, so nothing is added there. The separator is context, not scored.
         ece_bins: equal-width confidence bins for ECE (15, as in Guo et al. 2017).
         batch_size: sequences per forward pass (padded to the longest in the batch; requests are
             sorted by length, so little padding). 16 amortises per-call overhead on CPU.
@@ -122,7 +130,9 @@ class Params:
     max_examples_per_benchmark: int | None = 100
     context_len: int | None = None
     stride: int | None = None
+    mc_template: str | None = "Question: {question}\nAnswer:"
     choice_separator: str = " "
+    target_separator: str = "\n"
     ece_bins: int = 15
     batch_size: int = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -139,6 +149,8 @@ class Params:
             raise ValueError(f"context_len must be >= 2, got {self.context_len}")
         if self.stride is not None and self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.mc_template is not None and "{question}" not in self.mc_template:
+            raise ValueError(f"mc_template must contain {{question}}, got {self.mc_template!r}")
         if self.ece_bins < 1 or self.batch_size < 1:
             raise ValueError("ece_bins and batch_size must be >= 1")
 
@@ -392,17 +404,21 @@ def _evaluate_benchmarks(
     # One scoring pass for every (question, continuation) pair of every example.
     items, spans = [], []
     for r in rows:
-        q_ids = tokenizer(r["question"], add_special_tokens=False)["input_ids"] if r["question"] else []
-        conts = r["choices"] if r["answer"] >= 0 else [r["target"]]
-        spans.append((len(items), len(conts)))
-        for c in conts:
-            # A target is scored exactly as given (its bytes are the denominator); a choice follows
-            # lm-eval's joining rules.
-            if r["answer"] >= 0:
-                ctx, cont = _split_context(r["question"] or "", c, params.choice_separator)
-            else:
-                ctx, cont = r["question"] or "", c
-            ctx_ids = q_ids if ctx == (r["question"] or "") else tokenizer(ctx, add_special_tokens=False)["input_ids"]
+        question = r["question"] or ""
+        if r["answer"] >= 0:
+            # A choice follows lm-eval's joining rules (its leading space is part of what is scored).
+            if params.mc_template is not None:
+                question = params.mc_template.format(question=question)
+            pairs = [_split_context(question, c, params.choice_separator) for c in r["choices"]]
+        else:
+            # A target is scored exactly as given: its bytes are the bits/byte denominator.
+            pairs = [(question + _separator(question, r["target"], params.target_separator), r["target"])]
+        spans.append((len(items), len(pairs)))
+        ctx_cache: dict[str, list[int]] = {}
+        for ctx, cont in pairs:
+            if ctx not in ctx_cache:
+                ctx_cache[ctx] = tokenizer(ctx, add_special_tokens=False)["input_ids"] if ctx else []
+            ctx_ids = ctx_cache[ctx]
             cont_ids = tokenizer(cont, add_special_tokens=False)["input_ids"]
             items.append(([eos, *ctx_ids, *cont_ids], 1 + len(ctx_ids)))
     nll = score(items)
@@ -471,14 +487,18 @@ def _subset_metrics(bench: str, subset: str, sel: list[dict], ece_bins: int) -> 
     return row
 
 
+def _separator(question: str, continuation: str, separator: str) -> str:
+    """``separator`` unless the question ends, or the continuation starts, with whitespace."""
+    return "" if (not question or question[-1:].isspace() or continuation[:1].isspace()) else separator
+
+
 def _split_context(question: str, choice: str, separator: str) -> tuple[str, str]:
     """Context and continuation texts; trailing whitespace moves from context to continuation.
 
     As in lm-eval: a BPE merges a space with the word after it, so " Paris" must be scored as one
     continuation rather than leaving the space at the end of the context.
     """
-    sep = "" if (not question or question[-1:].isspace() or choice[:1].isspace()) else separator
-    cont = sep + choice
+    cont = _separator(question, choice, separator) + choice
     stripped = question.rstrip()
     if len(stripped) < len(question):
         cont = question[len(stripped) :] + cont

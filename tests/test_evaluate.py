@@ -156,7 +156,9 @@ def test_benchmark_examples_match_direct_log_likelihoods(models):
     import torch
 
     trained, _, heldout = models
-    result = evaluate.run(trained, heldout.slice(0, 2), _benchmarks(), Params(**FAST))
+    line = {"id": "line1", "benchmark": "quiz", "question": "Come live with me", "choices": [], "answer": -1, "target": "And we will"}
+    benchmarks = pa.concat_tables([_benchmarks(), pa.Table.from_pylist([line], schema=BENCHMARK_SCHEMA)])
+    result = evaluate.run(trained, heldout.slice(0, 2), benchmarks, Params(**FAST))
     model, tok = _load(trained)
     ex = {r["id"]: r for r in result.tables["examples"].to_pylist()}
 
@@ -167,11 +169,15 @@ def test_benchmark_examples_match_direct_log_likelihoods(models):
             logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
         return float(sum(logp[p - 1, ids[p]] for p in range(len(ctx), len(ids))))
 
-    assert ex["mc3"]["logliks"] == pytest.approx([loglik("This program is free", c) for c in [" software", " lunch", " beer"]], rel=1e-4)
+    prompt = "Question: This program is free\nAnswer:"  # the default mc_template
+    assert ex["mc3"]["logliks"] == pytest.approx([loglik(prompt, c) for c in [" software", " lunch", " beer"]], rel=1e-4)
     assert ex["mc1"]["pred"] == int(np.argmax(ex["mc1"]["logliks"]))
     he = ex["he1"]
     assert he["kind"] == "target" and he["target_bytes"] == len("    return a + b\n")
     assert he["bits_per_byte"] == pytest.approx(-loglik("def add(a, b):\n", "    return a + b\n") / (math.log(2) * 17), rel=1e-4)
+    # The target separator joins question and target as context; only the target's bytes count.
+    want = -loglik("Come live with me\n", "And we will") / (math.log(2) * len("And we will"))
+    assert ex["line1"]["bits_per_byte"] == pytest.approx(want, rel=1e-4)
     rows = {(r["benchmark"], r["subset"]): r for r in result.tables["benchmarks"].to_pylist()}
     toy = rows[("toy", "all")]
     mc = [ex[i] for i in ("mc1", "mc2", "mc3", "mc4")]
