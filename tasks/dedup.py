@@ -82,8 +82,10 @@ class Params:
             makes the near-dup pass smaller.
         near: drop near duplicates found by MinHash-LSH. Default on.
         semantic: drop semantic duplicates (MiniLM embeddings, SemDeDup). Default off: it embeds
-            every surviving document (~200 docs/s on 2 CPU cores) and removes paraphrases that
-            are often wanted; turn on for web-scale crawls with templated content.
+            every surviving document with a transformer on CPU, which costs far more than the
+            other passes together, and it removes paraphrases that are often wanted; turn on for
+            crawls full of templated or machine-rewritten pages. Not incremental: new documents
+            are compared with each other only.
         threshold: Jaccard of the shingle sets at or above which two documents are near
             duplicates. 0.8 is the usual choice for 5-gram word shingles (Lee et al. 2021 use
             0.8); raise to 0.9 to drop only light edits, lower to 0.7 for aggressive dedup.
@@ -115,7 +117,8 @@ class Params:
         max_bucket: an LSH bucket up to this size yields all its pairs, a larger one a star and
             a chain (linear in its size). 32 by default; raise if recall on big clusters of
             near-identical templates matters more than time.
-        batch_bytes: text bytes featurised at once; bounds peak memory (default 64 MB).
+        batch_bytes: text bytes featurised at once; bounds the temporary arrays (about 3x this
+            at peak) whatever the corpus size (default 64 MB).
         index_shingles: store each document's shingle set in the index so later incremental
             runs can verify new-vs-old pairs exactly (about 4 bytes per shingle). Off: new-vs-old
             pairs are judged on the MinHash estimate.
