@@ -120,6 +120,23 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def compile_kernels() -> None:
+    """Compile (or load from Numba's cache) every kernel the word-shingle path uses.
+
+    The first run on a fresh checkout compiles them (tens of seconds on a busy 2-core machine);
+    call this from a setup step to keep that out of the first pipeline run. A no-op without Numba.
+    """
+    if not HAVE_NUMBA:
+        return
+    a, b = permutations(128, 1)
+    for text in ("warm up the kernels here", "warm up the kernels here " * 50_000):  # serial, parallel
+        wf = word_features(pa.array([text, text]), True, 5, a, b, 16, 8)
+        h = wf.hashes
+        for values, offsets in (sort_unique(h.shingles, h.shingle_offsets),):
+            jaccard_of_pairs(values, offsets, np.zeros(5000, np.int64), np.ones(5000, np.int64))
+            jaccard_of_pairs(values, offsets, np.zeros(1, np.int64), np.ones(1, np.int64))
+
+
 # --------------------------------------------------------------------------- NumPy helpers
 
 
@@ -285,9 +302,10 @@ if HAVE_NUMBA:
 
     # Each kernel below is a per-item body plus two drivers, one parallel (prange) and one
     # serial: waking the thread pool costs more than a small input takes (and, on a loaded
-    # machine, a scheduler time slice), so inputs under ~1 MB run serially.
+    # machine, a scheduler time slice), so inputs under ~1 MB run serially. The bodies are
+    # compiled once and called from both drivers (inlining them doubled the compile time).
 
-    @numba.njit(inline="always")
+    @numba.njit(cache=True, nogil=True)
     def _nb_word_doc(d, data, offsets, classes, strip, n, a, b, bands, rows, cap_off, sigs, exact, keys, counts,
                      shbuf):  # pragma: no cover - compiled
         # Everything for one document in one pass while its bytes are in cache: tokenize and
@@ -358,7 +376,7 @@ if HAVE_NUMBA:
             _nb_word_doc(d, data, offsets, classes, strip, n, a, b, bands, rows, cap_off, sigs, exact, keys, counts,
                          shbuf)
 
-    @numba.njit(inline="always")
+    @numba.njit(cache=True, nogil=True)
     def _nb_copy_doc(d, buf, starts, lengths, out_off, out):  # pragma: no cover - compiled
         out[out_off[d] : out_off[d + 1]] = buf[starts[d] : starts[d] + lengths[d]]
 
@@ -387,7 +405,7 @@ if HAVE_NUMBA:
             out[d, :] = sig
         return out
 
-    @numba.njit(inline="always")
+    @numba.njit(cache=True, nogil=True)
     def _nb_jaccard_pair(p, values, offsets, left, right, out):  # pragma: no cover - compiled
         i0, i1 = offsets[left[p]], offsets[left[p] + 1]
         j0, j1 = offsets[right[p]], offsets[right[p] + 1]
@@ -417,7 +435,8 @@ if HAVE_NUMBA:
 
     @numba.njit(cache=True, nogil=True)
     def _nb_radix_sort_u32(x):  # pragma: no cover - compiled
-        # LSD radix sort, 3 passes of 11 bits: ~5x faster than np.sort on random 32-bit hashes.
+        # LSD radix sort, 3 passes of 11 bits: ~5x faster than np.sort on random 32-bit hashes
+        # of a few hundred or more.
         src = x.copy()
         dst = np.empty_like(x)
         counts = np.empty(2048, np.int64)
@@ -437,10 +456,20 @@ if HAVE_NUMBA:
             src, dst = dst, src
         return src
 
-    @numba.njit(inline="always")
+    @numba.njit(cache=True, nogil=True)
     def _nb_sort_doc(d, values, offsets, tmp, counts):  # pragma: no cover - compiled
         seg = values[offsets[d] : offsets[d + 1]]
-        s = _nb_radix_sort_u32(seg) if seg.shape[0] > 512 else np.sort(seg)
+        if seg.shape[0] > 32:
+            s = _nb_radix_sort_u32(seg)
+        else:  # insertion sort: tiny sets, and no need to compile np.sort
+            s = seg.copy()
+            for i in range(1, s.shape[0]):
+                v = s[i]
+                j = i - 1
+                while j >= 0 and s[j] > v:
+                    s[j + 1] = s[j]
+                    j -= 1
+                s[j + 1] = v
         c = 0
         for i in range(s.shape[0]):
             if i == 0 or s[i] != s[i - 1]:
