@@ -37,7 +37,6 @@ import gc
 import gzip
 import json
 import math
-import os
 import re
 import resource
 import subprocess

@@ -143,7 +143,9 @@ def dedup_parquet(inputs: list[str | Path], out_dir: str | Path, params: dedup.P
     Writes ``data-NNNNN.parquet`` (one per input row group, surviving rows in input order, input
     schema) and ``removed.parquet`` (the ledger), and returns the metrics (also written as
     ``metrics.json``). Row groups are the unit of work and of memory: write inputs with row groups
-    of ~10k-100k rows. ``workers`` processes featurise in parallel (each with one Numba thread).
+    of ~10k-100k rows. ``workers`` processes featurise in parallel (each with one Numba thread);
+    they are started with ``spawn`` (Numba's thread pool is not fork-safe), so a script calling
+    this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
     """
     t_start = time.perf_counter()
     params.check()
@@ -165,10 +167,11 @@ def dedup_parquet(inputs: list[str | Path], out_dir: str | Path, params: dedup.P
     threads = 1 if workers > 1 else 0
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            done = list(pool.map(_featurize_task, tasks, [params_dict] * len(tasks), [str(workdir)] * len(tasks),
-                                 [threads] * len(tasks)))
+            list(pool.map(_featurize_task, tasks, [params_dict] * len(tasks), [str(workdir)] * len(tasks),
+                          [threads] * len(tasks)))
     else:
-        done = [_featurize_task(task, params_dict, str(workdir), 0) for task in tasks]
+        for task in tasks:
+            _featurize_task(task, params_dict, str(workdir), 0)
     timings["featurize"] = time.perf_counter() - t
 
     t = time.perf_counter()
