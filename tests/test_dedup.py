@@ -119,6 +119,12 @@ def test_gfdl_versions_are_near_duplicates_at_08_not_09(licences: pa.Table) -> N
     assert at09.removed.num_rows == 0
 
 
+def test_char_shingles_find_the_same_licence_pair(licences: pa.Table) -> None:
+    res = dedup.run(licences, dedup.Params(shingle="char", ngram=9, threshold=0.85))
+    assert _evidence(res)["GFDL-1.3"]["duplicate_of"] == "GFDL-1.2"
+    assert res.removed.num_rows == 1
+
+
 def test_verified_jaccard_is_exact_jaccard_of_word_5_grams(licences: pa.Table) -> None:
     res = dedup.run(licences, dedup.Params(threshold=0.7))
     ev = _evidence(res)
@@ -166,9 +172,10 @@ def test_signatures_equal_datasketch_minhash_with_our_shingle_hash(licences: pa.
     assert "1" in lsh.query(MinHash(hashvalues=feats.sigs[0], seed=seed, scheme="affine32"))
 
 
-def test_numba_and_numpy_paths_agree() -> None:
+@pytest.mark.parametrize("shingle,ngram", [("word", 5), ("char", 9)])
+def test_numba_and_numpy_paths_agree(shingle: str, ngram: int) -> None:
     t = _table(_fortunes(400) + [("short", "two words"), ("blank-ish", "!!"), ("uni", "Ça va? Ünïcödé — ½ ﬁ")])
-    params = dedup.Params()
+    params = dedup.Params(shingle=shingle, ngram=ngram)
     fast = dedup.featurize(t.column("text"), params, params.banding(), use_numba=True)
     slow = dedup.featurize(t.column("text"), params, params.banding(), use_numba=False)
     for name in ("exact", "num_units", "sigs", "bands", "shingles", "shingle_offsets"):
