@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# The CPU wheel first: letting a dependency resolve `torch` pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# Compile dedup's Numba kernels once (40-60 s) into their on-disk cache, not inside the first run.
+	$(BIN)/python -c "from tasks.minhash import compile_kernels; compile_kernels()"
 	touch $(STAMP)
 
 install: $(STAMP)
