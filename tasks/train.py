@@ -76,7 +76,8 @@ class Params:
             fit the time). grad_accum_steps: micro-batches per optimizer step (raise it for a
             bigger effective batch without more memory).
         max_steps: optimizer steps; 0 saves the untrained model (a baseline for evaluation).
-            Default 200 steps x 8 x 256 = 410k tokens: about 3 minutes on 2 free cores.
+            Default 200 steps x 8 x 256 = 410k tokens: about 2-3 minutes on 2 free cores
+            (estimated from 1.6k tokens per CPU-second measured on one core of a busy box).
         max_tokens: tokens to train on; None means "no token limit". If both max_steps and
             max_tokens are None, one pass over the data.
         time_budget_s: wall-clock cap on the loop (seconds, None for none). The cosine decay
@@ -84,8 +85,9 @@ class Params:
             busy machine still ends annealed. The price: a run that falls behind the budget's
             pace (more than that fraction of the time used for that fraction of the steps) depends
             on the machine's speed, so it is reproducible only while it keeps ahead; the
-            ``stopped_by`` metric says which limit ended the run. Default 300 s keeps the default pipeline within
-            10 minutes on a busy 2-core box.
+            ``stopped_by`` metric says which limit ended the run. Default 240 s: above what the
+            200 steps should need on 2 free cores, and on a busy box (where they took ~6 minutes)
+            it keeps the whole pipeline within 10 minutes.
 
     Optimiser:
         lr: peak learning rate (3e-3 suits models this small; use ~6e-4 at 100M+ params).
@@ -126,7 +128,7 @@ class Params:
     grad_accum_steps: int = 1
     max_steps: int | None = 200
     max_tokens: int | None = None
-    time_budget_s: float | None = 300.0
+    time_budget_s: float | None = 240.0
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
