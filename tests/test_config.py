@@ -51,3 +51,9 @@ def test_describe_round_trips(tmp_path):
     path = tmp_path / "dump.toml"
     path.write_text(describe(cfg))
     assert load_config(path).to_dict() == cfg.to_dict()
+
+
+def test_none_is_none_for_optional_fields():
+    cfg = load_config(overrides=["mixture.template=none"])
+    assert cfg.params("mixture").template is None
+    assert load_config(overrides=['mixture.template="{text}"']).params("mixture").template == "{text}"

@@ -21,6 +21,10 @@ from winnow.errors import WinnowError
 
 EXIT_USAGE = 2
 
+# Before torch is imported anywhere: OpenMP's default spin-waiting made training ~10x slower on a
+# busy 2-core machine (measured; see BENCHMARKS.md, train). A user's explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def _prefect_env() -> None:
     """Quiet, local, offline Prefect defaults; a user's explicit settings win."""
@@ -36,6 +40,7 @@ def _prefect_env() -> None:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' weight-loading bars drown the receipt
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

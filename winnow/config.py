@@ -218,7 +218,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         errors = []
-        for arg in args:
+        # None first, so `--set mixture.template=none` means None, not the string "none".
+        for arg in sorted(args, key=lambda a: a is not type(None)):
             try:
                 return _coerce(value, arg, where)
             except WinnowError as e:
