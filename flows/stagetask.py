@@ -158,17 +158,18 @@ def _load_inputs(store: DatasetStore, parents: dict[str, str]) -> dict[str, Any]
 def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:
     columns = dict(plan.params["columns"])
     split = columns.pop("split", None)
+    unique_ids = columns.pop("unique_ids", True)
     tables = []
     inputs = []
     for path, (_, fp) in zip(plan.params["paths"], plan.parents.items()):
         raw = wio.read_table(path, split=split)
         if plan.stage == "ingest_corpus":
-            tables.append(wio.canonical_corpus(raw, wio.Columns(**columns), where=path))
+            tables.append(wio.canonical_corpus(raw, wio.Columns(**columns), where=path, unique_ids=unique_ids))
         else:
             tables.append(wio.canonical_benchmarks(raw, where=path, default_name=_stem(path)))
         inputs.append({"path": path, "fingerprint": fp, "rows": raw.num_rows})
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
-    if len(tables) > 1:
+    if len(tables) > 1 and unique_ids:
         wio.check_unique_ids(table["id"], where=" + ".join(plan.params["paths"]), column="id")
     metrics = {"rows_out": table.num_rows}
     if "domain" in table.column_names:

@@ -108,3 +108,22 @@ def test_incremental_dedup_checks_new_documents_against_an_earlier_index(user_fi
         assert json.loads(row["evidence"])["duplicate_of"] in old_ids
     second = [m for m in DatasetStore(store).entries() if m.stage == "dedup" and m.fingerprint != first.fingerprint][0]
     assert second.parents["index"] == first.fingerprint  # lineage records what it was checked against
+
+
+def test_mixture_train_evaluate_chain_on_user_files(user_file, tmp_path, capsys):
+    """The last three stages as commands: mixture rows repeat documents, which train accepts."""
+    store = tmp_path / "s"
+    common = ["--id-column", "doc", "--text-column", "body", "--label-column", "topic",
+              "--profile", "smoke", "--store", str(store)]
+    assert main(["mixture", str(user_file), "--out", str(tmp_path / "mix.parquet"), *common]) == 0
+    assert (tmp_path / "mix.heldout.parquet").exists() and (tmp_path / "mix.weights.parquet").exists()
+    plain = ["--id-column", "doc", "--text-column", "body", "--profile", "smoke", "--store", str(store)]
+    assert main(["train", str(tmp_path / "mix.parquet"), "--out", str(tmp_path / "model"), *plain]) == 0
+    assert (tmp_path / "model" / "model.safetensors").exists()
+    model = [m for m in DatasetStore(store).entries() if m.stage == "train"][0]
+    assert main(["evaluate", str(tmp_path / "mix.heldout.parquet"), "--model", model.fingerprint[:12],
+                 "--out", str(tmp_path / "ev.parquet"), *plain]) == 0
+    capsys.readouterr()
+    per_domain = pq.read_table(tmp_path / "ev.parquet").to_pylist()
+    assert {r["domain"] for r in per_domain} == {"default"}  # the user's file has no domain column
+    assert all(0 < r["bits_per_byte"] < 10 for r in per_domain)

@@ -277,6 +277,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     cols = wio.Columns(id=args.id_column, text=args.text_column, domain=args.domain_column, label=args.label_column)
     columns = {"split": args.split, "id": cols.id, "text": cols.text, "domain": cols.domain, "label": cols.label}
     root = str(store.root)
+    if stage in ("train", "evaluate"):  # mixture rows: one document may repeat (epochs, chunks)
+        columns["unique_ids"] = False
     corpus = execute(plan_ingest("corpus", [args.input], columns), root)
     if stage == "label_noise":
         labelled = store.table(corpus)
@@ -307,13 +309,18 @@ def cmd_stage(args: argparse.Namespace) -> int:
         wio.export_table(store.table(fp), out, cols)
     removed_path = Path(args.removed) if args.removed else out.with_name(out.name.split(".")[0] + ".removed.parquet")
     ledger = store.removed(fp)
-    wio.export_table(ledger, removed_path)  # written even when empty: "nothing removed" is an answer
+    if stage in ("dedup", "contamination", "label_noise"):
+        wio.export_table(ledger, removed_path)  # written even when empty: "nothing removed" is an answer
     for name in m.tables:
         if name != "data" and stage != "train":
-            wio.export_table(store.table(fp, name), out.with_name(out.name.split(".")[0] + f".{name}.parquet"))
+            # Held-out rows are the user's rows, so they get the user's names back; reports keep
+            # winnow's names (a contamination report's `id` is a benchmark example's, not a row's).
+            back = cols if name == "heldout" else None
+            wio.export_table(store.table(fp, name), out.with_name(out.name.split(".")[0] + f".{name}.parquet"), back)
     rows_in = store.manifest(corpus).rows()
     print(f"{args.command}: {rows_in} rows in, {m.rows()} rows out -> {out}")
-    print(f"removal report: {ledger.num_rows} rows -> {removed_path}")
+    if stage in ("dedup", "contamination", "label_noise"):
+        print(f"removal report: {ledger.num_rows} rows -> {removed_path}")
     print(f"store entry {short(fp)} (winnow lineage {short(fp)}); metrics: {json.dumps(m.metrics)[:600]}")
     return 0
 

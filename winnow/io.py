@@ -189,13 +189,16 @@ def _chunks_with_offsets(arr: pa.ChunkedArray):
         start += len(chunk)
 
 
-def canonical_corpus(table: pa.Table, cols: Columns, where: str, require_label: bool = False) -> pa.Table:
+def canonical_corpus(
+    table: pa.Table, cols: Columns, where: str, require_label: bool = False, unique_ids: bool = True
+) -> pa.Table:
     """Validate a user table and rename its columns to winnow's canonical names.
 
     Rules: the id and text columns must exist; ids are strings (integers are converted) and
     unique; texts are non-null valid UTF-8 strings; the table is not empty. The domain column is
     optional (filled with ``cols.default_domain``), the label column optional unless
-    ``require_label``. Other columns pass through unchanged.
+    ``require_label``. Other columns pass through unchanged. ``unique_ids=False`` is for training
+    rows, where a document legitimately repeats (epochs, chunks of one long document).
     """
     if table.num_rows == 0:
         raise WinnowError(f"{where}: the dataset is empty (0 rows)")
@@ -224,7 +227,8 @@ def canonical_corpus(table: pa.Table, cols: Columns, where: str, require_label: 
         out["label"] = _column_as_string(table.set_column(table.column_names.index(cols.label), cols.label, label), cols.label, where, allow_null=True, id_column=cols.id)
         if require_label and out["label"].null_count == table.num_rows:
             raise WinnowError(f"{where}: label column '{cols.label}' is entirely null")
-    check_unique_ids(out["id"], where, cols.id)
+    if unique_ids:
+        check_unique_ids(out["id"], where, cols.id)
     taken = {cols.id, cols.text, cols.domain, cols.label}
     for name in table.column_names:
         if name in taken:
