@@ -339,6 +339,7 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         dropped=int((action == "drop").sum()),
         relabelled=int((action == "relabel").sum()),
         issues_by_class=dict(issue_classes.most_common(5)),
+        labelled_by_class=dict(counts.most_common(5)),
         seconds=round(time.perf_counter() - t0, 3),
     )
     tables = {"data": data, "scores": scores}
@@ -641,3 +642,27 @@ def _apply(corpus: pa.Table, checked_ids, classes, suggested, action) -> pa.Tabl
             arr = arr.dictionary_encode()
         data = data.set_column(data.column_names.index("label"), pa.field("label", arr.type), arr)
     return data
+
+
+def worst_rows(scores: pa.Table, corpus: pa.Table, n: int = 20, text_chars: int = 120) -> list[dict[str, Any]]:
+    """The ``n`` most likely mislabelled rows as plain dicts, for a report or a Prefect table artifact.
+
+    ``scores`` is ``tables["scores"]`` of :func:`run` (already worst first); ``corpus`` supplies a
+    text snippet (first ``text_chars`` characters, whitespace folded) for each row.
+    """
+    head = scores.filter(pc.is_valid(scores["rank"])).slice(0, n).to_pylist()
+    ids = pa.array([r["id"] for r in head], pa.string())
+    sub = corpus.filter(pc.is_in(corpus["id"], value_set=ids))
+    text_of = dict(zip(sub["id"].to_pylist(), sub["text"].to_pylist()))
+    return [
+        {
+            "rank": r["rank"],
+            "id": r["id"],
+            "label": r["label"],
+            "suggested_label": r["suggested_label"],
+            "label_quality": round(r["label_quality"], 4),
+            "action": r["action"] or "",
+            "text": " ".join((text_of.get(r["id"]) or "").split())[:text_chars],
+        }
+        for r in head
+    ]

@@ -89,6 +89,13 @@ def test_scores_rank_every_labelled_row_worst_first(noisy, flagged):
     assert sum(s["is_issue"].to_pylist()) == flagged.metrics["issues"]
 
 
+def test_worst_rows_report(noisy, flagged):
+    rows = ln.worst_rows(flagged.tables["scores"], noisy[0], n=5)
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+    texts = dict(zip(noisy[0]["id"].to_pylist(), noisy[0]["text"].to_pylist()))
+    assert all(" ".join(texts[r["id"]].split()).startswith(r["text"]) and r["text"] for r in rows)
+
+
 def test_ledger_evidence_matches_scores(flagged):
     s = {r["id"]: r for r in flagged.tables["scores"].to_pylist()}
     for row in flagged.removed.slice(0, 20).to_pylist():
