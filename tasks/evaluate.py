@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from tasks.common import BENCHMARK_SCHEMA, StageResult, require_columns
+from tasks.common import BENCHMARK_SCHEMA, StageResult, require_columns, track
 from winnow.errors import WinnowError
 
 # CPU threads that spin while waiting (OpenMP's default) collapse throughput when the cores are
@@ -259,7 +259,7 @@ def score_requests(
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
     use_bf16 = dtype == "bfloat16"
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
+        for start in track(range(0, len(order), batch_size), desc="scoring batches"):
             idx = order[start : start + batch_size]
             width = max(len(requests[i][0]) for i in idx)
             ids = torch.zeros((len(idx), width), dtype=torch.long)

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.common import StageResult, require_columns
+from tasks.common import StageResult, require_columns, track
 from winnow.errors import WinnowError
 
 if TYPE_CHECKING:  # torch and transformers load lazily: reading a config must not pay for them
@@ -456,7 +456,7 @@ def train_loop(
     elif params.max_steps is None:
         stopped_by = "one_pass"
     t0, cpu0 = time.perf_counter(), time.process_time()
-    for step in range(1, total_steps + 1):
+    for step in track(range(1, total_steps + 1), desc="train steps"):
         time_fraction = (time.perf_counter() - t0) / params.time_budget_s if params.time_budget_s else 0.0
         lr = lr_at(step - 1, total_steps, params, time_fraction)
         for group in optimizer.param_groups:
