@@ -285,6 +285,14 @@ def _publish_stage(stage: str, fp: str, store_root: str) -> None:
             description=f"{stage}: first {len(rows)} of {removed.num_rows} ledger rows (entry {short(fp)}). "
             f"`winnow why ID` explains any row.",
         )
+    module = stage_module(stage) if stage not in INGEST_STAGES else None
+    if module is not None and hasattr(module, "worst_rows") and "scores" in m.tables:
+        # A stage that ranks rows (label_noise) shows its worst ones, not just the first ledger rows.
+        create_table_artifact(
+            module.worst_rows(store.table(fp, "scores"), store.table(fp)),
+            key=f"worst-rows-{stage.replace('_', '-')}",
+            description=f"{stage}: the rows most likely mislabelled, worst first (entry {short(fp)}).",
+        )
     emit_event(
         event="winnow.dataset.materialized",
         resource={"prefect.resource.id": f"winnow.dataset.{fp}", "prefect.resource.name": f"{stage}@{short(fp)}",
