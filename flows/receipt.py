@@ -123,7 +123,7 @@ def lineage_text(store: DatasetStore, fp: str) -> str:
         detail = [
             f"  kind: {m.kind}   created: {m.created_at}   took: {m.elapsed_s}s",
             f"  code version: {short(m.code_version)}   winnow {m.winnow_version}",
-            f"  parents: " + (", ".join(f"{k}={short(v)}" for k, v in sorted(m.parents.items())) or "-"),
+            "  parents: " + (", ".join(f"{k}={short(v)}" for k, v in sorted(m.parents.items())) or "-"),
             f"  params: {_compact(m.params)}",
             "  tables: " + ", ".join(f"{k} ({v['rows']} rows)" for k, v in m.tables.items()),
         ]

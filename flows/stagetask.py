@@ -28,7 +28,6 @@ from storage import DatasetStore, code_version, derive_fingerprint, file_fingerp
 from tasks.common import StageResult, concat_ledgers, set_progress_listener
 from winnow import io as wio
 from winnow.config import stage_module
-from winnow.errors import WinnowError
 
 FILES = "files"  # the pseudo-table name for an entry's non-tabular files (a model folder)
 INGEST_STAGES = ("ingest_corpus", "ingest_benchmarks")
