@@ -53,7 +53,9 @@ def _load() -> tuple[Any, Any]:
     # once. The model is read-only after loading, so this cache cannot change any result.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-tensor bar in the CLI's stderr says nothing useful
     path = str(model_dir())
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path)
