@@ -107,6 +107,14 @@ def lineage_mermaid(store: DatasetStore, outputs: Mapping[str, str]) -> str:
                         path = next((i["path"] for i in m.inputs if i.get("fingerprint") == parent), name)
                         lines.append(f'    {fnode}[("{_mermaid_escape(path)}")]')
                     lines.append(f"    {fnode} --> {node}")
+            for name, hint in sorted(m.hints.items()):
+                # Dotted: an earlier entry read as a cache, not an input of the fingerprint. Its
+                # own ancestors are not drawn (each nightly embed would pull in the last night's).
+                if not store.exists(hint):
+                    continue
+                if hint not in seen:
+                    lines.append(f'    n{hint[:12]}["{store.manifest(hint).stage}@{short(hint)}"]')
+                lines.append(f'    n{hint[:12]} -.->|"{name} (cache)"| {node}')
     lines.append("```")
     return "\n".join(lines)
 
@@ -124,6 +132,8 @@ def lineage_text(store: DatasetStore, fp: str) -> str:
             f"  kind: {m.kind}   created: {m.created_at}   took: {m.elapsed_s}s",
             f"  code version: {short(m.code_version)}   winnow {m.winnow_version}",
             "  parents: " + (", ".join(f"{k}={short(v)}" for k, v in sorted(m.parents.items())) or "-"),
+            *(["  reused from (cache, not an input of the fingerprint): "
+               + ", ".join(f"{k}={short(v)}" for k, v in sorted(m.hints.items()))] if m.hints else []),
             f"  params: {_compact(m.params)}",
             "  tables: " + ", ".join(f"{k} ({v['rows']} rows)" for k, v in m.tables.items()),
         ]

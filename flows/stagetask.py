@@ -10,6 +10,10 @@ fingerprints. That fingerprint is the Prefect cache key, so a rerun on the same 
 across runs and processes. Prefect's cache records live inside the store (``prefect-cache/``), so
 deleting a store also forgets its cache; if a record points at an entry that is gone, the flow sees
 it before calling the task and refreshes that cache key instead of returning a dangling reference.
+
+Cache hints: a stage may also read an earlier output of itself to skip work (``embed`` reuses the
+vectors of texts it has seen). Such a hint is not part of the fingerprint, since it cannot change
+the result; the manifest records it under ``hints`` so lineage shows where reused values came from.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -45,24 +49,49 @@ def split_ref(ref: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class StagePlan:
-    """What one task will compute: enough to name its output before running it."""
+    """What one task will compute: enough to name its output before running it.
+
+    ``hints`` are inputs that may make the computation cheaper but cannot change its result (an
+    earlier output used as a cache, see :func:`cache_hints`). They are loaded and passed to
+    ``run()`` like parents and recorded in the manifest, but are not part of the fingerprint: the
+    same data, parameters and code name the same output whatever cache was at hand.
+    """
 
     stage: str
     parents: dict[str, str]  # run() argument name -> parent_ref(...)
     params: dict[str, Any]
     code_version: str
+    hints: dict[str, str] = field(default_factory=dict)  # run() argument name -> parent_ref(...)
 
     @property
     def fingerprint(self) -> str:
         return derive_fingerprint(self.stage, self.code_version, self.params, self.parents)
 
 
-def plan_stage(stage: str, parents: dict[str, str], params: Any) -> StagePlan:
+def plan_stage(stage: str, parents: dict[str, str], params: Any, hints: dict[str, str] | None = None) -> StagePlan:
     """Plan a pipeline stage (``tasks.<stage>``) with a Params dataclass or a plain dict."""
     module = stage_module(stage)
     if not isinstance(params, dict):
         params = json.loads(json.dumps(_asdict(params)))
-    return StagePlan(stage, dict(sorted(parents.items())), params, code_version(module.__name__))
+    return StagePlan(stage, dict(sorted(parents.items())), params, code_version(module.__name__), dict(hints or {}))
+
+
+def cache_hints(store: DatasetStore, stage: str) -> dict[str, str]:
+    """The cache hint for ``stage``: its newest earlier output that may seed this run, or nothing.
+
+    Only a stage whose module declares ``CACHE_HINT = (run argument, table)`` and a
+    ``reusable(params, metrics)`` test takes one (``embed``: vectors are a pure function of the
+    text and the model, so earlier vectors of the same model wheel are as good as new ones).
+    """
+    module = stage_module(stage)
+    spec = getattr(module, "CACHE_HINT", None)
+    if spec is None:
+        return {}
+    arg, table = spec
+    for m in reversed(store.entries()):  # newest first
+        if m.stage == stage and table in m.tables and module.reusable(m.params, m.metrics):
+            return {arg: parent_ref(m.fingerprint, table)}
+    return {}
 
 
 def plan_ingest(kind: str, paths: list[str], columns: dict[str, Any]) -> StagePlan:
@@ -100,9 +129,14 @@ def execute(plan: StagePlan, store_root: str, force: bool = False) -> str:
     if plan.stage in INGEST_STAGES:
         result, inputs = _ingest(plan)
         files_from = None
+        hints = {}
     else:
         module = stage_module(plan.stage)
         kwargs = _load_inputs(store, plan.parents)
+        # A hint whose entry has gone since planning is dropped: it was only ever a shortcut. A
+        # forced recompute takes none, so it really recomputes (and never reads its own old copy).
+        hints = {} if force else {k: v for k, v in plan.hints.items() if store.exists(split_ref(v)[0])}
+        kwargs.update(_load_inputs(store, hints))
         params = module.Params(**_params_for(module.Params, plan.params))
         files_from = store.scratch_dir() if "out_dir" in inspect.signature(module.run).parameters else None
         if files_from is not None:
@@ -122,6 +156,7 @@ def execute(plan: StagePlan, store_root: str, force: bool = False) -> str:
         metrics=result.metrics,
         files_from=files_from,
         inputs=inputs,
+        hints={k: split_ref(v)[0] for k, v in hints.items()},
         elapsed_s=time.perf_counter() - started,
         replace=force,
     )
@@ -299,6 +334,9 @@ def _publish_stage(stage: str, fp: str, store_root: str) -> None:
         related=[
             {"prefect.resource.id": f"winnow.dataset.{parent}", "prefect.resource.role": f"parent:{name}"}
             for name, parent in m.parents.items()
+        ] + [
+            {"prefect.resource.id": f"winnow.dataset.{hint}", "prefect.resource.role": f"cache-hint:{name}"}
+            for name, hint in m.hints.items()
         ],
         payload={"params": m.params, "code_version": m.code_version, "tables": {k: v["rows"] for k, v in m.tables.items()},
                  "removed": m.removed, "store": str(store.root)},

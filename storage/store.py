@@ -57,6 +57,9 @@ class Manifest:
     removed: dict[str, dict[str, int]]  # action -> reason -> rows
     metrics: dict[str, Any]
     inputs: list[dict[str, Any]] = field(default_factory=list)  # external files read (ingest)
+    # Earlier entries read as a cache only (run() argument -> fingerprint). Not parents: the
+    # fingerprint does not depend on them, but they show where reused values came from.
+    hints: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     elapsed_s: float = 0.0
     winnow_version: str = __version__
@@ -201,6 +204,7 @@ class DatasetStore:
         metrics: Mapping[str, Any] | None = None,
         files_from: Path | None = None,
         inputs: list[dict[str, Any]] | None = None,
+        hints: Mapping[str, str] | None = None,
         elapsed_s: float = 0.0,
         replace: bool = False,
     ) -> Manifest:
@@ -209,7 +213,8 @@ class DatasetStore:
         ``files_from``, if given, is a folder from :meth:`scratch_dir` holding non-tabular outputs
         (a model's files); it is moved into the entry, whose kind is then ``"model"``. If the entry already exists (another writer won the
         race) the existing manifest is returned and the new copy is discarded, unless ``replace``
-        (a forced recompute), which swaps the new copy in with two renames.
+        (a forced recompute), which swaps the new copy in with two renames. ``hints`` names
+        earlier entries the stage read only as a cache (see ``StagePlan.hints``).
         """
         if self.exists(fingerprint) and not replace:
             return self.manifest(fingerprint)
@@ -251,6 +256,7 @@ class DatasetStore:
                 removed=_summarise_ledger(removed),
                 metrics=json.loads(canonical_json(metrics or {})),
                 inputs=list(inputs or []),
+                hints=dict(hints or {}),
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
                 elapsed_s=round(elapsed_s, 3),
             )
