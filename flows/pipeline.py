@@ -1,11 +1,14 @@
 """The pipeline, as Prefect flows. Read this file like the diagram:
 
-    corpus files ──ingest──> dedup ──> contamination ──> label_noise ──> mixture ──> train ──> evaluate
-    benchmark files ──ingest──────────────┘ (report) ──────────────────────────────────────────┘
+    corpus files ──ingest──> dedup ──> contamination ───────────────> label_noise ──> mixture ──> train ──> evaluate
+    benchmark files ──ingest───────────────┘ │  └──> embed ──(vectors)──┘                                     │
+                                             └─── (report) ────────────────────────────────────────────────────┘
 
-``curate`` runs the first three stages, ``train_and_evaluate`` the last three, ``nightly`` both;
-``stage_flow(name)`` makes a flow that reruns one stage on cached upstream outputs. Every call
-passes fingerprints, never data; every stage is a cached task (see ``flows/stagetask.py``).
+``curate`` runs the curation stages (embed only when label_noise's features include MiniLM),
+``train_and_evaluate`` the last three, ``nightly`` both; ``stage_flow(name)`` makes a flow that
+reruns one stage on cached upstream outputs. Every call passes fingerprints, never data; every
+stage is a cached task (see ``flows/stagetask.py``). ``embed`` also takes the newest earlier embed
+output as a cache hint, outside its fingerprint, so only new texts are embedded.
 """
 
 from __future__ import annotations
@@ -19,14 +22,23 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.receipt import lineage_mermaid, publish_run, receipt_rows
-from flows.stagetask import FILES, StagePlan, fingerprint_of, parent_ref, plan_ingest, plan_stage, stage_task
+from flows.stagetask import (
+    FILES,
+    StagePlan,
+    cache_hints,
+    fingerprint_of,
+    parent_ref,
+    plan_ingest,
+    plan_stage,
+    stage_task,
+)
 from storage import DatasetStore
 from winnow.config import STAGES, PipelineConfig, config_from_dict, load_config
 from winnow.errors import WinnowError
 
 
 #: Stage inputs that may be absent (the stage then runs without them).
-OPTIONAL_INPUTS = frozenset({"index", "contamination"})
+OPTIONAL_INPUTS = frozenset({"index", "contamination", "embeddings"})
 
 
 @dataclass
@@ -68,8 +80,13 @@ class PipelineRun:
         required = {k: v for k, v in parents.items() if k not in OPTIONAL_INPUTS}
         if not self.wanted(stage) or any(p is None for p in required.values()):
             return None
-        plan = plan_stage(stage, {k: v for k, v in parents.items() if v is not None}, self.config.params(stage))
+        plan = plan_stage(stage, {k: v for k, v in parents.items() if v is not None}, self.config.params(stage),
+                          hints=cache_hints(self.store, stage))
         return self._call(plan, name=stage)
+
+    def embeds(self) -> bool:
+        """Whether label_noise reads MiniLM vectors, so the embed stage runs before it."""
+        return "minilm" in self.config.params("label_noise").features.split("+")
 
     def _call(self, plan: StagePlan, name: str) -> str:
         root = str(self.store.root)
@@ -107,7 +124,9 @@ def _curate(run: PipelineRun) -> dict[str, str | None]:
     index = parent_ref(run.store.resolve(previous), "index") if previous else None
     deduped = run.stage("dedup", corpus=corpus, index=index)
     decontaminated = run.stage("contamination", corpus=deduped, benchmarks=benchmarks)
-    labels_checked = run.stage("label_noise", corpus=decontaminated)
+    vectors = run.stage("embed", corpus=decontaminated) if run.embeds() else None
+    labels_checked = run.stage("label_noise", corpus=decontaminated,
+                               embeddings=vectors and parent_ref(vectors, "embeddings"))
     return {"benchmarks": benchmarks, "contamination": decontaminated, "curated": labels_checked}
 
 
@@ -198,6 +217,7 @@ def stage_flow(stage: str):
 # One flow object per stage, importable as entrypoints (e.g. flows/pipeline.py:dedup_flow).
 dedup_flow = stage_flow("dedup")
 contamination_flow = stage_flow("contamination")
+embed_flow = stage_flow("embed")
 label_noise_flow = stage_flow("label_noise")
 mixture_flow = stage_flow("mixture")
 train_flow = stage_flow("train")

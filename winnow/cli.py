@@ -192,6 +192,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.from_stage:
         start = STAGES.index(args.from_stage.replace("-", "_"))
         force = list(STAGES[start:])
+    if last == "embed" and "minilm" not in cfg.params("label_noise").features.split("+"):
+        raise WinnowError(
+            f"--only embed: embed computes label_noise's MiniLM vectors, but label_noise.features is "
+            f"'{cfg.params('label_noise').features}'; set label_noise.features='tfidf+minilm' (or 'minilm')"
+        )
     _preflight(cfg)
     _prefect_env()
     from flows.pipeline import nightly, task_runner
@@ -267,7 +272,7 @@ def _preflight(cfg: Any) -> None:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     """Apply one stage to the user's file through the store; export the result and its ledger."""
-    from flows.stagetask import FILES, execute, parent_ref, plan_ingest, plan_stage
+    from flows.stagetask import FILES, cache_hints, execute, parent_ref, plan_ingest, plan_stage
     from storage import DatasetStore, short
     from winnow import io as wio
 
@@ -288,6 +293,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if stage in ("contamination", "evaluate"):
         bench_paths = args.benchmark or list(cfg.inputs.benchmarks)
         parents["benchmarks"] = execute(plan_ingest("benchmarks", bench_paths, {"split": args.split}), root)
+    if stage == "label_noise" and "minilm" in cfg.params(stage).features.split("+"):
+        # The vectors are a store entry of their own, as in the pipeline: a rerun with other
+        # label_noise settings, or on a file with a few new rows, embeds only what is new.
+        vectors = execute(plan_stage("embed", {"corpus": corpus}, cfg.params("embed"),
+                                     hints=cache_hints(store, "embed")), root)
+        parents["embeddings"] = parent_ref(vectors, "embeddings")
     if stage == "dedup" and args.index:
         parents["index"] = parent_ref(store.resolve(args.index), "index")
     if stage == "train":

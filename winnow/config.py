@@ -21,7 +21,8 @@ from typing import Any
 from winnow.errors import WinnowError
 
 #: The pipeline, in order. Each name is also the module ``tasks.<name>``.
-STAGES: tuple[str, ...] = ("dedup", "contamination", "label_noise", "mixture", "train", "evaluate")
+#: ``embed`` runs only when label_noise uses MiniLM features (it computes label_noise's vectors).
+STAGES: tuple[str, ...] = ("dedup", "contamination", "embed", "label_noise", "mixture", "train", "evaluate")
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 SAMPLE_DIR = REPO_DIR / "data" / "sample"
