@@ -7,12 +7,15 @@ Method (n-gram overlap with longest-match scoring):
    case, punctuation and white space folded) and cut into word tokens; every word ``n``-gram
    (default ``n = 8``) is hashed into an in-memory index: a sorted uint64 array plus a CSR list of
    (example, token position) occurrences. N-grams found in ``template_examples`` or more examples
-   are template text and are not indexed.
+   are template text and are not indexed. Examples whose partial copies the n-gram rules cannot
+   see (``ceil(min_coverage * tokens) < n``: 8-17 tokens at the defaults) also get their k-grams
+   indexed, ``k = max(short_ngram_n, ceil(min_coverage * tokens))`` (4-7), for rule ``short_span``.
 2. The corpus is streamed in Arrow batches (``workers`` threads; numpy does the work with the GIL
    released), see :mod:`tasks.ngram_index`: the same folding and hashing straight from the UTF-8
    buffers, a bitmap of benchmark token pairs to skip windows that cannot match, and every remaining
-   window looked up through a bitmap prefilter and a binary search. Character offsets into the
-   original text are recomputed only for the documents that matched.
+   window looked up through a bitmap prefilter and a binary search; the documents holding each
+   k-gram are counted on the way. Character offsets into the original text are recomputed only for
+   the documents that matched.
 3. Per example: ``matched_ngrams`` (distinct example n-grams found anywhere), ``coverage`` (fraction
    of example tokens covered by a found n-gram), ``longest_match_tokens`` (longest run of example
    tokens found *contiguously in one document*: consecutive n-grams at consecutive positions on the
@@ -20,8 +23,13 @@ Method (n-gram overlap with longest-match scoring):
    span).
 4. Rules, with thresholds per benchmark (``per_benchmark``): ``longest_match`` fires when
    ``longest_match_tokens >= min_longest_match``; ``coverage`` when ``coverage >= min_coverage``;
-   ``n_docs`` when ``min_docs > 0`` and ``n_docs >= min_docs``. An example is contaminated if any
-   fires; ``rule`` lists those that fired, joined by ``+``.
+   ``n_docs`` when ``min_docs > 0`` and ``n_docs >= min_docs`` (these three on n-grams alone);
+   ``short_span`` when one document holds a contiguous run of the example's k-grams that covers
+   ``min_coverage`` of it, every k-gram in at most ``short_max_docs`` documents, one in no other
+   example, with ``short_min_content`` tokens that are not function words (see
+   ``Params.short_ngram_n``: why, and what it costs). An example is contaminated if any fires;
+   ``rule`` lists those that fired, joined by ``+``. Where ``short_span`` fired, the report's
+   columns and hits also count the k-grams of the documents that fired it.
 5. Action on the corpus (``action``): ``mask`` replaces the matched character spans with
    ``mask_text``; ``drop`` drops the document; ``flag`` records ledger rows but changes nothing.
    Only documents that on their own carry enough evidence for a contaminated example (their
@@ -80,8 +88,15 @@ ACTIONS = ("mask", "drop", "flag")
 #: (``choices[answer]``; ``target`` when ``answer`` is -1); ``choices`` is all choices in order;
 #: ``context`` is an optional extra column (e.g. a reading passage).
 FIELDS = ("question", "choices", "answer", "target", "context")
-_RULE_KEYS = ("fields", "ngram_n", "min_longest_match", "min_coverage", "min_docs")
+_RULE_KEYS = ("fields", "ngram_n", "min_longest_match", "min_coverage", "min_docs", "short_ngram_n",
+              "short_max_docs", "short_min_content")
 
+#: key_cap of an index key that is both a short-span k-gram and an n-gram: never dropped by the scan
+_NO_CAP = 1 << 62
+#: rule short_span: a token in at least this share of the examples (and in at least
+#: _COMMON_TOKEN_MIN of them) is a function word, not a content word (Params.short_min_content)
+_COMMON_TOKEN_SHARE = 0.05
+_COMMON_TOKEN_MIN = 20
 REPORT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -128,11 +143,44 @@ class Params:
             template text (MMLU's "which of the following is ...", SocialIQA's "what will others
             want to do next") and is left out of the index: finding it in a document says nothing
             about any one example. Default 10; 0 keeps every n-gram.
+        short_ngram_n: rule ``short_span``, for partial copies of short examples. Half of an item
+            under 16 tokens can hold no 8-gram: without this rule 0.75-0.80 of planted half-copies
+            are found, every miss an item under 16 tokens. Examples with
+            ``ceil(min_coverage * tokens) < ngram_n`` (8-17 tokens at the defaults) also get their
+            k-grams indexed, ``k = max(short_ngram_n, ceil(min_coverage * tokens))``: one k-gram is
+            just enough coverage, and a longer item is matched on longer, rarer k-grams (4-grams
+            only for items of 8-10 tokens). The rule fires when one document holds a contiguous
+            run of these k-grams covering ``min_coverage`` of the example in which every k-gram
+            is in at most ``short_max_docs`` documents of the corpus, one k-gram is in no other
+            example (two QuaRTz items that differ by a word share their halves word for word: such
+            text cannot say which was copied, and crediting both flags an item's twin whenever
+            the item itself is copied), and ``short_min_content`` tokens are content words.
+            Measured (BENCHMARKS.md: 18 MB, 5,242 items, 150 plants per kind, seeds 0-3):
+            partial recall 0.768 -> 0.957 (574/600; 0.947-0.967 per seed), paraphrased 0.65 ->
+            0.77, decoys 0, precision 1.000, about 4% more scan CPU. The cost: 3 items are
+            flagged on the clean corpus by chance phrases in 1-2 documents ("term is used to
+            describe", "to the top of a mountain") against 0 without it (7 with
+            ``short_min_content = 0``). The 26 misses: 19 halves that are all text shared with
+            another item, 6 halves (3-4 words) of items under 8 tokens, one 4-word half with one
+            content word ("is strong it has"). Default 4; 5 finds 0.937 with the same clean-corpus
+            flags; 0 turns the rule off, as does a value >= ``ngram_n``.
+        short_max_docs: a k-gram found in more documents than this is common text and is no
+            evidence for ``short_span``. Default 3: a copied item may sit on a few pages (1-10
+            gave the same recall here; 1 flags 2 clean items instead of 3, 10 flags 4). The scan
+            drops the hits of a k-gram once it passes this count in one batch.
+        short_min_content: content words a ``short_span`` run must hold. A content word is a
+            token found in fewer than max(5% of the examples, 20) examples, so function words
+            ("the", "of", "was") are learnt from the benchmark itself, in any language; in a
+            benchmark of fewer than 20 examples no token reaches the bar and every word counts.
+            Default 2: chance phrases such as "was the mother of", "when you make a", "of a
+            population of" have one; measured, 2 flags 3 clean items instead of 7 (with 0) at the
+            cost of one partial copy of 600 ("is strong it has").
         per_benchmark: overrides by benchmark name, e.g.
             ``{"humaneval": {"fields": ["question", "target"], "min_longest_match": 30}}``; keys:
-            ``fields``, ``ngram_n``, ``min_longest_match``, ``min_coverage``, ``min_docs``. A
-            smaller ``ngram_n`` for a benchmark of short items finds shorter partial copies at some
-            cost in precision (see BENCHMARKS.md: n = 5 gives partial recall 0.97, precision 0.93).
+            ``fields``, ``ngram_n``, ``min_longest_match``, ``min_coverage``, ``min_docs``,
+            ``short_ngram_n``, ``short_max_docs``, ``short_min_content``. A smaller ``ngram_n``
+            for a benchmark of short items finds more partial copies at a cost in precision (see
+            BENCHMARKS.md: n = 5 gives partial recall 0.98, precision 0.93).
         action: ``mask`` (default: keeps the rest of the document), ``drop`` or ``flag``.
         mask_text: what a masked span is replaced with. Default one space, so the words on either
             side do not fuse.
@@ -152,6 +200,9 @@ class Params:
     min_docs: int = 0
     min_example_tokens: int = 5
     template_examples: int = 10
+    short_ngram_n: int = 4
+    short_max_docs: int = 3
+    short_min_content: int = 2
     per_benchmark: dict[str, dict[str, Any]] = field(default_factory=dict)
     action: str = "mask"
     mask_text: str = " "
@@ -173,27 +224,24 @@ class Params:
                 or self.min_example_tokens < 1:
             raise WinnowError("contamination: batch_mb must be > 0, max_hits, workers and template_examples >= 0, "
                               "min_example_tokens >= 1")
-        _check_rules(self.fields, self.ngram_n, self.min_longest_match, self.min_coverage, self.min_docs,
-                     "contamination")
+        _check_rules({k: getattr(self, k) for k in _RULE_KEYS}, "contamination")
         for bench, over in self.per_benchmark.items():
             unknown = sorted(set(over) - set(_RULE_KEYS))
             if unknown:
                 raise WinnowError(f"contamination.per_benchmark.{bench}: unknown key(s) {', '.join(unknown)}; "
                                   f"known: {', '.join(_RULE_KEYS)}")
-            r = self.rules_for(bench)
-            _check_rules(r["fields"], r["ngram_n"], r["min_longest_match"], r["min_coverage"], r["min_docs"],
-                         f"contamination.per_benchmark.{bench}")
+            _check_rules(self.rules_for(bench), f"contamination.per_benchmark.{bench}")
 
     def rules_for(self, benchmark: str) -> dict[str, Any]:
         """The fields and thresholds in force for one benchmark."""
-        r = {"fields": self.fields, "ngram_n": self.ngram_n, "min_longest_match": self.min_longest_match,
-             "min_coverage": self.min_coverage, "min_docs": self.min_docs}
+        r = {k: getattr(self, k) for k in _RULE_KEYS}
         r.update(self.per_benchmark.get(benchmark, {}))
         r["fields"] = tuple(r["fields"])
         return r
 
 
-def _check_rules(fields: Any, n: Any, longest: Any, coverage: Any, docs: Any, where: str) -> None:
+def _check_rules(r: dict[str, Any], where: str) -> None:
+    fields, n, longest, coverage, docs = (r[k] for k in _RULE_KEYS[:5])
     if not isinstance(n, int) or not 1 <= n <= 255:
         raise WinnowError(f"{where}: ngram_n must be an integer in 1..255, got {n!r}")
     if not fields or any(f not in FIELDS for f in fields):
@@ -204,6 +252,13 @@ def _check_rules(fields: Any, n: Any, longest: Any, coverage: Any, docs: Any, wh
         raise WinnowError(f"{where}: min_coverage must be in (0, 1], got {coverage!r}")
     if not isinstance(docs, int) or docs < 0:
         raise WinnowError(f"{where}: min_docs must be an integer >= 0, got {docs!r}")
+    k, cap = r["short_ngram_n"], r["short_max_docs"]
+    if not isinstance(k, int) or not 0 <= k <= 255:
+        raise WinnowError(f"{where}: short_ngram_n must be an integer in 0..255 (0 = off), got {k!r}")
+    if not isinstance(cap, int) or cap < 1:
+        raise WinnowError(f"{where}: short_max_docs must be an integer >= 1, got {cap!r}")
+    if not isinstance(r["short_min_content"], int) or r["short_min_content"] < 0:
+        raise WinnowError(f"{where}: short_min_content must be an integer >= 0, got {r['short_min_content']!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,13 +366,23 @@ def _examples(benchmarks: pa.Table, params: Params) -> _Examples:
 
 @dataclass
 class _Index:
-    """For each n-gram length: sorted unique keys and the (example, token position) of each."""
+    """For each n-gram length: sorted unique keys and the (example, token position) of each.
+
+    ``occ_short`` marks the occurrences that are short-span k-grams (rule ``short_span``) rather
+    than n-grams of the rules on n-grams. Per key: ``key_cap`` is the ``short_max_docs`` of a
+    short-span key (the scan drops its hits past that many documents), :data:`_NO_CAP` for a key
+    that is both (a whole 5-token example can be another example's 5-gram), 0 for an n-gram key;
+    ``key_examples`` is how many benchmark examples hold a short-span key.
+    """
 
     lengths: list[int]
     keys: dict[int, np.ndarray]
     ptr: dict[int, np.ndarray]
     occ_example: dict[int, np.ndarray]
     occ_pos: dict[int, np.ndarray]
+    occ_short: dict[int, np.ndarray]
+    key_cap: dict[int, np.ndarray]
+    key_examples: dict[int, np.ndarray]
     bitmap: np.ndarray
     shift: int
 
@@ -325,16 +390,39 @@ class _Index:
     def size(self) -> int:
         return int(sum(k.size for k in self.keys.values()))
 
+    @property
+    def short_lengths(self) -> list[int]:
+        return [L for L in self.lengths if self.occ_short[L].any()]
+
+
+def _examples_per_key(h: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique keys, number of distinct examples holding each) of n-gram occurrences ``h`` in ``e``."""
+    o = np.lexsort((e, h))
+    hs, es = h[o], e[o]
+    first_of_pair = np.ones(hs.size, bool)
+    first_of_pair[1:] = (hs[1:] != hs[:-1]) | (es[1:] != es[:-1])
+    return np.unique(hs[first_of_pair], return_counts=True)
+
 
 def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, min_tokens: int,
-                 template_examples: int = 0) -> _Index:
-    """Index the n-grams of every example; ``ex_n`` is each example's n (per benchmark)."""
+                 template_examples: int = 0, ex_k: np.ndarray | None = None,
+                 ex_cap: np.ndarray | None = None) -> _Index:
+    """Index the n-grams of every example; ``ex_n`` is each example's n (per benchmark).
+
+    ``ex_k`` and ``ex_cap`` are each example's short-span k (0: none) and ``short_max_docs``; the
+    examples with a k also get their k-grams, except template ones (``template_examples``).
+    """
     lengths_e = np.diff(ex_bounds)
-    ex_of_token = np.repeat(np.arange(lengths_e.size), lengths_e)
+    n_ex = lengths_e.size
+    ex_of_token = np.repeat(np.arange(n_ex), lengths_e)
     short = (lengths_e >= min_tokens) & (lengths_e < ex_n)
+    ex_k = np.zeros(n_ex, np.int64) if ex_k is None else ex_k
+    ex_cap = np.zeros(n_ex, np.int64) if ex_cap is None else ex_cap
+    ks = sorted({int(v) for v in np.unique(ex_k[ex_k > 0])})
     want = sorted({int(v) for v in np.unique(ex_n)} | {int(v) for v in np.unique(lengths_e[short])})
-    keys, ptr, occ_e, occ_q = {}, {}, {}, {}
-    grams = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, want)
+    grams = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, sorted(set(want) | set(ks)))
+    parts: dict[int, list[tuple[np.ndarray, ...]]] = {L: [] for L in sorted(set(want) | set(ks))}
+    n_holders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for L in want:
         h, first = grams[L]
         e = ex_of_token[first]
@@ -346,38 +434,65 @@ def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, m
         if template_examples and h.size:
             # an n-gram in many examples is template text ("which of the following is ..."):
             # evidence for none of them in particular. A whole short example is never a template.
-            o = np.lexsort((e, h))
-            hs, es = h[o], e[o]
-            first_of_pair = np.ones(hs.size, bool)
-            first_of_pair[1:] = (hs[1:] != hs[:-1]) | (es[1:] != es[:-1])
-            gk, gc = np.unique(hs[first_of_pair & ~whole[o]], return_counts=True)
+            gk, gc = _examples_per_key(h[~whole], e[~whole])
             common = gk[gc >= template_examples]
             if common.size:
                 keep = whole | ~np.isin(h, common)
                 h, e, q = h[keep], e[keep], q[keep]
+        parts[L].append((h, e, q, np.zeros(h.size, bool), np.zeros(h.size, np.int64)))
+    for k in ks:
+        h, first = grams[k]
+        e = ex_of_token[first]
+        gk, gc = _examples_per_key(h, e)  # over every example, of any length or benchmark
+        n_holders[k] = (gk, gc)
+        keep = ex_k[e] == k
+        if template_examples:
+            keep &= ~np.isin(h, gk[gc >= template_examples])
+        h, e = h[keep], e[keep]
+        parts[k].append((h, e, first[keep] - ex_bounds[e], np.ones(h.size, bool), ex_cap[e]))
+    keys, ptr, occ_e, occ_q, occ_s, cap, holders = {}, {}, {}, {}, {}, {}, {}
+    for L, ps in parts.items():
+        h, e, q, s_, c = (np.concatenate(col) for col in zip(*ps))
         order = np.argsort(h, kind="stable")
-        h, e, q = h[order], e[order], q[order]
+        h, e, q, s_, c = h[order], e[order], q[order], s_[order], c[order]
         uk, start = np.unique(h, return_index=True)
         keys[L], ptr[L] = uk, np.append(start, h.size).astype(np.int64)
-        occ_e[L], occ_q[L] = e.astype(np.int64), q.astype(np.int64)
+        occ_e[L], occ_q[L], occ_s[L] = e.astype(np.int64), q.astype(np.int64), s_
+        cap[L] = np.zeros(uk.size, np.int64)
+        if start.size and s_.any():
+            # a key that is also a regular n-gram is never dropped by the scan (its df is still counted)
+            n_short = np.add.reduceat(s_.astype(np.int64), start)
+            cap[L] = np.where(n_short == np.diff(ptr[L]), np.maximum.reduceat(c, start), _NO_CAP)
+            cap[L][n_short == 0] = 0
+        holders[L] = np.zeros(uk.size, np.int64)
+        if L in n_holders:
+            gk, gc = n_holders[L]
+            holders[L] = gc[np.searchsorted(gk, uk)]
     total = int(sum(k.size for k in keys.values()))
     bits = int(min(27, max(16, np.ceil(np.log2(max(total, 1))) + 5)))
     bitmap = np.zeros(1 << bits, dtype=bool)
     shift = 64 - bits
     for k in keys.values():
         bitmap[k >> np.uint64(shift)] = True
-    return _Index(want, keys, ptr, occ_e, occ_q, bitmap, shift)
+    return _Index(sorted(parts), keys, ptr, occ_e, occ_q, occ_s, cap, holders, bitmap, shift)
 
 
 # --------------------------------------------------------------------------------------------------
 # scan
 
 
-def _scan_batch(folder: Folder, vocab: Vocab, index: _Index, arr: pa.Array, row0: int) -> np.ndarray:
-    """Hits of one batch: int64 rows (L, key index, doc row, token position in the doc)."""
+def _scan_batch(folder: Folder, vocab: Vocab, index: _Index, arr: pa.Array, row0: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Hits of one batch and the document frequency of its short-span keys.
+
+    Returns (int64 rows (L, key index, doc row, token position in the doc); int64 rows (L, key
+    index, documents of this batch holding it) for every short-span key found). Hits of a
+    short-span key found in more than its ``short_max_docs`` documents of this batch alone can
+    never count and are dropped here, so a common phrase costs no memory.
+    """
     bounds, th = folder.hashed(arr)
     usable = vocab.usable_pairs(th)
-    out = []
+    out, df = [], []
     grams = ngram_keys(th, usable, bounds, index.lengths)
     for L in index.lengths:
         h, first = grams[L]
@@ -395,8 +510,17 @@ def _scan_batch(folder: Folder, vocab: Vocab, index: _Index, arr: pa.Array, row0
             continue
         k, j = first[cand[ok]], j[ok]
         d = np.searchsorted(bounds, k, side="right") - 1
+        cap = index.key_cap[L][j]
+        if cap.any():
+            sj = np.unique(j[cap > 0] * (bounds.size - 1) + d[cap > 0]) // (bounds.size - 1)
+            uj, cnt = np.unique(sj, return_counts=True)
+            df.append(np.stack([np.full(uj.size, L), uj, cnt], axis=1))
+            over = np.zeros(keys.size, bool)
+            over[uj[cnt > index.key_cap[L][uj]]] = True
+            k, j, d = k[~over[j]], j[~over[j]], d[~over[j]]
         out.append(np.stack([np.full(k.size, L), j, d + row0, k - bounds[d]], axis=1))
-    return np.concatenate(out) if out else np.zeros((0, 4), np.int64)
+    empty = np.zeros((0, 3), np.int64)
+    return (np.concatenate(out) if out else np.zeros((0, 4), np.int64)), (np.concatenate(df) if df else empty)
 
 
 def _batches(text: pa.ChunkedArray, batch_bytes: int) -> list[tuple[int, pa.Array]]:
@@ -424,8 +548,8 @@ def _batches(text: pa.ChunkedArray, batch_bytes: int) -> list[tuple[int, pa.Arra
 
 
 def _expand(index: _Index, hits: np.ndarray) -> dict[str, np.ndarray]:
-    """One row per (hit, example occurrence of the matched n-gram)."""
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("e", "q", "L", "row", "p")}
+    """One row per (hit, example occurrence of the matched n-gram); ``s`` marks short-span k-grams."""
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("e", "q", "L", "row", "p", "j", "s")}
     for L in index.lengths:
         hL = hits[hits[:, 0] == L]
         if hL.size == 0:
@@ -440,27 +564,40 @@ def _expand(index: _Index, hits: np.ndarray) -> dict[str, np.ndarray]:
         cols["L"].append(np.full(occ.size, L))
         cols["row"].append(hL[rep, 2])
         cols["p"].append(hL[rep, 3])
-    return {k: (np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64)) for k, v in cols.items()}
+        cols["j"].append(hL[rep, 1])
+        cols["s"].append(index.occ_short[L][occ])
+    out = {k: (np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64)) for k, v in cols.items()}
+    out["s"] = out["s"].astype(bool)
+    return out
+
+
+def _take(x: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[sel] for k, v in x.items()}
 
 
 def _chains(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Runs of consecutive n-grams on one diagonal of one (example, document) pair.
 
     A chain of c n-grams of length L starting at example token q0 and document token p0 is a
-    contiguous match of ``c + L - 1`` tokens.
+    contiguous match of ``c + L - 1`` tokens. With a column ``a`` in ``x``, each chain's ``a`` is
+    its largest.
     """
+    names = ("e", "row", "q0", "p0", "tokens") + (("a",) if "a" in x else ())
     if x["e"].size == 0:
-        return {k: np.zeros(0, np.int64) for k in ("e", "row", "q0", "p0", "tokens")}
+        return {k: np.zeros(0, np.int64) for k in names}
     diag = x["p"] - x["q"]
-    order = np.lexsort((x["q"], diag, x["row"], x["e"]))
+    order = np.lexsort((x["L"], x["q"], diag, x["row"], x["e"]))
     e, row, q, dg, L, p = (x[k][order] if k != "dg" else diag[order] for k in ("e", "row", "q", "dg", "L", "p"))
     new = np.ones(e.size, dtype=bool)
-    new[1:] = (e[1:] != e[:-1]) | (row[1:] != row[:-1]) | (dg[1:] != dg[:-1]) | (q[1:] != q[:-1] + 1)
+    # q == previous q only between n-grams of different lengths at one position: still contiguous
+    new[1:] = (e[1:] != e[:-1]) | (row[1:] != row[:-1]) | (dg[1:] != dg[:-1]) | (q[1:] > q[:-1] + 1)
     starts = np.flatnonzero(new)
     # a chain's end is its last n-gram's end; lengths can differ only between whole short examples
     end_tok = np.maximum.reduceat(q + L, starts)
-    return {"e": e[starts], "row": row[starts], "q0": q[starts], "p0": p[starts],
-            "tokens": end_tok - q[starts]}
+    out = {"e": e[starts], "row": row[starts], "q0": q[starts], "p0": p[starts], "tokens": end_tok - q[starts]}
+    if "a" in x:  # any flagged n-gram in the chain
+        out["a"] = np.maximum.reduceat(x["a"][order], starts)
+    return out
 
 
 def _coverage(x: dict[str, np.ndarray], ex_bounds: np.ndarray) -> np.ndarray:
@@ -511,6 +648,69 @@ def _merge_spans(spans: list[tuple[int, int]]) -> list[list[int]]:
 # the stage
 
 
+def _summary(x: dict[str, np.ndarray], ch: dict[str, np.ndarray], ex_bounds: np.ndarray, n_rows: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per example: longest contiguous match in one document, coverage fraction, distinct matched
+    n-grams and documents, from the match rows ``x`` and their chains ``ch``."""
+    n_ex = ex_bounds.size - 1
+    longest = np.zeros(n_ex, np.int64)
+    np.maximum.at(longest, ch["e"], ch["tokens"])
+    coverage = _coverage(x, ex_bounds) / np.maximum(np.diff(ex_bounds), 1)
+    matched = np.zeros(n_ex, np.int64)
+    n_docs = np.zeros(n_ex, np.int64)
+    if x["e"].size:
+        # (example, position, length) and (example, document) as single int64 keys
+        eq = np.unique((x["e"] << 40) | (x["q"] << 8) | x["L"])
+        matched = np.bincount(eq >> 40, minlength=n_ex)
+        er = np.unique(x["e"] * n_rows + x["row"])
+        n_docs = np.bincount(er // n_rows, minlength=n_ex)
+    return longest, coverage, matched, n_docs
+
+
+def _short_span_rows(x_all: dict[str, np.ndarray], df_rows: np.ndarray, index: _Index,
+                     ex_cap: np.ndarray) -> dict[str, np.ndarray]:
+    """The short-span k-gram matches that count as evidence: those of k-grams found in at most
+    ``short_max_docs`` documents of the whole corpus (``df_rows``: per-batch document counts (L, key
+    index, documents) from the scan), with ``a`` = 1 where the k-gram is in no other example."""
+    xs = _take(x_all, x_all["s"])
+    rare = np.zeros(xs["e"].size, bool)
+    xs["a"] = np.zeros(xs["e"].size, np.int64)
+    for L in index.short_lengths:
+        df = np.zeros(index.keys[L].size, np.int64)
+        at = df_rows[:, 0] == L
+        np.add.at(df, df_rows[at, 1], df_rows[at, 2])
+        at = xs["L"] == L
+        rare[at] = df[xs["j"][at]] <= ex_cap[xs["e"][at]]
+        xs["a"][at] = index.key_examples[L][xs["j"][at]] == 1
+    return _take(xs, rare)
+
+
+def _content_tokens(ex_hash: np.ndarray, ex_bounds: np.ndarray) -> np.ndarray:
+    """Prefix sums over all example tokens of "content" tokens: those in fewer than
+    max(_COMMON_TOKEN_SHARE * examples, _COMMON_TOKEN_MIN) examples, i.e. not function words like
+    "the", "of", "was" (learnt from the benchmark itself, so any language works; in a benchmark too
+    small to tell, every token counts as content)."""
+    n_ex = ex_bounds.size - 1
+    ex_of_token = np.repeat(np.arange(n_ex), np.diff(ex_bounds))
+    tok, n_holding = _examples_per_key(ex_hash, ex_of_token)
+    common = n_holding[np.searchsorted(tok, ex_hash)] >= max(_COMMON_TOKEN_SHARE * n_ex, _COMMON_TOKEN_MIN)
+    return np.concatenate(([0], np.cumsum(~common)))
+
+
+def _short_spans(xs: dict[str, np.ndarray], ex_bounds: np.ndarray, content_cum: np.ndarray,
+                 thr_cov: np.ndarray, min_content: np.ndarray, n_rows: int) -> np.ndarray:
+    """Rule ``short_span``: the (example * n_rows + document row) pairs where a contiguous run of the
+    example's rare k-grams ``xs`` covers at least ``min_coverage`` of the example, holds a k-gram of
+    no other example (so the run is not text the example shares with another) and at least
+    ``short_min_content`` content tokens (see :func:`_content_tokens`)."""
+    ch = _chains(xs)
+    first = ex_bounds[ch["e"]] + ch["q0"]
+    content = content_cum[first + ch["tokens"]] - content_cum[first]
+    cov = ch["tokens"] / np.diff(ex_bounds)[ch["e"]]  # as the coverage rule computes it
+    good = (cov >= thr_cov[ch["e"]]) & (ch["a"] > 0) & (content >= min_content[ch["e"]])
+    return np.unique(ch["e"][good] * n_rows + ch["row"][good])
+
+
 def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> StageResult:
     """Check every benchmark example against the corpus, then mask/drop contaminated text.
 
@@ -525,9 +725,20 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
     ex_bounds, ex_hash = folder.hashed(pa.array(ex.texts, pa.string()))
     vocab = Vocab(ex_hash)
     ex_len = np.diff(ex_bounds)
-    n_of = {b: params.rules_for(b)["ngram_n"] for b in set(ex.benchmarks)}
-    ex_n = np.array([n_of[b] for b in ex.benchmarks], np.int64)
-    index = _build_index(ex_hash, ex_bounds, ex_n, params.min_example_tokens, params.template_examples)
+    rules_of = {b: params.rules_for(b) for b in set(ex.benchmarks)}
+    rules = [rules_of[b] for b in ex.benchmarks]
+    ex_n = np.array([r["ngram_n"] for r in rules], np.int64)
+    ex_k = np.array([r["short_ngram_n"] for r in rules], np.int64)
+    ex_cap = np.array([r["short_max_docs"] for r in rules], np.int64)
+    thr_cov = np.array([r["min_coverage"] for r in rules], np.float64)
+    # short_span is for examples with n-grams (shorter ones are matched whole) where a run long
+    # enough for min_coverage can still hold none (run_min < n); their k is that shortest run, so
+    # one k-gram is enough and a longer example is matched on longer, rarer k-grams
+    run_min = np.floor(thr_cov * ex_len).astype(np.int64)
+    run_min += run_min / np.maximum(ex_len, 1) < thr_cov  # the coverage rule's own test: tokens / len
+    ex_k = np.where((ex_k > 0) & (ex_k < ex_n) & (ex_len >= ex_n) & (run_min < ex_n), np.maximum(ex_k, run_min), 0)
+    index = _build_index(ex_hash, ex_bounds, ex_n, params.min_example_tokens, params.template_examples,
+                         ex_k, ex_cap)
     t_index = time.perf_counter() - t0
 
     # scan
@@ -541,31 +752,25 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
             parts = list(pool.map(lambda b: scan(b[1], b[0]), batches))
     else:
         parts = [scan(a, r0) for r0, a in batches]
-    hits = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
+    hits = np.concatenate([h for h, _ in parts]) if parts else np.zeros((0, 4), np.int64)
+    df_rows = np.concatenate([d for _, d in parts]) if parts else np.zeros((0, 3), np.int64)
     t_scan = time.perf_counter() - t1
     cpu_scan = time.process_time() - c1  # all threads: MB per CPU-second is per-core throughput
     mb = sum(pc.sum(pc.binary_length(c)).as_py() or 0 for c in text.chunks) / 1e6
 
-    # score each example
-    x = _expand(index, hits)
+    # score each example: the n-gram rules on n-grams alone
+    n_ex, n_rows = len(ex.ids), corpus.num_rows
+    x_all = _expand(index, hits)
+    x = _take(x_all, ~x_all["s"])
     ch = _chains(x)
-    n_ex = len(ex.ids)
-    longest = np.zeros(n_ex, np.int64)
-    np.maximum.at(longest, ch["e"], ch["tokens"])
-    coverage = _coverage(x, ex_bounds) / np.maximum(ex_len, 1)
-    matched = np.zeros(n_ex, np.int64)
-    n_docs = np.zeros(n_ex, np.int64)
-    if x["e"].size:
-        # (example, position, length) and (example, document) as single int64 keys
-        eq = np.unique((x["e"] << 40) | (x["q"] << 8) | x["L"])
-        matched = np.bincount(eq >> 40, minlength=n_ex)
-        er = np.unique(x["e"] * corpus.num_rows + x["row"])
-        n_docs = np.bincount(er // corpus.num_rows, minlength=n_ex)
+    longest, coverage, matched, n_docs = _summary(x, ch, ex_bounds, n_rows)
     checked = (ex_len >= ex_n) | (ex_len >= params.min_example_tokens)
-    rules_of = {b: params.rules_for(b) for b in set(ex.benchmarks)}
-    rules = [rules_of[b] for b in ex.benchmarks]
     thr_longest = np.array([r["min_longest_match"] for r in rules], np.int64)
-    thr_cov = np.array([r["min_coverage"] for r in rules], np.float64)
+    xs = _short_span_rows(x_all, df_rows, index, ex_cap)
+    min_content = np.array([r["short_min_content"] for r in rules], np.int64)
+    span_pairs = _short_spans(xs, ex_bounds, _content_tokens(ex_hash, ex_bounds), thr_cov, min_content, n_rows)
+    span_fired = np.zeros(n_ex, bool)
+    span_fired[span_pairs // n_rows] = True
     fired: list[list[str]] = []
     for i, r in enumerate(rules):
         f = []
@@ -576,11 +781,18 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
                 f.append("coverage")
             if r["min_docs"] and n_docs[i] >= r["min_docs"]:
                 f.append("n_docs")
+            if span_fired[i]:
+                f.append("short_span")
         fired.append(f)
     contaminated = np.array([bool(f) for f in fired], dtype=bool)
+    if span_pairs.size:
+        # the report, hits and actions also count the k-grams of the documents that fired short_span
+        xs = _take(xs, np.isin(xs["e"] * n_rows + xs["row"], span_pairs))
+        x = {k: np.concatenate((x[k], xs[k])) for k in x}
+        ch = _chains(x)
+        longest, coverage, matched, n_docs = _summary(x, ch, ex_bounds, n_rows)
 
     # evidence per (example, document) pair: which documents carry enough to be acted on
-    n_rows = corpus.num_rows
     pairs, chain_pair = np.unique(ch["e"] * n_rows + ch["row"], return_inverse=True)
     pair_e, pair_row = pairs // n_rows, pairs % n_rows
     pair_best = np.zeros(pairs.size, np.int64)

@@ -183,6 +183,74 @@ def test_short_example_matches_whole_and_fires_coverage():
     assert row["longest_match_tokens"] == 7
 
 
+# Short items (MMLU / QuaRTz-like, 11 and 10 tokens): half of one holds no 8-gram.
+SHORT_ITEMS = [
+    ("Which planet in our solar system has the most moons", "Saturn"),
+    ("People have _____ water in forests than in deserts", "more"),
+    ("People have _____ water in deserts than in forests", "less"),
+]
+
+
+def test_half_copy_of_a_short_item_fires_short_span_and_is_masked():
+    docs, at = _planted("Trivia: which planet in our solar system")  # 6 of its 11 tokens
+    res = run(_corpus(docs), _bench(SHORT_ITEMS[:1]), Params(mask_text="<X>"))
+    row = res.tables["report"].to_pylist()[0]
+    assert row["contaminated"] and row["rule"] == "short_span"
+    assert row["longest_match_tokens"] == 6 and row["n_docs"] == 1
+    hit = json.loads(row["hits"])[0]
+    assert hit["doc_id"] == "doc3" and docs[3][hit["start"]:hit["end"]] == "which planet in our solar system"
+    assert "solar system" not in res.tables["data"]["text"][3].as_py()
+    assert res.removed["id"].to_pylist() == ["doc3"]
+    # the n-gram rules alone miss it: no 8-gram of the item is in the document
+    for params in (Params(short_ngram_n=0), Params(per_benchmark={"mmlu_like": {"short_ngram_n": 0}})):
+        off = run(_corpus(docs), _bench(SHORT_ITEMS[:1]), params)
+        assert not off.tables["report"]["contaminated"][0].as_py() and off.removed.num_rows == 0
+
+
+def test_short_span_needs_a_phrase_rare_in_the_corpus():
+    half = "which planet in our solar system"
+    docs = _license_docs()
+    for d in range(4):  # in 4 documents: more than short_max_docs = 3, so a common phrase
+        docs[d] = docs[d] + "\n" + half
+    for batch_mb in (2.0, 0.001):  # document frequency summed over batches (one document per batch)
+        rep = run(_corpus(docs), _bench(SHORT_ITEMS[:1]), Params(batch_mb=batch_mb)).tables["report"].to_pylist()[0]
+        assert not rep["contaminated"] and rep["rule"] is None
+    rep = run(_corpus(docs), _bench(SHORT_ITEMS[:1]), Params(short_max_docs=4)).tables["report"].to_pylist()[0]
+    assert rep["contaminated"] and rep["rule"] == "short_span" and rep["n_docs"] == 4
+
+
+def test_short_span_ignores_text_shared_by_two_items():
+    bench = _bench(SHORT_ITEMS[1:])
+    # the first half of both items: it cannot say which one was copied
+    docs, _ = _planted("Survey: people have _____ water in")
+    rep = run(_corpus(docs), bench, Params()).tables["report"]
+    assert not any(rep["contaminated"].to_pylist())
+    # a half with a phrase of the first item only ("in forests than in")
+    docs, _ = _planted("Survey: water in forests than in deserts")
+    rep = run(_corpus(docs), bench, Params()).tables["report"]
+    assert rep["contaminated"].to_pylist() == [True, False]
+    assert rep["rule"].to_pylist() == ["short_span", None]
+
+
+def test_short_span_needs_two_words_that_are_not_function_words():
+    target = ("Who was the mother of the Greek god Zeus", "Rhea")  # 10 tokens: matched on 4-grams
+    places = ["Rome", "Athens", "Sparta", "Troy", "Carthage", "Thebes", "Corinth", "Delphi", "Memphis",
+              "Babylon", "Nineveh", "Ur", "Tyre", "Sidon", "Knossos", "Mycenae", "Argos", "Pylos",
+              "Ithaca", "Syracuse", "Miletus", "Ephesus", "Smyrna", "Rhodes"]
+    fillers = [(f"Which of the following was the first king of {p} in the legends", "none") for p in places]
+    docs, _ = _planted("And Adam called his wife Eve, because she was the mother of all living.")
+    # "was the mother of": in one document and in no other item, but "was", "the", "of" are in
+    # most items of this benchmark; "mother" alone is one content word
+    rep = run(_corpus(docs), _bench([target] + fillers), Params()).tables["report"].to_pylist()
+    assert not any(r["contaminated"] for r in rep)
+    bench = _bench([target] + fillers)
+    rep = run(_corpus(docs), bench, Params(short_min_content=1)).tables["report"].to_pylist()[0]
+    assert rep["contaminated"] and rep["rule"] == "short_span"
+    # a benchmark too small to tell function words apart counts every word
+    rep = run(_corpus(docs), _bench([target]), Params()).tables["report"].to_pylist()[0]
+    assert rep["contaminated"] and rep["rule"] == "short_span"
+
+
 def test_too_short_example_is_reported_unchecked_not_clean():
     bench = _bench([("Define entropy", "x")])
     bench = bench.set_column(5, "target", pa.array([None], pa.string()))  # no answer text
@@ -355,6 +423,12 @@ def test_unknown_params_are_rejected_by_name():
         Params(action="delete")
     with pytest.raises(WinnowError, match="per_benchmark.mmlu: ngram_n"):
         Params(per_benchmark={"mmlu": {"ngram_n": 0}})
+    with pytest.raises(WinnowError, match="short_ngram_n"):
+        Params(short_ngram_n=-1)
+    with pytest.raises(WinnowError, match="per_benchmark.mmlu: short_max_docs"):
+        Params(per_benchmark={"mmlu": {"short_max_docs": 0}})
+    with pytest.raises(WinnowError, match="short_min_content"):
+        Params(short_min_content=-1)
 
 
 @pytest.mark.slow
@@ -366,7 +440,7 @@ def test_planted_benchmark_items_meet_the_recall_and_precision_targets():
     from benchmarks.bench_contamination import load_corpus, load_items, plant, score, winnow_method
 
     bench = load_items(600)
-    corpus, _ = load_corpus(3.0)
+    corpus, _ = load_corpus(5.0)
     planted, truth = plant(corpus, bench, 40, seed=1)
     method = winnow_method(Params())
     natural = method(corpus, bench)["flagged"]
@@ -374,5 +448,6 @@ def test_planted_benchmark_items_meet_the_recall_and_precision_targets():
     assert s["verbatim"]["recall"] == 1.0
     assert s["reformatted"]["recall"] >= 0.95
     assert s["partial_16plus"]["recall"] >= 0.95
+    assert s["partial"]["recall"] >= 0.95  # short items too, through rule short_span
     assert s["precision"] >= 0.99
     assert s["decoy"]["flagged"] == 0
