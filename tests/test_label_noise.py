@@ -261,6 +261,21 @@ def test_aum_is_lower_on_flipped_labels_and_and_combination_is_a_subset(noisy, f
     assert "aum" in json.loads(res.removed["evidence"][0].as_py())
 
 
+def test_auto_detector_is_the_union_for_multiclass_and_confident_learning_for_binary(noisy, flagged):
+    s = flagged.tables["scores"]
+    assert flagged.metrics["detector"] == "cl_or_aum"
+    cl_only = ln.run(noisy[0], ln.Params(features="tfidf", detector="cl"))
+    assert flagged.metrics["issues"] >= cl_only.metrics["issues"]
+    assert set(cl_only.removed["id"].to_pylist()) <= set(flagged.removed["id"].to_pylist())
+    assert "aum" in s.column_names
+    assert json.loads(flagged.removed["evidence"][0].as_py())["method"].startswith("confident_learning/prune_by_noise_rate|aum")
+    binary = noisy[0].filter(pa.compute.is_in(noisy[0]["label"], value_set=pa.array(list(CATS[:2]))))
+    res = ln.run(binary, ln.Params(features="tfidf"))
+    assert res.metrics["detector"] == "cl"
+    assert "aum" not in res.tables["scores"].column_names
+    assert ln.resolve_detector("cl_and_aum", 2) == "cl_and_aum"
+
+
 def test_datalab_reports_exact_duplicate_texts(noisy):
     table = noisy[0]
     dup = table.slice(0, 1).set_column(0, "id", pa.array(["copy_of_r0"]))
