@@ -1,16 +1,18 @@
-"""Dedup stage: exact, near (MinHash-LSH) and incremental dedup on real text from this machine."""
+"""Dedup stage: exact, near (MinHash-LSH) and incremental dedup on real text.
+
+Licences come from /usr/share/common-licenses (Debian base-files); fortunes and kernel docs from the
+bundled sample, so the tests run the same on a fresh machine.
+"""
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import realdata
 
 from tasks import dedup
 from tasks import minhash as mh
@@ -18,8 +20,6 @@ from tasks.common import LEDGER_SCHEMA, normalize_text
 from winnow.errors import WinnowError
 
 LICENSES = Path("/usr/share/common-licenses")
-FORTUNES = Path("/usr/share/games/fortunes")
-KERNEL = Path("/usr/share/doc")
 
 
 def _licence(name: str) -> str:
@@ -27,26 +27,20 @@ def _licence(name: str) -> str:
 
 
 def _fortunes(limit: int = 3000) -> list[tuple[str, str]]:
+    """The first ``limit`` fortunes of all categories (sorted by name), as ``(id, text)``."""
     rows = []
-    for f in sorted(os.listdir(FORTUNES)):
-        p = FORTUNES / f
-        if p.is_file() and "." not in f:
-            for j, r in enumerate(re.split(r"\n%\n", p.read_text(encoding="utf-8", errors="replace"))):
-                if r.strip():
-                    rows.append((f"fortune/{f}/{j}", r.strip()))
+    for cat in realdata.fortune_categories():
+        rows += [(f"fortune/{cat}/{j}", text) for j, (_, text) in enumerate(realdata.fortunes([cat], limit))]
+        if len(rows) >= limit:
+            break
     return rows[:limit]
 
 
-def _kernel_pairs(limit: int = 200) -> list[tuple[str, str]]:
-    """The same Documentation/ files from kernel docs 6.1 and 6.12 (natural near-duplicates)."""
-    old = KERNEL / "linux-doc-6.1" / "Documentation"
-    new = KERNEL / "linux-doc-6.12" / "Documentation"
+def _kernel_pairs() -> list[tuple[str, str]]:
+    """The same Documentation/ files from kernel docs 6.1 and 6.12 (natural near-duplicates), 6.1 first."""
     rows = []
-    for p in sorted(old.glob("admin-guide/**/*.rst.gz"))[:limit]:
-        q = new / p.relative_to(old)
-        if q.exists():
-            rows.append((f"k6.1/{p.relative_to(old)}", gzip.open(p).read().decode("utf-8", "replace")))
-            rows.append((f"k6.12/{q.relative_to(new)}", gzip.open(q).read().decode("utf-8", "replace")))
+    for path, old, new in realdata.kernel_doc_pairs():
+        rows += [(f"k6.1/{path}", old), (f"k6.12/{path}", new)]
     return rows
 
 
@@ -183,9 +177,11 @@ def test_numba_and_numpy_paths_agree(shingle: str, ngram: int) -> None:
 
 
 def test_tokens_match_normalize_text_on_real_text(kernel: pa.Table) -> None:
-    zh = sorted((KERNEL / "linux-doc-6.1" / "Documentation" / "translations" / "zh_CN").rglob("*.rst.gz"))[:5]
+    docs = zip(kernel.column("id").to_pylist(), kernel.column("text").to_pylist())
+    zh = [t for i, t in docs if i.startswith("k6.1/translations/zh_CN/")][:5]
+    assert len(zh) == 5
     texts = kernel.column("text").to_pylist()[:40] + [r[1] for r in _fortunes(300)]
-    texts += [gzip.open(p).read().decode("utf-8") for p in zh] + ["ﬁnance ½ Ｆｕｌｌｗｉｄｔｈ ①,e\u0301 İstanbul"]
+    texts += zh + ["ﬁnance ½ Ｆｕｌｌｗｉｄｔｈ ①,e\u0301 İstanbul"]
     arr = pa.array(texts)
     units, off = mh.word_units(mh.fold_case(arr, True, True), strip_punctuation=True)
     for d, text in enumerate(texts):
@@ -348,22 +344,10 @@ def test_semantic_pass_drops_vectors_close_to_a_kept_one(monkeypatch: pytest.Mon
 
 @pytest.mark.slow
 def test_semantic_dedup_with_minilm_finds_bible_paraphrases() -> None:
-    import sys
-
-    sys.path.append("/usr/lib/python3/dist-packages")
-    import Sword
-
-    mgr = Sword.SWMgr()
-    verses: dict[str, list[tuple[str, str]]] = {}
-    for module in ("engKJV2006eb", "engWEB2015eb"):
-        mod, vk = mgr.getModule(module), Sword.VerseKey()
-        vk.setVersificationSystem(mod.getConfigEntry("Versification"))
-        vk.setText("John 1:1")
-        for _ in range(50):
-            mod.setKey(vk)
-            verses.setdefault(module, []).append((f"{module}/{vk.getText()}", mod.stripText().strip()))
-            vk.increment()
-    t = _table(verses["engKJV2006eb"] + verses["engWEB2015eb"])
+    # John 1:1-50 in the KJV and the WEB: the same verse in two translations shares few 5-grams.
+    verses = {tr: [(f"{tr}/John.1.{v + 1}", text) for v, text in enumerate(realdata.bible_verses(tr, "John.1")[:50])]
+              for tr in ("kjv", "web")}
+    t = _table(verses["kjv"] + verses["web"])
     res = dedup.run(t, dedup.Params(semantic=True, semantic_threshold=0.9, near=False))
     ev = _evidence(res)
     assert len(ev) >= 10

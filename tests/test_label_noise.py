@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import realdata
 
 from tasks import label_noise as ln
 from winnow.errors import WinnowError
 
-FORTUNES = "/usr/share/games/fortunes"
 CATS = ("bofh-excuses", "definitions", "startrek", "linux")
-
-
-def _fortunes(cats: tuple[str, ...], per_class: int) -> list[tuple[str, str]]:
-    if not os.path.isdir(FORTUNES):
-        pytest.skip("Debian 'fortunes' packages not installed")
-    rows = []
-    for cat in cats:
-        recs = re.split(r"\n%\n", open(f"{FORTUNES}/{cat}", encoding="utf-8", errors="replace").read())
-        rows += [(cat, r.strip()) for r in recs if r.strip()][:per_class]
-    return rows
 
 
 def _noisy(rows, rate: float, seed: int = 0):
@@ -49,7 +38,7 @@ def _noisy(rows, rate: float, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def noisy():
-    return _noisy(_fortunes(CATS, 150), 0.10)
+    return _noisy(realdata.fortunes(CATS, 150), 0.10)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +117,7 @@ def test_relabel_writes_confident_suggestions(noisy):
         assert out[row["id"]] == ev["suggested_label"] != ev["given_label"]
         assert ev["suggested_confidence"] >= 0.5
     # a relabel of an injected flip should mostly restore the original category
-    original = dict(zip(table["id"].to_pylist(), [c for c, _ in _fortunes(CATS, 150)]))
+    original = dict(zip(table["id"].to_pylist(), [c for c, _ in realdata.fortunes(CATS, 150)]))
     fixed = [r["id"] for r in relabelled if r["id"] in truth]
     assert sum(out[i] == original[i] for i in fixed) >= 0.8 * len(fixed)
 
@@ -154,7 +143,7 @@ def test_no_labelled_rows_is_a_pass_through():
 
 
 def test_integer_labels_binary_and_relabel_keeps_type():
-    rows = _fortunes(("bofh-excuses", "startrek"), 120)
+    rows = realdata.fortunes(("bofh-excuses", "startrek"), 120)
     table, truth = _noisy(rows, 0.15, seed=1)
     ints = [0 if lab == "bofh-excuses" else 1 for lab in table["label"].to_pylist()]
     t = table.set_column(3, "label", pa.array(ints, pa.int64()))
@@ -316,7 +305,7 @@ def test_ensemble_takes_each_parts_own_regularisation():
 @pytest.mark.slow
 @needs_minilm
 def test_minilm_features_find_injected_errors():
-    table, truth = _noisy(_fortunes(CATS, 40), 0.10)
+    table, truth = _noisy(realdata.fortunes(CATS, 40), 0.10)
     first = ln.run(table, ln.Params(features="tfidf+minilm"))
     cache = first.tables["embeddings"]
     assert cache.num_rows == len(set(table["text"].to_pylist()))

