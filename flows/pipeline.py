@@ -189,6 +189,7 @@ def task_runner(cfg: PipelineConfig):
             raise WinnowError("run.task_runner = 'dask' needs the dask extra: pip install -e '.[dask]'") from None
         if address:
             return DaskTaskRunner(address=address)
+        _project_root_on_sys_path()
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "host": "127.0.0.1",
                                               "dashboard_address": "127.0.0.1:0"})
     if kind == "ray":
@@ -198,6 +199,28 @@ def task_runner(cfg: PipelineConfig):
             raise WinnowError("run.task_runner = 'ray' needs the ray extra: pip install -e '.[ray]'") from None
         return RayTaskRunner(address=address or None, init_kwargs={"num_cpus": workers, "include_dashboard": False})
     raise WinnowError(f"run.task_runner: unknown runner '{kind}'; use threads, dask or ray")
+
+
+def _project_root_on_sys_path() -> None:
+    """Let local Dask workers import ``storage`` (and the other top-level packages) by path.
+
+    Every Dask server puts its scratch folder first on ``sys.path``, and a worker's scratch folder
+    holds its spill folder, named ``storage``. An editable install resolves winnow's packages with
+    a meta-path finder, which Python consults only after ``sys.path``, so in a worker ``import
+    storage`` found the empty spill folder as a namespace package and every task failed to
+    unpickle. A regular package anywhere on ``sys.path`` wins over a namespace folder, and spawned
+    workers start with this process's ``sys.path``: so the folder that holds ``storage`` goes on it.
+    (A non-editable install is in site-packages, already on the path; remote workers need winnow
+    installed that way.)
+    """
+    import sys
+    from pathlib import Path
+
+    import storage
+
+    root = str(Path(storage.__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.append(root)
 
 
 def stage_flow(stage: str):

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -193,3 +197,31 @@ def test_embed_output_is_cached_for_label_noise_reruns_and_seeds_the_next_corpus
     assert again.hints == {"cache": first["outputs"]["embed"]}
     assert main(["lineage", nightly["outputs"]["label_noise"][:12], "--store", str(store)]) == 0
     assert f"cache={first['outputs']['embed'][:12]}" in capsys.readouterr().out
+
+
+def test_dask_runner_gives_the_same_datasets_as_threads(first_run, tmp_path):
+    """Scale-out through prefect-dask (local worker processes) keeps the curated rows identical.
+
+    Run as the ``winnow`` command from outside the repo, so its ``sys.path`` is a user's: pytest's
+    has the repo root on it, which hid workers failing to import ``storage`` (see
+    ``flows.pipeline._project_root_on_sys_path``).
+    """
+    pytest.importorskip("prefect_dask")
+    from prefect.settings import PREFECT_API_URL
+
+    store = tmp_path / "store"
+    cmd = [str(Path(sys.executable).with_name("winnow")), "run", "--profile", "smoke", "--store", str(store), "--json",
+           "--set", "run.task_runner=dask", "--set", "run.max_workers=2", "--only", "label_noise"]
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    # A timeout, because a cluster whose workers all die leaves the flow waiting for them.
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert list(result["outputs"]) == ["ingest_corpus", "ingest_benchmarks", "dedup", "contamination", "label_noise"]
+    assert not any(result["cached"].values())
+    mine, theirs = DatasetStore(store), DatasetStore(first_run[0])
+    for stage in ("dedup", "contamination", "label_noise"):
+        fp = result["outputs"][stage]
+        assert fp == first_run[1]["outputs"][stage]
+        assert mine.table(fp).equals(theirs.table(fp)), stage
+        assert mine.removed(fp).equals(theirs.removed(fp)), stage
