@@ -197,7 +197,13 @@ def task_runner(cfg: PipelineConfig):
             from prefect_ray import RayTaskRunner
         except ImportError:
             raise WinnowError("run.task_runner = 'ray' needs the ray extra: pip install -e '.[ray]'") from None
-        return RayTaskRunner(address=address or None, init_kwargs={"num_cpus": workers, "include_dashboard": False})
+        if address:
+            return RayTaskRunner(address=address)
+        # Node address 127.0.0.1 keeps Ray's agents off the machine's network address; Ray 2.60's
+        # gcs_server and raylet still listen on every interface (its own choice, not settable here),
+        # which README.md says: on a shared machine prefer the Dask runner, bound to 127.0.0.1.
+        return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False,
+                                          "_node_ip_address": "127.0.0.1"})
     raise WinnowError(f"run.task_runner: unknown runner '{kind}'; use threads, dask or ray")
 
 
