@@ -192,7 +192,8 @@ def track(items: Iterable[_T], total: int | None = None, desc: str = "") -> Iter
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     step = max(1, (total or 0) // 100)
-    with tqdm(items, total=total, desc=desc, leave=False, mininterval=1.0) as bar:
+    # disable=None: no bar when stderr is not a terminal, so logs and CI output get no \r-redrawn lines.
+    with tqdm(items, total=total, desc=desc, leave=False, mininterval=1.0, disable=None) as bar:
         for i, item in enumerate(bar, start=1):
             yield item
             if listener is not None and total and (i % step == 0 or i == total):
