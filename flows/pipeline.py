@@ -81,7 +81,7 @@ class PipelineRun:
         if not self.wanted(stage) or any(p is None for p in required.values()):
             return None
         plan = plan_stage(stage, {k: v for k, v in parents.items() if v is not None}, self.config.params(stage),
-                          hints=cache_hints(self.store, stage))
+                          hints=cache_hints(self.store, stage), store=self.store)
         return self._call(plan, name=stage)
 
     def embeds(self) -> bool:

@@ -5,8 +5,11 @@ the :class:`~tasks.common.StageResult` back as one store entry. Every stage beco
 around that executor. Tasks exchange only fingerprints (short strings), never tables or models.
 
 Caching: the output's fingerprint is derived *before* running from the stage name, its code version
-(source of the stage and every project module it imports), its parameters and its parents'
-fingerprints. That fingerprint is the Prefect cache key, so a rerun on the same data is a cache hit
+(source of the stage and every project module it imports), its parameters and what it reads: the
+content hash of each input table (recorded in its parent's manifest), or the parent's fingerprint
+for a model folder. Content, not the parent's name, so an upstream rerun that yields the same rows
+(label_noise with another ``filter_by`` and ``action = "flag"``) leaves everything downstream
+cached: an early cutoff. That fingerprint is the Prefect cache key, so a rerun on the same data is a cache hit
 across runs and processes. Prefect's cache records live inside the store (``prefect-cache/``), so
 deleting a store also forgets its cache; if a record points at an entry that is gone, the flow sees
 it before calling the task and refreshes that cache key instead of returning a dangling reference.
@@ -62,18 +65,43 @@ class StagePlan:
     params: dict[str, Any]
     code_version: str
     hints: dict[str, str] = field(default_factory=dict)  # run() argument name -> parent_ref(...)
+    # run() argument name -> what that input contributes to the fingerprint (see input_identity);
+    # empty: the parent references themselves.
+    identity: dict[str, str] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
-        return derive_fingerprint(self.stage, self.code_version, self.params, self.parents)
+        return derive_fingerprint(self.stage, self.code_version, self.params, self.identity or self.parents)
 
 
-def plan_stage(stage: str, parents: dict[str, str], params: Any, hints: dict[str, str] | None = None) -> StagePlan:
-    """Plan a pipeline stage (``tasks.<stage>``) with a Params dataclass or a plain dict."""
+def plan_stage(stage: str, parents: dict[str, str], params: Any, hints: dict[str, str] | None = None,
+               store: DatasetStore | None = None) -> StagePlan:
+    """Plan a pipeline stage (``tasks.<stage>``) with a Params dataclass or a plain dict.
+
+    With ``store``, the fingerprint is made from the content of the input tables (see
+    :func:`input_identity`); without it, from the parent references.
+    """
     module = stage_module(stage)
     if not isinstance(params, dict):
         params = json.loads(json.dumps(_asdict(params)))
-    return StagePlan(stage, dict(sorted(parents.items())), params, code_version(module.__name__), dict(hints or {}))
+    parents = dict(sorted(parents.items()))
+    identity = {k: input_identity(store, ref) for k, ref in parents.items()} if store is not None else {}
+    return StagePlan(stage, parents, params, code_version(module.__name__), dict(hints or {}), identity)
+
+
+def input_identity(store: DatasetStore, ref: str) -> str:
+    """What one input contributes to a fingerprint: its table's content hash, when known.
+
+    A stage is a pure function of the tables it reads, so two parents holding equal tables must
+    give the same output. A model folder (``FILES``) and entries written before content hashes
+    were recorded fall back to the parent reference, which is at worst a needless recompute.
+    """
+    fp, table = split_ref(ref)
+    if table != FILES:
+        content = store.manifest(fp).tables.get(table, {}).get("content")
+        if content:
+            return f"table:{content}"
+    return ref
 
 
 def cache_hints(store: DatasetStore, stage: str) -> dict[str, str]:

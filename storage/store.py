@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.fingerprint import canonical_json, short
+from storage.fingerprint import canonical_json, short, table_fingerprint
 from tasks.common import LEDGER_SCHEMA
 from winnow import __version__
 from winnow.errors import WinnowError
@@ -235,6 +235,8 @@ class DatasetStore:
                 path = tmp / "tables" / f"{name}.parquet"
                 pq.write_table(table, path, compression="zstd")
                 table_info[name] = {
+                    # What a stage reading this table is fingerprinted by (flows/stagetask.py).
+                    "content": table_fingerprint(table),
                     "rows": table.num_rows,
                     "bytes": path.stat().st_size,
                     "schema": {f.name: str(f.type) for f in table.schema},

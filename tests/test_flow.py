@@ -225,3 +225,18 @@ def test_dask_runner_gives_the_same_datasets_as_threads(first_run, tmp_path):
         assert fp == first_run[1]["outputs"][stage]
         assert mine.table(fp).equals(theirs.table(fp)), stage
         assert mine.removed(fp).equals(theirs.removed(fp)), stage
+
+
+def test_upstream_rerun_with_identical_rows_leaves_downstream_cached(first_run, tmp_path, capsys):
+    """Early cutoff: label_noise only flags, so another filter yields the same rows for mixture."""
+    store = _copy(first_run, tmp_path)
+    result = _run(capsys, store, "--set", "label_noise.filter_by=both")
+    cached, outputs = result["cached"], result["outputs"]
+    assert not cached["label_noise"] and outputs["label_noise"] != first_run[1]["outputs"]["label_noise"]
+    assert all(cached[s] for s in ("mixture", "train", "evaluate")), cached
+    assert all(outputs[s] == first_run[1]["outputs"][s] for s in ("mixture", "train", "evaluate"))
+    s = DatasetStore(store)
+    assert s.table(outputs["label_noise"]).equals(s.table(first_run[1]["outputs"]["label_noise"]))
+    # Dropping rows changes the content, so the cutoff does not hold and mixture recomputes.
+    dropped = _run(capsys, store, "--set", "label_noise.action=drop")
+    assert not dropped["cached"]["mixture"]

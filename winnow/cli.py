@@ -297,7 +297,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         # The vectors are a store entry of their own, as in the pipeline: a rerun with other
         # label_noise settings, or on a file with a few new rows, embeds only what is new.
         vectors = execute(plan_stage("embed", {"corpus": corpus}, cfg.params("embed"),
-                                     hints=cache_hints(store, "embed")), root)
+                                     hints=cache_hints(store, "embed"), store=store), root)
         parents["embeddings"] = parent_ref(vectors, "embeddings")
     if stage == "dedup" and args.index:
         parents["index"] = parent_ref(store.resolve(args.index), "index")
@@ -308,7 +308,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         parents = {"model_dir": parent_ref(model, FILES), "heldout": corpus, "benchmarks": parents["benchmarks"]}
         if args.contamination_report:
             parents["contamination"] = parent_ref(store.resolve(args.contamination_report), "report")
-    plan = plan_stage(stage, parents, cfg.params(stage))
+    plan = plan_stage(stage, parents, cfg.params(stage), store=store)
     fp = execute(plan, root)
     m = store.manifest(fp)
     out = Path(args.out)
