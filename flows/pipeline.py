@@ -86,7 +86,7 @@ class PipelineRun:
 
     def embeds(self) -> bool:
         """Whether label_noise reads MiniLM vectors, so the embed stage runs before it."""
-        return "minilm" in self.config.params("label_noise").features.split("+")
+        return self.config.params("label_noise").uses_minilm
 
     def _call(self, plan: StagePlan, name: str) -> str:
         root = str(self.store.root)

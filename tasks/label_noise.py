@@ -197,6 +197,11 @@ class Params:
         # Lists from a TOML/JSON config become tuples so the frozen params stay hashable.
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
 
+    @property
+    def uses_minilm(self) -> bool:
+        """Whether the (resolved) features read MiniLM vectors, i.e. the ``embed`` stage feeds this one."""
+        return "minilm" in self.features.split("+")
+
 
 SCORES_SCHEMA = pa.schema(
     [

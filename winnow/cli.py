@@ -192,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.from_stage:
         start = STAGES.index(args.from_stage.replace("-", "_"))
         force = list(STAGES[start:])
-    if last == "embed" and "minilm" not in cfg.params("label_noise").features.split("+"):
+    if last == "embed" and not cfg.params("label_noise").uses_minilm:
         raise WinnowError(
             f"--only embed: embed computes label_noise's MiniLM vectors, but label_noise.features is "
             f"'{cfg.params('label_noise').features}'; set label_noise.features='tfidf+minilm' (or 'minilm')"
@@ -293,7 +293,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if stage in ("contamination", "evaluate"):
         bench_paths = args.benchmark or list(cfg.inputs.benchmarks)
         parents["benchmarks"] = execute(plan_ingest("benchmarks", bench_paths, {"split": args.split}), root)
-    if stage == "label_noise" and "minilm" in cfg.params(stage).features.split("+"):
+    if stage == "label_noise" and cfg.params(stage).uses_minilm:
         # The vectors are a store entry of their own, as in the pipeline: a rerun with other
         # label_noise settings, or on a file with a few new rows, embeds only what is new.
         vectors = execute(plan_stage("embed", {"corpus": corpus}, cfg.params("embed"),
