@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -86,6 +87,11 @@ def plan_stage(stage: str, parents: dict[str, str], params: Any, hints: dict[str
         params = json.loads(json.dumps(_asdict(params)))
     parents = dict(sorted(parents.items()))
     identity = {k: input_identity(store, ref) for k, ref in parents.items()} if store is not None else {}
+    extra = getattr(module, "identity", None)  # content a stage reads besides its parents (a model file)
+    if extra is not None:
+        found = extra(module.Params(**_params_for(module.Params, params)))
+        if found:
+            identity = {**(identity or parents), **{f"@{k}": v for k, v in found.items()}}
     return StagePlan(stage, parents, params, code_version(module.__name__), dict(hints or {}), identity)
 
 
@@ -156,7 +162,7 @@ def execute(plan: StagePlan, store_root: str, force: bool = False) -> str:
     started = time.perf_counter()
     if plan.stage in INGEST_STAGES:
         result, inputs = _ingest(plan)
-        files_from = None
+        files_from = checkpoints = None
         hints = {}
     else:
         module = stage_module(plan.stage)
@@ -169,6 +175,9 @@ def execute(plan: StagePlan, store_root: str, force: bool = False) -> str:
         files_from = store.scratch_dir() if "out_dir" in inspect.signature(module.run).parameters else None
         if files_from is not None:
             kwargs["out_dir"] = files_from
+        checkpoints = store.checkpoint_dir(fp) if "checkpoint_dir" in inspect.signature(module.run).parameters else None
+        if checkpoints is not None:
+            kwargs["checkpoint_dir"] = checkpoints  # a rerun after a crash resumes from here
         result = module.run(**kwargs, params=params)
         inputs = []
         if not isinstance(result, StageResult):
@@ -188,6 +197,8 @@ def execute(plan: StagePlan, store_root: str, force: bool = False) -> str:
         elapsed_s=time.perf_counter() - started,
         replace=force,
     )
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the entry is committed: nothing to resume
     return fp
 
 

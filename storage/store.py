@@ -8,6 +8,7 @@ Layout under the store root::
     objects/<fingerprint>/files/...          non-tabular outputs (a trained model and tokenizer)
     runs/<run id>.json, runs/latest.json     which entry each stage of a pipeline run produced
     tmp/                                     staging; never read
+    checkpoints/<fingerprint>/               resumable training state of an entry being computed
 
 An entry is written completely under ``tmp/`` and then renamed into ``objects/`` in one
 ``rename(2)``, so a reader sees either no entry or a whole one; a crash leaves only a stray staging
@@ -291,6 +292,15 @@ class DatasetStore:
         path = self.staging / f"scratch-{uuid.uuid4().hex}"
         path.mkdir()
         return path
+
+    def checkpoint_dir(self, fingerprint: str) -> Path:
+        """Where a long stage keeps resumable checkpoints for the entry it is computing (not created).
+
+        Keyed by the output fingerprint, so a rerun of the same computation after a crash finds
+        them; outside ``tmp/`` so cleaning stale staging never deletes a resumable run. The stage's
+        executor deletes the folder once the entry is committed.
+        """
+        return self.root / "checkpoints" / fingerprint
 
     def record_run(self, run_id: str, outputs: Mapping[str, str], info: Mapping[str, Any]) -> Path:
         """Save which entry each stage of a pipeline run produced; also becomes ``latest``."""

@@ -256,6 +256,7 @@ def _preflight(cfg: Any) -> None:
     from storage import DatasetStore
     from winnow import io as wio
 
+    cfg.check()  # model and tokenizer choices, before any data is read
     store = DatasetStore(cfg.store.root)
     inputs = cfg.inputs
     columns = {"split": inputs.split, "id": inputs.id_column, "text": inputs.text_column,
@@ -282,6 +283,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     cols = wio.Columns(id=args.id_column, text=args.text_column, domain=args.domain_column, label=args.label_column)
     columns = {"split": args.split, "id": cols.id, "text": cols.text, "domain": cols.domain, "label": cols.label}
     root = str(store.root)
+    if stage == "train":
+        cfg.check(("tokenize", "train"))
     if stage in ("train", "evaluate"):  # mixture rows: one document may repeat (epochs, chunks)
         columns["unique_ids"] = False
     corpus = execute(plan_ingest("corpus", [args.input], columns), root)
@@ -302,7 +305,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if stage == "dedup" and args.index:
         parents["index"] = parent_ref(store.resolve(args.index), "index")
     if stage == "train":
-        parents = {"train": corpus}
+        tokens = execute(plan_stage("tokenize", {"train": corpus}, cfg.run_params("tokenize"), store=store), root)
+        parents = {"tokens": parent_ref(tokens, FILES)}
     if stage == "evaluate":
         model = _model_ref(store, args.model)
         parents = {"model_dir": parent_ref(model, FILES), "heldout": corpus, "benchmarks": parents["benchmarks"]}
