@@ -308,7 +308,7 @@ def test_bad_model_choices_fail_before_compute(tokens, tmp_path):
     with pytest.raises(WinnowError, match="model_type 'bert' is not one of"):
         train.preflight(Params(model_config=str(tmp_path / "cfg.json")))
     (tmp_path / "small.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 32}))
-    with pytest.raises(WinnowError, match="seq_len = 64 is above the context .* 32 positions"):
+    with pytest.raises(WinnowError, match=r"seq_len = 64 is above the context .*\(32 positions\)"):
         train.run(tokens, Params(**TINY, model_config=str(tmp_path / "small.json")), tmp_path / "o")
     (tmp_path / "noweights").mkdir()
     (tmp_path / "noweights" / "config.json").write_text(json.dumps({"model_type": "llama"}))
