@@ -366,6 +366,7 @@ def _publish_stage(stage: str, fp: str, store_root: str) -> None:
             key=f"worst-rows-{stage.replace('_', '-')}",
             description=f"{stage}: the rows most likely mislabelled, worst first (entry {short(fp)}).",
         )
+    _publish_plots(stage, fp, store)
     emit_event(
         event="winnow.dataset.materialized",
         resource={"prefect.resource.id": f"winnow.dataset.{fp}", "prefect.resource.name": f"{stage}@{short(fp)}",
@@ -382,3 +383,20 @@ def _publish_stage(stage: str, fp: str, store_root: str) -> None:
     )
 
 
+
+
+def _publish_plots(stage: str, fp: str, store: DatasetStore) -> None:
+    """A stage's PNG files (train's loss curve) as a markdown artifact with the image inlined."""
+    import base64
+
+    from prefect.artifacts import create_markdown_artifact
+
+    m = store.manifest(fp)
+    for name in (f for f in m.files if f.endswith(".png") and "/" not in f):
+        data = base64.b64encode((store.files_dir(fp) / name).read_bytes()).decode("ascii")
+        create_markdown_artifact(
+            f"![{name}](data:image/png;base64,{data})\n\n{stage} entry `{short(fp)}`: "
+            f"`{store.files_dir(fp) / name}`",
+            key=f"{stage.replace('_', '-')}-{name.removesuffix('.png').replace('_', '-')}",
+            description=f"{stage}: {name} (entry {short(fp)})",
+        )
