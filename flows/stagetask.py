@@ -87,6 +87,11 @@ def plan_stage(stage: str, parents: dict[str, str], params: Any, hints: dict[str
         params = json.loads(json.dumps(_asdict(params)))
     parents = dict(sorted(parents.items()))
     identity = {k: input_identity(store, ref) for k, ref in parents.items()} if store is not None else {}
+    extra = getattr(module, "identity", None)  # content a stage reads besides its parents (a model file)
+    if extra is not None:
+        found = extra(module.Params(**_params_for(module.Params, params)))
+        if found:
+            identity = {**(identity or parents), **{f"@{k}": v for k, v in found.items()}}
     return StagePlan(stage, parents, params, code_version(module.__name__), dict(hints or {}), identity)
 
 
@@ -183,6 +188,7 @@ def execute(plan: StagePlan, store_root: str, force: bool = False, prepared: "Pr
             replace=force,
         )
         store.journal("computed", fp, stage=plan.stage, seconds=round(time.perf_counter() - started, 3))
+        shutil.rmtree(store.checkpoint_dir(fp), ignore_errors=True)  # committed: nothing left to resume
     return fp
 
 
@@ -238,6 +244,9 @@ def _compute(plan: StagePlan, store: DatasetStore, force: bool
     files_from = store.scratch_dir() if "out_dir" in inspect.signature(module.run).parameters else None
     if files_from is not None:
         kwargs["out_dir"] = files_from
+    if "checkpoint_dir" in inspect.signature(module.run).parameters:
+        # Keyed by the output fingerprint: a rerun after a crash resumes from here.
+        kwargs["checkpoint_dir"] = store.checkpoint_dir(fingerprint_of(plan))
     try:
         result = module.run(**kwargs, params=params)
     except BaseException:
@@ -411,6 +420,7 @@ def _publish_stage(stage: str, fp: str, store_root: str) -> None:
             key=f"worst-rows-{stage.replace('_', '-')}",
             description=f"{stage}: the rows most likely mislabelled, worst first (entry {short(fp)}).",
         )
+    _publish_plots(stage, fp, store)
     emit_event(
         event="winnow.dataset.materialized",
         resource={"prefect.resource.id": f"winnow.dataset.{fp}", "prefect.resource.name": f"{stage}@{short(fp)}",
@@ -427,3 +437,20 @@ def _publish_stage(stage: str, fp: str, store_root: str) -> None:
     )
 
 
+
+
+def _publish_plots(stage: str, fp: str, store: DatasetStore) -> None:
+    """A stage's PNG files (train's loss curve) as a markdown artifact with the image inlined."""
+    import base64
+
+    from prefect.artifacts import create_markdown_artifact
+
+    m = store.manifest(fp)
+    for name in (f for f in m.files if f.endswith(".png") and "/" not in f):
+        data = base64.b64encode((store.files_dir(fp) / name).read_bytes()).decode("ascii")
+        create_markdown_artifact(
+            f"![{name}](data:image/png;base64,{data})\n\n{stage} entry `{short(fp)}`: "
+            f"`{store.files_dir(fp) / name}`",
+            key=f"{stage.replace('_', '-')}-{name.removesuffix('.png').replace('_', '-')}",
+            description=f"{stage}: {name} (entry {short(fp)})",
+        )

@@ -10,6 +10,7 @@ Layout under the store root::
     locks/<fingerprint>.lock                 held (flock) while that entry is being computed
     journal.jsonl                            one line per entry computed, reused or waited for
     tmp/                                     staging; never read
+    checkpoints/<fingerprint>/               resumable training state of an entry being computed
 
 An entry is written completely under ``tmp/`` and then renamed into ``objects/`` in one
 ``rename(2)``, so a reader sees either no entry or a whole one; a crash leaves only a stray staging
@@ -335,6 +336,15 @@ class DatasetStore:
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def checkpoint_dir(self, fingerprint: str) -> Path:
+        """Where a long stage keeps resumable checkpoints for the entry it is computing (not created).
+
+        Keyed by the output fingerprint, so a rerun of the same computation after a crash finds
+        them; outside ``tmp/`` so cleaning stale staging never deletes a resumable run. The stage's
+        executor deletes the folder once the entry is committed.
+        """
+        return self.root / "checkpoints" / fingerprint
 
     def record_run(self, run_id: str, outputs: Mapping[str, str], info: Mapping[str, Any]) -> Path:
         """Save which entry each stage of a pipeline run produced; also becomes ``latest``."""

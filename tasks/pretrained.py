@@ -131,6 +131,32 @@ def load_pretrained(source: str, attn_implementation: str = "sdpa") -> tuple["Pr
     return model.eval(), tokenizer
 
 
+def load_tokenizer(source: str) -> "PreTrainedTokenizerBase":
+    """Only the tokenizer of ``source`` (no weights are read; a GGUF's vocabulary is in its header)."""
+    check_source(source)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    if is_bundled(source):
+        path = _bundled_file(source)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(Path(source).expanduser(), local_files_only=True)
+    if tokenizer.eos_token_id is None:
+        raise WinnowError(f"pretrained model '{source}': its tokenizer has no EOS token")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def model_config(source: str) -> dict[str, Any]:
+    """The ``config.json`` of a pretrained folder as a dict (no weights read); {} for a bundled GGUF."""
+    check_source(source)
+    if is_bundled(source):
+        return {}
+    return json.loads((Path(source).expanduser() / "config.json").read_text(encoding="utf-8"))
+
+
 def save_pretrained(source: str, out_dir: Path) -> Path:
     """Load ``source`` and write it as a plain ``save_pretrained`` folder (safetensors + tokenizer)."""
     model, tokenizer = load_pretrained(source)

@@ -39,7 +39,7 @@ def test_config_mistakes_are_named(tmp_path, text, message):
 
 
 def test_unknown_profile_and_bad_set():
-    with pytest.raises(WinnowError, match="unknown profile 'nope'; profiles: smoke"):
+    with pytest.raises(WinnowError, match="unknown profile 'nope'; profiles: pretrained, smoke"):
         load_config(profile="nope")
     with pytest.raises(WinnowError, match="expected SECTION.KEY=VALUE"):
         load_config(overrides=["threshold=0.9"])

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks import evaluate, mixture, train
+from tasks import evaluate, mixture, tokenize, train
 from tasks.common import BENCHMARK_SCHEMA
 from tasks.evaluate import (
     Params,
@@ -91,8 +91,11 @@ def models(tmp_path_factory):
     mixed = mixture.run(_corpus(), mixture.Params(train_bytes=250_000, chunk_bytes=2048, method="uniform"))
     trained = tmp_path_factory.mktemp("trained")
     untrained = tmp_path_factory.mktemp("untrained")
-    train.run(mixed.tables["data"], train.Params(**TINY, max_steps=40), trained)
-    train.run(mixed.tables["data"], train.Params(**TINY, max_steps=0), untrained)
+    tokens = tmp_path_factory.mktemp("tokens")
+    tokenize.run(mixed.tables["data"], tokenize.Params(vocab_size=TINY["vocab_size"]), tokens)
+    shape = {k: v for k, v in TINY.items() if k != "vocab_size"}  # the vocabulary is tokenize's
+    train.run(tokens, train.Params(**shape, max_steps=40), trained)
+    train.run(tokens, train.Params(**shape, max_steps=0), untrained)
     return trained, untrained, mixed.tables["heldout"]
 
 

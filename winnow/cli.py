@@ -294,6 +294,7 @@ def _preflight(cfg: Any) -> None:
     """
     from flows.stagetask import commit, plan_ingest, precheck, prepare_ingest
 
+    cfg.check()  # model and tokenizer choices, before any data is read
     store = _writable_store(cfg.store.root)
     inputs = cfg.inputs
     columns = {"split": inputs.split, "id": inputs.id_column, "text": inputs.text_column,
@@ -351,6 +352,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     store = _writable_store(cfg.store.root)
     cols = wio.Columns(id=args.id_column, text=args.text_column, domain=args.domain_column, label=args.label_column)
     columns = {"split": args.split, "id": cols.id, "text": cols.text, "domain": cols.domain, "label": cols.label}
+    if stage == "train":
+        cfg.check(("tokenize", "train"))
     if stage in ("train", "evaluate"):  # mixture rows: one document may repeat (epochs, chunks)
         columns["unique_ids"] = False
     bench_paths = (args.benchmark or list(cfg.inputs.benchmarks)) if stage in ("contamination", "evaluate") else []
@@ -394,10 +397,11 @@ def _stage_refs(args: argparse.Namespace, stage: str, store: Any, cfg: Any) -> d
 def _stage_parents(stage: str, corpus: str, benchmarks: str | None, refs: dict[str, str], store: Any,
                    cfg: Any) -> dict[str, str]:
     """The stage's inputs by run() argument name (the embed stage runs first for MiniLM features)."""
-    from flows.stagetask import cache_hints, execute, parent_ref, plan_stage
+    from flows.stagetask import FILES, cache_hints, execute, parent_ref, plan_stage
 
     if stage == "train":
-        return {"train": corpus}
+        tokens = execute(plan_stage("tokenize", {"train": corpus}, cfg.run_params("tokenize"), store=store), str(store.root))
+        return {"tokens": parent_ref(tokens, FILES)}
     if stage == "evaluate":
         return {"heldout": corpus, "benchmarks": benchmarks, **refs}
     parents = {"corpus": corpus, **refs}

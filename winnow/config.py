@@ -22,7 +22,7 @@ from winnow.errors import WinnowError
 
 #: The pipeline, in order. Each name is also the module ``tasks.<name>``.
 #: ``embed`` runs only when label_noise uses MiniLM features (it computes label_noise's vectors).
-STAGES: tuple[str, ...] = ("dedup", "contamination", "embed", "label_noise", "mixture", "train", "evaluate")
+STAGES: tuple[str, ...] = ("dedup", "contamination", "embed", "label_noise", "mixture", "tokenize", "train", "evaluate")
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 SAMPLE_DIR = REPO_DIR / "data" / "sample"
@@ -97,6 +97,19 @@ class PipelineConfig:
     def params(self, stage: str) -> Any:
         """The Params dataclass of one stage."""
         return self.stages[stage]
+
+    def run_params(self, stage: str) -> Any:
+        """A stage's parameters as a run uses them: tokenize's ``"auto"`` becomes train.init's tokenizer."""
+        if stage == "tokenize":
+            return stage_module("tokenize").resolve(self.params("tokenize"), self.params("train").init)
+        return self.params(stage)
+
+    def check(self, stages: tuple[str, ...] = STAGES) -> None:
+        """Run each stage's ``preflight`` (model, tokenizer choices): bad ones fail before any data is read."""
+        for stage in stages:
+            check = getattr(stage_module(stage), "preflight", None)
+            if check is not None:
+                check(self.run_params(stage))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (used as the Prefect flow parameter and in run records)."""
