@@ -50,13 +50,16 @@ def test_calibrated_bins_give_zero_ece_and_miscalibration_is_weighted_by_bin_siz
 
 
 def test_choice_scores_on_hand_made_logits():
-    s = choice_scores(np.log([0.7, 0.2, 0.1]), choice_bytes=[1, 1, 1], answer=0)
+    s = choice_scores(np.log([0.7, 0.2, 0.1]), choices=["a", "b", "c"], answer=0)
     assert (s["pred"], s["correct"]) == (0, True)
     assert s["confidence"] == pytest.approx(0.7) and s["prob_answer"] == pytest.approx(0.7)
     assert brier_score([s["probs"]], [0]) == pytest.approx(0.09 + 0.04 + 0.01)
     # Length normalisation flips a long right answer that loses on raw log-likelihood.
-    s = choice_scores([-2.0, -1.5, -3.0], choice_bytes=[10, 1, 1], answer=0)
+    s = choice_scores([-2.0, -1.5, -3.0], choices=["x" * 10, "y", "z"], answer=0)
     assert (s["pred"], s["correct"], s["pred_norm"], s["correct_norm"]) == (1, False, 0, True)
+    # acc_norm counts characters (lm-eval), acc_bytes UTF-8 bytes: "éééé" is 4 characters, 8 bytes.
+    s = choice_scores([-2.5, -1.0], choices=["éééé", "ab"], answer=0)  # per char -0.625 < -0.5; per byte -0.31 > -0.5
+    assert (s["pred_norm"], s["pred_bytes"]) == (1, 0)
 
 
 def test_windows_score_every_token_once_within_the_context():
@@ -98,10 +101,10 @@ def models(tmp_path_factory):
 
 def _benchmarks() -> pa.Table:
     rows = [
-        {"id": "mc1", "benchmark": "toy", "question": "import", "choices": [" os", " banana"], "answer": 0, "target": " os"},
-        {"id": "mc2", "benchmark": "toy", "question": "def f(x):\n    return", "choices": [" x", " GNU General Public"], "answer": 0, "target": " x"},
-        {"id": "mc3", "benchmark": "toy", "question": "This program is free", "choices": [" software", " lunch", " beer"], "answer": 0, "target": " software"},
-        {"id": "mc4", "benchmark": "toy", "question": "for i in", "choices": [" range(10):", " the"], "answer": 0, "target": " range(10):"},
+        {"id": "mc1", "benchmark": "toy", "question": "import", "choices": ["os", "banana"], "answer": 0, "target": " os"},
+        {"id": "mc2", "benchmark": "toy", "question": "def f(x):\n    return", "choices": ["x", "GNU General Public"], "answer": 0, "target": " x"},
+        {"id": "mc3", "benchmark": "toy", "question": "This program is free", "choices": ["software", "lunch", "beer"], "answer": 0, "target": " software"},
+        {"id": "mc4", "benchmark": "toy", "question": "for i in", "choices": ["range(10):", "the"], "answer": 0, "target": " range(10):"},
         {"id": "he1", "benchmark": "code_gen", "question": "def add(a, b):\n", "choices": [], "answer": -1, "target": "    return a + b\n"},
     ]
     return pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA)
@@ -163,20 +166,26 @@ def test_benchmark_examples_match_direct_log_likelihoods(models):
     ex = {r["id"]: r for r in result.tables["examples"].to_pylist()}
 
     def loglik(context: str, continuation: str) -> float:
-        ctx = [tok.eos_token_id, *tok(context)["input_ids"]]
-        ids = ctx + tok(continuation)["input_ids"]
+        # lm-eval's _encode_pair: trailing whitespace moves to the continuation, the pair is encoded
+        # whole, and the continuation is what follows the context's own tokens.
+        n = len(context) - len(context.rstrip())
+        if n:
+            context, continuation = context[:-n], context[-n:] + continuation
+        ctx = tok.encode(context)
+        ids = ctx + tok.encode(context + continuation)[len(ctx):]
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
         return float(sum(logp[p - 1, ids[p]] for p in range(len(ctx), len(ids))))
 
     prompt = "Question: This program is free\nAnswer:"  # the default mc_template
-    assert ex["mc3"]["logliks"] == pytest.approx([loglik(prompt, c) for c in [" software", " lunch", " beer"]], rel=1e-4)
+    assert ex["mc3"]["logliks"] == pytest.approx([loglik(prompt, " " + c) for c in ["software", "lunch", "beer"]], rel=1e-4)
     assert ex["mc1"]["pred"] == int(np.argmax(ex["mc1"]["logliks"]))
     he = ex["he1"]
-    assert he["kind"] == "target" and he["target_bytes"] == len("    return a + b\n")
-    assert he["bits_per_byte"] == pytest.approx(-loglik("def add(a, b):\n", "    return a + b\n") / (math.log(2) * 17), rel=1e-4)
-    # The target separator joins question and target as context; only the target's bytes count.
-    want = -loglik("Come live with me\n", "And we will") / (math.log(2) * len("And we will"))
+    # The prompt's final newline is scored with the target (lm-eval moves it), so it is counted too.
+    assert he["kind"] == "target" and he["target_bytes"] == len("\n    return a + b\n")
+    assert he["bits_per_byte"] == pytest.approx(-loglik("def add(a, b):\n", "    return a + b\n") / (math.log(2) * 18), rel=1e-4)
+    # The target separator joins question and target: scored as lm-eval scores a trailing newline.
+    want = -loglik("Come live with me\n", "And we will") / (math.log(2) * len("\nAnd we will"))
     assert ex["line1"]["bits_per_byte"] == pytest.approx(want, rel=1e-4)
     rows = {(r["benchmark"], r["subset"]): r for r in result.tables["benchmarks"].to_pylist()}
     toy = rows[("toy", "all")]
