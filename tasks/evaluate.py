@@ -306,7 +306,8 @@ def score_requests(
             nll = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
             ).view(len(idx), width - 1)
-            totals = (nll * score.to(nll.device)).sum(dim=1).double().cpu().numpy()
+            # Summed in float64: a float32 sum of a 1000-nat target is only good to ~1e-4.
+            totals = (nll.double() * score.to(nll.device).double()).sum(dim=1).cpu().numpy()
             out[idx] = totals
     return out
 
