@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks import evaluate
 from winnow.errors import WinnowError
@@ -181,13 +182,34 @@ def compare(examples: pa.Table, lm: LmEvalRun) -> tuple[pa.Table, list[dict[str,
     return table, summary
 
 
-def parity(model_dir: Path, benchmarks: pa.Table, params: evaluate.Params, examples: pa.Table,
-           folder: Path, batch_size: int | None = None, device: str = "cpu") -> tuple[pa.Table, list[dict[str, Any]], LmEvalRun]:
-    """Export the items in ``examples`` (winnow's scored items), run lm-eval on them, compare."""
+def parity(model_dir: Path, benchmarks: pa.Table, params: evaluate.Params, examples: pa.Table, folder: Path,
+           context_len: int, batch_size: int | None = None, device: str = "cpu") -> tuple[pa.Table, list[dict[str, Any]], LmEvalRun]:
+    """Export the items in ``examples`` (winnow's scored items), run lm-eval on them, compare.
+
+    Items longer than ``context_len`` tokens are left out, and counted in the summary as
+    ``too_long``: winnow scores them in sliding windows, while lm-eval cuts the context from the
+    left (and refuses a continuation longer than the context), so the two are not meant to agree.
+    """
     require_lm_eval()
+    from transformers import AutoTokenizer
+
+    encoder = evaluate.Encoder(AutoTokenizer.from_pretrained(model_dir, local_files_only=True))
     scored = set(examples["id"].to_pylist())
-    rows = [r for r in evaluate.select_examples(benchmarks, params) if r["id"] in scored]
+    rows, too_long = [], {}
+    for r in evaluate.select_examples(benchmarks, params):
+        if r["id"] not in scored:
+            continue
+        context, conts, _ = evaluate.example_texts(r, params)
+        if max(len(encoder.pair(context, c)[0]) for c in conts) > context_len:
+            too_long[r["benchmark"]] = too_long.get(r["benchmark"], 0) + 1
+        else:
+            rows.append(r)
+    if not rows:
+        raise WinnowError(f"lm-eval parity: every scored item is longer than the {context_len}-token context")
     names = export_tasks(rows, params, folder)
     lm = run_lm_eval(model_dir, names, folder, batch_size or params.batch_size, device, params.num_threads)
-    table, summary = compare(examples, lm)
+    kept = pa.array([r["id"] for r in rows])
+    table, summary = compare(examples.filter(pc.is_in(examples["id"], value_set=kept)), lm)
+    for s in summary:
+        s["too_long"] = too_long.get(s["benchmark"], 0)
     return table, summary, lm

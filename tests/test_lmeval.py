@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -61,9 +61,10 @@ def test_lm_eval_scores_every_item_as_winnow_does(model_dir, tmp_path, mc_format
                              bootstrap_iters=50)
     heldout = pa.table({"id": ["h"], "text": ["GNU General Public License"], "domain": ["legal"]})
     ours = evaluate.run(model_dir, heldout, bench, params)
-    table, summary, lm = lmeval.parity(model_dir, bench, params, ours.tables["examples"], tmp_path / "tasks")
+    table, summary, lm = lmeval.parity(model_dir, bench, params, ours.tables["examples"], tmp_path / "tasks",
+                                       ours.metrics["context_len"])
     assert table.num_rows == bench.num_rows
-    mc = table.filter(pa.compute.equal(table["kind"], "multiple_choice"))
+    mc = table.filter(pc.equal(table["kind"], "multiple_choice"))
     assert max(mc["max_abs_diff"].to_pylist()) < 1e-4
     # Targets of a random model reach -1000 nats, where lm-eval's float32 sum is good to ~1e-4.
     assert max(table["max_rel_diff"].to_pylist()) < 1e-6
@@ -83,7 +84,7 @@ def test_lm_eval_scores_every_item_as_winnow_does(model_dir, tmp_path, mc_format
 
 def test_a_changed_tokenisation_is_caught(model_dir, tmp_path):
     """Scoring with an EOS prefix (winnow's old recipe) moves the log-likelihoods past the tolerance."""
-    bench = _sample(4).filter(pa.compute.equal(pa.compute.field("benchmark"), "mmlu"))
+    bench = _sample(4).filter(pc.equal(pc.field("benchmark"), "mmlu"))
     params = evaluate.Params(max_examples_per_benchmark=None, num_threads=1, bootstrap_iters=50)
     heldout = pa.table({"id": ["h"], "text": ["x y"], "domain": ["d"]})
     ours = evaluate.run(model_dir, heldout, bench, params).tables["examples"]
