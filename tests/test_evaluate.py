@@ -240,3 +240,115 @@ def test_bad_inputs_name_the_problem(models, tmp_path):
         evaluate.run(tmp_path, heldout, _benchmarks(), Params(**FAST))
     with pytest.raises(WinnowError, match="held-out table is empty"):
         evaluate.run(trained, heldout.slice(0, 0), _benchmarks(), Params(**FAST))
+
+
+# --- intervals, temperature scaling, answer position ---------------------------------------------
+
+
+def test_bootstrap_interval_is_seeded_and_matches_the_normal_approximation():
+    from tasks.eval_metrics import mean_with_interval, resamples
+
+    correct = (np.random.default_rng(1).random(400) < 0.3).astype(float)
+    idx = resamples(len(correct), 2000, "seed|bench|all")
+    mean, lo, hi = mean_with_interval(correct, idx)
+    assert (mean, lo, hi) == mean_with_interval(correct, resamples(len(correct), 2000, "seed|bench|all"))
+    assert lo < mean < hi
+    # lm-eval's mean_stderr for acc: sample std / sqrt(n); a 95% normal interval is ±1.96 of it.
+    stderr = correct.std(ddof=1) / math.sqrt(len(correct))
+    assert hi - lo == pytest.approx(2 * 1.96 * stderr, rel=0.1)
+    assert mean_with_interval(correct, resamples(len(correct), 2000, "other seed"))[1] != lo
+
+
+def test_vectorised_ece_equals_the_ece_of_each_resample():
+    from tasks.eval_metrics import ece_bootstrap, resamples
+
+    rng = np.random.default_rng(2)
+    conf, correct = rng.random(50), rng.random(50) < 0.5
+    idx = resamples(50, 20, "k")
+    fast = ece_bootstrap(conf, correct, idx, 15)
+    slow = [expected_calibration_error(conf[i], correct[i], 15) for i in idx]
+    assert fast == pytest.approx(slow, abs=1e-12)
+
+
+def test_temperature_scaling_undoes_overconfidence_on_held_out_items():
+    from tasks.eval_metrics import fit_temperature, in_fit_split, softmax
+
+    rng = np.random.default_rng(3)
+    true_logits = rng.normal(size=(2000, 4))
+    answers = [int(rng.choice(4, p=softmax(z))) for z in true_logits]  # calibrated at T = 1
+    logliks = list(3.0 * true_logits)  # the model is 3x too sharp
+    fit = in_fit_split([f"q{i}" for i in range(2000)], "salt")
+    assert 0.45 < fit.mean() < 0.55 and (fit == in_fit_split([f"q{i}" for i in range(2000)], "salt")).all()
+    t = fit_temperature([logliks[i] for i in np.flatnonzero(fit)], [answers[i] for i in np.flatnonzero(fit)])
+    assert t == pytest.approx(3.0, rel=0.15)
+    test = np.flatnonzero(~fit)
+
+    def ece(temp):
+        p = [softmax(logliks[i], temp) for i in test]
+        return expected_calibration_error(np.array([q.max() for q in p]), np.array([int(np.argmax(q)) == answers[i] for q, i in zip(p, test)]))
+
+    assert ece(t) < ece(1.0) / 3
+
+
+def test_run_reports_intervals_calibration_split_and_answer_positions(models):
+    trained, _, heldout = models
+    bench = _benchmarks()
+    result = evaluate.run(trained, heldout.slice(0, 3), bench, Params(**FAST, bootstrap_iters=200))
+    rows = {(r["benchmark"], r["subset"]): r for r in result.tables["benchmarks"].to_pylist()}
+    toy = rows[("toy", "all")]
+    for name in ("accuracy", "accuracy_norm", "accuracy_bytes", "ece", "brier"):
+        assert toy[f"{name}_lo"] <= toy[name] <= toy[f"{name}_hi"], name
+    ex = result.tables["examples"].to_pylist()
+    assert toy["n_calibration"] == sum(1 for e in ex if e["kind"] == "multiple_choice" and not e["calibration_fit"])
+    assert toy["temperature"] > 0 and toy["agreement"] is None
+    for d in result.tables["data"].to_pylist():
+        assert d["bits_per_byte_lo"] <= d["bits_per_byte"] <= d["bits_per_byte_hi"]
+    positions = result.tables["positions"].to_pylist()
+    assert [p["position"] for p in positions] == [0, 1, 2]  # mc3 has three choices
+    assert positions[0]["n_gold"] == 4 and sum(p["n_pred"] for p in positions) == 4  # every answer is at 0
+    assert positions[0]["accuracy"] == pytest.approx(toy["accuracy"])
+    again = evaluate.run(trained, heldout.slice(0, 3), bench, Params(**FAST, bootstrap_iters=200))
+    assert again.tables["benchmarks"].equals(result.tables["benchmarks"])  # seeded: same intervals
+
+
+def test_letters_format_lists_the_choices_and_the_rotation_check_scores_them_again(models):
+    trained, _, heldout = models
+    params = Params(**FAST, mc_format="letters", permutation_check=True, bootstrap_iters=50)
+    row = _benchmarks().to_pylist()[2]
+    context, conts, strings = evaluate.example_texts(row, params)
+    assert context == "This program is free\nA. software\nB. lunch\nC. beer\nAnswer:" and conts == [" A", " B", " C"]
+    rotated = evaluate.example_texts(row, params, rotate=True)[0]
+    assert rotated == "This program is free\nA. lunch\nB. beer\nC. software\nAnswer:"
+    result = evaluate.run(trained, heldout.slice(0, 1), _benchmarks(), params)
+    toy = [r for r in result.tables["benchmarks"].to_pylist() if r["benchmark"] == "toy"][0]
+    ex = [e for e in result.tables["examples"].to_pylist() if e["kind"] == "multiple_choice"]
+    assert toy["agreement"] == pytest.approx(np.mean([e["pred_rotated"] == e["pred"] for e in ex]))
+    with pytest.raises(ValueError, match="permutation_check needs mc_format = 'letters'"):
+        Params(permutation_check=True)
+
+
+def test_encoder_moves_trailing_whitespace_and_uses_the_prefix_for_an_empty_context(models):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(models[0])
+    enc = evaluate.Encoder(tok)
+    toks, first = enc.pair("Answer: ", "yes")
+    assert toks[:first] == tok.encode("Answer:") and toks[first:] == tok.encode("Answer: yes")[first:]
+    toks, first = enc.pair("", "yes")
+    assert (toks[0], first) == (tok.eos_token_id, 1)
+
+
+def test_a_model_folder_that_does_not_load_fails_before_scoring(models, tmp_path):
+    import shutil
+
+    trained, _, heldout = models
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(WinnowError, match=r"the model in .*broken does not load"):
+        evaluate.run(broken, heldout, _benchmarks(), Params(**FAST))
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(WinnowError, match="no weights"):
+        evaluate.run(broken, heldout, _benchmarks(), Params(**FAST))
+    with pytest.raises(WinnowError, match="context_len=4096 exceeds the model's context of 64 tokens"):
+        evaluate.run(trained, heldout, _benchmarks(), Params(**FAST, context_len=4096))
