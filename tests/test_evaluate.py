@@ -352,3 +352,13 @@ def test_a_model_folder_that_does_not_load_fails_before_scoring(models, tmp_path
         evaluate.run(broken, heldout, _benchmarks(), Params(**FAST))
     with pytest.raises(WinnowError, match="context_len=4096 exceeds the model's context of 64 tokens"):
         evaluate.run(trained, heldout, _benchmarks(), Params(**FAST, context_len=4096))
+
+
+def test_bf16_autocast_path_runs_on_cpu_and_stays_close_to_float32(models):
+    """The GPU recipe (bf16 autocast, log-probabilities in float32), exercised on CPU for its logic."""
+    model, tok = _load(models[0])
+    reqs = [([tok.eos_token_id, *tok(t)["input_ids"]], 1) for t in ["def main():\n    return 0\n", "GNU General Public License"]]
+    full = score_requests(model, reqs, batch_size=2, device="cpu", dtype="float32")
+    half = score_requests(model, reqs, batch_size=2, device="cpu", dtype="bfloat16")
+    assert half.dtype == np.float64 and not np.allclose(half, full, rtol=0, atol=0)  # bf16 really ran
+    assert half == pytest.approx(full, rel=0.05)
