@@ -109,7 +109,7 @@ BENCHMARKS_SCHEMA = pa.schema(
         *_ci("accuracy_bytes"),  # lm-eval acc_bytes: log-likelihood per UTF-8 byte of the choice
         *_ci("ece"),  # all items of the subset, T = 1
         *_ci("brier"),
-        ("temperature", pa.float64()),  # fitted on the benchmark's calibration_fit split
+        ("temperature", pa.float64()),  # fitted on the calibration_fit split; null if it is too small
         ("n_calibration", pa.int64()),  # items of the subset in the other (test) split
         *_ci("ece_before"),  # on those test-split items, T = 1
         *_ci("ece_after"),  # on the same items, softmax(ll / temperature)
@@ -187,6 +187,9 @@ class Params:
         bootstrap_iters: resamples for the 95% intervals. 1000 puts the bounds' own Monte-Carlo
             error near ±0.005 for an accuracy at n = 500 and costs well under a second.
         bootstrap_seed: mixed with the benchmark (or domain) and subset name into each seed.
+        min_calibration_items: fit a temperature only when a benchmark's fit split holds at least
+            this many multiple-choice items (else ``temperature`` and ``ece_after`` are null): one
+            parameter fitted on a handful of items runs to the search bounds (T = e^±4).
         permutation_check: score every multiple-choice item a second time with its choices rotated
             by one and report how often the same choice wins (``agreement``). Doubles the cost of
             the multiple-choice items, so off by default; needs ``mc_format = "letters"``.
@@ -214,6 +217,7 @@ class Params:
     ece_bins: int = 15
     bootstrap_iters: int = 1000
     bootstrap_seed: str = "winnow-bootstrap"
+    min_calibration_items: int = 20
     permutation_check: bool = False
     mask_padded_vocab: bool = False
     batch_size: int = 16
@@ -235,8 +239,8 @@ class Params:
             raise ValueError(f"mc_format must be 'cloze' or 'letters', got {self.mc_format!r}")
         if self.mc_template is not None and "{question}" not in self.mc_template:
             raise ValueError(f"mc_template must contain {{question}}, got {self.mc_template!r}")
-        if self.ece_bins < 1 or self.batch_size < 1 or self.bootstrap_iters < 1:
-            raise ValueError("ece_bins, batch_size and bootstrap_iters must be >= 1")
+        if min(self.ece_bins, self.batch_size, self.bootstrap_iters, self.min_calibration_items) < 1:
+            raise ValueError("ece_bins, batch_size, bootstrap_iters and min_calibration_items must be >= 1")
         if self.permutation_check and self.mc_format != "letters":
             raise ValueError(
                 "permutation_check needs mc_format = 'letters': a cloze choice's score does not see "
@@ -542,7 +546,8 @@ def _evaluate_benchmarks(
     for bench in sorted({e["benchmark"] for e in examples}):
         mine = [e for e in examples if e["benchmark"] == bench]
         fit_mc = [e for e in mine if e["kind"] == "multiple_choice" and e["calibration_fit"]]
-        temperature = fit_temperature([e["logliks"] for e in fit_mc], [e["answer"] for e in fit_mc])
+        temperature = (fit_temperature([e["logliks"] for e in fit_mc], [e["answer"] for e in fit_mc])
+                       if len(fit_mc) >= params.min_calibration_items else None)
         for subset in subsets:
             sel = [e for e in mine if subset == "all" or e["contaminated"] == (subset == "contaminated")]
             row = _subset_metrics(bench, subset, sel, params, temperature)
@@ -639,7 +644,7 @@ def _put(row: dict[str, Any], name: str, value_lo_hi: tuple[float, float, float]
     row[name], row[f"{name}_lo"], row[f"{name}_hi"] = value_lo_hi
 
 
-def _subset_metrics(bench: str, subset: str, sel: list[dict], params: Params, temperature: float) -> dict[str, Any]:
+def _subset_metrics(bench: str, subset: str, sel: list[dict], params: Params, temperature: float | None) -> dict[str, Any]:
     """One row of the benchmarks table; intervals resample the subset's items."""
     row: dict[str, Any] = {f.name: None for f in BENCHMARKS_SCHEMA}
     mc = [e for e in sel if e["kind"] == "multiple_choice"]
@@ -659,7 +664,8 @@ def _subset_metrics(bench: str, subset: str, sel: list[dict], params: Params, te
             tidx = resamples(len(test), params.bootstrap_iters, key + "|calibration")
             lls, answers = [e["logliks"] for e in test], [e["answer"] for e in test]
             _put(row, "ece_before", _ece_with_interval(lls, answers, 1.0, tidx, params.ece_bins))
-            _put(row, "ece_after", _ece_with_interval(lls, answers, temperature, tidx, params.ece_bins))
+            if temperature is not None:
+                _put(row, "ece_after", _ece_with_interval(lls, answers, temperature, tidx, params.ece_bins))
         if mc[0]["pred_rotated"] is not None:
             _put(row, "agreement", mean_with_interval(np.array([e["pred_rotated"] == e["pred"] for e in mc], dtype=np.float64), idx))
     if tg:

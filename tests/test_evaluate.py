@@ -300,7 +300,10 @@ def test_run_reports_intervals_calibration_split_and_answer_positions(models):
         assert toy[f"{name}_lo"] <= toy[name] <= toy[f"{name}_hi"], name
     ex = result.tables["examples"].to_pylist()
     assert toy["n_calibration"] == sum(1 for e in ex if e["kind"] == "multiple_choice" and not e["calibration_fit"])
-    assert toy["temperature"] > 0 and toy["agreement"] is None
+    assert toy["temperature"] is None and toy["ece_after"] is None and toy["agreement"] is None  # 4 items: no fit
+    few = evaluate.run(trained, heldout.slice(0, 1), bench, Params(**FAST, bootstrap_iters=50, min_calibration_items=1))
+    fitted = [r for r in few.tables["benchmarks"].to_pylist() if r["benchmark"] == "toy"][0]
+    assert fitted["temperature"] > 0 and (fitted["ece_after"] is None) == (fitted["n_calibration"] == 0)
     for d in result.tables["data"].to_pylist():
         assert d["bits_per_byte_lo"] <= d["bits_per_byte"] <= d["bits_per_byte_hi"]
     positions = result.tables["positions"].to_pylist()
