@@ -81,6 +81,36 @@ def evaluation_summary(store: DatasetStore, fp: str) -> dict[str, Any]:
     return out
 
 
+def with_interval(row: Mapping[str, Any], name: str) -> str | None:
+    """``0.312 [0.270, 0.360]``: a metric and its 95% bootstrap interval; None when absent."""
+    value = row.get(name)
+    if value is None:
+        return None
+    lo, hi = row.get(f"{name}_lo"), row.get(f"{name}_hi")
+    return f"{value:.3f}" if lo is None or hi is None else f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def benchmark_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Benchmark scores for the terminal: each metric with its 95% interval (the table has more)."""
+    out = []
+    for r in rows:
+        if r.get("n", 0) == 0:
+            continue
+        ece = with_interval(r, "ece")
+        if r.get("ece_after") is not None:
+            ece = f"{ece}; split {r['ece_before']:.3f} -> {r['ece_after']:.3f} at T={r['temperature']:.2f}"
+        out.append({"benchmark": r["benchmark"], "subset": r["subset"], "n": r["n"],
+                    "accuracy": with_interval(r, "accuracy"), "acc_norm": with_interval(r, "accuracy_norm"),
+                    "ece": ece, "bits/byte": with_interval(r, "bits_per_byte")})
+    return out
+
+
+def domain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Held-out bits/byte per domain with its interval (documents resampled)."""
+    return [{"domain": r["domain"], "docs": r["docs"], "bytes": r["bytes"],
+             "bits/byte": with_interval(r, "bits_per_byte")} for r in rows]
+
+
 def lineage_mermaid(store: DatasetStore, outputs: Mapping[str, str]) -> str:
     """A mermaid flowchart of every entry the run touched and the input files behind them.
 

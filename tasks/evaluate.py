@@ -1,23 +1,40 @@
 """Evaluate: per-domain held-out bits/byte, benchmark accuracy and calibration of a trained model.
 
-Everything is a log-likelihood under the model, computed by one function (:func:`score_requests`):
+Everything is a log-likelihood under the model, computed by one function (:func:`score_requests`);
+the metric math lives in :mod:`tasks.eval_metrics`.
 
 * **Held-out bits/byte** per domain = total NLL (nats) of the domain's documents / (ln 2 × their
-  UTF-8 bytes). Each document is scored as ``<|endoftext|>`` + its tokens (as in training), so every
-  byte counts, including the first token's. A document longer than the model's context is scored in
-  windows (:func:`windows`): each window scores ``stride`` new tokens and sees the tokens before them
-  as context. Bits/byte is tokenizer-independent, so models with different vocabularies compare.
-* **Multiple-choice benchmarks** (``answer`` >= 0): each choice's log-likelihood given the question
-  (lm-eval's recipe: the choice follows the question after ``choice_separator``). Accuracy takes the
-  argmax; ``accuracy_norm`` divides each log-likelihood by the choice's UTF-8 bytes first (removes the
-  bias towards short answers). Confidence = softmax over the choices' log-likelihoods; from it,
-  ECE (``ece_bins`` equal-width bins over the top probability, Guo et al. 2017) and the multi-class
-  Brier score (sum over choices of (p - onehot)², averaged; 0 is perfect, 2 the worst).
+  UTF-8 bytes). Each document is scored as prefix token + its tokens (the prefix is BOS, or EOS when
+  the tokenizer has no BOS: lm-eval's ``prefix_token_id``), so every byte counts, including the
+  first token's. A document longer than the model's context is scored in windows
+  (:func:`windows`): each window scores ``stride`` new tokens and sees the tokens before them as
+  context. Bits/byte is tokenizer-independent, so models with different vocabularies compare. The
+  95% interval resamples documents.
+* **Multiple-choice benchmarks** (``answer`` >= 0), scored exactly as lm-evaluation-harness 0.4's
+  ``hf`` model scores a ``multiple_choice`` task: context = the templated question, continuation =
+  ``choice_separator`` (lm-eval's ``target_delimiter``) + choice; trailing whitespace of the context
+  moves into the continuation; context + continuation is tokenized as one string and the
+  continuation's tokens are what follows the separately tokenized context
+  (``lm_eval.api.model.LM._encode_pair``). Accuracy is the argmax of the log-likelihoods;
+  ``accuracy_norm`` (lm-eval ``acc_norm``) divides by the choice's length in characters and
+  ``accuracy_bytes`` (lm-eval ``acc_bytes``) by its UTF-8 bytes. ``tasks/lmeval.py`` runs lm-eval
+  itself on the same items and compares item by item. Calibration: confidence = softmax over the
+  choices' log-likelihoods; ECE (``ece_bins`` equal-width bins, Guo et al. 2017) and the
+  multi-class Brier score. Temperature scaling fits one T on a hash split of each benchmark's
+  items (``calibration_fit``: xxh64 of ``sample_salt`` + ``/calibration`` + id < half) and reports
+  ECE before and after it on the other half only, so the fit never sees the items it is judged on.
+* **Answer position**: accuracy by the position of the gold answer (table ``positions``), and with
+  ``permutation_check`` the agreement of predictions when the choices are rotated by one (a second
+  scoring pass; only meaningful in the ``letters`` format, where the choices are listed in the
+  prompt, since a cloze choice's score never sees the other choices).
 * **Other benchmark items** (``answer`` = -1, e.g. HumanEval: question = prompt, target = canonical
-  solution): bits/byte of the target given the question.
+  solution): bits/byte of the target given the question (lm-eval's ``loglikelihood`` request).
 * **Contamination subsets**: given the contamination stage's per-example report, every benchmark
   metric is also reported on the ``clean`` and ``contaminated`` subsets (``all`` is both), so the
   gap (all − clean) shows how much contamination inflates the score.
+* **Intervals**: every metric has a percentile-bootstrap 95% interval (``<metric>_lo``,
+  ``<metric>_hi``; ``bootstrap_iters`` resamples of the items or documents, seeded from
+  ``bootstrap_seed`` and the benchmark/domain name, so reruns give identical intervals).
 """
 
 from __future__ import annotations
@@ -34,6 +51,21 @@ import pyarrow.compute as pc
 import xxhash
 
 from tasks.common import BENCHMARK_SCHEMA, StageResult, require_columns, track
+from tasks.eval_metrics import (  # noqa: F401  (re-exported: the stage's public metric helpers)
+    bits_per_byte,
+    brier_items,
+    brier_score,
+    choice_scores,
+    ece_bootstrap,
+    expected_calibration_error,
+    fit_temperature,
+    in_fit_split,
+    mean_with_interval,
+    percentile_interval,
+    ratio_with_interval,
+    resamples,
+    softmax,
+)
 from winnow.errors import WinnowError
 
 # CPU threads that spin while waiting (OpenMP's default) collapse throughput when the cores are
@@ -43,6 +75,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 STAGE = "evaluate"
 SUBSETS = ("all", "clean", "contaminated")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _ci(name: str, kind: pa.DataType = pa.float64()) -> list[tuple[str, pa.DataType]]:
+    """A metric column and its 95% interval bounds."""
+    return [(name, kind), (f"{name}_lo", kind), (f"{name}_hi", kind)]
+
 
 DOMAINS_SCHEMA = pa.schema(
     [
@@ -51,19 +90,41 @@ DOMAINS_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
         ("tokens", pa.int64()),
         ("nats_per_token", pa.float64()),
-        ("bits_per_byte", pa.float64()),
+        *_ci("bits_per_byte"),  # interval: documents resampled
     ]
+)
+#: Metrics with an interval in :data:`BENCHMARKS_SCHEMA`, in column order.
+BENCHMARK_METRICS = (
+    "accuracy", "accuracy_norm", "accuracy_bytes", "ece", "brier", "ece_before", "ece_after",
+    "agreement", "bits_per_byte",
 )
 BENCHMARKS_SCHEMA = pa.schema(
     [
         ("benchmark", pa.string()),
         ("subset", pa.string()),  # "all", "clean" or "contaminated"
         ("n", pa.int64()),  # examples in the subset (multiple-choice and others)
-        ("accuracy", pa.float64()),  # null where the subset has no multiple-choice item
-        ("accuracy_norm", pa.float64()),
-        ("ece", pa.float64()),
-        ("brier", pa.float64()),
-        ("bits_per_byte", pa.float64()),  # of targets of non-multiple-choice items; null if none
+        ("n_choice", pa.int64()),  # multiple-choice examples among them
+        *_ci("accuracy"),  # lm-eval acc; null where the subset has no multiple-choice item
+        *_ci("accuracy_norm"),  # lm-eval acc_norm: log-likelihood per character of the choice
+        *_ci("accuracy_bytes"),  # lm-eval acc_bytes: log-likelihood per UTF-8 byte of the choice
+        *_ci("ece"),  # all items of the subset, T = 1
+        *_ci("brier"),
+        ("temperature", pa.float64()),  # fitted on the calibration_fit split; null if it is too small
+        ("n_calibration", pa.int64()),  # items of the subset in the other (test) split
+        *_ci("ece_before"),  # on those test-split items, T = 1
+        *_ci("ece_after"),  # on the same items, softmax(ll / temperature)
+        *_ci("agreement"),  # same choice predicted with the choices rotated; null unless checked
+        *_ci("bits_per_byte"),  # of targets of non-multiple-choice items; null if none
+    ]
+)
+POSITIONS_SCHEMA = pa.schema(
+    [
+        ("benchmark", pa.string()),
+        ("position", pa.int64()),  # 0-based index of the choice
+        ("n_gold", pa.int64()),  # items whose right answer is at this position
+        *_ci("accuracy"),  # accuracy on those items
+        ("n_pred", pa.int64()),  # items where the model picked this position
+        ("pred_share", pa.float64()),  # n_pred / items with more than `position` choices
     ]
 )
 EXAMPLES_SCHEMA = pa.schema(
@@ -73,13 +134,17 @@ EXAMPLES_SCHEMA = pa.schema(
         ("kind", pa.string()),  # "multiple_choice" or "target"
         ("answer", pa.int64()),
         ("pred", pa.int64()),  # argmax of raw log-likelihood (-1 for target items)
-        ("pred_norm", pa.int64()),  # argmax of per-byte log-likelihood
+        ("pred_norm", pa.int64()),  # argmax of per-character log-likelihood
+        ("pred_bytes", pa.int64()),  # argmax of per-byte log-likelihood
         ("correct", pa.bool_()),
         ("correct_norm", pa.bool_()),
+        ("correct_bytes", pa.bool_()),
         ("confidence", pa.float64()),  # softmax probability of pred
         ("prob_answer", pa.float64()),  # softmax probability of the right choice
-        ("logliks", pa.list_(pa.float64())),  # per choice, nats
-        ("target_bytes", pa.int64()),
+        ("calibration_fit", pa.bool_()),  # in the split temperature scaling is fitted on
+        ("logliks", pa.list_(pa.float64())),  # per choice (or of the target), nats
+        ("pred_rotated", pa.int64()),  # with choices rotated by one, the pick in original order
+        ("target_bytes", pa.int64()),  # bytes of the scored continuation (target items)
         ("bits_per_byte", pa.float64()),  # target items only
         ("contaminated", pa.bool_()),  # null when no contamination report was given
     ]
@@ -99,31 +164,45 @@ class Params:
             default model; evaluation of the sample's 6 domains and 4 benchmarks took ~1-2 min
             on a busy 2-core box) whatever the document sizes; raise it for tighter estimates.
         max_examples_per_benchmark: benchmark examples scored per benchmark (hash-ordered subset),
-            or None for all. Default 100: accuracy's standard error is then at most 5 points.
+            or None for all. Default 100: accuracy's 95% interval is then about ±0.09 wide; use
+            None for the real estimate (SmolLM2-135M scores ~2-3 items/s on 2 CPU cores).
         context_len: window length in tokens; None uses the model's context
             (``max_position_embeddings``). Longer than the model's context is an error.
         stride: new tokens scored per window of a long text; the remaining ``context_len -
             stride`` tokens are context already scored. None = half the context (each token sees at
             least half a window of context, at twice the cost of disjoint windows); ``context_len
             - 1`` gives disjoint windows (lm-eval's rolling log-likelihood, cheapest).
-        mc_template: how a multiple-choice question is shown before its choices, with a
-            ``{question}`` placeholder; None uses the question as it is. Default
-            ``"Question: {question}\nAnswer:"`` is lm-eval's cloze prompt (ARC, MMLU-cloze), which
-            makes the choice read as an answer rather than as more question text.
-        choice_separator: put between the (templated) question and a choice when the question
-            does not end (and the choice does not start) with whitespace. " " is lm-eval's
-            target delimiter.
-        target_separator: put between question and target of a non-multiple-choice item, on the
-            same rule. "\n" suits "line -> next line" items; HumanEval prompts end in a newline
-            already, so nothing is added there. The separator is context, not scored.
+        mc_format: ``"cloze"`` scores each choice's text after the question (lm-eval's ARC,
+            HellaSwag, MMLU-cloze); ``"letters"`` lists the choices as ``A. ...`` lines after the
+            question and scores the letters (lm-eval's ``mmlu`` task format).
+        mc_template: the cloze prompt, with a ``{question}`` placeholder; None uses the question
+            as it is. Default ``"Question: {question}\nAnswer:"`` is lm-eval's cloze prompt (ARC,
+            MMLU-cloze), which makes the choice read as an answer rather than as more question text.
+        choice_separator: lm-eval's ``target_delimiter``: always put between the context and a
+            choice (" " by default, as in lm-eval).
+        target_separator: put between question and target of a non-multiple-choice item unless
+            the question ends (or the target starts) with whitespace. "\n" suits "line -> next
+            line" items; HumanEval prompts end in a newline already. It is context, not scored.
         ece_bins: equal-width confidence bins for ECE (15, as in Guo et al. 2017).
+        bootstrap_iters: resamples for the 95% intervals. 1000 puts the bounds' own Monte-Carlo
+            error near ±0.005 for an accuracy at n = 500 and costs well under a second.
+        bootstrap_seed: mixed with the benchmark (or domain) and subset name into each seed.
+        min_calibration_items: fit a temperature only when a benchmark's fit split holds at least
+            this many multiple-choice items (else ``temperature`` and ``ece_after`` are null): one
+            parameter fitted on a handful of items runs to the search bounds (T = e^±4).
+        permutation_check: score every multiple-choice item a second time with its choices rotated
+            by one and report how often the same choice wins (``agreement``). Doubles the cost of
+            the multiple-choice items, so off by default; needs ``mc_format = "letters"``.
+        mask_padded_vocab: exclude logits of vocabulary rows past the tokenizer's length (a
+            vocabulary padded for fast matmuls) from the softmax. Off by default: lm-eval scores
+            with the model's full softmax, and parity with it is the contract.
         batch_size: sequences per forward pass (padded to the longest in the batch; requests are
             sorted by length, so little padding). 16 amortises per-call overhead on CPU.
         device: "auto" (cuda if available), "cpu" or "cuda".
         dtype: "auto" (bfloat16 autocast on CUDA, float32 on CPU), "float32" or "bfloat16".
             Log-probabilities are always computed in float32.
         num_threads: CPU threads for torch; None = the CPUs this process may use.
-        sample_salt: mixed into the id hash that picks the capped subsets.
+        sample_salt: mixed into the id hash that picks the capped subsets and the calibration split.
     """
 
     max_docs_per_domain: int | None = 200
@@ -131,10 +210,16 @@ class Params:
     max_examples_per_benchmark: int | None = 100
     context_len: int | None = None
     stride: int | None = None
+    mc_format: Literal["cloze", "letters"] = "cloze"
     mc_template: str | None = "Question: {question}\nAnswer:"
     choice_separator: str = " "
     target_separator: str = "\n"
     ece_bins: int = 15
+    bootstrap_iters: int = 1000
+    bootstrap_seed: str = "winnow-bootstrap"
+    min_calibration_items: int = 20
+    permutation_check: bool = False
+    mask_padded_vocab: bool = False
     batch_size: int = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -150,69 +235,17 @@ class Params:
             raise ValueError(f"context_len must be >= 2, got {self.context_len}")
         if self.stride is not None and self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.mc_format not in ("cloze", "letters"):
+            raise ValueError(f"mc_format must be 'cloze' or 'letters', got {self.mc_format!r}")
         if self.mc_template is not None and "{question}" not in self.mc_template:
             raise ValueError(f"mc_template must contain {{question}}, got {self.mc_template!r}")
-        if self.ece_bins < 1 or self.batch_size < 1:
-            raise ValueError("ece_bins and batch_size must be >= 1")
-
-
-# --- metric math (pure numpy, checked against hand-made numbers in the tests) -------------------
-
-
-def softmax(logliks: Sequence[float]) -> np.ndarray:
-    """Probabilities from log-likelihoods (numerically stable)."""
-    z = np.asarray(logliks, dtype=np.float64)
-    e = np.exp(z - z.max())
-    return e / e.sum()
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """ECE = Σ_m (|B_m|/n)·|acc(B_m) − conf(B_m)| over equal-width bins (lo, hi] of confidence."""
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    if len(confidence) == 0:
-        return float("nan")
-    idx = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    ece = 0.0
-    for m in range(bins):
-        in_bin = idx == m
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
-
-
-def brier_score(probs: Sequence[np.ndarray], answers: Sequence[int]) -> float:
-    """Mean over examples of Σ_k (p_k − 1[k = answer])²; choice counts may differ per example."""
-    if len(answers) == 0:
-        return float("nan")
-    total = 0.0
-    for p, a in zip(probs, answers):
-        onehot = np.zeros(len(p))
-        onehot[a] = 1.0
-        total += float(((np.asarray(p) - onehot) ** 2).sum())
-    return total / len(answers)
-
-
-def choice_scores(logliks: Sequence[float], choice_bytes: Sequence[int], answer: int) -> dict[str, Any]:
-    """One multiple-choice item: predictions (raw and per-byte), confidence, correctness."""
-    ll = np.asarray(logliks, dtype=np.float64)
-    p = softmax(ll)
-    pred = int(np.argmax(ll))
-    pred_norm = int(np.argmax(ll / np.maximum(np.asarray(choice_bytes, dtype=np.float64), 1.0)))
-    return {
-        "pred": pred,
-        "pred_norm": pred_norm,
-        "correct": pred == answer,
-        "correct_norm": pred_norm == answer,
-        "confidence": float(p[pred]),
-        "prob_answer": float(p[answer]),
-        "probs": p,
-    }
-
-
-def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
-    """Total negative log-likelihood in nats over ``n_bytes`` UTF-8 bytes, as bits per byte."""
-    return nll_nats / (math.log(2) * n_bytes) if n_bytes else float("nan")
+        if min(self.ece_bins, self.batch_size, self.bootstrap_iters, self.min_calibration_items) < 1:
+            raise ValueError("ece_bins, batch_size, bootstrap_iters and min_calibration_items must be >= 1")
+        if self.permutation_check and self.mc_format != "letters":
+            raise ValueError(
+                "permutation_check needs mc_format = 'letters': a cloze choice's score does not see "
+                "the other choices, so rotating them cannot change a prediction"
+            )
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -277,9 +310,76 @@ def score_requests(
             nll = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
             ).view(len(idx), width - 1)
-            totals = (nll * score.to(nll.device)).sum(dim=1).double().cpu().numpy()
+            # Summed in float64: a float32 sum of a 1000-nat target is only good to ~1e-4.
+            totals = (nll.double() * score.to(nll.device).double()).sum(dim=1).cpu().numpy()
             out[idx] = totals
     return out
+
+
+class Encoder:
+    """Tokenizes (context, continuation) pairs exactly as lm-eval's ``hf`` model does.
+
+    ``tokenizer.encode`` with the tokenizer's own special-token default (lm-eval's ``tok_encode``
+    with ``add_bos_token`` unset), except that a string already starting with the prefix token's
+    text is encoded without special tokens. Pairs follow ``LM._encode_pair``; an empty context is
+    replaced by the prefix token (BOS, else EOS), as in ``LM.loglikelihood``.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        bos = tokenizer.bos_token_id
+        self.prefix_id = bos if bos is not None else tokenizer.eos_token_id
+        if self.prefix_id is None:
+            raise WinnowError("evaluate: the model's tokenizer has neither a BOS nor an EOS token")
+        self.prefix_text = tokenizer.decode(self.prefix_id)
+
+    def encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
+        """Token ids of ``text`` (lm-eval ``tok_encode``)."""
+        if add_special_tokens is None and self.prefix_text and text.startswith(self.prefix_text):
+            add_special_tokens = False
+        if add_special_tokens is None:
+            return list(self.tokenizer.encode(text))
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def pair(self, context: str, continuation: str) -> tuple[list[int], int]:
+        """``(tokens, first)``: context + continuation tokens and the index of the first scored one."""
+        if context == "":
+            cont = self.encode(continuation, add_special_tokens=False)
+            if not cont:
+                raise WinnowError(f"evaluate: continuation {continuation[:40]!r} has no tokens")
+            return ([self.prefix_id, *cont], 1) if cont[0] != self.prefix_id else (cont, 1)
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:  # a BPE merges a space with the word after it: " Paris" is one token
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole = self.encode(context + continuation)
+        ctx = self.encode(context)
+        if len(whole) <= len(ctx):
+            raise WinnowError(f"evaluate: continuation {continuation[:40]!r} adds no tokens after its context")
+        return [*ctx, *whole[len(ctx):]], len(ctx)
+
+
+def scored_text(context: str, continuation: str) -> str:
+    """The text whose tokens :meth:`Encoder.pair` scores (the context's trailing whitespace moves)."""
+    return context[len(context.rstrip()):] + continuation
+
+
+def mc_prompt(question: str, choices: Sequence[str], params: Params) -> tuple[str, list[str]]:
+    """Context and the choice strings lm-eval would score (``doc_to_text``, ``doc_to_choice``).
+
+    The continuation of choice k is ``params.choice_separator + strings[k]``; ``acc_norm``
+    divides by ``len(strings[k])``.
+    """
+    if params.mc_format == "letters":
+        listed = "".join(f"{LETTERS[k]}. {c}\n" for k, c in enumerate(choices))
+        return f"{question.strip()}\n{listed}Answer:", list(LETTERS[: len(choices)])
+    context = params.mc_template.format(question=question) if params.mc_template is not None else question
+    return context, list(choices)
+
+
+def target_prompt(question: str, target: str, params: Params) -> str:
+    """Context of a non-multiple-choice item: the question and, where needed, the separator."""
+    sep = "" if (not question or question[-1:].isspace() or target[:1].isspace()) else params.target_separator
+    return question + sep
 
 
 def run(
@@ -292,7 +392,7 @@ def run(
     """Score a saved model on held-out text and benchmarks.
 
     Args:
-        model_dir: a folder written by the train stage (``save_pretrained`` model + tokenizer).
+        model_dir: a ``save_pretrained`` folder (model + tokenizer), e.g. a train entry's files.
         heldout: the mixture stage's ``heldout`` table: ``id``, ``text``, ``domain`` (and ``part``
             when documents were chunked). At least one row.
         benchmarks: rows in :data:`~tasks.common.BENCHMARK_SCHEMA`; may be empty. A
@@ -304,25 +404,24 @@ def run(
 
     Returns:
         tables ``data`` (per domain, :data:`DOMAINS_SCHEMA`), ``benchmarks``
-        (:data:`BENCHMARKS_SCHEMA`) and ``examples`` (:data:`EXAMPLES_SCHEMA`), and a flat metrics
-        dict: ``bits_per_byte_mean`` (macro over domains), ``bits_per_byte/<domain>``,
-        ``<metric>/<benchmark>`` and, with a contamination report, ``<metric>/<benchmark>/clean``,
-        ``.../contaminated`` and ``accuracy_gap/<benchmark>`` (all − clean).
+        (:data:`BENCHMARKS_SCHEMA`), ``positions`` (:data:`POSITIONS_SCHEMA`) and ``examples``
+        (:data:`EXAMPLES_SCHEMA`), and a flat metrics dict: ``bits_per_byte_mean`` (macro over
+        domains), ``bits_per_byte/<domain>``, ``<metric>/<benchmark>`` and, with a contamination
+        report, ``<metric>/<benchmark>/clean``, ``.../contaminated`` and
+        ``accuracy_gap/<benchmark>`` (all − clean).
 
     Raises:
-        WinnowError: missing model folder, bad table columns or values, or a contamination report
-            that misses a scored example.
+        WinnowError: a model folder that does not load, a context_len above the model's, bad table
+            columns or values, or a contamination report that misses a scored example; all before
+            any scoring.
     """
     _check_heldout(heldout)
-    _check_benchmarks(benchmarks)
+    _check_benchmarks(benchmarks, params)
     contaminated_of = _contamination_lookup(contamination) if contamination is not None else None
-
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise WinnowError(f"evaluate: {model_dir} holds no saved model (config.json missing); run the train stage first")
+    ctx = _check_model(model_dir, params)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = _resolve_device(params.device, torch.cuda.is_available())
     dtype = ("bfloat16" if device == "cuda" else "float32") if params.dtype == "auto" else params.dtype
@@ -330,15 +429,10 @@ def run(
     threads_before = torch.get_num_threads()
     torch.set_num_threads(params.num_threads or cpus)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).to(device).eval()
-        model_ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions")
-        ctx = params.context_len or model_ctx
-        if ctx > model_ctx:
-            raise WinnowError(f"evaluate.context_len={ctx} exceeds the model's context of {model_ctx} tokens")
+        model, tokenizer = _load(model_dir, device)
         stride = params.stride or max(1, ctx // 2)
-        eos = tokenizer.eos_token_id
-        real_vocab = len(tokenizer)
+        encoder = Encoder(tokenizer)
+        real_vocab = len(tokenizer) if params.mask_padded_vocab else None
 
         def score(items: list[tuple[list[int], int]]) -> np.ndarray:
             """NLL per (tokens, first) item, splitting long ones into windows and summing back."""
@@ -350,18 +444,52 @@ def run(
             nll = score_requests(model, reqs, params.batch_size, device, dtype, real_vocab)
             return np.bincount(np.array(owner, dtype=np.int64), weights=nll, minlength=len(items))
 
-        domain_table, domain_metrics = _evaluate_heldout(heldout, params, tokenizer, eos, score)
-        bench_table, examples, bench_metrics = _evaluate_benchmarks(
-            benchmarks, params, tokenizer, eos, score, contaminated_of
-        )
+        domain_table, domain_metrics = _evaluate_heldout(heldout, params, encoder, score)
+        bench_tables, bench_metrics = _evaluate_benchmarks(benchmarks, params, encoder, score, contaminated_of)
     finally:
         torch.set_num_threads(threads_before)
 
     metrics = {**domain_metrics, **bench_metrics, "context_len": ctx, "stride": stride, "device": device, "dtype": dtype}
-    return StageResult(tables={"data": domain_table, "benchmarks": bench_table, "examples": examples}, metrics=metrics)
+    return StageResult(tables={"data": domain_table, **bench_tables}, metrics=metrics)
 
 
-def _evaluate_heldout(heldout: pa.Table, params: Params, tokenizer: Any, eos: int, score: Any) -> tuple[pa.Table, dict]:
+def _check_model(model_dir: Path, params: Params) -> int:
+    """The context length to use; a folder that is no loadable model fails here, before any weights are read."""
+    from tasks.pretrained import check_source
+
+    if not (model_dir / "config.json").is_file():
+        raise WinnowError(f"evaluate: {model_dir} holds no saved model (config.json missing); run the train stage first")
+    check_source(str(model_dir))
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise WinnowError(f"evaluate: {model_dir}/config.json does not load: {str(e).splitlines()[0]}") from None
+    model_ctx = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not model_ctx:
+        raise WinnowError(f"evaluate: {model_dir}/config.json names no context length (max_position_embeddings)")
+    ctx = params.context_len or model_ctx
+    if ctx > model_ctx:
+        raise WinnowError(f"evaluate.context_len={ctx} exceeds the model's context of {model_ctx} tokens ({model_dir})")
+    return ctx
+
+
+def _load(model_dir: Path, device: str) -> tuple[Any, Any]:
+    """Model (eval mode, on ``device``) and tokenizer; any load failure is one line naming the folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001  safetensors, torch and transformers each raise their own types
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WinnowError(f"evaluate: the model in {model_dir} does not load: {msg}") from None
+    return model.to(device).eval(), tokenizer
+
+
+def _evaluate_heldout(heldout: pa.Table, params: Params, encoder: Encoder, score: Any) -> tuple[pa.Table, dict]:
     keys = heldout["id"].to_pylist()
     if "part" in heldout.column_names:
         keys = [f"{i}#{p}" for i, p in zip(keys, heldout["part"].to_pylist())]
@@ -369,19 +497,19 @@ def _evaluate_heldout(heldout: pa.Table, params: Params, tokenizer: Any, eos: in
     texts = heldout["text"].to_pylist()
     sizes = [len(t.encode("utf-8")) for t in texts]
     chosen = _capped(keys, domains, params.max_docs_per_domain, params.sample_salt, sizes, params.max_bytes_per_domain)
-    enc = tokenizer([texts[i] for i in chosen], add_special_tokens=False)["input_ids"]
-    nll = score([([eos, *ids], 1) for ids in enc])
+    enc = encoder.tokenizer([texts[i] for i in chosen], add_special_tokens=False)["input_ids"]
+    nll = score([([encoder.prefix_id, *ids], 1) for ids in enc])
     rows, metrics = [], {}
     chosen_domains = np.array([domains[i] for i in chosen], dtype=object)
-    n_bytes = np.array([len(texts[i].encode("utf-8")) for i in chosen], dtype=np.int64)
+    n_bytes = np.array([sizes[i] for i in chosen], dtype=np.int64)
     n_tokens = np.array([len(ids) for ids in enc], dtype=np.int64)
     for d in sorted(set(domains)):
         m = chosen_domains == d
-        total_nll, b, t = float(nll[m].sum()), int(n_bytes[m].sum()), int(n_tokens[m].sum())
-        bpb = bits_per_byte(total_nll, b)
-        rows.append(
-            {"domain": d, "docs": int(m.sum()), "bytes": b, "tokens": t, "nats_per_token": total_nll / t, "bits_per_byte": bpb}
-        )
+        idx = resamples(int(m.sum()), params.bootstrap_iters, f"{params.bootstrap_seed}|domain|{d}")
+        bpb, lo, hi = ratio_with_interval(nll[m], n_bytes[m], idx, 1.0 / math.log(2))
+        total_nll, t = float(nll[m].sum()), int(n_tokens[m].sum())
+        rows.append({"domain": d, "docs": int(m.sum()), "bytes": int(n_bytes[m].sum()), "tokens": t,
+                     "nats_per_token": total_nll / t, "bits_per_byte": bpb, "bits_per_byte_lo": lo, "bits_per_byte_hi": hi})
         metrics[f"bits_per_byte/{d}"] = round(bpb, 5)
     metrics["bits_per_byte_mean"] = round(float(np.mean([r["bits_per_byte"] for r in rows])), 5)
     metrics["bits_per_byte_worst"] = round(float(np.max([r["bits_per_byte"] for r in rows])), 5)
@@ -391,72 +519,41 @@ def _evaluate_heldout(heldout: pa.Table, params: Params, tokenizer: Any, eos: in
 def _evaluate_benchmarks(
     benchmarks: pa.Table,
     params: Params,
-    tokenizer: Any,
-    eos: int,
+    encoder: Encoder,
     score: Callable[[list[tuple[list[int], int]]], np.ndarray],
     contaminated_of: Callable[[str, str], bool | None] | None,
-) -> tuple[pa.Table, pa.Table, dict]:
+) -> tuple[dict[str, pa.Table], dict]:
     if benchmarks.num_rows == 0:
-        return BENCHMARKS_SCHEMA.empty_table(), EXAMPLES_SCHEMA.empty_table(), {}
-    rows = benchmarks.select(list(BENCHMARK_SCHEMA.names)).to_pylist()
-    chosen = _capped([r["id"] for r in rows], [r["benchmark"] for r in rows], params.max_examples_per_benchmark, params.sample_salt)
-    rows = [rows[i] for i in chosen]
-
-    # One scoring pass for every (question, continuation) pair of every example.
-    items, spans = [], []
-    for r in rows:
-        question = r["question"] or ""
-        if r["answer"] >= 0:
-            # A choice follows lm-eval's joining rules (its leading space is part of what is scored).
-            if params.mc_template is not None:
-                question = params.mc_template.format(question=question)
-            pairs = [_split_context(question, c, params.choice_separator) for c in r["choices"]]
-        else:
-            # A target is scored exactly as given: its bytes are the bits/byte denominator.
-            pairs = [(question + _separator(question, r["target"], params.target_separator), r["target"])]
-        spans.append((len(items), len(pairs)))
-        ctx_cache: dict[str, list[int]] = {}
-        for ctx, cont in pairs:
-            if ctx not in ctx_cache:
-                ctx_cache[ctx] = tokenizer(ctx, add_special_tokens=False)["input_ids"] if ctx else []
-            ctx_ids = ctx_cache[ctx]
-            cont_ids = tokenizer(cont, add_special_tokens=False)["input_ids"]
-            items.append(([eos, *ctx_ids, *cont_ids], 1 + len(ctx_ids)))
+        empty = {"benchmarks": BENCHMARKS_SCHEMA, "positions": POSITIONS_SCHEMA, "examples": EXAMPLES_SCHEMA}
+        return {k: s.empty_table() for k, s in empty.items()}, {}
+    rows = select_examples(benchmarks, params)
+    contaminated = _contamination_flags(rows, contaminated_of)
+    items, spans = benchmark_requests(rows, params, encoder)
     nll = score(items)
+    rotated: list[np.ndarray | None] = [None] * len(rows)
+    if params.permutation_check:
+        r_items, r_spans = benchmark_requests(rows, params, encoder, rotate=True)
+        r_nll = score(r_items)
+        rotated = [-r_nll[s : s + k] if k else None for s, k, *_ in r_spans]
+    fit = in_fit_split([r["id"] for r in rows], params.sample_salt + "/calibration")
+    examples = [
+        _example(r, -nll[start : start + k], texts, rot, bool(f), c)
+        for r, (start, k, texts), rot, f, c in zip(rows, spans, rotated, fit, contaminated)
+    ]
 
-    examples = []
-    for r, (start, k) in zip(rows, spans):
-        contaminated = None
-        if contaminated_of is not None:
-            contaminated = contaminated_of(r["benchmark"], r["id"])
-            if contaminated is None:
-                raise WinnowError(f"evaluate: the contamination report has no row for example id {r['id']!r} ({r['benchmark']})")
-        ex = {"id": r["id"], "benchmark": r["benchmark"], "answer": r["answer"], "contaminated": contaminated}
-        if r["answer"] >= 0:
-            ll = [-float(v) for v in nll[start : start + k]]
-            s = choice_scores(ll, [len(c.encode("utf-8")) for c in r["choices"]], r["answer"])
-            ex.update(kind="multiple_choice", logliks=ll, target_bytes=None, bits_per_byte=None, probs=s.pop("probs"), **s)
-        else:
-            nb = len(r["target"].encode("utf-8"))
-            ex.update(
-                kind="target", pred=-1, pred_norm=-1, correct=None, correct_norm=None, confidence=None,
-                prob_answer=None, logliks=[-float(nll[start])], target_bytes=nb,
-                bits_per_byte=bits_per_byte(float(nll[start]), nb), nll=float(nll[start]), probs=None,
-            )
-        examples.append(ex)
-
-    table_rows, metrics = [], {}
+    table_rows, position_rows, metrics = [], [], {}
     subsets = SUBSETS if contaminated_of is not None else ("all",)
     for bench in sorted({e["benchmark"] for e in examples}):
+        mine = [e for e in examples if e["benchmark"] == bench]
+        fit_mc = [e for e in mine if e["kind"] == "multiple_choice" and e["calibration_fit"]]
+        temperature = (fit_temperature([e["logliks"] for e in fit_mc], [e["answer"] for e in fit_mc])
+                       if len(fit_mc) >= params.min_calibration_items else None)
         for subset in subsets:
-            sel = [
-                e for e in examples
-                if e["benchmark"] == bench and (subset == "all" or e["contaminated"] == (subset == "contaminated"))
-            ]
-            row = _subset_metrics(bench, subset, sel, params.ece_bins)
+            sel = [e for e in mine if subset == "all" or e["contaminated"] == (subset == "contaminated")]
+            row = _subset_metrics(bench, subset, sel, params, temperature)
             table_rows.append(row)
             suffix = "" if subset == "all" else f"/{subset}"
-            for name in ("accuracy", "accuracy_norm", "ece", "brier", "bits_per_byte"):
+            for name in (*BENCHMARK_METRICS, "temperature"):
                 if row[name] is not None:
                     metrics[f"{name}/{bench}{suffix}"] = round(row[name], 5)
             metrics[f"n/{bench}{suffix}"] = row["n"]
@@ -464,47 +561,151 @@ def _evaluate_benchmarks(
             acc_all, acc_clean = metrics.get(f"accuracy/{bench}"), metrics.get(f"accuracy/{bench}/clean")
             if acc_all is not None and acc_clean is not None:
                 metrics[f"accuracy_gap/{bench}"] = round(acc_all - acc_clean, 5)
-    example_table = pa.Table.from_pylist(
-        [{k: e.get(k) for k in EXAMPLES_SCHEMA.names} for e in examples], schema=EXAMPLES_SCHEMA
-    )
-    return pa.Table.from_pylist(table_rows, schema=BENCHMARKS_SCHEMA), example_table, metrics
+        position_rows += _position_rows(bench, [e for e in mine if e["kind"] == "multiple_choice"], params)
+    example_table = pa.Table.from_pylist([{k: e.get(k) for k in EXAMPLES_SCHEMA.names} for e in examples], schema=EXAMPLES_SCHEMA)
+    tables = {
+        "benchmarks": pa.Table.from_pylist(table_rows, schema=BENCHMARKS_SCHEMA),
+        "positions": pa.Table.from_pylist(position_rows, schema=POSITIONS_SCHEMA),
+        "examples": example_table,
+    }
+    return tables, metrics
 
 
-def _subset_metrics(bench: str, subset: str, sel: list[dict], ece_bins: int) -> dict[str, Any]:
+def select_examples(benchmarks: pa.Table, params: Params) -> list[dict[str, Any]]:
+    """The benchmark rows evaluate scores (the hash-ordered capped subset), as dicts."""
+    rows = benchmarks.select(list(BENCHMARK_SCHEMA.names)).to_pylist()
+    keep = _capped([r["id"] for r in rows], [r["benchmark"] for r in rows], params.max_examples_per_benchmark, params.sample_salt)
+    return [rows[i] for i in keep]
+
+
+def example_texts(row: dict[str, Any], params: Params, rotate: bool = False) -> tuple[str, list[str], list[str]]:
+    """``(context, continuations, choice_strings)`` of one benchmark row, as lm-eval requests them.
+
+    A multiple-choice row gives one continuation per choice (``choice_separator`` + string); with
+    ``rotate`` the choices are first rotated left by one. A target row gives its target (and no
+    choice strings), or nothing when rotated.
+    """
+    question = row["question"] or ""
+    if row["answer"] >= 0:
+        choices = list(row["choices"])
+        if rotate:
+            choices = choices[1:] + choices[:1]
+        context, strings = mc_prompt(question, choices, params)
+        return context, [params.choice_separator + s for s in strings], strings
+    if rotate:
+        return "", [], []
+    return target_prompt(question, row["target"], params), [row["target"]], []
+
+
+def benchmark_requests(
+    rows: list[dict[str, Any]], params: Params, encoder: Encoder, rotate: bool = False
+) -> tuple[list[tuple[list[int], int]], list[tuple[int, int, tuple[str, list[str], list[str]]]]]:
+    """Token requests of every (context, continuation) pair, and per row (first request, count, texts)."""
+    items, spans = [], []
+    for r in rows:
+        texts = example_texts(r, params, rotate)
+        context, conts, _ = texts
+        spans.append((len(items), len(conts), texts))
+        items.extend(encoder.pair(context, c) for c in conts)
+    return items, spans
+
+
+def _contamination_flags(rows: list[dict[str, Any]], contaminated_of: Callable[[str, str], bool | None] | None) -> list[bool | None]:
+    if contaminated_of is None:
+        return [None] * len(rows)
+    flags = []
+    for r in rows:
+        flag = contaminated_of(r["benchmark"], r["id"])
+        if flag is None:
+            raise WinnowError(f"evaluate: the contamination report has no row for example id {r['id']!r} ({r['benchmark']})")
+        flags.append(flag)
+    return flags
+
+
+def _example(
+    r: dict[str, Any], ll: np.ndarray, texts: tuple[str, list[str], list[str]], rotated: np.ndarray | None,
+    fit: bool, contaminated: bool | None,
+) -> dict[str, Any]:
+    """One row of the examples table (plus ``probs`` and ``nll`` for the subset metrics)."""
+    ex = {"id": r["id"], "benchmark": r["benchmark"], "answer": r["answer"], "contaminated": contaminated,
+          "calibration_fit": fit, "logliks": [float(v) for v in ll]}
+    if r["answer"] >= 0:
+        s = choice_scores(ll, texts[2], r["answer"])
+        pred_rotated = None if rotated is None else (int(np.argmax(rotated)) + 1) % len(ll)
+        ex.update(kind="multiple_choice", target_bytes=None, bits_per_byte=None, pred_rotated=pred_rotated, **s)
+        return ex
+    nb = len(scored_text(texts[0], texts[1][0]).encode("utf-8"))
+    ex.update(kind="target", pred=-1, pred_norm=-1, pred_bytes=-1, target_bytes=nb, nll=-float(ll[0]),
+              bits_per_byte=bits_per_byte(-float(ll[0]), nb), probs=None)
+    return ex
+
+
+def _put(row: dict[str, Any], name: str, value_lo_hi: tuple[float, float, float]) -> None:
+    row[name], row[f"{name}_lo"], row[f"{name}_hi"] = value_lo_hi
+
+
+def _subset_metrics(bench: str, subset: str, sel: list[dict], params: Params, temperature: float | None) -> dict[str, Any]:
+    """One row of the benchmarks table; intervals resample the subset's items."""
+    row: dict[str, Any] = {f.name: None for f in BENCHMARKS_SCHEMA}
     mc = [e for e in sel if e["kind"] == "multiple_choice"]
     tg = [e for e in sel if e["kind"] == "target"]
-    row: dict[str, Any] = {"benchmark": bench, "subset": subset, "n": len(sel)}
+    row.update(benchmark=bench, subset=subset, n=len(sel), n_choice=len(mc))
+    key = f"{params.bootstrap_seed}|{bench}|{subset}"
     if mc:
-        row["accuracy"] = float(np.mean([e["correct"] for e in mc]))
-        row["accuracy_norm"] = float(np.mean([e["correct_norm"] for e in mc]))
-        row["ece"] = expected_calibration_error(
-            np.array([e["confidence"] for e in mc]), np.array([e["correct"] for e in mc]), ece_bins
-        )
-        row["brier"] = brier_score([e["probs"] for e in mc], [e["answer"] for e in mc])
-    else:
-        row.update(accuracy=None, accuracy_norm=None, ece=None, brier=None)
-    # Micro-average: total bits over total bytes, like the held-out domains.
-    row["bits_per_byte"] = bits_per_byte(sum(e["nll"] for e in tg), sum(e["target_bytes"] for e in tg)) if tg else None
+        idx = resamples(len(mc), params.bootstrap_iters, key)
+        for name, col in (("accuracy", "correct"), ("accuracy_norm", "correct_norm"), ("accuracy_bytes", "correct_bytes")):
+            _put(row, name, mean_with_interval(np.array([e[col] for e in mc], dtype=np.float64), idx))
+        _put(row, "ece", _ece_with_interval([e["logliks"] for e in mc], [e["answer"] for e in mc], 1.0, idx, params.ece_bins))
+        _put(row, "brier", mean_with_interval(brier_items([e["probs"] for e in mc], [e["answer"] for e in mc]), idx))
+        row["temperature"] = temperature
+        test = [e for e in mc if not e["calibration_fit"]]
+        row["n_calibration"] = len(test)
+        if test:
+            tidx = resamples(len(test), params.bootstrap_iters, key + "|calibration")
+            lls, answers = [e["logliks"] for e in test], [e["answer"] for e in test]
+            _put(row, "ece_before", _ece_with_interval(lls, answers, 1.0, tidx, params.ece_bins))
+            if temperature is not None:
+                _put(row, "ece_after", _ece_with_interval(lls, answers, temperature, tidx, params.ece_bins))
+        if mc[0]["pred_rotated"] is not None:
+            _put(row, "agreement", mean_with_interval(np.array([e["pred_rotated"] == e["pred"] for e in mc], dtype=np.float64), idx))
+    if tg:
+        idx = resamples(len(tg), params.bootstrap_iters, key + "|target")
+        # Micro-average: total bits over total bytes, like the held-out domains.
+        nll, nb = np.array([e["nll"] for e in tg]), np.array([e["target_bytes"] for e in tg])
+        _put(row, "bits_per_byte", ratio_with_interval(nll, nb, idx, 1.0 / math.log(2)))
     return row
 
 
-def _separator(question: str, continuation: str, separator: str) -> str:
-    """``separator`` unless the question ends, or the continuation starts, with whitespace."""
-    return "" if (not question or question[-1:].isspace() or continuation[:1].isspace()) else separator
+def _ece_with_interval(
+    logliks: list[list[float]], answers: list[int], temperature: float, idx: np.ndarray, bins: int
+) -> tuple[float, float, float]:
+    """ECE of the top softmax(ll / T) probability, with its bootstrap interval over ``idx``."""
+    probs = [softmax(ll, temperature) for ll in logliks]
+    conf = np.array([p.max() for p in probs])
+    correct = np.array([int(np.argmax(p)) == a for p, a in zip(probs, answers)], dtype=np.float64)
+    return (expected_calibration_error(conf, correct, bins), *percentile_interval(ece_bootstrap(conf, correct, idx, bins)))
 
 
-def _split_context(question: str, choice: str, separator: str) -> tuple[str, str]:
-    """Context and continuation texts; trailing whitespace moves from context to continuation.
-
-    As in lm-eval: a BPE merges a space with the word after it, so " Paris" must be scored as one
-    continuation rather than leaving the space at the end of the context.
-    """
-    cont = _separator(question, choice, separator) + choice
-    stripped = question.rstrip()
-    if len(stripped) < len(question):
-        cont = question[len(stripped) :] + cont
-        question = stripped
-    return question, cont
+def _position_rows(bench: str, mc: list[dict], params: Params) -> list[dict[str, Any]]:
+    """Accuracy by the position of the gold answer and how often each position is picked."""
+    if not mc:
+        return []
+    answers = np.array([e["answer"] for e in mc])
+    preds = np.array([e["pred"] for e in mc])
+    correct = np.array([e["correct"] for e in mc], dtype=np.float64)
+    n_choices = np.array([len(e["logliks"]) for e in mc])
+    out = []
+    for p in range(int(n_choices.max())):
+        gold = answers == p
+        row = {"benchmark": bench, "position": p, "n_gold": int(gold.sum()), "n_pred": int((preds == p).sum()),
+               "pred_share": float((preds == p).sum() / max(1, (n_choices > p).sum()))}
+        if gold.any():
+            idx = resamples(int(gold.sum()), params.bootstrap_iters, f"{params.bootstrap_seed}|{bench}|position|{p}")
+            _put(row, "accuracy", mean_with_interval(correct[gold], idx))
+        else:
+            _put(row, "accuracy", (None, None, None))  # type: ignore[arg-type]
+        out.append(row)
+    return out
 
 
 def _capped(
@@ -567,7 +768,7 @@ def _check_heldout(heldout: pa.Table) -> None:
         raise WinnowError(f"evaluate (heldout): column 'text' is null or empty in row {bad[0]} (id {bad[1]!r})")
 
 
-def _check_benchmarks(benchmarks: pa.Table) -> None:
+def _check_benchmarks(benchmarks: pa.Table, params: Params) -> None:
     types = {f.name: f.type for f in BENCHMARK_SCHEMA}
     require_columns(benchmarks, types, "evaluate (benchmarks)")
     if benchmarks.num_rows == 0:
@@ -590,6 +791,8 @@ def _check_benchmarks(benchmarks: pa.Table) -> None:
                 )
             if any(not c for c in choices):
                 raise WinnowError(f"evaluate (benchmarks): example {r['id']!r} has an empty choice")
+            if params.mc_format == "letters" and len(choices) > len(LETTERS):
+                raise WinnowError(f"evaluate (benchmarks): example {r['id']!r} has {len(choices)} choices; mc_format 'letters' allows {len(LETTERS)}")
         elif answer == -1:
             if not r["target"]:
                 raise WinnowError(f"evaluate (benchmarks): example {r['id']!r} has answer -1 and no target to score")

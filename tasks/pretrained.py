@@ -114,7 +114,12 @@ def load_pretrained(source: str, attn_implementation: str = "sdpa") -> tuple["Pr
         kwargs: dict[str, Any] = {"gguf_file": path.name, "local_files_only": True}
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
         loaded = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
-        model = AutoModelForCausalLM.from_config(loaded.config, attn_implementation=attn_implementation,
+        config = loaded.config
+        # The dequantised copy is plain float32: a GGUF quantization_config left on it would make
+        # every later from_pretrained of the saved folder (lm-eval's too) ask for the GGUF file.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation,
                                                  dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config

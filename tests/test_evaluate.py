@@ -50,13 +50,16 @@ def test_calibrated_bins_give_zero_ece_and_miscalibration_is_weighted_by_bin_siz
 
 
 def test_choice_scores_on_hand_made_logits():
-    s = choice_scores(np.log([0.7, 0.2, 0.1]), choice_bytes=[1, 1, 1], answer=0)
+    s = choice_scores(np.log([0.7, 0.2, 0.1]), choices=["a", "b", "c"], answer=0)
     assert (s["pred"], s["correct"]) == (0, True)
     assert s["confidence"] == pytest.approx(0.7) and s["prob_answer"] == pytest.approx(0.7)
     assert brier_score([s["probs"]], [0]) == pytest.approx(0.09 + 0.04 + 0.01)
     # Length normalisation flips a long right answer that loses on raw log-likelihood.
-    s = choice_scores([-2.0, -1.5, -3.0], choice_bytes=[10, 1, 1], answer=0)
+    s = choice_scores([-2.0, -1.5, -3.0], choices=["x" * 10, "y", "z"], answer=0)
     assert (s["pred"], s["correct"], s["pred_norm"], s["correct_norm"]) == (1, False, 0, True)
+    # acc_norm counts characters (lm-eval), acc_bytes UTF-8 bytes: "éééé" is 4 characters, 8 bytes.
+    s = choice_scores([-2.5, -1.0], choices=["éééé", "ab"], answer=0)  # per char -0.625 < -0.5; per byte -0.31 > -0.5
+    assert (s["pred_norm"], s["pred_bytes"]) == (1, 0)
 
 
 def test_windows_score_every_token_once_within_the_context():
@@ -101,10 +104,10 @@ def models(tmp_path_factory):
 
 def _benchmarks() -> pa.Table:
     rows = [
-        {"id": "mc1", "benchmark": "toy", "question": "import", "choices": [" os", " banana"], "answer": 0, "target": " os"},
-        {"id": "mc2", "benchmark": "toy", "question": "def f(x):\n    return", "choices": [" x", " GNU General Public"], "answer": 0, "target": " x"},
-        {"id": "mc3", "benchmark": "toy", "question": "This program is free", "choices": [" software", " lunch", " beer"], "answer": 0, "target": " software"},
-        {"id": "mc4", "benchmark": "toy", "question": "for i in", "choices": [" range(10):", " the"], "answer": 0, "target": " range(10):"},
+        {"id": "mc1", "benchmark": "toy", "question": "import", "choices": ["os", "banana"], "answer": 0, "target": " os"},
+        {"id": "mc2", "benchmark": "toy", "question": "def f(x):\n    return", "choices": ["x", "GNU General Public"], "answer": 0, "target": " x"},
+        {"id": "mc3", "benchmark": "toy", "question": "This program is free", "choices": ["software", "lunch", "beer"], "answer": 0, "target": " software"},
+        {"id": "mc4", "benchmark": "toy", "question": "for i in", "choices": ["range(10):", "the"], "answer": 0, "target": " range(10):"},
         {"id": "he1", "benchmark": "code_gen", "question": "def add(a, b):\n", "choices": [], "answer": -1, "target": "    return a + b\n"},
     ]
     return pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA)
@@ -166,20 +169,26 @@ def test_benchmark_examples_match_direct_log_likelihoods(models):
     ex = {r["id"]: r for r in result.tables["examples"].to_pylist()}
 
     def loglik(context: str, continuation: str) -> float:
-        ctx = [tok.eos_token_id, *tok(context)["input_ids"]]
-        ids = ctx + tok(continuation)["input_ids"]
+        # lm-eval's _encode_pair: trailing whitespace moves to the continuation, the pair is encoded
+        # whole, and the continuation is what follows the context's own tokens.
+        n = len(context) - len(context.rstrip())
+        if n:
+            context, continuation = context[:-n], context[-n:] + continuation
+        ctx = tok.encode(context)
+        ids = ctx + tok.encode(context + continuation)[len(ctx):]
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
         return float(sum(logp[p - 1, ids[p]] for p in range(len(ctx), len(ids))))
 
     prompt = "Question: This program is free\nAnswer:"  # the default mc_template
-    assert ex["mc3"]["logliks"] == pytest.approx([loglik(prompt, c) for c in [" software", " lunch", " beer"]], rel=1e-4)
+    assert ex["mc3"]["logliks"] == pytest.approx([loglik(prompt, " " + c) for c in ["software", "lunch", "beer"]], rel=1e-4)
     assert ex["mc1"]["pred"] == int(np.argmax(ex["mc1"]["logliks"]))
     he = ex["he1"]
-    assert he["kind"] == "target" and he["target_bytes"] == len("    return a + b\n")
-    assert he["bits_per_byte"] == pytest.approx(-loglik("def add(a, b):\n", "    return a + b\n") / (math.log(2) * 17), rel=1e-4)
-    # The target separator joins question and target as context; only the target's bytes count.
-    want = -loglik("Come live with me\n", "And we will") / (math.log(2) * len("And we will"))
+    # The prompt's final newline is scored with the target (lm-eval moves it), so it is counted too.
+    assert he["kind"] == "target" and he["target_bytes"] == len("\n    return a + b\n")
+    assert he["bits_per_byte"] == pytest.approx(-loglik("def add(a, b):\n", "    return a + b\n") / (math.log(2) * 18), rel=1e-4)
+    # The target separator joins question and target: scored as lm-eval scores a trailing newline.
+    want = -loglik("Come live with me\n", "And we will") / (math.log(2) * len("\nAnd we will"))
     assert ex["line1"]["bits_per_byte"] == pytest.approx(want, rel=1e-4)
     rows = {(r["benchmark"], r["subset"]): r for r in result.tables["benchmarks"].to_pylist()}
     toy = rows[("toy", "all")]
@@ -234,3 +243,128 @@ def test_bad_inputs_name_the_problem(models, tmp_path):
         evaluate.run(tmp_path, heldout, _benchmarks(), Params(**FAST))
     with pytest.raises(WinnowError, match="held-out table is empty"):
         evaluate.run(trained, heldout.slice(0, 0), _benchmarks(), Params(**FAST))
+
+
+# --- intervals, temperature scaling, answer position ---------------------------------------------
+
+
+def test_bootstrap_interval_is_seeded_and_matches_the_normal_approximation():
+    from tasks.eval_metrics import mean_with_interval, resamples
+
+    correct = (np.random.default_rng(1).random(400) < 0.3).astype(float)
+    idx = resamples(len(correct), 2000, "seed|bench|all")
+    mean, lo, hi = mean_with_interval(correct, idx)
+    assert (mean, lo, hi) == mean_with_interval(correct, resamples(len(correct), 2000, "seed|bench|all"))
+    assert lo < mean < hi
+    # lm-eval's mean_stderr for acc: sample std / sqrt(n); a 95% normal interval is ±1.96 of it.
+    stderr = correct.std(ddof=1) / math.sqrt(len(correct))
+    assert hi - lo == pytest.approx(2 * 1.96 * stderr, rel=0.1)
+    assert mean_with_interval(correct, resamples(len(correct), 2000, "other seed"))[1] != lo
+
+
+def test_vectorised_ece_equals_the_ece_of_each_resample():
+    from tasks.eval_metrics import ece_bootstrap, resamples
+
+    rng = np.random.default_rng(2)
+    conf, correct = rng.random(50), rng.random(50) < 0.5
+    idx = resamples(50, 20, "k")
+    fast = ece_bootstrap(conf, correct, idx, 15)
+    slow = [expected_calibration_error(conf[i], correct[i], 15) for i in idx]
+    assert fast == pytest.approx(slow, abs=1e-12)
+
+
+def test_temperature_scaling_undoes_overconfidence_on_held_out_items():
+    from tasks.eval_metrics import fit_temperature, in_fit_split, softmax
+
+    rng = np.random.default_rng(3)
+    true_logits = rng.normal(size=(2000, 4))
+    answers = [int(rng.choice(4, p=softmax(z))) for z in true_logits]  # calibrated at T = 1
+    logliks = list(3.0 * true_logits)  # the model is 3x too sharp
+    fit = in_fit_split([f"q{i}" for i in range(2000)], "salt")
+    assert 0.45 < fit.mean() < 0.55 and (fit == in_fit_split([f"q{i}" for i in range(2000)], "salt")).all()
+    t = fit_temperature([logliks[i] for i in np.flatnonzero(fit)], [answers[i] for i in np.flatnonzero(fit)])
+    assert t == pytest.approx(3.0, rel=0.15)
+    test = np.flatnonzero(~fit)
+
+    def ece(temp):
+        p = [softmax(logliks[i], temp) for i in test]
+        return expected_calibration_error(np.array([q.max() for q in p]), np.array([int(np.argmax(q)) == answers[i] for q, i in zip(p, test)]))
+
+    assert ece(t) < ece(1.0) / 3
+
+
+def test_run_reports_intervals_calibration_split_and_answer_positions(models):
+    trained, _, heldout = models
+    bench = _benchmarks()
+    result = evaluate.run(trained, heldout.slice(0, 3), bench, Params(**FAST, bootstrap_iters=200))
+    rows = {(r["benchmark"], r["subset"]): r for r in result.tables["benchmarks"].to_pylist()}
+    toy = rows[("toy", "all")]
+    for name in ("accuracy", "accuracy_norm", "accuracy_bytes", "ece", "brier"):
+        assert toy[f"{name}_lo"] <= toy[name] <= toy[f"{name}_hi"], name
+    ex = result.tables["examples"].to_pylist()
+    assert toy["n_calibration"] == sum(1 for e in ex if e["kind"] == "multiple_choice" and not e["calibration_fit"])
+    assert toy["temperature"] is None and toy["ece_after"] is None and toy["agreement"] is None  # 4 items: no fit
+    few = evaluate.run(trained, heldout.slice(0, 1), bench, Params(**FAST, bootstrap_iters=50, min_calibration_items=1))
+    fitted = [r for r in few.tables["benchmarks"].to_pylist() if r["benchmark"] == "toy"][0]
+    assert fitted["temperature"] > 0 and (fitted["ece_after"] is None) == (fitted["n_calibration"] == 0)
+    for d in result.tables["data"].to_pylist():
+        assert d["bits_per_byte_lo"] <= d["bits_per_byte"] <= d["bits_per_byte_hi"]
+    positions = result.tables["positions"].to_pylist()
+    assert [p["position"] for p in positions] == [0, 1, 2]  # mc3 has three choices
+    assert positions[0]["n_gold"] == 4 and sum(p["n_pred"] for p in positions) == 4  # every answer is at 0
+    assert positions[0]["accuracy"] == pytest.approx(toy["accuracy"])
+    again = evaluate.run(trained, heldout.slice(0, 3), bench, Params(**FAST, bootstrap_iters=200))
+    assert again.tables["benchmarks"].equals(result.tables["benchmarks"])  # seeded: same intervals
+
+
+def test_letters_format_lists_the_choices_and_the_rotation_check_scores_them_again(models):
+    trained, _, heldout = models
+    params = Params(**FAST, mc_format="letters", permutation_check=True, bootstrap_iters=50)
+    row = _benchmarks().to_pylist()[2]
+    context, conts, strings = evaluate.example_texts(row, params)
+    assert context == "This program is free\nA. software\nB. lunch\nC. beer\nAnswer:" and conts == [" A", " B", " C"]
+    rotated = evaluate.example_texts(row, params, rotate=True)[0]
+    assert rotated == "This program is free\nA. lunch\nB. beer\nC. software\nAnswer:"
+    result = evaluate.run(trained, heldout.slice(0, 1), _benchmarks(), params)
+    toy = [r for r in result.tables["benchmarks"].to_pylist() if r["benchmark"] == "toy"][0]
+    ex = [e for e in result.tables["examples"].to_pylist() if e["kind"] == "multiple_choice"]
+    assert toy["agreement"] == pytest.approx(np.mean([e["pred_rotated"] == e["pred"] for e in ex]))
+    with pytest.raises(ValueError, match="permutation_check needs mc_format = 'letters'"):
+        Params(permutation_check=True)
+
+
+def test_encoder_moves_trailing_whitespace_and_uses_the_prefix_for_an_empty_context(models):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(models[0])
+    enc = evaluate.Encoder(tok)
+    toks, first = enc.pair("Answer: ", "yes")
+    assert toks[:first] == tok.encode("Answer:") and toks[first:] == tok.encode("Answer: yes")[first:]
+    toks, first = enc.pair("", "yes")
+    assert (toks[0], first) == (tok.eos_token_id, 1)
+
+
+def test_a_model_folder_that_does_not_load_fails_before_scoring(models, tmp_path):
+    import shutil
+
+    trained, _, heldout = models
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(WinnowError, match=r"the model in .*broken does not load"):
+        evaluate.run(broken, heldout, _benchmarks(), Params(**FAST))
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(WinnowError, match="no weights"):
+        evaluate.run(broken, heldout, _benchmarks(), Params(**FAST))
+    with pytest.raises(WinnowError, match="context_len=4096 exceeds the model's context of 64 tokens"):
+        evaluate.run(trained, heldout, _benchmarks(), Params(**FAST, context_len=4096))
+
+
+def test_bf16_autocast_path_runs_on_cpu_and_stays_close_to_float32(models):
+    """The GPU recipe (bf16 autocast, log-probabilities in float32), exercised on CPU for its logic."""
+    model, tok = _load(models[0])
+    reqs = [([tok.eos_token_id, *tok(t)["input_ids"]], 1) for t in ["def main():\n    return 0\n", "GNU General Public License"]]
+    full = score_requests(model, reqs, batch_size=2, device="cpu", dtype="float32")
+    half = score_requests(model, reqs, batch_size=2, device="cpu", dtype="bfloat16")
+    assert half.dtype == np.float64 and not np.allclose(half, full, rtol=0, atol=0)  # bf16 really ran
+    assert half == pytest.approx(full, rel=0.05)

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", required=True, help="the store entry `winnow train` printed (fingerprint prefix)")
             p.add_argument("--contamination-report", metavar="REF",
                            help="store entry of a contamination run, to score clean and contaminated subsets apart")
+            p.add_argument("--lm-eval", action="store_true",
+                           help="also score the same items with lm-evaluation-harness's hf model and compare (needs winnow[lmeval])")
         _add_column_args(p)
         _add_config_args(p)
     return parser
@@ -231,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _preflight(cfg)
     _prefect_env(args.debug)
     from flows.pipeline import nightly, task_runner
-    from flows.receipt import evaluation_summary, format_table, mixture_weights, receipt_rows
+    from flows.receipt import benchmark_rows, domain_rows, evaluation_summary, format_table, mixture_weights, receipt_rows
     from storage import DatasetStore, short
 
     started = time.perf_counter()
@@ -261,9 +263,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "evaluate" in outputs:
         ev = evaluation_summary(store, outputs["evaluate"])
         print("\nheld-out bits/byte per domain:")
-        print(format_table(ev["data"]))
+        print(format_table(domain_rows(ev["data"])))
         print("\nbenchmarks:")
-        print(format_table(ev["benchmarks"]))
+        print(format_table(benchmark_rows(ev["benchmarks"])))
     print(f"\nstore: {store.root}")
     for stage in ("label_noise", "mixture", "train", "evaluate"):
         if stage in outputs:
@@ -334,6 +336,8 @@ def _stage_outputs(args: argparse.Namespace, stage: str) -> dict[str, Path]:
              "evaluate": ("benchmarks", "examples"), "dedup": ("index",)}
     for name in extra.get(stage, ()):
         paths[name] = Path(f"{stem}.{name}.parquet")
+    if stage == "evaluate" and getattr(args, "lm_eval", False):
+        paths["lmeval"] = Path(f"{stem}.lmeval.parquet")
     return paths
 
 
@@ -348,6 +352,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from winnow import io as wio
 
     stage = args.command.replace("-", "_")
+    if getattr(args, "lm_eval", False):
+        from tasks.lmeval import require_lm_eval
+
+        require_lm_eval()  # before any compute
     cfg = _load(args)
     store = _writable_store(cfg.store.root)
     cols = wio.Columns(id=args.id_column, text=args.text_column, domain=args.domain_column, label=args.label_column)
@@ -445,6 +453,12 @@ def _run_and_export(args: argparse.Namespace, stage: str, store: Any, cfg: Any, 
     if "removed" in outputs:
         print(f"removal report: {ledger.num_rows} rows -> {outputs['removed']}")
     print(f"store entry {short(fp)} (winnow lineage {short(fp)}); metrics: {json.dumps(m.metrics)[:600]}")
+    if stage == "evaluate":
+        from flows.receipt import benchmark_rows, format_table
+
+        print(format_table(benchmark_rows(store.table(fp, "benchmarks").to_pylist())))
+        if args.lm_eval:
+            _lm_eval_parity(store, fp, parents, cfg.params(stage), out)
     return 0
 
 
@@ -461,6 +475,31 @@ def _copy_folder(src: Path, out: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _lm_eval_parity(store: Any, fp: str, parents: dict[str, str], params: Any, out: Path) -> None:
+    """Score the evaluate entry's items with lm-eval on the same model folder; print both side by side."""
+    from flows.receipt import format_table, with_interval
+    from tasks import lmeval
+    from winnow import io as wio
+
+    from flows.stagetask import split_ref
+
+    model_dir = store.files_dir(split_ref(parents["model_dir"])[0])
+    folder = out.with_name(out.name.split(".")[0] + ".lmeval")
+    items, summary, lm = lmeval.parity(model_dir, store.table(parents["benchmarks"]), params,
+                                       store.table(fp, "examples"), folder, store.manifest(fp).metrics["context_len"])
+    ours = {r["benchmark"]: r for r in store.table(fp, "benchmarks").to_pylist() if r["subset"] == "all"}
+    rows = [{"benchmark": s["benchmark"], "items": s["items"],
+             "winnow acc": with_interval(ours[s["benchmark"]], "accuracy"), "lm-eval acc": s["lm_eval_acc"],
+             "winnow acc_norm": with_interval(ours[s["benchmark"]], "accuracy_norm"), "lm-eval acc_norm": s["lm_eval_acc_norm"],
+             "same preds": s["same_pred"], "max |Δ loglik|": s["max_abs_diff"], "too long": s["too_long"]}
+            for s in summary]
+    print(f"\nlm-evaluation-harness on the same items ({lm.seconds:.1f}s; tasks in {folder}):")
+    print(format_table(rows))
+    path = out.with_name(out.name.split(".")[0] + ".lmeval.parquet")
+    wio.export_table(items, path)
+    print(f"per-item comparison: {items.num_rows} rows -> {path}")
 
 
 def _model_ref(store: Any, ref: str) -> str:
