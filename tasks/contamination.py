@@ -110,6 +110,7 @@ REPORT_SCHEMA = pa.schema(
         ("hits", pa.string()),
         ("example_tokens", pa.int64()),
         ("checked", pa.bool_()),
+        ("extra", pa.string()),  # the benchmark item's fields no role reads (JSON), null if none
     ]
 )
 
@@ -852,6 +853,7 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
             "hits": pa.array(hits_json, pa.string()),
             "example_tokens": pa.array(ex_len, pa.int64()),
             "checked": pa.array(checked, pa.bool_()),
+            "extra": _extra_column(benchmarks),
         },
         schema=REPORT_SCHEMA,
     )
@@ -887,6 +889,13 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
         "params": {k: v for k, v in asdict(params).items() if k not in ("per_benchmark",)},
     }
     return StageResult(tables={"data": data, "report": report}, removed=removed, metrics=metrics)
+
+
+def _extra_column(benchmarks: pa.Table) -> pa.Array:
+    """The benchmark's kept extra fields (``winnow.benchmark_formats``), for the report."""
+    if "extra" in benchmarks.column_names:
+        return benchmarks["extra"].combine_chunks().cast(pa.string())
+    return pa.nulls(benchmarks.num_rows, pa.string())
 
 
 def _act(corpus: pa.Table, params: Params, spans: dict[int, list[tuple[int, int]]],

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         if stage in ("contamination", "evaluate"):
             p.add_argument("--benchmark", action="append", default=[], metavar="B",
                            help="benchmark file (repeatable; default: the bundled benchmarks)")
+            p.add_argument("--benchmark-format", metavar="FORMAT",
+                           help="benchmark format: auto (default: detected from the fields), mmlu, mmlu_prompt, "
+                                "arc, hellaswag, gsm8k, truthfulqa_mc or lm_eval")
+            p.add_argument("--benchmark-field", action="append", default=[], metavar="ROLE=COLUMN",
+                           help="read benchmark role ROLE (question, choices, answer, target, id, benchmark, "
+                                "context) from COLUMN (repeatable)")
         if stage == "dedup":
             p.add_argument("--index", metavar="REF",
                            help="incremental: check IN (new documents only) against this earlier dedup entry's index")
@@ -260,7 +266,7 @@ def _preflight(cfg: Any) -> None:
     inputs = cfg.inputs
     columns = {"split": inputs.split, "id": inputs.id_column, "text": inputs.text_column,
                "domain": inputs.domain_column, "label": inputs.label_column}
-    for kind, paths, cols in (("corpus", [inputs.corpus], columns), ("benchmarks", list(inputs.benchmarks), {"split": inputs.split})):
+    for kind, paths, cols in (("corpus", [inputs.corpus], columns), ("benchmarks", list(inputs.benchmarks), inputs.benchmark_columns())):
         plan = plan_ingest(kind, paths, cols)
         if not store.exists(fingerprint_of(plan)):
             execute(plan, str(store.root))  # validates; the flow then finds it in the store
@@ -292,7 +298,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     parents: dict[str, str] = {"corpus": corpus}
     if stage in ("contamination", "evaluate"):
         bench_paths = args.benchmark or list(cfg.inputs.benchmarks)
-        parents["benchmarks"] = execute(plan_ingest("benchmarks", bench_paths, {"split": args.split}), root)
+        parents["benchmarks"] = execute(plan_ingest("benchmarks", bench_paths, _benchmark_columns(args, cfg)), root)
     if stage == "label_noise" and cfg.params(stage).uses_minilm:
         # The vectors are a store entry of their own, as in the pipeline: a rerun with other
         # label_noise settings, or on a file with a few new rows, embeds only what is new.
@@ -334,6 +340,19 @@ def cmd_stage(args: argparse.Namespace) -> int:
         print(f"removal report: {ledger.num_rows} rows -> {removed_path}")
     print(f"store entry {short(fp)} (winnow lineage {short(fp)}); metrics: {json.dumps(m.metrics)[:600]}")
     return 0
+
+
+def _benchmark_columns(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """Benchmark ingest parameters: the command line's format and field mapping over the config's."""
+    from winnow.config import benchmark_columns
+
+    fields = dict(cfg.inputs.benchmark_fields)
+    for item in args.benchmark_field:
+        role, eq, column = item.partition("=")
+        if not eq or not role.strip() or not column.strip():
+            raise WinnowError(f"--benchmark-field {item!r}: expected ROLE=COLUMN, e.g. question=problem")
+        fields[role.strip()] = column.strip()
+    return benchmark_columns(args.split, args.benchmark_format or cfg.inputs.benchmark_format, fields)
 
 
 def _model_ref(store: Any, ref: str) -> str:

@@ -52,6 +52,12 @@ class InputsConfig:
         benchmarks: evaluation benchmarks checked for contamination and scored by evaluate.
         id_column, text_column, domain_column, label_column: the user's column names for each role.
         split: the split to read when an input is a saved `datasets` DatasetDict.
+        benchmark_format: the benchmark files' format: ``auto`` (detected from their field names)
+            or one of ``winnow.benchmark_formats.FORMATS`` (mmlu, mmlu_prompt, arc, hellaswag,
+            gsm8k, truthfulqa_mc, lm_eval); README "Benchmark formats" lists each one's fields.
+        benchmark_fields: role -> column name for benchmark files in any other shape, e.g.
+            ``{question = "problem", target = "solution"}``; roles: id, benchmark, question,
+            choices, answer, target, context.
         dedup_index: incremental dedup. A store reference (fingerprint prefix or RUN:dedup) of an
             earlier dedup output whose signature index the new corpus is checked against; the
             corpus must then hold only documents not seen before. Empty: dedup the corpus alone.
@@ -65,6 +71,22 @@ class InputsConfig:
     label_column: str = "label"
     split: str | None = None
     dedup_index: str = ""
+    benchmark_format: str = "auto"
+    benchmark_fields: dict[str, str] = field(default_factory=dict)
+
+    def benchmark_columns(self) -> dict[str, Any]:
+        """How benchmark files are read: the ingest parameters (part of its fingerprint)."""
+        return benchmark_columns(self.split, self.benchmark_format, self.benchmark_fields)
+
+
+def benchmark_columns(split: str | None, fmt: str = "auto", fields: dict[str, str] | None = None) -> dict[str, Any]:
+    """Ingest parameters of benchmark files; the defaults add nothing, so old fingerprints hold."""
+    out: dict[str, Any] = {"split": split}
+    if fmt != "auto":
+        out["format"] = fmt
+    if fields:
+        out["fields"] = dict(sorted(fields.items()))
+    return out
 
 
 @dataclass(frozen=True)
