@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.common import BENCHMARK_SCHEMA
+from benchmarks.native_shapes import SHAPES, prompt_with_choices, to_native
 from winnow import io as wio
 from winnow.benchmark_formats import FORMATS, detect, split_prompt_choices
 from winnow.errors import WinnowError
@@ -24,42 +25,8 @@ def mmlu() -> list[dict]:
     return rows[:6]
 
 
-def _letters(n: int) -> list[str]:
-    return [chr(65 + i) for i in range(n)]
-
-
-def _prompt(r: dict) -> str:
-    opts = "\n".join(f"{c}. {t}" for c, t in zip(_letters(len(r["choices"])), r["choices"]))
-    return f"{r['question']}\n\n{opts}\nAnswer:"
-
-
 def _native(fmt: str, rows: list[dict]) -> pa.Table:
-    """The same items in one native shape, with an extra field a hub dataset would carry."""
-    out = []
-    for i, r in enumerate(rows):
-        n = len(r["choices"])
-        if fmt == "mmlu":
-            out.append({"question": r["question"], "subject": "misc", "choices": r["choices"], "answer": r["answer"]})
-        elif fmt == "mmlu_prompt":
-            out.append({"question": _prompt(r), "answer": "ABCD"[r["answer"]], "subject": "misc"})
-        elif fmt == "arc":
-            out.append({"id": f"Mercury_{i}", "question": r["question"],
-                        "choices": {"text": r["choices"], "label": [str(k + 1) for k in range(n)]},
-                        "answerKey": str(r["answer"] + 1)})
-        elif fmt == "hellaswag":
-            out.append({"ind": i, "activity_label": "misc", "ctx_a": r["question"], "ctx_b": "",
-                        "ctx": r["question"], "endings": r["choices"], "label": str(r["answer"]), "split": "val"})
-        elif fmt == "gsm8k":
-            out.append({"question": r["question"], "answer": f"The answer is {r['target']}.\n#### {r['answer']}"})
-        elif fmt == "truthfulqa_mc":
-            order = [r["answer"]] + [k for k in range(n) if k != r["answer"]]
-            out.append({"question": r["question"],
-                        "mc1_targets": {"choices": [r["choices"][k] for k in order], "labels": [1] + [0] * (n - 1)},
-                        "mc2_targets": {"choices": r["choices"], "labels": [int(k == r["answer"]) for k in range(n)]}})
-        elif fmt == "lm_eval":
-            out.append({"input": [{"role": "system", "content": "Answer with the letter of the option."},
-                                  {"role": "user", "content": _prompt(r)}], "ideal": "ABCD"[r["answer"]]})
-    return pa.Table.from_pylist(out)
+    return to_native(fmt, rows)
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -72,8 +39,9 @@ def test_each_native_format_is_detected_and_keeps_the_item(fmt, mmlu):
     for r, got in zip(mmlu, out.to_pylist()):
         assert r["question"] in got["question"]
         assert got["benchmark"] == "bench"
+        assert got["id"] == r["id"]
         if fmt == "gsm8k":
-            assert got["answer"] == -1 and got["target"].startswith(f"The answer is {r['target']}")
+            assert got["answer"] == -1 and got["target"] == r["target"]
         else:
             assert got["target"] == r["target"] and got["choices"][got["answer"]] == r["target"]
             assert sorted(got["choices"]) == sorted(r["choices"])
@@ -82,12 +50,11 @@ def test_each_native_format_is_detected_and_keeps_the_item(fmt, mmlu):
             "truthfulqa_mc": "mc2_targets", "arc": None, "gsm8k": None, "lm_eval": None}[fmt]
     if kept:
         assert kept in extra  # extra fields are kept, not errors
-    if fmt == "arc":
-        assert out["id"].to_pylist()[0] == "Mercury_0"
+    assert set(SHAPES) == set(FORMATS)
 
 
 def test_prompt_stem_drops_choice_lines_and_answer_cue(mmlu):
-    stem, choices = split_prompt_choices(_prompt(mmlu[0]))
+    stem, choices = split_prompt_choices(prompt_with_choices(mmlu[0]["question"], mmlu[0]["choices"]))
     assert stem == mmlu[0]["question"] and choices == mmlu[0]["choices"]
     # QuaRTz writes " A: ..." with a leading space
     stem, choices = split_prompt_choices("The resistance\n\n A: increases\n B: decreases")

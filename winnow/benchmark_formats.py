@@ -24,7 +24,7 @@ default (question, then the correct answer's text):
 * ``gsm8k``: ``question``, ``answer`` free text (a worked solution). Searchable: question + the
   whole answer (``target``; ``answer`` becomes -1).
 * ``lm_eval``: a prompt (``prompt``, ``query`` or ``input``; a chat list of ``{role, content}`` is
-  joined) and an answer (``answer``, ``ideal``, ``gold``, ``label``, ``target`` or ``output``): a
+  joined, system messages left out) and an answer (``answer``, ``ideal``, ``gold``, ``label``, ``target`` or ``output``): a
   letter or index into the choices written in the prompt, or free text. Searchable: the prompt
   without its choice lines + the correct choice (or + the answer text).
 
@@ -100,9 +100,11 @@ def split_prompt_choices(prompt: str) -> tuple[str, list[str]]:
 
 
 def _chat_text(value: Any) -> Any:
-    """A chat prompt (list of ``{role, content}``) as one text; anything else unchanged."""
+    """A chat prompt (list of ``{role, content}``) as one text; anything else unchanged. System
+    messages are instructions shared by every item, not the item, and are left out."""
     if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
-        return "\n".join(str(m["content"] or "") for m in value)
+        turns = [m for m in value if m.get("role") != "system"] or value
+        return "\n".join(str(m["content"] or "") for m in turns)
     return value
 
 
