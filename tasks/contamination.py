@@ -89,7 +89,7 @@ ACTIONS = ("mask", "drop", "flag")
 #: ``context`` is an optional extra column (e.g. a reading passage).
 FIELDS = ("question", "choices", "answer", "target", "context")
 _RULE_KEYS = ("fields", "ngram_n", "min_longest_match", "min_coverage", "min_docs", "short_ngram_n",
-              "short_max_docs", "short_min_content")
+              "short_max_docs", "short_min_content", "fuzzy_ngram_n", "fuzzy_min_aligned")
 
 #: key_cap of an index key that is both a short-span k-gram and an n-gram: never dropped by the scan
 _NO_CAP = 1 << 62
@@ -202,10 +202,15 @@ class Params:
     min_coverage: float = 0.4
     min_docs: int = 0
     min_example_tokens: int = 5
-    template_examples: int = 10
+    template_examples: int = 5
     short_ngram_n: int = 4
     short_max_docs: int = 3
     short_min_content: int = 2
+    fuzzy_ngram_n: int = 4
+    fuzzy_min_aligned: float = 0.7
+    fuzzy_min_tokens: int = 12
+    fuzzy_max_docs: int = 10
+    fuzzy_min_grams: int = 2
     per_benchmark: dict[str, dict[str, Any]] = field(default_factory=dict)
     action: str = "mask"
     mask_text: str = " "
@@ -224,9 +229,9 @@ class Params:
             raise WinnowError("contamination: normalization.strip_punctuation and collapse_whitespace must be true "
                               "(matching is on word tokens)")
         if self.batch_mb <= 0 or min(self.max_hits, self.workers, self.template_examples) < 0 \
-                or self.min_example_tokens < 1:
+                or self.min_example_tokens < 1 or min(self.fuzzy_min_tokens, self.fuzzy_max_docs, self.fuzzy_min_grams) < 1:
             raise WinnowError("contamination: batch_mb must be > 0, max_hits, workers and template_examples >= 0, "
-                              "min_example_tokens >= 1")
+                              "min_example_tokens, fuzzy_min_tokens, fuzzy_max_docs and fuzzy_min_grams >= 1")
         _check_rules({k: getattr(self, k) for k in _RULE_KEYS}, "contamination")
         for bench, over in self.per_benchmark.items():
             unknown = sorted(set(over) - set(_RULE_KEYS))
@@ -262,6 +267,10 @@ def _check_rules(r: dict[str, Any], where: str) -> None:
         raise WinnowError(f"{where}: short_max_docs must be an integer >= 1, got {cap!r}")
     if not isinstance(r["short_min_content"], int) or r["short_min_content"] < 0:
         raise WinnowError(f"{where}: short_min_content must be an integer >= 0, got {r['short_min_content']!r}")
+    if not isinstance(r["fuzzy_ngram_n"], int) or not 0 <= r["fuzzy_ngram_n"] <= 255:
+        raise WinnowError(f"{where}: fuzzy_ngram_n must be an integer in 0..255 (0 = off), got {r['fuzzy_ngram_n']!r}")
+    if not (0 < float(r["fuzzy_min_aligned"]) <= 1):
+        raise WinnowError(f"{where}: fuzzy_min_aligned must be in (0, 1], got {r['fuzzy_min_aligned']!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,6 +387,7 @@ class _Index:
     ``key_examples`` is how many benchmark examples hold a short-span key. ``occ_template`` marks
     n-grams held by ``template_examples`` or more examples: they are looked up so the report can
     show them, but are no evidence; ``own`` is False for every example token inside one.
+    ``occ_fuzzy`` marks the k-grams of rule ``fuzzy`` (capped like short-span ones).
     """
 
     lengths: list[int]
@@ -390,6 +400,7 @@ class _Index:
     key_examples: dict[int, np.ndarray]
     occ_template: dict[int, np.ndarray]
     key_template: dict[int, np.ndarray]
+    occ_fuzzy: dict[int, np.ndarray]
     own: np.ndarray
     bitmap: np.ndarray
     shift: int
@@ -414,68 +425,93 @@ def _examples_per_key(h: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, min_tokens: int,
                  template_examples: int = 0, ex_k: np.ndarray | None = None,
-                 ex_cap: np.ndarray | None = None) -> _Index:
+                 ex_cap: np.ndarray | None = None, ex_fk: np.ndarray | None = None,
+                 fuzzy_cap: int = 0, fuzzy_min_tokens: int = 0) -> _Index:
     """Index the n-grams of every example; ``ex_n`` is each example's n (per benchmark).
 
     ``ex_k`` and ``ex_cap`` are each example's short-span k (0: none) and ``short_max_docs``; the
     examples with a k also get their k-grams, except template ones (``template_examples``).
+    ``ex_fk`` is each example's fuzzy k (0: none): examples with at least ``fuzzy_min_tokens`` own
+    (non-template) tokens get those k-grams too, capped at ``fuzzy_cap`` documents.
     """
     lengths_e = np.diff(ex_bounds)
     n_ex = lengths_e.size
     ex_of_token = np.repeat(np.arange(n_ex), lengths_e)
     short = (lengths_e >= min_tokens) & (lengths_e < ex_n)
-    ex_k = np.zeros(n_ex, np.int64) if ex_k is None else ex_k
-    ex_cap = np.zeros(n_ex, np.int64) if ex_cap is None else ex_cap
+    zeros = np.zeros(n_ex, np.int64)
+    ex_k = zeros if ex_k is None else ex_k
+    ex_cap = zeros if ex_cap is None else ex_cap
+    ex_fk = zeros if ex_fk is None else ex_fk
     ks = sorted({int(v) for v in np.unique(ex_k[ex_k > 0])})
-    in_template = np.zeros(ex_hash.size + 1, np.int64)  # +1/-1 at each template n-gram's ends
+    fks = sorted({int(v) for v in np.unique(ex_fk[ex_fk > 0])})
     want = sorted({int(v) for v in np.unique(ex_n)} | {int(v) for v in np.unique(lengths_e[short])})
-    grams = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, sorted(set(want) | set(ks)))
-    parts: dict[int, list[tuple[np.ndarray, ...]]] = {L: [] for L in sorted(set(want) | set(ks))}
-    n_holders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    all_lengths = sorted(set(want) | set(ks) | set(fks))
+    grams = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, all_lengths)
+    parts: dict[int, list[tuple[np.ndarray, ...]]] = {L: [] for L in all_lengths}
+    in_template = np.zeros(ex_hash.size + 1, np.int64)  # +1/-1 at each template n-gram's ends
     for L in want:
         h, first = grams[L]
         e = ex_of_token[first]
         # the example's own n, or its whole token sequence when it is shorter than its n
         whole = short[e] & (lengths_e[e] == L)
         keep = (ex_n[e] == L) | whole
-        h, first, e, whole = h[keep], first[keep], e[keep], whole[keep]
-        q = first - ex_bounds[e]
+        h, e, whole = h[keep], e[keep], whole[keep]
+        q = first[keep] - ex_bounds[e]
         tmpl = np.zeros(h.size, bool)
         if template_examples and h.size:
             # an n-gram in many examples is template text ("which of the following is ..."):
             # evidence for none of them in particular. A whole short example is never a template.
             gk, gc = _examples_per_key(h[~whole], e[~whole])
-            common = gk[gc >= template_examples]
-            if common.size:
-                tmpl = ~whole & np.isin(h, common)
-                g0 = ex_bounds[e[tmpl]] + q[tmpl]
-                np.add.at(in_template, g0, 1)
-                np.add.at(in_template, g0 + L, -1)
-        parts[L].append((h, e, q, np.zeros(h.size, bool), np.zeros(h.size, np.int64), tmpl))
-    for k in ks:
+            tmpl = ~whole & np.isin(h, gk[gc >= template_examples])
+            g0 = ex_bounds[e[tmpl]] + q[tmpl]
+            np.add.at(in_template, g0, 1)
+            np.add.at(in_template, g0 + L, -1)
+        parts[L].append(_part(h, e, q, template=tmpl))
+    own = np.cumsum(in_template[:-1]) == 0
+    own_len = np.add.reduceat(own.astype(np.int64), ex_bounds[:-1]) if own.size else zeros
+    own_len = np.where(lengths_e > 0, own_len, 0)
+    n_holders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for k in sorted(set(ks) | set(fks)):
         h, first = grams[k]
         e = ex_of_token[first]
         gk, gc = _examples_per_key(h, e)  # over every example, of any length or benchmark
         n_holders[k] = (gk, gc)
-        keep = ex_k[e] == k
-        if template_examples:
-            keep &= ~np.isin(h, gk[gc >= template_examples])
-        h, e = h[keep], e[keep]
-        parts[k].append((h, e, first[keep] - ex_bounds[e], np.ones(h.size, bool), ex_cap[e], np.zeros(h.size, bool)))
-    keys, ptr, occ_e, occ_q, occ_s, cap, holders, occ_t, key_t = {}, {}, {}, {}, {}, {}, {}, {}, {}
+        not_tmpl = ~np.isin(h, gk[gc >= template_examples]) if template_examples else np.ones(h.size, bool)
+        for flag, sel, cap in (("short", ex_k == k, ex_cap), ("fuzzy", (ex_fk == k) & (own_len >= fuzzy_min_tokens),
+                                                               np.full(n_ex, fuzzy_cap))):
+            keep = sel[e] & not_tmpl
+            ek = e[keep]
+            parts[k].append(_part(h[keep], ek, first[keep] - ex_bounds[ek], cap=cap[ek], **{flag: True}))
+    return _assemble(parts, n_holders, own)
+
+
+def _part(h: np.ndarray, e: np.ndarray, q: np.ndarray, cap: np.ndarray | None = None, short: bool = False,
+          fuzzy: bool = False, template: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Occurrence columns of one kind of index key: hash, example, position, short, doc cap,
+    template, fuzzy."""
+    n = h.size
+    return (h, e, q, np.full(n, short), np.zeros(n, np.int64) if cap is None else cap,
+            np.zeros(n, bool) if template is None else template, np.full(n, fuzzy))
+
+
+def _assemble(parts: dict[int, list[tuple[np.ndarray, ...]]], n_holders: dict[int, tuple[np.ndarray, np.ndarray]],
+              own: np.ndarray) -> _Index:
+    """Sort each length's occurrences into keys + CSR lists, with per-key caps and a bitmap."""
+    keys, ptr, occ_e, occ_q, occ_s, cap, holders, occ_t, key_t, occ_f = ({} for _ in range(10))
     for L, ps in parts.items():
-        h, e, q, s_, c, t_ = (np.concatenate(col) for col in zip(*ps))
+        h, e, q, s_, c, t_, f_ = (np.concatenate(col) for col in zip(*ps))
         order = np.argsort(h, kind="stable")
-        h, e, q, s_, c, t_ = h[order], e[order], q[order], s_[order], c[order], t_[order]
+        h, e, q, s_, c, t_, f_ = (a[order] for a in (h, e, q, s_, c, t_, f_))
         uk, start = np.unique(h, return_index=True)
         keys[L], ptr[L] = uk, np.append(start, h.size).astype(np.int64)
-        occ_e[L], occ_q[L], occ_s[L], occ_t[L] = e.astype(np.int64), q.astype(np.int64), s_, t_
+        occ_e[L], occ_q[L], occ_s[L], occ_t[L], occ_f[L] = e.astype(np.int64), q.astype(np.int64), s_, t_, f_
         cap[L] = np.zeros(uk.size, np.int64)
-        if start.size and s_.any():
+        capped = s_ | f_
+        if start.size and capped.any():
             # a key that is also a regular n-gram is never dropped by the scan (its df is still counted)
-            n_short = np.add.reduceat(s_.astype(np.int64), start)
-            cap[L] = np.where(n_short == np.diff(ptr[L]), np.maximum.reduceat(c, start), _NO_CAP)
-            cap[L][n_short == 0] = 0
+            n_capped = np.add.reduceat(capped.astype(np.int64), start)
+            cap[L] = np.where(n_capped == np.diff(ptr[L]), np.maximum.reduceat(c, start), _NO_CAP)
+            cap[L][n_capped == 0] = 0
         holders[L] = np.zeros(uk.size, np.int64)
         key_t[L] = np.maximum.reduceat(t_.astype(np.int8), start) > 0 if start.size else np.zeros(0, bool)
         if L in n_holders:
@@ -487,8 +523,8 @@ def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, m
     shift = 64 - bits
     for k in keys.values():
         bitmap[k >> np.uint64(shift)] = True
-    own = np.cumsum(in_template[:-1]) == 0
-    return _Index(sorted(parts), keys, ptr, occ_e, occ_q, occ_s, cap, holders, occ_t, key_t, own, bitmap, shift)
+    return _Index(sorted(parts), keys, ptr, occ_e, occ_q, occ_s, cap, holders, occ_t, key_t, occ_f, own,
+                  bitmap, shift)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -563,7 +599,7 @@ def _batches(text: pa.ChunkedArray, batch_bytes: int) -> list[tuple[int, pa.Arra
 
 def _expand(index: _Index, hits: np.ndarray) -> dict[str, np.ndarray]:
     """One row per (hit, example occurrence of the matched n-gram); ``s`` marks short-span k-grams."""
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("e", "q", "L", "row", "p", "j", "s", "t")}
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("e", "q", "L", "row", "p", "j", "s", "t", "f")}
     for L in index.lengths:
         hL = hits[hits[:, 0] == L]
         if hL.size == 0:
@@ -581,8 +617,10 @@ def _expand(index: _Index, hits: np.ndarray) -> dict[str, np.ndarray]:
         cols["j"].append(hL[rep, 1])
         cols["s"].append(index.occ_short[L][occ])
         cols["t"].append(index.occ_template[L][occ])
+        cols["f"].append(index.occ_fuzzy[L][occ])
     out = {k: (np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64)) for k, v in cols.items()}
-    out["s"], out["t"] = out["s"].astype(bool), out["t"].astype(bool)
+    for k in ("s", "t", "f"):
+        out[k] = out[k].astype(bool)
     return out
 
 
@@ -684,22 +722,84 @@ def _summary(x: dict[str, np.ndarray], ch: dict[str, np.ndarray], p: _Prepared, 
     return longest, coverage, matched, n_docs
 
 
-def _short_span_rows(x_all: dict[str, np.ndarray], df_rows: np.ndarray, index: _Index,
-                     ex_cap: np.ndarray) -> dict[str, np.ndarray]:
-    """The short-span k-gram matches that count as evidence: those of k-grams found in at most
-    ``short_max_docs`` documents of the whole corpus (``df_rows``: per-batch document counts (L, key
-    index, documents) from the scan), with ``a`` = 1 where the k-gram is in no other example."""
-    xs = _take(x_all, x_all["s"])
+def _capped_rows(x_all: dict[str, np.ndarray], flag: str, df_rows: np.ndarray, index: _Index,
+                 cap_of: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The k-gram matches of one kind (``flag``: ``s`` short-span, ``f`` fuzzy) whose k-gram is in
+    at most ``cap_of[example]`` documents of the whole corpus (``df_rows``: per-batch document
+    counts (L, key index, documents) from the scan), and for each whether it is in one example."""
+    xs = _take(x_all, x_all[flag])
     rare = np.zeros(xs["e"].size, bool)
-    xs["a"] = np.zeros(xs["e"].size, np.int64)
-    for L in index.short_lengths:
+    single = np.zeros(xs["e"].size, np.int64)
+    for L in sorted(set(xs["L"].tolist())):
         df = np.zeros(index.keys[L].size, np.int64)
         at = df_rows[:, 0] == L
         np.add.at(df, df_rows[at, 1], df_rows[at, 2])
         at = xs["L"] == L
-        rare[at] = df[xs["j"][at]] <= ex_cap[xs["e"][at]]
-        xs["a"][at] = index.key_examples[L][xs["j"][at]] == 1
-    return _take(xs, rare)
+        rare[at] = df[xs["j"][at]] <= cap_of[xs["e"][at]]
+        single[at] = index.key_examples[L][xs["j"][at]] == 1
+    return _take(xs, rare), single[rare]
+
+
+def _fuzzy_candidates(xf: dict[str, np.ndarray], p: _Prepared, min_grams: int, n_rows: int
+                      ) -> list[tuple[int, int, int, int]]:
+    """(example, document row, first, last document token) of each window where the example's
+    rare k-grams hit at least ``min_grams`` distinct positions within 1.5 x its length."""
+    out: list[tuple[int, int, int, int]] = []
+    if xf["e"].size == 0:
+        return out
+    key = xf["e"] * n_rows + xf["row"]
+    order = np.lexsort((xf["p"], key))
+    key, q, pos, L = key[order], xf["q"][order], xf["p"][order], xf["L"][order]
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+    ends = np.append(starts[1:], key.size)
+    many = (ends - starts) >= min_grams
+    for a, b in zip(starts[many].tolist(), ends[many].tolist()):
+        e, row = divmod(int(key[a]), n_rows)
+        n = int(p.ex_len[e])
+        pg, qg = pos[a:b], q[a:b]
+        reach = np.searchsorted(pg, pg + int(1.5 * n), side="right")  # hits within one window
+        i = int(np.argmax(reach - np.arange(pg.size)))
+        j = int(reach[i])
+        if np.unique(qg[i:j]).size < min_grams:
+            continue
+        lo = max(0, int((pg[i:j] - qg[i:j]).min()) - 3)
+        hi = int((pg[i:j] + n - qg[i:j]).max()) + 3 + int(L[a])
+        out.append((e, row, lo, hi))
+    return out
+
+
+def _fuzzy(xf: dict[str, np.ndarray], text: pa.ChunkedArray, p: _Prepared, params: Params, n_rows: int
+           ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Rule ``fuzzy``: align each candidate window with its example, token by token and in order
+    (difflib's matching blocks, so gaps from edits are skipped), and fire where the aligned own
+    tokens reach ``fuzzy_min_aligned`` of the example's own tokens. Returns the aligned blocks of
+    the windows that fired as match rows (an n-gram of the block's length each) and the examples."""
+    import difflib
+
+    fired = np.zeros(p.ex_len.size, bool)
+    rows: dict[str, list[int]] = {k: [] for k in ("e", "q", "L", "row", "p")}
+    cands = _fuzzy_candidates(xf, p, params.fuzzy_min_grams, n_rows)
+    if cands:
+        ex_tokens = p.folder.tokens(pa.array(p.ex.texts, pa.string()))[1].to_pylist()
+        thr = np.array([r["fuzzy_min_aligned"] for r in p.rules])
+        doc_tokens: dict[int, list[str]] = {}
+        for e, row, lo, hi in sorted(cands, key=lambda c: c[1]):
+            if row not in doc_tokens:
+                doc_tokens = {row: p.folder.tokens(text[row:row + 1])[1].to_pylist()}  # one document at a time
+            b0 = int(p.ex_bounds[e])
+            item, window = ex_tokens[b0:b0 + int(p.ex_len[e])], doc_tokens[row][lo:hi]
+            blocks = [m for m in difflib.SequenceMatcher(None, item, window, autojunk=False).get_matching_blocks() if m.size]
+            aligned = sum(int(p.own_cum[b0 + m.a + m.size] - p.own_cum[b0 + m.a]) for m in blocks)
+            if aligned < thr[e] * max(int(p.own_len[e]), 1):
+                continue
+            fired[e] = True
+            for m in blocks:
+                for k, v in (("e", e), ("q", m.a), ("L", m.size), ("row", row), ("p", lo + m.b)):
+                    rows[k].append(v)
+    x = {k: np.array(v, np.int64) for k, v in rows.items()}
+    x.update(j=np.zeros(x["e"].size, np.int64), s=np.zeros(x["e"].size, bool), t=np.zeros(x["e"].size, bool),
+             f=np.zeros(x["e"].size, bool))
+    return x, fired
 
 
 def _content_tokens(ex_hash: np.ndarray, ex_bounds: np.ndarray) -> np.ndarray:
@@ -761,6 +861,7 @@ def _prepare(benchmarks: pa.Table, params: Params) -> _Prepared:
     col = lambda key, dtype: np.array([r[key] for r in rules], dtype)  # noqa: E731
     ex_n, ex_k, ex_cap, thr_cov = (col("ngram_n", np.int64), col("short_ngram_n", np.int64),
                                    col("short_max_docs", np.int64), col("min_coverage", np.float64))
+    ex_fk = col("fuzzy_ngram_n", np.int64)
     # short_span is for examples with n-grams (shorter ones are matched whole) where a run long
     # enough for min_coverage can still hold none (run_min < n); their k is that shortest run, so
     # one k-gram is enough and a longer example is matched on longer, rarer k-grams
@@ -768,7 +869,7 @@ def _prepare(benchmarks: pa.Table, params: Params) -> _Prepared:
     run_min += run_min / np.maximum(ex_len, 1) < thr_cov  # the coverage rule's own test: tokens / len
     ex_k = np.where((ex_k > 0) & (ex_k < ex_n) & (ex_len >= ex_n) & (run_min < ex_n), np.maximum(ex_k, run_min), 0)
     index = _build_index(ex_hash, ex_bounds, ex_n, params.min_example_tokens, params.template_examples,
-                         ex_k, ex_cap)
+                         ex_k, ex_cap, ex_fk, params.fuzzy_max_docs, params.fuzzy_min_tokens)
     own_cum = np.concatenate(([0], np.cumsum(index.own)))
     own_len = own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]]
     # an example that is all template text (shared word for word by template_examples others) has
@@ -937,19 +1038,22 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
     n_ex, n_rows = p.ex_len.size, corpus.num_rows
     hits, tmpl_hits = _split_template_hits(p.index, hits)
     x_all = _expand(p.index, hits)
-    x = _take(x_all, ~x_all["s"] & ~x_all["t"])
+    x = _take(x_all, ~x_all["s"] & ~x_all["t"] & ~x_all["f"])
     ch = _chains(x)
     longest, coverage, matched, n_docs = _summary(x, ch, p, n_rows)
-    xs = _short_span_rows(x_all, df_rows, p.index, p.ex_cap)
+    xs, xs["a"] = _capped_rows(x_all, "s", df_rows, p.index, p.ex_cap)
     span_pairs = _short_spans(xs, p, n_rows)
     span_fired = np.zeros(n_ex, bool)
     span_fired[span_pairs // n_rows] = True
-    fired = _rules_fired(p, longest, coverage, matched, n_docs, {"short_span": span_fired})
+    xf, _ = _capped_rows(x_all, "f", df_rows, p.index, np.full(n_ex, params.fuzzy_max_docs))
+    xfz, fuzzy_fired = _fuzzy(xf, corpus["text"], p, params, n_rows)
+    fired = _rules_fired(p, longest, coverage, matched, n_docs, {"short_span": span_fired, "fuzzy": fuzzy_fired})
     contaminated = np.array([bool(f) for f in fired], dtype=bool)
-    if span_pairs.size:
-        # the report, hits and actions also count the k-grams of the documents that fired short_span
+    if span_pairs.size or xfz["e"].size:
+        # the report, hits and actions also count the k-grams of the documents that fired
+        # short_span and the aligned blocks of those that fired fuzzy
         xs = _take(xs, np.isin(xs["e"] * n_rows + xs["row"], span_pairs))
-        x = {k: np.concatenate((x[k], xs[k])) for k in x}
+        x = {k: np.concatenate((x[k], xs[k], xfz[k])) for k in x}
         ch = _chains(x)
         longest, coverage, matched, n_docs = _summary(x, ch, p, n_rows)
 
