@@ -130,6 +130,14 @@ def dedupe_items(table: pa.Table, n: int = 8, template_examples: int = 5) -> pa.
     must be true?") is template text, which the stage itself must not take as evidence: those items
     stay, so the template decoys test that.
     """
+    while True:  # until no group of sharers shrinks below template_examples
+        kept = _dedupe_once(table, n, template_examples)
+        if kept.num_rows == table.num_rows:
+            return kept
+        table = kept
+
+
+def _dedupe_once(table: pa.Table, n: int, template_examples: int) -> pa.Table:
     bounds, toks = Folder().tokens(pa.array([item_text(r) for r in table.to_pylist()]))
     toks = toks.to_pylist()
     grams_of = []

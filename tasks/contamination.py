@@ -384,7 +384,7 @@ class _Index:
     than n-grams of the rules on n-grams. Per key: ``key_cap`` is the ``short_max_docs`` of a
     short-span key (the scan drops its hits past that many documents), :data:`_NO_CAP` for a key
     that is both (a whole 5-token example can be another example's 5-gram), 0 for an n-gram key;
-    ``key_examples`` is how many benchmark examples hold a short-span key. ``occ_template`` marks
+    ``key_examples`` is how many benchmark examples hold each key. ``occ_template`` marks
     n-grams held by ``template_examples`` or more examples: they are looked up so the report can
     show them, but are no evidence; ``own`` is False for every example token inside one.
     ``occ_fuzzy`` marks the k-grams of rule ``fuzzy`` (capped like short-span ones).
@@ -402,6 +402,7 @@ class _Index:
     key_template: dict[int, np.ndarray]
     occ_fuzzy: dict[int, np.ndarray]
     own: np.ndarray
+    all_template: np.ndarray
     bitmap: np.ndarray
     shift: int
 
@@ -468,21 +469,26 @@ def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, m
             np.add.at(in_template, g0 + L, -1)
         parts[L].append(_part(h, e, q, template=tmpl))
     own = np.cumsum(in_template[:-1]) == 0
-    own_len = np.add.reduceat(own.astype(np.int64), ex_bounds[:-1]) if own.size else zeros
-    own_len = np.where(lengths_e > 0, own_len, 0)
-    n_holders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    own_cum = np.concatenate(([0], np.cumsum(own)))
+    all_template = (own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]] == 0) & (lengths_e > 0)
+    # an example made only of pieces that others share (a question sentence + an answer five items
+    # have) is told apart only where the pieces join: all its tokens count as its own, and the
+    # n-grams of no other example (_with_unique_evidence) are what says it was copied
+    own[all_template[ex_of_token]] = True
+    own_len = np.where(all_template, lengths_e, own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]])
+    # how many examples hold each key, over every example of any length or benchmark
+    n_holders = {L: _examples_per_key(grams[L][0], ex_of_token[grams[L][1]]) for L in all_lengths}
     for k in sorted(set(ks) | set(fks)):
         h, first = grams[k]
         e = ex_of_token[first]
-        gk, gc = _examples_per_key(h, e)  # over every example, of any length or benchmark
-        n_holders[k] = (gk, gc)
+        gk, gc = n_holders[k]
         not_tmpl = ~np.isin(h, gk[gc >= template_examples]) if template_examples else np.ones(h.size, bool)
         for flag, sel, cap in (("short", ex_k == k, ex_cap), ("fuzzy", (ex_fk == k) & (own_len >= fuzzy_min_tokens),
                                                                np.full(n_ex, fuzzy_cap))):
             keep = sel[e] & not_tmpl
             ek = e[keep]
             parts[k].append(_part(h[keep], ek, first[keep] - ex_bounds[ek], cap=cap[ek], **{flag: True}))
-    return _assemble(parts, n_holders, own)
+    return _assemble(parts, n_holders, own, all_template)
 
 
 def _part(h: np.ndarray, e: np.ndarray, q: np.ndarray, cap: np.ndarray | None = None, short: bool = False,
@@ -495,7 +501,7 @@ def _part(h: np.ndarray, e: np.ndarray, q: np.ndarray, cap: np.ndarray | None = 
 
 
 def _assemble(parts: dict[int, list[tuple[np.ndarray, ...]]], n_holders: dict[int, tuple[np.ndarray, np.ndarray]],
-              own: np.ndarray) -> _Index:
+              own: np.ndarray, all_template: np.ndarray) -> _Index:
     """Sort each length's occurrences into keys + CSR lists, with per-key caps and a bitmap."""
     keys, ptr, occ_e, occ_q, occ_s, cap, holders, occ_t, key_t, occ_f = ({} for _ in range(10))
     for L, ps in parts.items():
@@ -524,7 +530,7 @@ def _assemble(parts: dict[int, list[tuple[np.ndarray, ...]]], n_holders: dict[in
     for k in keys.values():
         bitmap[k >> np.uint64(shift)] = True
     return _Index(sorted(parts), keys, ptr, occ_e, occ_q, occ_s, cap, holders, occ_t, key_t, occ_f, own,
-                  bitmap, shift)
+                  all_template, bitmap, shift)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -740,16 +746,32 @@ def _capped_rows(x_all: dict[str, np.ndarray], flag: str, df_rows: np.ndarray, i
     return _take(xs, rare), single[rare]
 
 
+def _with_unique_evidence(x: dict[str, np.ndarray], index: _Index, n_rows: int) -> dict[str, np.ndarray]:
+    """The match rows of the (example, document) pairs where the document holds an n-gram of that
+    example that no other example holds: text that several items share word for word (LogiQA
+    passages asked about four times, a question sentence of three items) cannot say which of them
+    was copied, so a document holding only such text is evidence for none of them."""
+    if x["e"].size == 0:
+        return x
+    single = np.zeros(x["e"].size, bool)
+    for L in np.unique(x["L"]).tolist():
+        at = x["L"] == L
+        single[at] = index.key_examples[L][x["j"][at]] == 1
+    pair = x["e"] * n_rows + x["row"]
+    return _take(x, np.isin(pair, np.unique(pair[single])))
+
+
 def _fuzzy_candidates(xf: dict[str, np.ndarray], p: _Prepared, min_grams: int, n_rows: int
                       ) -> list[tuple[int, int, int, int]]:
     """(example, document row, first, last document token) of each window where the example's
-    rare k-grams hit at least ``min_grams`` distinct positions within 1.5 x its length."""
+    rare k-grams hit at least ``min_grams`` distinct positions within 1.5 x its length, one of
+    them a k-gram of no other example (``xf["a"]``)."""
     out: list[tuple[int, int, int, int]] = []
     if xf["e"].size == 0:
         return out
     key = xf["e"] * n_rows + xf["row"]
     order = np.lexsort((xf["p"], key))
-    key, q, pos, L = key[order], xf["q"][order], xf["p"][order], xf["L"][order]
+    key, q, pos, L, single = key[order], xf["q"][order], xf["p"][order], xf["L"][order], xf["a"][order]
     starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
     ends = np.append(starts[1:], key.size)
     many = (ends - starts) >= min_grams
@@ -760,8 +782,8 @@ def _fuzzy_candidates(xf: dict[str, np.ndarray], p: _Prepared, min_grams: int, n
         reach = np.searchsorted(pg, pg + int(1.5 * n), side="right")  # hits within one window
         i = int(np.argmax(reach - np.arange(pg.size)))
         j = int(reach[i])
-        if np.unique(qg[i:j]).size < min_grams:
-            continue
+        if np.unique(qg[i:j]).size < min_grams or not single[a + i:a + j].any():
+            continue  # too little, or only text the example shares with another
         lo = max(0, int((pg[i:j] - qg[i:j]).min()) - 3)
         hi = int((pg[i:j] + n - qg[i:j]).max()) + 3 + int(L[a])
         out.append((e, row, lo, hi))
@@ -783,6 +805,7 @@ def _fuzzy(xf: dict[str, np.ndarray], text: pa.ChunkedArray, p: _Prepared, param
         ex_tokens = p.folder.tokens(pa.array(p.ex.texts, pa.string()))[1].to_pylist()
         thr = np.array([r["fuzzy_min_aligned"] for r in p.rules])
         doc_tokens: dict[int, list[str]] = {}
+        passed: list[tuple[float, int, int, int, int, list]] = []  # (share, row, start, end, example, blocks)
         for e, row, lo, hi in sorted(cands, key=lambda c: c[1]):
             if row not in doc_tokens:
                 doc_tokens = {row: p.folder.tokens(text[row:row + 1])[1].to_pylist()}  # one document at a time
@@ -790,9 +813,19 @@ def _fuzzy(xf: dict[str, np.ndarray], text: pa.ChunkedArray, p: _Prepared, param
             item, window = ex_tokens[b0:b0 + int(p.ex_len[e])], doc_tokens[row][lo:hi]
             blocks = [m for m in difflib.SequenceMatcher(None, item, window, autojunk=False).get_matching_blocks() if m.size]
             aligned = sum(int(p.own_cum[b0 + m.a + m.size] - p.own_cum[b0 + m.a]) for m in blocks)
-            if aligned < thr[e] * max(int(p.own_len[e]), 1):
+            share = aligned / max(int(p.own_len[e]), 1)
+            if blocks and share >= thr[e]:
+                passed.append((share, row, lo + blocks[0].b, lo + blocks[-1].b + blocks[-1].size, e, blocks))
+        # two items that differ by a word or two (QuaRTz pairs "more ... than" / "less ... than")
+        # both align with a copy of either: a stretch of text is credited to the item it aligns with
+        # best, as the n-gram rules credit the item a span belongs to
+        taken: dict[int, list[tuple[int, int]]] = {}
+        for share, row, a, b, e, blocks in sorted(passed, key=lambda c: -c[0]):
+            if any(a < b2 and a2 < b for a2, b2 in taken.get(row, [])):
                 continue
+            taken.setdefault(row, []).append((a, b))
             fired[e] = True
+            lo = a - blocks[0].b
             for m in blocks:
                 for k, v in (("e", e), ("q", m.a), ("L", m.size), ("row", row), ("p", lo + m.b)):
                     rows[k].append(v)
@@ -872,9 +905,7 @@ def _prepare(benchmarks: pa.Table, params: Params) -> _Prepared:
                          ex_k, ex_cap, ex_fk, params.fuzzy_max_docs, params.fuzzy_min_tokens)
     own_cum = np.concatenate(([0], np.cumsum(index.own)))
     own_len = own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]]
-    # an example that is all template text (shared word for word by template_examples others) has
-    # nothing of its own to find: unchecked, like one too short
-    checked = ((ex_len >= ex_n) | (ex_len >= params.min_example_tokens)) & (own_len > 0)
+    checked = (ex_len >= ex_n) | (ex_len >= params.min_example_tokens)
     return _Prepared(ex, folder, Vocab(ex_hash), ex_bounds, ex_hash, ex_len, rules, thr_cov,
                      col("min_longest_match", np.int64), col("short_min_content", np.int64), ex_cap, checked,
                      index, own_cum, own_len, _content_tokens(ex_hash, ex_bounds))
@@ -1038,14 +1069,14 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
     n_ex, n_rows = p.ex_len.size, corpus.num_rows
     hits, tmpl_hits = _split_template_hits(p.index, hits)
     x_all = _expand(p.index, hits)
-    x = _take(x_all, ~x_all["s"] & ~x_all["t"] & ~x_all["f"])
+    x = _with_unique_evidence(_take(x_all, ~x_all["s"] & ~x_all["t"] & ~x_all["f"]), p.index, n_rows)
     ch = _chains(x)
     longest, coverage, matched, n_docs = _summary(x, ch, p, n_rows)
     xs, xs["a"] = _capped_rows(x_all, "s", df_rows, p.index, p.ex_cap)
     span_pairs = _short_spans(xs, p, n_rows)
     span_fired = np.zeros(n_ex, bool)
     span_fired[span_pairs // n_rows] = True
-    xf, _ = _capped_rows(x_all, "f", df_rows, p.index, np.full(n_ex, params.fuzzy_max_docs))
+    xf, xf["a"] = _capped_rows(x_all, "f", df_rows, p.index, np.full(n_ex, params.fuzzy_max_docs))
     xfz, fuzzy_fired = _fuzzy(xf, corpus["text"], p, params, n_rows)
     fired = _rules_fired(p, longest, coverage, matched, n_docs, {"short_span": span_fired, "fuzzy": fuzzy_fired})
     contaminated = np.array([bool(f) for f in fired], dtype=bool)
@@ -1105,7 +1136,7 @@ def _metrics(corpus: pa.Table, data: pa.Table, removed: pa.Table, p: _Prepared, 
         "examples": int(p.ex_len.size),
         "examples_contaminated": int(contaminated.sum()),
         "unchecked_examples": int((~p.checked).sum()),
-        "template_only_examples": int(((p.own_len == 0) & (p.ex_len > 0)).sum()),
+        "template_only_examples": int(p.index.all_template.sum()),
         "per_benchmark": per_bench,
         "index_ngrams": p.index.size,
         "mb_scanned": round(mb, 3),
