@@ -211,6 +211,7 @@ class Params:
     fuzzy_min_tokens: int = 12
     fuzzy_max_docs: int = 10
     fuzzy_min_grams: int = 2
+    min_own_tokens: int = 3
     per_benchmark: dict[str, dict[str, Any]] = field(default_factory=dict)
     action: str = "mask"
     mask_text: str = " "
@@ -709,14 +710,22 @@ def _merge_spans(spans: list[tuple[int, int]]) -> list[list[int]]:
 # the stage
 
 
+def _own_enough(own_covered: np.ndarray, own_len: np.ndarray, min_own: int) -> np.ndarray:
+    """Whether matched text holds enough of an example's own (non-template) tokens to count: a
+    template sentence followed by a word of the example by chance holds one."""
+    return own_covered >= np.minimum(own_len, min_own)
+
+
 def _summary(x: dict[str, np.ndarray], ch: dict[str, np.ndarray], p: _Prepared, n_rows: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per example: longest contiguous match in one document, coverage of its own (non-template)
-    tokens, distinct matched n-grams and documents, from the match rows ``x`` and their chains."""
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per example: longest contiguous match in one document, coverage fraction, distinct matched
+    n-grams and documents, and whether the covered tokens hold enough of its own (non-template)
+    ones, from the match rows ``x`` and their chains ``ch``."""
     n_ex = p.ex_bounds.size - 1
     longest = np.zeros(n_ex, np.int64)
     np.maximum.at(longest, ch["e"], ch["tokens"])
-    coverage = _coverage(x, p.ex_bounds, p.index.own) / np.maximum(p.own_len, 1)
+    coverage = _coverage(x, p.ex_bounds) / np.maximum(p.ex_len, 1)
+    own_ok = _own_enough(_coverage(x, p.ex_bounds, p.index.own), p.own_len, p.min_own)
     matched = np.zeros(n_ex, np.int64)
     n_docs = np.zeros(n_ex, np.int64)
     if x["e"].size:
@@ -725,7 +734,7 @@ def _summary(x: dict[str, np.ndarray], ch: dict[str, np.ndarray], p: _Prepared, 
         matched = np.bincount(eq >> 40, minlength=n_ex)
         er = np.unique(x["e"] * n_rows + x["row"])
         n_docs = np.bincount(er // n_rows, minlength=n_ex)
-    return longest, coverage, matched, n_docs
+    return longest, coverage, matched, n_docs, own_ok
 
 
 def _capped_rows(x_all: dict[str, np.ndarray], flag: str, df_rows: np.ndarray, index: _Index,
@@ -849,15 +858,17 @@ def _content_tokens(ex_hash: np.ndarray, ex_bounds: np.ndarray) -> np.ndarray:
 
 def _short_spans(xs: dict[str, np.ndarray], p: _Prepared, n_rows: int) -> np.ndarray:
     """Rule ``short_span``: the (example * n_rows + document row) pairs where a contiguous run of the
-    example's rare k-grams ``xs`` covers at least ``min_coverage`` of the example's own tokens,
+    example's rare k-grams ``xs`` covers at least ``min_coverage`` of the example (enough of its
+    own tokens among them),
     holds a k-gram of no other example (so the run is not text the example shares with another)
     and at least ``short_min_content`` content tokens (see :func:`_content_tokens`)."""
     ch = _chains(xs)
     first = p.ex_bounds[ch["e"]] + ch["q0"]
     content = p.content_cum[first + ch["tokens"]] - p.content_cum[first]
     own = p.own_cum[first + ch["tokens"]] - p.own_cum[first]
-    cov = own / np.maximum(p.own_len[ch["e"]], 1)  # as the coverage rule computes it
+    cov = ch["tokens"] / p.ex_len[ch["e"]]  # as the coverage rule computes it
     good = (cov >= p.thr_cov[ch["e"]]) & (ch["a"] > 0) & (content >= p.min_content[ch["e"]])
+    good &= _own_enough(own, p.own_len[ch["e"]], p.min_own)
     return np.unique(ch["e"][good] * n_rows + ch["row"][good])
 
 
@@ -880,6 +891,7 @@ class _Prepared:
     index: _Index
     own_cum: np.ndarray
     own_len: np.ndarray
+    min_own: int
     content_cum: np.ndarray
 
 
@@ -908,7 +920,7 @@ def _prepare(benchmarks: pa.Table, params: Params) -> _Prepared:
     checked = (ex_len >= ex_n) | (ex_len >= params.min_example_tokens)
     return _Prepared(ex, folder, Vocab(ex_hash), ex_bounds, ex_hash, ex_len, rules, thr_cov,
                      col("min_longest_match", np.int64), col("short_min_content", np.int64), ex_cap, checked,
-                     index, own_cum, own_len, _content_tokens(ex_hash, ex_bounds))
+                     index, own_cum, own_len, params.min_own_tokens, _content_tokens(ex_hash, ex_bounds))
 
 
 def _scan_corpus(text: pa.ChunkedArray, p: _Prepared, params: Params) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -947,7 +959,7 @@ def _split_template_hits(index: _Index, hits: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _rules_fired(p: _Prepared, longest: np.ndarray, coverage: np.ndarray, matched: np.ndarray,
-                 n_docs: np.ndarray, extra: dict[str, np.ndarray]) -> list[list[str]]:
+                 n_docs: np.ndarray, own_ok: np.ndarray, extra: dict[str, np.ndarray]) -> list[list[str]]:
     """The rules that fired for each checked example; ``extra`` holds rules decided elsewhere
     (``short_span``, ``fuzzy``) as bool arrays."""
     fired: list[list[str]] = []
@@ -956,7 +968,7 @@ def _rules_fired(p: _Prepared, longest: np.ndarray, coverage: np.ndarray, matche
         if p.checked[i]:
             if longest[i] >= r["min_longest_match"]:
                 f.append("longest_match")
-            if matched[i] and coverage[i] >= r["min_coverage"]:
+            if matched[i] and coverage[i] >= r["min_coverage"] and own_ok[i]:
                 f.append("coverage")
             if r["min_docs"] and n_docs[i] >= r["min_docs"]:
                 f.append("n_docs")
@@ -995,8 +1007,9 @@ def _pair_evidence(x: dict[str, np.ndarray], ch: dict[str, np.ndarray], p: _Prep
         np.cumsum(lens, out=pb[1:])
         # each pair's own-token mask: its example's, laid end to end like the pairs
         tok = np.repeat(p.ex_bounds[pair_e] - pb[:-1], lens) + np.arange(int(pb[-1]))
-        cov = _coverage({"e": grp, "q": x["q"][sel], "L": x["L"][sel]}, pb, p.index.own[tok])
-        pair_cov = cov / np.maximum(p.own_len[pair_e], 1)
+        xp = {"e": grp, "q": x["q"][sel], "L": x["L"][sel]}
+        own_ok = _own_enough(_coverage(xp, pb, p.index.own[tok]), p.own_len[pair_e], p.min_own)
+        pair_cov = np.where(own_ok, _coverage(xp, pb) / np.maximum(lens, 1), 0.0)
     strong = contaminated[pair_e] & ((pair_best >= p.thr_longest[pair_e]) | (pair_cov >= p.thr_cov[pair_e]))
     no_strong = contaminated & (np.bincount(pair_e[strong], minlength=n_ex) == 0)
     strong |= no_strong[pair_e]  # contaminated only jointly: act on every document involved
@@ -1071,14 +1084,15 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
     x_all = _expand(p.index, hits)
     x = _with_unique_evidence(_take(x_all, ~x_all["s"] & ~x_all["t"] & ~x_all["f"]), p.index, n_rows)
     ch = _chains(x)
-    longest, coverage, matched, n_docs = _summary(x, ch, p, n_rows)
+    longest, coverage, matched, n_docs, own_ok = _summary(x, ch, p, n_rows)
     xs, xs["a"] = _capped_rows(x_all, "s", df_rows, p.index, p.ex_cap)
     span_pairs = _short_spans(xs, p, n_rows)
     span_fired = np.zeros(n_ex, bool)
     span_fired[span_pairs // n_rows] = True
     xf, xf["a"] = _capped_rows(x_all, "f", df_rows, p.index, np.full(n_ex, params.fuzzy_max_docs))
     xfz, fuzzy_fired = _fuzzy(xf, corpus["text"], p, params, n_rows)
-    fired = _rules_fired(p, longest, coverage, matched, n_docs, {"short_span": span_fired, "fuzzy": fuzzy_fired})
+    fired = _rules_fired(p, longest, coverage, matched, n_docs, own_ok,
+                         {"short_span": span_fired, "fuzzy": fuzzy_fired})
     contaminated = np.array([bool(f) for f in fired], dtype=bool)
     if span_pairs.size or xfz["e"].size:
         # the report, hits and actions also count the k-grams of the documents that fired
@@ -1086,7 +1100,7 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
         xs = _take(xs, np.isin(xs["e"] * n_rows + xs["row"], span_pairs))
         x = {k: np.concatenate((x[k], xs[k], xfz[k])) for k in x}
         ch = _chains(x)
-        longest, coverage, matched, n_docs = _summary(x, ch, p, n_rows)
+        longest, coverage, matched, n_docs, _ = _summary(x, ch, p, n_rows)
 
     ev = _pair_evidence(x, ch, p, contaminated, n_rows)
     hits_json, act_spans, act_examples, act_longest = _locate(corpus, p, ev, params.max_hits)
