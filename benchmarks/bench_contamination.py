@@ -568,8 +568,7 @@ def main() -> None:
     methods = {
         "winnow default": winnow_method(Params()),
         "winnow, fuzzy rule off (fuzzy_ngram_n=0)": winnow_method(Params(fuzzy_ngram_n=0)),
-        "winnow, templates at 10 items, own-token coverage (template_examples=10)": winnow_method(
-            Params(template_examples=10)),
+        "winnow, no template n-grams (template_examples=0)": winnow_method(Params(template_examples=0)),
     }
     if _janitor() is not None:
         methods["lm-eval 0.4.13 13-gram (decontaminate.py rule)"] = lm_eval_method

@@ -177,8 +177,7 @@ def load_config(
             for key, value in values.items():
                 merged.setdefault(section, {})[key] = (where, value)
     built = {name: _build(cls, name, merged.get(name, {})) for name, cls in SECTIONS.items()}
-    stages = {s: _build(stage_module(s).Params, s, merged.get(s, {})) for s in STAGES}
-    return PipelineConfig(stages=stages, profile=profile, source=source, **built)
+    return PipelineConfig(stages=_Stages(merged), profile=profile, source=source, **built)
 
 
 def config_from_dict(values: dict[str, Any], where: str = "flow parameter") -> PipelineConfig:
@@ -188,8 +187,47 @@ def config_from_dict(values: dict[str, Any], where: str = "flow parameter") -> P
             raise WinnowError(f"{where}: unknown section [{section}]")
     pick = lambda name: {k: (where, v) for k, v in values.get(name, {}).items()}  # noqa: E731
     built = {name: _build(cls, name, pick(name)) for name, cls in SECTIONS.items()}
-    stages = {s: _build(stage_module(s).Params, s, pick(s)) for s in STAGES}
-    return PipelineConfig(stages=stages, **built)
+    return PipelineConfig(stages=_Stages({s: pick(s) for s in STAGES if s in values}), **built)
+
+
+class _Stages(dict):
+    """Stage name -> Params, built on first use: importing every stage module costs about a
+    second (numba, pandas, torch), which a one-stage command such as `winnow contamination` need
+    not pay. Stages the configuration sets are built at once, so their errors still show first."""
+
+    def __init__(self, values: dict[str, dict[str, tuple[str, Any]]]) -> None:
+        super().__init__()
+        self._values = values
+        for s in STAGES:
+            if values.get(s):
+                self[s] = _build(stage_module(s).Params, s, values[s])
+
+    def __missing__(self, stage: str) -> Any:
+        if stage not in STAGES:
+            raise KeyError(stage)
+        self[stage] = _build(stage_module(stage).Params, stage, self._values.get(stage, {}))
+        return self[stage]
+
+    def _all(self) -> None:
+        for s in STAGES:
+            self[s]  # noqa: B018  (builds it)
+
+    def __iter__(self):
+        self._all()
+        return iter([s for s in STAGES])
+
+    def __len__(self) -> int:
+        return len(STAGES)
+
+    def items(self):  # noqa: D102
+        self._all()
+        return [(s, dict.__getitem__(self, s)) for s in STAGES]
+
+    def keys(self):  # noqa: D102
+        return list(STAGES)
+
+    def values(self):  # noqa: D102
+        return [v for _, v in self.items()]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
