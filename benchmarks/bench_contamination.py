@@ -59,13 +59,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.native_shapes import SHAPES, to_native
 from tasks.common import BENCHMARK_SCHEMA
 from tasks.contamination import Params, run
 from tasks.ngram_index import Folder
+from winnow import io as wio
+from winnow.benchmark_formats import to_canonical
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
-KINDS = ("verbatim", "partial", "reformatted", "paraphrased")
+KINDS = ("verbatim", "partial", "reformatted", "light_paraphrase", "paraphrased")
+DECOYS = ("decoy", "template_decoy")
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -82,8 +86,9 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
 
 
-def load_items(limit: int | None) -> pa.Table:
-    """Real multiple-choice items from the evals wheel, in BENCHMARK_SCHEMA."""
+def load_items(limit: int | None, template_examples: int = 5) -> pa.Table:
+    """Real multiple-choice items from the evals wheel, read through winnow's format readers where
+    their shape is a known one (MMLU prompts, LogiQA and QuaRTz lm-eval chat prompts)."""
     d = _evals_dir()
     rows: list[dict] = []
 
@@ -93,49 +98,106 @@ def load_items(limit: int | None) -> pa.Table:
             rows.append({"id": f"{bench}/{i}", "benchmark": bench, "question": question,
                          "choices": choices, "answer": answer, "target": choices[answer]})
 
-    for i, r in enumerate(_jsonl(d / "sandbagging" / "samples-all-large.jsonl")):
-        lines = r["question"].split("\n")
-        opts = [ln for ln in lines if re.match(r"^[A-D]\. ", ln)]
-        q = "\n".join(ln for ln in lines if not re.match(r"^[A-D]\. ", ln) and ln.strip() != "Answer:")
-        add("mmlu", i, q, [o[3:] for o in opts], "ABCD".find(r["answer"].strip()[:1]))
+    for bench, path in (("mmlu", "sandbagging/samples-all-large.jsonl"), ("logiqa", "logiqa/logiqa.jsonl"),
+                        ("quartz", "quartz/samples.jsonl")):
+        native = pa.Table.from_pylist(_jsonl(d / path))
+        for i, r in enumerate(to_canonical(native, path, bench).to_pylist()):
+            add(bench, i, r["question"], r["choices"], r["answer"])
     for i, r in enumerate(_jsonl(d / "theory_of_mind" / "socialiqa" / "test.jsonl")):
         m = re.match(r"(.*) A: (.*); B: (.*); C: (.*)\.$", r["input"][-1]["content"], re.S)
         if m:
             add("socialiqa", i, m[1], [m[2], m[3], m[4]], "ABC".find(r["ideal"].strip()[:1]))
-    for i, r in enumerate(_jsonl(d / "quartz" / "samples.jsonl")):
-        parts = re.split(r"\n\s*[AB]: ", r["input"][-1]["content"])
-        if len(parts) == 3:
-            add("quartz", i, parts[0], [parts[1].strip(), parts[2].strip()], "AB".find(r["ideal"].strip()[:1]))
     for i, r in enumerate(_jsonl(d / "medmcqa" / "samples.jsonl")):
         body = r["input"][-1]["content"].split("\n\n", 1)[-1]
         parts = re.split(r"\n[a-d]\) ", "\n" + body.split("\n\n")[-1])
         q = body.split("\n\n")[0]
         choices = [p.strip() for p in parts[1:]]
         add("medmcqa", i, q, choices, "abcd".find(r["ideal"].strip()[:1]))
-    table = dedupe_items(pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA))
+    table = dedupe_items(pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA), template_examples=template_examples)
     if limit and table.num_rows > limit:
         rng = np.random.default_rng(11)
         table = table.take(np.sort(rng.choice(table.num_rows, limit, replace=False)))
     return table
 
 
-def dedupe_items(table: pa.Table, n: int = 8) -> pa.Table:
-    """Keep the first of any items that share an n-gram of their checked text.
+def dedupe_items(table: pa.Table, n: int = 8, template_examples: int = 5) -> pa.Table:
+    """Keep the first of any items that share an n-gram of their checked text held by fewer than
+    ``template_examples`` items.
 
     QuaRTz pairs questions that differ by a word and SocialIQA reuses contexts; without this, an
     unplanted item that shares most of its text with a planted one would count as a false positive.
+    Text shared by many items (LogiQA's "If the above statement is true, which of the following
+    must be true?") is template text, which the stage itself must not take as evidence: those items
+    stay, so the template decoys test that.
     """
+    while True:  # until no group of sharers shrinks below template_examples
+        kept = _dedupe_once(table, n, template_examples)
+        if kept.num_rows == table.num_rows:
+            return kept
+        table = kept
+
+
+def _dedupe_once(table: pa.Table, n: int, template_examples: int) -> pa.Table:
     bounds, toks = Folder().tokens(pa.array([item_text(r) for r in table.to_pylist()]))
     toks = toks.to_pylist()
-    seen: set[tuple[str, ...]] = set()
-    keep = []
+    grams_of = []
+    holders: dict[tuple[str, ...], int] = {}
     for i in range(table.num_rows):
         t = toks[bounds[i]:bounds[i + 1]]
-        grams = {tuple(t[j:j + n]) for j in range(max(1, len(t) - n + 1))}
-        if not grams & seen:
+        g = {tuple(t[j:j + n]) for j in range(max(1, len(t) - n + 1))}
+        grams_of.append(g)
+        for x in g:
+            holders[x] = holders.get(x, 0) + 1
+    seen: set[tuple[str, ...]] = set()
+    keep = []
+    for i, g in enumerate(grams_of):
+        own = {x for x in g if holders[x] < template_examples}
+        if not own & seen:
             keep.append(i)
-        seen |= grams
+        seen |= own
     return table.take(keep)
+
+
+def native_round_trip(bench: pa.Table, folder: Path) -> tuple[pa.Table, dict[str, str]]:
+    """Write the items round robin in every native shape (Parquet, JSON Lines or a ``datasets``
+    folder), read them back with winnow's reader, and return the items as read and each item's
+    shape. Items whose searchable text changes on the way are reported and left out."""
+    import datasets
+
+    rows = bench.to_pylist()
+    tables, shape_of = [], {}
+    for k, shape in enumerate(SHAPES):
+        part = [r for i, r in enumerate(rows) if i % len(SHAPES) == k]
+        native = to_native(shape, part)
+        path = folder / f"{shape}.{['parquet', 'jsonl', 'ds'][k % 3]}"
+        if k % 3 == 0:
+            pq.write_table(native, path)
+        elif k % 3 == 1:
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in native.to_pylist())
+        else:
+            datasets.Dataset(native).save_to_disk(str(path))
+        got = wio.canonical_benchmarks(wio.read_table(path), str(path), "x")
+        for r_in, r_out in zip(part, got.to_pylist()):
+            r_out["benchmark"] = r_in["benchmark"]
+            if r_out["format"] != shape or item_text(r_out).split() != item_text(r_in).split():
+                print(f"  {shape}: {r_in['id']} changed on the way, left out")
+                continue
+            tables.append(r_out)
+            shape_of[r_in["id"]] = shape
+    return pa.Table.from_pylist(tables).select(BENCHMARK_SCHEMA.names).cast(BENCHMARK_SCHEMA), shape_of
+
+
+def template_sentences(bench: pa.Table, min_items: int = 5, min_words: int = 6) -> list[tuple[str, str]]:
+    """(benchmark, sentence) for question sentences that ``min_items`` or more items of one
+    benchmark share word for word."""
+    holders: dict[tuple[str, str], set[str]] = {}
+    for r in bench.to_pylist():
+        for sent in re.split(r"(?<=[.?!])\s+|\n+|(?<=:)\s*(?=[A-Z])", r["question"]):
+            sent = " ".join(sent.split())
+            if len(sent.split()) >= min_words:
+                holders.setdefault((r["benchmark"], sent), set()).add(r["id"])
+    return sorted(k for k, v in holders.items() if len(v) >= min_items)
 
 
 def load_corpus(target_mb: float) -> tuple[pa.Table, str]:
@@ -218,7 +280,51 @@ def plant_text(kind: str, text: str, rng: np.random.Generator) -> str:
             else:
                 out.append(w)
         return " ".join(out)
+    if kind == "light_paraphrase":
+        return light_paraphrase(words, rng)
     raise ValueError(kind)
+
+
+# one-word near-synonyms for light paraphrases (single words, so an edit changes one token)
+_SYNONYMS = {
+    "which": "what", "what": "which", "is": "was", "was": "is", "are": "were", "were": "are",
+    "most": "mostly", "best": "most", "likely": "probably", "would": "will", "will": "would",
+    "can": "could", "could": "can", "many": "several", "large": "big", "big": "large", "small": "little",
+    "little": "small", "person": "individual", "people": "persons", "after": "once", "because": "since",
+    "about": "regarding", "want": "wish", "wants": "wishes", "need": "require", "feel": "be",
+    "felt": "was", "went": "headed", "got": "received", "make": "create", "made": "created",
+    "said": "stated", "says": "states", "help": "assist", "helped": "assisted", "start": "begin",
+    "started": "began", "end": "finish", "show": "display", "shows": "displays", "use": "employ",
+    "used": "employed", "get": "obtain", "find": "discover", "found": "discovered", "give": "provide",
+    "gave": "provided", "quickly": "rapidly", "often": "frequently", "usually": "typically",
+    "increase": "rise", "increases": "rises", "decrease": "drop", "decreases": "drops",
+    "more": "greater", "less": "fewer", "greater": "larger", "following": "subsequent",
+    "true": "correct", "false": "incorrect", "statement": "claim", "argument": "reasoning",
+    "cause": "reason", "important": "significant", "different": "distinct", "whole": "entire",
+    "also": "too", "very": "really", "happy": "glad", "sad": "unhappy", "hard": "difficult",
+    "easy": "simple", "friend": "pal", "friends": "pals", "house": "home", "job": "work",
+    "buy": "purchase", "bought": "purchased", "tell": "inform", "told": "informed", "ask": "request",
+    "asked": "requested", "decided": "chose", "try": "attempt", "tried": "attempted",
+}
+
+
+def light_paraphrase(words: list[str], rng: np.random.Generator) -> str:
+    """One small edit every 5-7 words: a one-word synonym where there is one, else dropping a
+    function word, else swapping the word with the next one."""
+    out = list(words)
+    i = int(rng.integers(2, 6))
+    dropped = 0
+    while i < len(out) - 1:
+        w = out[i].lower().strip(string.punctuation)
+        if w in _SYNONYMS:
+            out[i] = _SYNONYMS[w]
+        elif w in _STOP and dropped < len(words) // 10 + 1:
+            out[i] = ""
+            dropped += 1
+        else:
+            out[i], out[i + 1] = out[i + 1], out[i]
+        i += int(rng.integers(5, 8))
+    return " ".join(w for w in out if w)
 
 
 def decoy_text(text: str, rng: np.random.Generator) -> str:
@@ -237,36 +343,48 @@ def _ngrams(folder: Folder, text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(t[i:i + n]) for i in range(len(t) - n + 1)}
 
 
-def plant(corpus: pa.Table, bench: pa.Table, per_kind: int, seed: int) -> tuple[pa.Table, dict]:
-    """Insert items into documents; return the new corpus and the truth (item -> kind, doc)."""
+def plant(corpus: pa.Table, bench: pa.Table, per_kind: int, seed: int) -> tuple[pa.Table, dict, dict]:
+    """Insert items into documents; return the new corpus, the truth (item -> kind, doc) and the
+    decoys (doc -> kind, text) for the template and topic decoys, which hold no item."""
     rng = np.random.default_rng(seed)
     folder = Folder()
     rows = bench.to_pylist()
     texts = corpus["text"].to_pylist()
     ids = corpus["id"].to_pylist()
     kinds = list(KINDS) + ["decoy"]
-    n_need = per_kind * len(kinds)
-    if n_need > len(rows):
-        raise SystemExit(f"need {n_need} items, have {len(rows)}")
+    templates = template_sentences(bench)
+    n_need = per_kind * (len(kinds) + 1)
+    if per_kind * len(kinds) > len(rows):
+        raise SystemExit(f"need {per_kind * len(kinds)} items, have {len(rows)}")
     long_docs = [i for i, t in enumerate(texts) if len(t) >= 400]
     if n_need > len(long_docs):
         raise SystemExit(f"need {n_need} documents of >= 400 characters, have {len(long_docs)}")
-    items = rng.choice(len(rows), n_need, replace=False)
+    items = rng.choice(len(rows), per_kind * len(kinds), replace=False)
     docs = rng.choice(long_docs, n_need, replace=False)
-    truth = {}
-    for j, (it, d) in enumerate(zip(items.tolist(), docs.tolist())):
+    truth, decoys = {}, {}
+
+    def put(d: int, insert: str) -> None:
+        t = texts[d]
+        spaces = [m.start() for m in re.finditer(r"\s", t)] or [len(t)]
+        at = spaces[int(rng.integers(len(spaces)))]
+        texts[d] = t[:at] + "\n" + insert + "\n" + t[at:]
+
+    for j, (it, d) in enumerate(zip(items.tolist(), docs[: items.size].tolist())):
         kind = kinds[j // per_kind]
         text = item_text(rows[it])
         insert = decoy_text(text, rng) if kind == "decoy" else plant_text(kind, text, rng)
         if kind == "decoy":
             assert not (_ngrams(folder, insert, 5) & _ngrams(folder, text, 5)), (text, insert)
-        t = texts[d]
-        spaces = [m.start() for m in re.finditer(r"\s", t)] or [len(t)]
-        at = spaces[int(rng.integers(len(spaces)))]
-        texts[d] = t[:at] + "\n" + insert + "\n" + t[at:]
+            decoys[ids[d]] = {"kind": "decoy", "text": insert}
+        put(d, insert)
         truth[rows[it]["id"]] = {"kind": kind, "doc": ids[d], "tokens": len(folder.tokens(pa.array([text]))[1])}
+    # template decoys: a question sentence many items of one benchmark share, planted alone
+    for k, d in enumerate(docs[items.size:].tolist()):
+        bench_name, sentence = templates[int(rng.integers(len(templates)))] if k >= len(templates) else templates[k]
+        put(d, sentence)
+        decoys[ids[d]] = {"kind": "template_decoy", "text": sentence, "benchmark": bench_name}
     out = corpus.set_column(corpus.column_names.index("text"), "text", pa.array(texts, pa.string()))
-    return out, truth
+    return out, truth, decoys
 
 
 # -- methods ---------------------------------------------------------------------------------------
@@ -328,48 +446,97 @@ def lm_eval_method(corpus: pa.Table, bench: pa.Table) -> dict:
             "cpu_s": cpu_scan, "run_cpu_s": time.process_time() - c0, "index_s": t_index}
 
 
-def janitor_clean_throughput(corpus: pa.Table, bench: pa.Table, mb: float) -> float:
-    """MB/s of Janitor.clean_python (training-side) on the first ``mb`` of the corpus."""
-    jm = _janitor()
-    jan = jm.Janitor()
-    for r in bench.to_pylist():
-        jan.register_contaminant_python(item_text(r))
-    texts, size = [], 0
-    for t in corpus["text"].to_pylist():
-        texts.append(t)
-        size += len(t.encode())
-        if size >= mb * 1e6:
-            break
-    t0 = time.perf_counter()
-    for t in texts:
-        jan.clean_python(t)
-    return size / 1e6 / (time.perf_counter() - t0)
-
-
 # -- scoring ---------------------------------------------------------------------------------------
 
 
-def score(found: dict, natural: set[str], truth: dict, all_ids: list[str]) -> dict:
+def score(found: dict, natural: set[str], truth: dict, decoys: dict, shape_of: dict) -> dict:
+    """Recall per planted kind and native shape; precision per (item, document) pair, per document
+    and per item; false positives by cause."""
     flagged = found["flagged"] - natural
     out: dict = {}
-    for kind in list(KINDS) + ["decoy"]:
+    for kind in KINDS:
         items = [i for i, t in truth.items() if t["kind"] == kind and i not in natural]
         hit = [i for i in items if i in flagged]
-        row = {"items": len(items), "flagged": len(hit), "recall": len(hit) / len(items) if items else None}
-        listed = [(i, d) for i in hit for d in found["docs"].get(i, ())]
-        right = [1 for i, d in listed if d == truth[i]["doc"]]
-        row["doc_precision"] = len(right) / len(listed) if listed else None
-        out[kind] = row
+        out[kind] = {"items": len(items), "flagged": len(hit), "recall": len(hit) / len(items) if items else None}
+    for shape in SHAPES:
+        items = [i for i, t in truth.items() if t["kind"] == "verbatim" and shape_of.get(i) == shape and i not in natural]
+        hit = [i for i in items if i in flagged]
+        out[f"shape:{shape}"] = {"items": len(items), "flagged": len(hit),
+                                 "recall": len(hit) / len(items) if items else None}
     long_items = [i for i, t in truth.items() if t["kind"] == "partial" and t["tokens"] >= 16 and i not in natural]
     out["partial_16plus"] = {"items": len(long_items), "flagged": sum(i in flagged for i in long_items),
                              "recall": sum(i in flagged for i in long_items) / len(long_items) if long_items else None}
-    planted = {i for i, t in truth.items() if t["kind"] != "decoy"}
+    planted = {i for i, t in truth.items() if t["kind"] in KINDS}
+    planted_doc = {truth[i]["doc"]: i for i in planted}
+    pairs = [(i, d) for i in flagged for d in found["docs"].get(i, ())]
+    good_pairs = [(i, d) for i, d in pairs if i in planted and truth[i]["doc"] == d]
+    docs = {d for _, d in pairs}
+    good_docs = {d for i, d in good_pairs}
+    causes: dict[str, int] = {}
+    for i, d in pairs:
+        if (i, d) in good_pairs:
+            continue
+        cause = (decoys[d]["kind"] if d in decoys else
+                 f"another item's plant ({truth[planted_doc[d]]['kind']})" if d in planted_doc else "clean text")
+        causes[cause] = causes.get(cause, 0) + 1
     tp = len(flagged & planted)
-    fp = len(flagged - planted)
-    out["precision"] = tp / (tp + fp) if tp + fp else None
+    out["decoy_docs_listed"] = {k: len({d for _, d in pairs if decoys.get(d, {}).get("kind") == k}) for k in DECOYS}
+    out["decoys"] = {k: sum(1 for v in decoys.values() if v["kind"] == k) for k in DECOYS}
+    out["precision"] = tp / len(flagged) if flagged else None
+    out["pair_precision"] = len(good_pairs) / len(pairs) if pairs else None
+    out["doc_precision"] = len(good_docs) / len(docs) if docs else None
+    out["fp_pairs_by_cause"] = causes
     out["false_positives"] = sorted(flagged - planted)[:20]
     out["natural"] = len(natural)
     return out
+
+
+def e2e_mb_per_s(corpus: pa.Table, bench: pa.Table, folder: Path, repeats: int = 3) -> dict:
+    """``winnow contamination IN --benchmark B --out OUT`` in a fresh process and a fresh store,
+    wall clock from process start to exit (median of ``repeats``)."""
+    import subprocess
+    import sys
+
+    size = sum(len(t.encode()) for t in corpus["text"].to_pylist()) / 1e6
+    pq.write_table(corpus, folder / "corpus.parquet")
+    pq.write_table(bench, folder / "bench.parquet")
+    walls = []
+    for k in range(repeats):
+        cmd = [sys.executable, "-m", "winnow.cli", "contamination", str(folder / "corpus.parquet"),
+               "--benchmark", str(folder / "bench.parquet"), "--out", str(folder / f"out{k}.parquet"),
+               "--store", str(folder / f"store{k}")]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        walls.append(time.perf_counter() - t0)
+    wall = float(np.median(walls))
+    return {"mb": size, "wall_s": walls, "mb_per_s": size / wall}
+
+
+def _table(results: dict) -> tuple[str, str, str]:
+    """The recall/precision table, verbatim recall per native shape, and false positives by cause."""
+    def cell(r: dict) -> str:
+        return f"{r['recall']:.3f} ({r['flagged']}/{r['items']})" if r["recall"] is not None else "-"
+
+    def num(v: float | None) -> str:
+        return f"{v:.3f}" if v is not None else "-"
+
+    head = ["method", *KINDS, "partial, items >= 16 tokens", "item precision", "pair precision",
+            "document precision", "template decoy docs listed", "topic decoy docs listed", "natural",
+            "scan MB/s (1 thread, wall)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in results.items():
+        cells = [cell(s[k]) for k in KINDS] + [cell(s["partial_16plus"])]
+        cells += [num(s["precision"]), num(s["pair_precision"]), num(s["doc_precision"])]
+        cells += [f"{s['decoy_docs_listed'][k]}/{s['decoys'][k]}" for k in ("template_decoy", "decoy")]
+        cells += [str(s["natural"]), f"{s['scan_mb_per_s']:.1f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    shapes = ["| method | " + " | ".join(SHAPES) + " |", "|" + "---|" * (len(SHAPES) + 1)]
+    causes = ["| method | false-positive (item, document) pairs by cause |", "|---|---|"]
+    for name, s in results.items():
+        shapes.append(f"| {name} | " + " | ".join(cell(s[f"shape:{k}"]) for k in SHAPES) + " |")
+        causes.append(f"| {name} | " + (", ".join(f"{k}: {v}" for k, v in sorted(s["fp_pairs_by_cause"].items()))
+                                        or "none") + " |")
+    return "\n".join(lines), "\n".join(shapes), "\n".join(causes)
 
 
 def main() -> None:
@@ -379,26 +546,29 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=None, help="benchmark items (default: all)")
     ap.add_argument("--per-kind", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=7, help="alternating runs for the short_span cost")
+    ap.add_argument("--e2e-mb", type=float, default=13.6,
+                    help="corpus size of the end-to-end `winnow contamination` timing (0: skip)")
     args = ap.parse_args()
     # 8 MB: the bundled sample's first 5 MB hold too few documents of >= 400 characters to plant in
     corpus_mb = args.corpus_mb or (8.0 if args.quick else 20.0)
     n_items = args.items or (800 if args.quick else None)
     per_kind = args.per_kind or (60 if args.quick else 150)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import tempfile
 
-    bench = load_items(n_items)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_contamination_"))
+    bench, shape_of = native_round_trip(load_items(n_items), tmp)
     corpus, source = load_corpus(corpus_mb)
     mb = sum(len(t.encode()) for t in corpus["text"].to_pylist()) / 1e6
-    planted, truth = plant(corpus, bench, per_kind, args.seed)
+    planted, truth, decoys = plant(corpus, bench, per_kind, args.seed)
     print(f"corpus: {corpus.num_rows} docs, {mb:.1f} MB ({source}); items: {bench.num_rows} "
-          f"({', '.join(sorted(set(bench['benchmark'].to_pylist())))}); planted {per_kind} per kind")
+          f"({', '.join(sorted(set(bench['benchmark'].to_pylist())))}), read from {len(SHAPES)} native shapes; "
+          f"planted {per_kind} per kind, {sum(v['kind'] == 'template_decoy' for v in decoys.values())} template decoys")
 
     methods = {
-        "winnow default (n=8; longest>=13, coverage>=0.4 or short_span)": winnow_method(Params()),
-        "winnow default without short_span (short_ngram_n=0)": winnow_method(Params(short_ngram_n=0)),
-        "winnow n=5 (sensitive)": winnow_method(Params(ngram_n=5, template_examples=3)),
-        "winnow n=13, longest>=13 only": winnow_method(Params(ngram_n=13, min_longest_match=13, min_coverage=1.0)),
+        "winnow default": winnow_method(Params()),
+        "winnow, fuzzy rule off (fuzzy_ngram_n=0)": winnow_method(Params(fuzzy_ngram_n=0)),
+        "winnow, no template n-grams (template_examples=0)": winnow_method(Params(template_examples=0)),
     }
     if _janitor() is not None:
         methods["lm-eval 0.4.13 13-gram (decontaminate.py rule)"] = lm_eval_method
@@ -408,52 +578,25 @@ def main() -> None:
     for name, m in methods.items():
         natural = m(corpus, bench)["flagged"]
         found = m(planted, bench)
-        s = score(found, natural, truth, bench["id"].to_pylist())
+        s = score(found, natural, truth, decoys, shape_of)
         s.update({"scan_s": found["scan_s"], "total_s": found["total_s"], "cpu_s": found["cpu_s"],
-                  "run_cpu_s": found["run_cpu_s"],
-                  "index_s": found["index_s"], "scan_mb_per_s": mb / found["scan_s"],
-                  "mb_per_cpu_s": mb / found["cpu_s"]})
+                  "run_cpu_s": found["run_cpu_s"], "index_s": found["index_s"],
+                  "scan_mb_per_s": mb / found["scan_s"], "mb_per_cpu_s": mb / found["cpu_s"]})
         results[name] = s
-    w2 = winnow_method(Params(workers=2))(planted, bench)
-    # one scan is well under a second: alternate the default with and without short_span a few times
-    # so that the cost of the rule is a ratio of medians from the same minutes, not one noisy pair
-    reps: dict[str, list[float]] = {"with short_span": [], "without": []}
-    for _ in range(args.repeats):
-        for key, p in (("with short_span", Params()), ("without", Params(short_ngram_n=0))):
-            reps[key].append(mb / winnow_method(p)(planted, bench)["cpu_s"])
-    med = {k: float(np.median(v)) for k, v in reps.items()}
-    janitor_mbs = janitor_clean_throughput(planted, bench, 2.0) if _janitor() is not None else None
-
-    head = ("| method | verbatim | partial | partial, items >= 16 tokens | reformatted | paraphrased | "
-            "decoys flagged | precision | natural | scan MB/s (1 thread, wall) | scan MB per CPU-s |")
-    lines = [head, "|" + "---|" * 11]
-    for name, s in results.items():
-        def cell(k):
-            r = s[k]
-            return f"{r['recall']:.3f} ({r['flagged']}/{r['items']})" if r["recall"] is not None else "-"
-        lines.append(f"| {name} | {cell('verbatim')} | {cell('partial')} | {cell('partial_16plus')} | {cell('reformatted')} | "
-                     f"{cell('paraphrased')} | {s['decoy']['flagged']}/{s['decoy']['items']} | "
-                     f"{s['precision']:.3f} | {s['natural']} | {s['scan_mb_per_s']:.1f} | {s['mb_per_cpu_s']:.1f} |")
-    dp = ["| method | " + " | ".join(KINDS) + " |", "|" + "---|" * (len(KINDS) + 1)]
-    for name, s in results.items():
-        dp.append(f"| {name} | " + " | ".join(
-            f"{s[k]['doc_precision']:.3f}" if s[k]["doc_precision"] is not None else "-" for k in KINDS) + " |")
-    table = "\n".join(lines)
-    print(table)
-    print("\ndocument precision (listed documents that are the planted one):")
-    print("\n".join(dp))
-    print(f"\nwinnow default, 2 threads: scan {mb / w2['scan_s']:.1f} MB/s (wall, 2 cores shared)")
-    print(f"winnow default scan, median of {args.repeats} alternating runs: {med['with short_span']:.1f} MB per "
-          f"CPU-s with short_span, {med['without']:.1f} without (ratio {med['with short_span'] / med['without']:.3f})")
-    if janitor_mbs:
-        print(f"lm-eval Janitor.clean_python (training-side cleaner, python mode): {janitor_mbs:.2f} MB/s")
+    table, shapes, causes = _table(results)
+    print(table, "\n\nverbatim recall per native shape the items were read from:", shapes,
+          "\n\nfalse positives:", causes, sep="\n")
+    e2e = None
+    if args.e2e_mb:
+        small, _ = load_corpus(args.e2e_mb)
+        e2e = e2e_mb_per_s(small, bench, tmp)
+        print(f"\nend to end: winnow contamination on {e2e['mb']:.1f} MB, fresh process and store: "
+              f"{e2e['mb_per_s']:.1f} MB/s (median wall {np.median(e2e['wall_s']):.2f} s of {e2e['wall_s']})")
     OUT.mkdir(parents=True, exist_ok=True)
     out = {"corpus_mb": mb, "corpus_docs": corpus.num_rows, "corpus_source": source, "items": bench.num_rows,
-           "per_kind": per_kind, "seed": args.seed, "results": results, "table": table,
-           "doc_precision_table": "\n".join(dp),
-           "winnow_2_threads_scan_mb_per_s": mb / w2["scan_s"], "janitor_clean_mb_per_s": janitor_mbs,
-           "short_span_mb_per_cpu_s_runs": reps,
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+           "per_kind": per_kind, "seed": args.seed, "results": results, "table": table, "shapes_table": shapes,
+           "causes_table": causes, "e2e": e2e, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+           "load_average": os.getloadavg()}
     (OUT / "contamination.json").write_text(json.dumps(out, indent=1, default=list))
     print(f"wrote {OUT / 'contamination.json'}")
 

@@ -68,7 +68,7 @@ class PipelineRun:
 
     def ingest(self, kind: str, paths: list[str]) -> str:
         inputs = self.config.inputs
-        columns = {"split": inputs.split}
+        columns = inputs.benchmark_columns() if kind == "benchmarks" else {"split": inputs.split}
         if kind == "corpus":
             columns |= {"id": inputs.id_column, "text": inputs.text_column,
                         "domain": inputs.domain_column, "label": inputs.label_column}

@@ -295,7 +295,8 @@ def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:
         if plan.stage == "ingest_corpus":
             tables.append(wio.canonical_corpus(raw, wio.Columns(**columns), where=path, unique_ids=unique_ids))
         else:
-            tables.append(wio.canonical_benchmarks(raw, where=path, default_name=_stem(path)))
+            tables.append(wio.canonical_benchmarks(raw, where=path, default_name=_stem(path),
+                                                   fmt=columns.get("format", "auto"), fields=columns.get("fields")))
         inputs.append({"path": path, "fingerprint": fp, "rows": raw.num_rows})
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     if len(tables) > 1 and unique_ids:

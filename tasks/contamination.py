@@ -89,7 +89,7 @@ ACTIONS = ("mask", "drop", "flag")
 #: ``context`` is an optional extra column (e.g. a reading passage).
 FIELDS = ("question", "choices", "answer", "target", "context")
 _RULE_KEYS = ("fields", "ngram_n", "min_longest_match", "min_coverage", "min_docs", "short_ngram_n",
-              "short_max_docs", "short_min_content")
+              "short_max_docs", "short_min_content", "fuzzy_ngram_n", "fuzzy_min_aligned")
 
 #: key_cap of an index key that is both a short-span k-gram and an n-gram: never dropped by the scan
 _NO_CAP = 1 << 62
@@ -110,6 +110,9 @@ REPORT_SCHEMA = pa.schema(
         ("hits", pa.string()),
         ("example_tokens", pa.int64()),
         ("checked", pa.bool_()),
+        ("template_tokens", pa.int64()),  # tokens inside template n-grams (not evidence)
+        ("template_docs", pa.int64()),  # documents holding one of its template n-grams
+        ("extra", pa.string()),  # the benchmark item's fields no role reads (JSON), null if none
     ]
 )
 
@@ -199,10 +202,16 @@ class Params:
     min_coverage: float = 0.4
     min_docs: int = 0
     min_example_tokens: int = 5
-    template_examples: int = 10
+    template_examples: int = 5
     short_ngram_n: int = 4
     short_max_docs: int = 3
     short_min_content: int = 2
+    fuzzy_ngram_n: int = 4
+    fuzzy_min_aligned: float = 0.7
+    fuzzy_min_tokens: int = 12
+    fuzzy_max_docs: int = 10
+    fuzzy_min_grams: int = 2
+    min_own_tokens: int = 3
     per_benchmark: dict[str, dict[str, Any]] = field(default_factory=dict)
     action: str = "mask"
     mask_text: str = " "
@@ -221,9 +230,9 @@ class Params:
             raise WinnowError("contamination: normalization.strip_punctuation and collapse_whitespace must be true "
                               "(matching is on word tokens)")
         if self.batch_mb <= 0 or min(self.max_hits, self.workers, self.template_examples) < 0 \
-                or self.min_example_tokens < 1:
+                or self.min_example_tokens < 1 or min(self.fuzzy_min_tokens, self.fuzzy_max_docs, self.fuzzy_min_grams) < 1:
             raise WinnowError("contamination: batch_mb must be > 0, max_hits, workers and template_examples >= 0, "
-                              "min_example_tokens >= 1")
+                              "min_example_tokens, fuzzy_min_tokens, fuzzy_max_docs and fuzzy_min_grams >= 1")
         _check_rules({k: getattr(self, k) for k in _RULE_KEYS}, "contamination")
         for bench, over in self.per_benchmark.items():
             unknown = sorted(set(over) - set(_RULE_KEYS))
@@ -259,6 +268,10 @@ def _check_rules(r: dict[str, Any], where: str) -> None:
         raise WinnowError(f"{where}: short_max_docs must be an integer >= 1, got {cap!r}")
     if not isinstance(r["short_min_content"], int) or r["short_min_content"] < 0:
         raise WinnowError(f"{where}: short_min_content must be an integer >= 0, got {r['short_min_content']!r}")
+    if not isinstance(r["fuzzy_ngram_n"], int) or not 0 <= r["fuzzy_ngram_n"] <= 255:
+        raise WinnowError(f"{where}: fuzzy_ngram_n must be an integer in 0..255 (0 = off), got {r['fuzzy_ngram_n']!r}")
+    if not (0 < float(r["fuzzy_min_aligned"]) <= 1):
+        raise WinnowError(f"{where}: fuzzy_min_aligned must be in (0, 1], got {r['fuzzy_min_aligned']!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,7 +385,10 @@ class _Index:
     than n-grams of the rules on n-grams. Per key: ``key_cap`` is the ``short_max_docs`` of a
     short-span key (the scan drops its hits past that many documents), :data:`_NO_CAP` for a key
     that is both (a whole 5-token example can be another example's 5-gram), 0 for an n-gram key;
-    ``key_examples`` is how many benchmark examples hold a short-span key.
+    ``key_examples`` is how many benchmark examples hold each key. ``occ_template`` marks
+    n-grams held by ``template_examples`` or more examples: they are looked up so the report can
+    show them, but are no evidence; ``own`` is False for every example token inside one.
+    ``occ_fuzzy`` marks the k-grams of rule ``fuzzy`` (capped like short-span ones).
     """
 
     lengths: list[int]
@@ -383,6 +399,11 @@ class _Index:
     occ_short: dict[int, np.ndarray]
     key_cap: dict[int, np.ndarray]
     key_examples: dict[int, np.ndarray]
+    occ_template: dict[int, np.ndarray]
+    key_template: dict[int, np.ndarray]
+    occ_fuzzy: dict[int, np.ndarray]
+    own: np.ndarray
+    all_template: np.ndarray
     bitmap: np.ndarray
     shift: int
 
@@ -406,65 +427,100 @@ def _examples_per_key(h: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, min_tokens: int,
                  template_examples: int = 0, ex_k: np.ndarray | None = None,
-                 ex_cap: np.ndarray | None = None) -> _Index:
+                 ex_cap: np.ndarray | None = None, ex_fk: np.ndarray | None = None,
+                 fuzzy_cap: int = 0, fuzzy_min_tokens: int = 0) -> _Index:
     """Index the n-grams of every example; ``ex_n`` is each example's n (per benchmark).
 
     ``ex_k`` and ``ex_cap`` are each example's short-span k (0: none) and ``short_max_docs``; the
     examples with a k also get their k-grams, except template ones (``template_examples``).
+    ``ex_fk`` is each example's fuzzy k (0: none): examples with at least ``fuzzy_min_tokens`` own
+    (non-template) tokens get those k-grams too, capped at ``fuzzy_cap`` documents.
     """
     lengths_e = np.diff(ex_bounds)
     n_ex = lengths_e.size
     ex_of_token = np.repeat(np.arange(n_ex), lengths_e)
     short = (lengths_e >= min_tokens) & (lengths_e < ex_n)
-    ex_k = np.zeros(n_ex, np.int64) if ex_k is None else ex_k
-    ex_cap = np.zeros(n_ex, np.int64) if ex_cap is None else ex_cap
+    zeros = np.zeros(n_ex, np.int64)
+    ex_k = zeros if ex_k is None else ex_k
+    ex_cap = zeros if ex_cap is None else ex_cap
+    ex_fk = zeros if ex_fk is None else ex_fk
     ks = sorted({int(v) for v in np.unique(ex_k[ex_k > 0])})
+    fks = sorted({int(v) for v in np.unique(ex_fk[ex_fk > 0])})
     want = sorted({int(v) for v in np.unique(ex_n)} | {int(v) for v in np.unique(lengths_e[short])})
-    grams = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, sorted(set(want) | set(ks)))
-    parts: dict[int, list[tuple[np.ndarray, ...]]] = {L: [] for L in sorted(set(want) | set(ks))}
-    n_holders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    all_lengths = sorted(set(want) | set(ks) | set(fks))
+    grams = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, all_lengths)
+    parts: dict[int, list[tuple[np.ndarray, ...]]] = {L: [] for L in all_lengths}
+    in_template = np.zeros(ex_hash.size + 1, np.int64)  # +1/-1 at each template n-gram's ends
     for L in want:
         h, first = grams[L]
         e = ex_of_token[first]
         # the example's own n, or its whole token sequence when it is shorter than its n
         whole = short[e] & (lengths_e[e] == L)
         keep = (ex_n[e] == L) | whole
-        h, first, e, whole = h[keep], first[keep], e[keep], whole[keep]
-        q = first - ex_bounds[e]
+        h, e, whole = h[keep], e[keep], whole[keep]
+        q = first[keep] - ex_bounds[e]
+        tmpl = np.zeros(h.size, bool)
         if template_examples and h.size:
             # an n-gram in many examples is template text ("which of the following is ..."):
             # evidence for none of them in particular. A whole short example is never a template.
             gk, gc = _examples_per_key(h[~whole], e[~whole])
-            common = gk[gc >= template_examples]
-            if common.size:
-                keep = whole | ~np.isin(h, common)
-                h, e, q = h[keep], e[keep], q[keep]
-        parts[L].append((h, e, q, np.zeros(h.size, bool), np.zeros(h.size, np.int64)))
-    for k in ks:
+            tmpl = ~whole & np.isin(h, gk[gc >= template_examples])
+            g0 = ex_bounds[e[tmpl]] + q[tmpl]
+            np.add.at(in_template, g0, 1)
+            np.add.at(in_template, g0 + L, -1)
+        parts[L].append(_part(h, e, q, template=tmpl))
+    own = np.cumsum(in_template[:-1]) == 0
+    own_cum = np.concatenate(([0], np.cumsum(own)))
+    all_template = (own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]] == 0) & (lengths_e > 0)
+    # an example made only of pieces that others share (a question sentence + an answer five items
+    # have) is told apart only where the pieces join: all its tokens count as its own, and the
+    # n-grams of no other example (_with_unique_evidence) are what says it was copied
+    own[all_template[ex_of_token]] = True
+    own_len = np.where(all_template, lengths_e, own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]])
+    # how many examples hold each key, over every example of any length or benchmark
+    n_holders = {L: _examples_per_key(grams[L][0], ex_of_token[grams[L][1]]) for L in all_lengths}
+    for k in sorted(set(ks) | set(fks)):
         h, first = grams[k]
         e = ex_of_token[first]
-        gk, gc = _examples_per_key(h, e)  # over every example, of any length or benchmark
-        n_holders[k] = (gk, gc)
-        keep = ex_k[e] == k
-        if template_examples:
-            keep &= ~np.isin(h, gk[gc >= template_examples])
-        h, e = h[keep], e[keep]
-        parts[k].append((h, e, first[keep] - ex_bounds[e], np.ones(h.size, bool), ex_cap[e]))
-    keys, ptr, occ_e, occ_q, occ_s, cap, holders = {}, {}, {}, {}, {}, {}, {}
+        gk, gc = n_holders[k]
+        not_tmpl = ~np.isin(h, gk[gc >= template_examples]) if template_examples else np.ones(h.size, bool)
+        for flag, sel, cap in (("short", ex_k == k, ex_cap), ("fuzzy", (ex_fk == k) & (own_len >= fuzzy_min_tokens),
+                                                               np.full(n_ex, fuzzy_cap))):
+            keep = sel[e] & not_tmpl
+            ek = e[keep]
+            parts[k].append(_part(h[keep], ek, first[keep] - ex_bounds[ek], cap=cap[ek], **{flag: True}))
+    return _assemble(parts, n_holders, own, all_template)
+
+
+def _part(h: np.ndarray, e: np.ndarray, q: np.ndarray, cap: np.ndarray | None = None, short: bool = False,
+          fuzzy: bool = False, template: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Occurrence columns of one kind of index key: hash, example, position, short, doc cap,
+    template, fuzzy."""
+    n = h.size
+    return (h, e, q, np.full(n, short), np.zeros(n, np.int64) if cap is None else cap,
+            np.zeros(n, bool) if template is None else template, np.full(n, fuzzy))
+
+
+def _assemble(parts: dict[int, list[tuple[np.ndarray, ...]]], n_holders: dict[int, tuple[np.ndarray, np.ndarray]],
+              own: np.ndarray, all_template: np.ndarray) -> _Index:
+    """Sort each length's occurrences into keys + CSR lists, with per-key caps and a bitmap."""
+    keys, ptr, occ_e, occ_q, occ_s, cap, holders, occ_t, key_t, occ_f = ({} for _ in range(10))
     for L, ps in parts.items():
-        h, e, q, s_, c = (np.concatenate(col) for col in zip(*ps))
+        h, e, q, s_, c, t_, f_ = (np.concatenate(col) for col in zip(*ps))
         order = np.argsort(h, kind="stable")
-        h, e, q, s_, c = h[order], e[order], q[order], s_[order], c[order]
+        h, e, q, s_, c, t_, f_ = (a[order] for a in (h, e, q, s_, c, t_, f_))
         uk, start = np.unique(h, return_index=True)
         keys[L], ptr[L] = uk, np.append(start, h.size).astype(np.int64)
-        occ_e[L], occ_q[L], occ_s[L] = e.astype(np.int64), q.astype(np.int64), s_
+        occ_e[L], occ_q[L], occ_s[L], occ_t[L], occ_f[L] = e.astype(np.int64), q.astype(np.int64), s_, t_, f_
         cap[L] = np.zeros(uk.size, np.int64)
-        if start.size and s_.any():
+        capped = s_ | f_
+        if start.size and capped.any():
             # a key that is also a regular n-gram is never dropped by the scan (its df is still counted)
-            n_short = np.add.reduceat(s_.astype(np.int64), start)
-            cap[L] = np.where(n_short == np.diff(ptr[L]), np.maximum.reduceat(c, start), _NO_CAP)
-            cap[L][n_short == 0] = 0
+            n_capped = np.add.reduceat(capped.astype(np.int64), start)
+            cap[L] = np.where(n_capped == np.diff(ptr[L]), np.maximum.reduceat(c, start), _NO_CAP)
+            cap[L][n_capped == 0] = 0
         holders[L] = np.zeros(uk.size, np.int64)
+        key_t[L] = np.maximum.reduceat(t_.astype(np.int8), start) > 0 if start.size else np.zeros(0, bool)
         if L in n_holders:
             gk, gc = n_holders[L]
             holders[L] = gc[np.searchsorted(gk, uk)]
@@ -474,7 +530,8 @@ def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, m
     shift = 64 - bits
     for k in keys.values():
         bitmap[k >> np.uint64(shift)] = True
-    return _Index(sorted(parts), keys, ptr, occ_e, occ_q, occ_s, cap, holders, bitmap, shift)
+    return _Index(sorted(parts), keys, ptr, occ_e, occ_q, occ_s, cap, holders, occ_t, key_t, occ_f, own,
+                  all_template, bitmap, shift)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -549,7 +606,7 @@ def _batches(text: pa.ChunkedArray, batch_bytes: int) -> list[tuple[int, pa.Arra
 
 def _expand(index: _Index, hits: np.ndarray) -> dict[str, np.ndarray]:
     """One row per (hit, example occurrence of the matched n-gram); ``s`` marks short-span k-grams."""
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("e", "q", "L", "row", "p", "j", "s")}
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("e", "q", "L", "row", "p", "j", "s", "t", "f")}
     for L in index.lengths:
         hL = hits[hits[:, 0] == L]
         if hL.size == 0:
@@ -566,8 +623,11 @@ def _expand(index: _Index, hits: np.ndarray) -> dict[str, np.ndarray]:
         cols["p"].append(hL[rep, 3])
         cols["j"].append(hL[rep, 1])
         cols["s"].append(index.occ_short[L][occ])
+        cols["t"].append(index.occ_template[L][occ])
+        cols["f"].append(index.occ_fuzzy[L][occ])
     out = {k: (np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64)) for k, v in cols.items()}
-    out["s"] = out["s"].astype(bool)
+    for k in ("s", "t", "f"):
+        out[k] = out[k].astype(bool)
     return out
 
 
@@ -600,12 +660,12 @@ def _chains(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _coverage(x: dict[str, np.ndarray], ex_bounds: np.ndarray) -> np.ndarray:
-    """Number of tokens of each example covered by a matched n-gram.
+def _coverage(x: dict[str, np.ndarray], ex_bounds: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
+    """Number of tokens of each group covered by a matched n-gram (only ``own`` tokens, if given).
 
     ``x["e"]`` indexes the groups delimited by ``ex_bounds`` (examples, or (example, document)
     pairs laid end to end), ``x["q"]`` is the n-gram's first token in its group, ``x["L"]`` its
-    length.
+    length; ``own`` is a bool per token of that layout.
     """
     n_ex = ex_bounds.size - 1
     if x["e"].size == 0:
@@ -616,6 +676,8 @@ def _coverage(x: dict[str, np.ndarray], ex_bounds: np.ndarray) -> np.ndarray:
     np.add.at(diff, g0, 1)
     np.add.at(diff, g0 + x["L"], -1)
     covered = np.cumsum(diff[:-1]) > 0
+    if own is not None:
+        covered &= own
     cum = np.concatenate(([0], np.cumsum(covered)))
     return cum[ex_bounds[1:]] - cum[ex_bounds[:-1]]
 
@@ -648,14 +710,22 @@ def _merge_spans(spans: list[tuple[int, int]]) -> list[list[int]]:
 # the stage
 
 
-def _summary(x: dict[str, np.ndarray], ch: dict[str, np.ndarray], ex_bounds: np.ndarray, n_rows: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _own_enough(own_covered: np.ndarray, own_len: np.ndarray, min_own: int) -> np.ndarray:
+    """Whether matched text holds enough of an example's own (non-template) tokens to count: a
+    template sentence followed by a word of the example by chance holds one."""
+    return own_covered >= np.minimum(own_len, min_own)
+
+
+def _summary(x: dict[str, np.ndarray], ch: dict[str, np.ndarray], p: _Prepared, n_rows: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per example: longest contiguous match in one document, coverage fraction, distinct matched
-    n-grams and documents, from the match rows ``x`` and their chains ``ch``."""
-    n_ex = ex_bounds.size - 1
+    n-grams and documents, and whether the covered tokens hold enough of its own (non-template)
+    ones, from the match rows ``x`` and their chains ``ch``."""
+    n_ex = p.ex_bounds.size - 1
     longest = np.zeros(n_ex, np.int64)
     np.maximum.at(longest, ch["e"], ch["tokens"])
-    coverage = _coverage(x, ex_bounds) / np.maximum(np.diff(ex_bounds), 1)
+    coverage = _coverage(x, p.ex_bounds) / np.maximum(p.ex_len, 1)
+    own_ok = _own_enough(_coverage(x, p.ex_bounds, p.index.own), p.own_len, p.min_own)
     matched = np.zeros(n_ex, np.int64)
     n_docs = np.zeros(n_ex, np.int64)
     if x["e"].size:
@@ -664,25 +734,119 @@ def _summary(x: dict[str, np.ndarray], ch: dict[str, np.ndarray], ex_bounds: np.
         matched = np.bincount(eq >> 40, minlength=n_ex)
         er = np.unique(x["e"] * n_rows + x["row"])
         n_docs = np.bincount(er // n_rows, minlength=n_ex)
-    return longest, coverage, matched, n_docs
+    return longest, coverage, matched, n_docs, own_ok
 
 
-def _short_span_rows(x_all: dict[str, np.ndarray], df_rows: np.ndarray, index: _Index,
-                     ex_cap: np.ndarray) -> dict[str, np.ndarray]:
-    """The short-span k-gram matches that count as evidence: those of k-grams found in at most
-    ``short_max_docs`` documents of the whole corpus (``df_rows``: per-batch document counts (L, key
-    index, documents) from the scan), with ``a`` = 1 where the k-gram is in no other example."""
-    xs = _take(x_all, x_all["s"])
+def _capped_rows(x_all: dict[str, np.ndarray], flag: str, df_rows: np.ndarray, index: _Index,
+                 cap_of: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The k-gram matches of one kind (``flag``: ``s`` short-span, ``f`` fuzzy) whose k-gram is in
+    at most ``cap_of[example]`` documents of the whole corpus (``df_rows``: per-batch document
+    counts (L, key index, documents) from the scan), and for each whether it is in one example."""
+    xs = _take(x_all, x_all[flag])
     rare = np.zeros(xs["e"].size, bool)
-    xs["a"] = np.zeros(xs["e"].size, np.int64)
-    for L in index.short_lengths:
+    single = np.zeros(xs["e"].size, np.int64)
+    for L in sorted(set(xs["L"].tolist())):
         df = np.zeros(index.keys[L].size, np.int64)
         at = df_rows[:, 0] == L
         np.add.at(df, df_rows[at, 1], df_rows[at, 2])
         at = xs["L"] == L
-        rare[at] = df[xs["j"][at]] <= ex_cap[xs["e"][at]]
-        xs["a"][at] = index.key_examples[L][xs["j"][at]] == 1
-    return _take(xs, rare)
+        rare[at] = df[xs["j"][at]] <= cap_of[xs["e"][at]]
+        single[at] = index.key_examples[L][xs["j"][at]] == 1
+    return _take(xs, rare), single[rare]
+
+
+def _with_unique_evidence(x: dict[str, np.ndarray], index: _Index, n_rows: int) -> dict[str, np.ndarray]:
+    """The match rows of the (example, document) pairs where the document holds an n-gram of that
+    example that no other example holds: text that several items share word for word (LogiQA
+    passages asked about four times, a question sentence of three items) cannot say which of them
+    was copied, so a document holding only such text is evidence for none of them."""
+    if x["e"].size == 0:
+        return x
+    single = np.zeros(x["e"].size, bool)
+    for L in np.unique(x["L"]).tolist():
+        at = x["L"] == L
+        single[at] = index.key_examples[L][x["j"][at]] == 1
+    pair = x["e"] * n_rows + x["row"]
+    return _take(x, np.isin(pair, np.unique(pair[single])))
+
+
+def _fuzzy_candidates(xf: dict[str, np.ndarray], p: _Prepared, min_grams: int, n_rows: int
+                      ) -> list[tuple[int, int, int, int]]:
+    """(example, document row, first, last document token) of each window where the example's
+    rare k-grams hit at least ``min_grams`` distinct positions within 1.5 x its length, one of
+    them a k-gram of no other example (``xf["a"]``)."""
+    out: list[tuple[int, int, int, int]] = []
+    if xf["e"].size == 0:
+        return out
+    key = xf["e"] * n_rows + xf["row"]
+    order = np.lexsort((xf["p"], key))
+    key, q, pos, L, single = key[order], xf["q"][order], xf["p"][order], xf["L"][order], xf["a"][order]
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+    ends = np.append(starts[1:], key.size)
+    many = (ends - starts) >= min_grams
+    for a, b in zip(starts[many].tolist(), ends[many].tolist()):
+        e, row = divmod(int(key[a]), n_rows)
+        n = int(p.ex_len[e])
+        pg, qg = pos[a:b], q[a:b]
+        reach = np.searchsorted(pg, pg + int(1.5 * n), side="right")  # hits within one window
+        i = int(np.argmax(reach - np.arange(pg.size)))
+        j = int(reach[i])
+        if np.unique(qg[i:j]).size < min_grams or not single[a + i:a + j].any():
+            continue  # too little, or only text the example shares with another
+        lo = max(0, int((pg[i:j] - qg[i:j]).min()) - 3)
+        hi = int((pg[i:j] + n - qg[i:j]).max()) + 3 + int(L[a])
+        out.append((e, row, lo, hi))
+    return out
+
+
+def _fuzzy(xf: dict[str, np.ndarray], text: pa.ChunkedArray, p: _Prepared, params: Params, n_rows: int
+           ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Rule ``fuzzy``: align each candidate window with its example, token by token and in order
+    (difflib's matching blocks, so gaps from edits are skipped), and fire where the aligned own
+    tokens reach ``fuzzy_min_aligned`` of the example's own tokens. Returns the aligned blocks of
+    the windows that fired as match rows (an n-gram of the block's length each) and the examples."""
+    import difflib
+    from collections import Counter
+
+    fired = np.zeros(p.ex_len.size, bool)
+    rows: dict[str, list[int]] = {k: [] for k in ("e", "q", "L", "row", "p")}
+    cands = _fuzzy_candidates(xf, p, params.fuzzy_min_grams, n_rows)
+    if cands:
+        ex_tokens = p.folder.tokens(pa.array(p.ex.texts, pa.string()))[1].to_pylist()
+        thr = np.array([r["fuzzy_min_aligned"] for r in p.rules])
+        doc_tokens: dict[int, list[str]] = {}
+        passed: list[tuple[float, int, int, int, int, list]] = []  # (share, row, start, end, example, blocks)
+        for e, row, lo, hi in sorted(cands, key=lambda c: c[1]):
+            if row not in doc_tokens:
+                doc_tokens = {row: p.folder.tokens(text[row:row + 1])[1].to_pylist()}  # one document at a time
+            b0 = int(p.ex_bounds[e])
+            item, window = ex_tokens[b0:b0 + int(p.ex_len[e])], doc_tokens[row][lo:hi]
+            # no alignment can match more tokens than the two share as multisets: a cheap bound
+            # that spares most windows the quadratic alignment
+            if sum((Counter(item) & Counter(window)).values()) < thr[e] * max(int(p.own_len[e]), 1):
+                continue
+            blocks = [m for m in difflib.SequenceMatcher(None, item, window, autojunk=False).get_matching_blocks() if m.size]
+            aligned = sum(int(p.own_cum[b0 + m.a + m.size] - p.own_cum[b0 + m.a]) for m in blocks)
+            share = aligned / max(int(p.own_len[e]), 1)
+            if blocks and share >= thr[e]:
+                passed.append((share, row, lo + blocks[0].b, lo + blocks[-1].b + blocks[-1].size, e, blocks))
+        # two items that differ by a word or two (QuaRTz pairs "more ... than" / "less ... than")
+        # both align with a copy of either: a stretch of text is credited to the item it aligns with
+        # best, as the n-gram rules credit the item a span belongs to
+        taken: dict[int, list[tuple[int, int]]] = {}
+        for share, row, a, b, e, blocks in sorted(passed, key=lambda c: -c[0]):
+            if any(a < b2 and a2 < b for a2, b2 in taken.get(row, [])):
+                continue
+            taken.setdefault(row, []).append((a, b))
+            fired[e] = True
+            lo = a - blocks[0].b
+            for m in blocks:
+                for k, v in (("e", e), ("q", m.a), ("L", m.size), ("row", row), ("p", lo + m.b)):
+                    rows[k].append(v)
+    x = {k: np.array(v, np.int64) for k, v in rows.items()}
+    x.update(j=np.zeros(x["e"].size, np.int64), s=np.zeros(x["e"].size, bool), t=np.zeros(x["e"].size, bool),
+             f=np.zeros(x["e"].size, bool))
+    return x, fired
 
 
 def _content_tokens(ex_hash: np.ndarray, ex_bounds: np.ndarray) -> np.ndarray:
@@ -697,18 +861,213 @@ def _content_tokens(ex_hash: np.ndarray, ex_bounds: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(~common)))
 
 
-def _short_spans(xs: dict[str, np.ndarray], ex_bounds: np.ndarray, content_cum: np.ndarray,
-                 thr_cov: np.ndarray, min_content: np.ndarray, n_rows: int) -> np.ndarray:
+def _short_spans(xs: dict[str, np.ndarray], p: _Prepared, n_rows: int) -> np.ndarray:
     """Rule ``short_span``: the (example * n_rows + document row) pairs where a contiguous run of the
-    example's rare k-grams ``xs`` covers at least ``min_coverage`` of the example, holds a k-gram of
-    no other example (so the run is not text the example shares with another) and at least
-    ``short_min_content`` content tokens (see :func:`_content_tokens`)."""
+    example's rare k-grams ``xs`` covers at least ``min_coverage`` of the example (enough of its
+    own tokens among them),
+    holds a k-gram of no other example (so the run is not text the example shares with another)
+    and at least ``short_min_content`` content tokens (see :func:`_content_tokens`)."""
     ch = _chains(xs)
-    first = ex_bounds[ch["e"]] + ch["q0"]
-    content = content_cum[first + ch["tokens"]] - content_cum[first]
-    cov = ch["tokens"] / np.diff(ex_bounds)[ch["e"]]  # as the coverage rule computes it
-    good = (cov >= thr_cov[ch["e"]]) & (ch["a"] > 0) & (content >= min_content[ch["e"]])
+    first = p.ex_bounds[ch["e"]] + ch["q0"]
+    content = p.content_cum[first + ch["tokens"]] - p.content_cum[first]
+    own = p.own_cum[first + ch["tokens"]] - p.own_cum[first]
+    cov = ch["tokens"] / p.ex_len[ch["e"]]  # as the coverage rule computes it
+    good = (cov >= p.thr_cov[ch["e"]]) & (ch["a"] > 0) & (content >= p.min_content[ch["e"]])
+    good &= _own_enough(own, p.own_len[ch["e"]], p.min_own)
     return np.unique(ch["e"][good] * n_rows + ch["row"][good])
+
+
+@dataclass
+class _Prepared:
+    """Everything known before the corpus is read: examples, their tokens and rules, the index."""
+
+    ex: _Examples
+    folder: Folder
+    vocab: Vocab
+    ex_bounds: np.ndarray
+    ex_hash: np.ndarray
+    ex_len: np.ndarray
+    rules: list[dict[str, Any]]
+    thr_cov: np.ndarray
+    thr_longest: np.ndarray
+    min_content: np.ndarray
+    ex_cap: np.ndarray
+    checked: np.ndarray
+    index: _Index
+    own_cum: np.ndarray
+    own_len: np.ndarray
+    min_own: int
+    content_cum: np.ndarray
+
+
+def _prepare(benchmarks: pa.Table, params: Params) -> _Prepared:
+    """Validate the benchmarks, fold and hash every example, and build the n-gram index."""
+    ex = _examples(benchmarks, params)
+    folder = Folder(params.normalization)
+    ex_bounds, ex_hash = folder.hashed(pa.array(ex.texts, pa.string()))
+    ex_len = np.diff(ex_bounds)
+    rules_of = {b: params.rules_for(b) for b in set(ex.benchmarks)}
+    rules = [rules_of[b] for b in ex.benchmarks]
+    col = lambda key, dtype: np.array([r[key] for r in rules], dtype)  # noqa: E731
+    ex_n, ex_k, ex_cap, thr_cov = (col("ngram_n", np.int64), col("short_ngram_n", np.int64),
+                                   col("short_max_docs", np.int64), col("min_coverage", np.float64))
+    ex_fk = col("fuzzy_ngram_n", np.int64)
+    # short_span is for examples with n-grams (shorter ones are matched whole) where a run long
+    # enough for min_coverage can still hold none (run_min < n); their k is that shortest run, so
+    # one k-gram is enough and a longer example is matched on longer, rarer k-grams
+    run_min = np.floor(thr_cov * ex_len).astype(np.int64)
+    run_min += run_min / np.maximum(ex_len, 1) < thr_cov  # the coverage rule's own test: tokens / len
+    ex_k = np.where((ex_k > 0) & (ex_k < ex_n) & (ex_len >= ex_n) & (run_min < ex_n), np.maximum(ex_k, run_min), 0)
+    index = _build_index(ex_hash, ex_bounds, ex_n, params.min_example_tokens, params.template_examples,
+                         ex_k, ex_cap, ex_fk, params.fuzzy_max_docs, params.fuzzy_min_tokens)
+    own_cum = np.concatenate(([0], np.cumsum(index.own)))
+    own_len = own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]]
+    checked = (ex_len >= ex_n) | (ex_len >= params.min_example_tokens)
+    return _Prepared(ex, folder, Vocab(ex_hash), ex_bounds, ex_hash, ex_len, rules, thr_cov,
+                     col("min_longest_match", np.int64), col("short_min_content", np.int64), ex_cap, checked,
+                     index, own_cum, own_len, params.min_own_tokens, _content_tokens(ex_hash, ex_bounds))
+
+
+def _scan_corpus(text: pa.ChunkedArray, p: _Prepared, params: Params) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Hits and short-span document counts of the whole corpus, and the scan's timings."""
+    t1, c1 = time.perf_counter(), time.process_time()
+    batches = _batches(text, max(1, int(params.batch_mb * 1e6)))
+    workers = params.workers or (os.cpu_count() or 1)
+    scan = functools.partial(_scan_batch, p.folder, p.vocab, p.index)
+    if workers > 1 and len(batches) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(lambda b: scan(b[1], b[0]), batches))
+    else:
+        parts = [scan(a, r0) for r0, a in batches]
+    hits = np.concatenate([h for h, _ in parts]) if parts else np.zeros((0, 4), np.int64)
+    df_rows = np.concatenate([d for _, d in parts]) if parts else np.zeros((0, 3), np.int64)
+    timing = {"scan_seconds": time.perf_counter() - t1,
+              "scan_cpu_seconds": time.process_time() - c1,  # all threads: MB per CPU-second is per core
+              "workers": workers}
+    return hits, df_rows, timing
+
+
+def _split_template_hits(index: _Index, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hits of keys that are evidence for someone, one hit per (template key, document)).
+
+    A template key is held by many examples; expanding each of its hits would cost (hits x holders)
+    rows, and the report only needs which documents hold it.
+    """
+    is_t = np.zeros(hits.shape[0], bool)
+    for L in index.lengths:
+        at = np.flatnonzero(hits[:, 0] == L)
+        is_t[at] = index.key_template[L][hits[at, 1]]
+    tmpl = hits[is_t]
+    if tmpl.size:
+        tmpl = tmpl[np.unique(tmpl[:, :3], axis=0, return_index=True)[1]]
+    return hits[~is_t], tmpl
+
+
+def _rules_fired(p: _Prepared, longest: np.ndarray, coverage: np.ndarray, matched: np.ndarray,
+                 n_docs: np.ndarray, own_ok: np.ndarray, extra: dict[str, np.ndarray]) -> list[list[str]]:
+    """The rules that fired for each checked example; ``extra`` holds rules decided elsewhere
+    (``short_span``, ``fuzzy``) as bool arrays."""
+    fired: list[list[str]] = []
+    for i, r in enumerate(p.rules):
+        f = []
+        if p.checked[i]:
+            if longest[i] >= r["min_longest_match"]:
+                f.append("longest_match")
+            if matched[i] and coverage[i] >= r["min_coverage"] and own_ok[i]:
+                f.append("coverage")
+            if r["min_docs"] and n_docs[i] >= r["min_docs"]:
+                f.append("n_docs")
+            f.extend(name for name, on in extra.items() if on[i])
+        fired.append(f)
+    return fired
+
+
+@dataclass
+class _Evidence:
+    """Per (example, document) pair: the chains and which pairs carry enough to be acted on."""
+
+    pairs: np.ndarray
+    pair_e: np.ndarray
+    pair_row: np.ndarray
+    pair_best: np.ndarray
+    strong: np.ndarray
+    spans_tok: list[list[tuple[int, int]]]
+
+
+def _pair_evidence(x: dict[str, np.ndarray], ch: dict[str, np.ndarray], p: _Prepared,
+                   contaminated: np.ndarray, n_rows: int) -> _Evidence:
+    """Which documents carry, on their own, enough evidence for a contaminated example (their
+    longest span or their own coverage passes its threshold); where none does, all of them."""
+    n_ex = p.ex_len.size
+    pairs, chain_pair = np.unique(ch["e"] * n_rows + ch["row"], return_inverse=True)
+    pair_e, pair_row = pairs // n_rows, pairs % n_rows
+    pair_best = np.zeros(pairs.size, np.int64)
+    np.maximum.at(pair_best, chain_pair, ch["tokens"])
+    pair_cov = np.zeros(pairs.size)
+    sel = contaminated[x["e"]]
+    if sel.any():
+        grp = np.searchsorted(pairs, x["e"][sel] * n_rows + x["row"][sel])
+        lens = p.ex_len[pair_e]
+        pb = np.zeros(pairs.size + 1, np.int64)
+        np.cumsum(lens, out=pb[1:])
+        # each pair's own-token mask: its example's, laid end to end like the pairs
+        tok = np.repeat(p.ex_bounds[pair_e] - pb[:-1], lens) + np.arange(int(pb[-1]))
+        xp = {"e": grp, "q": x["q"][sel], "L": x["L"][sel]}
+        own_ok = _own_enough(_coverage(xp, pb, p.index.own[tok]), p.own_len[pair_e], p.min_own)
+        pair_cov = np.where(own_ok, _coverage(xp, pb) / np.maximum(lens, 1), 0.0)
+    strong = contaminated[pair_e] & ((pair_best >= p.thr_longest[pair_e]) | (pair_cov >= p.thr_cov[pair_e]))
+    no_strong = contaminated & (np.bincount(pair_e[strong], minlength=n_ex) == 0)
+    strong |= no_strong[pair_e]  # contaminated only jointly: act on every document involved
+    return _Evidence(pairs, pair_e, pair_row, pair_best, strong, _pair_spans(ch, chain_pair, pairs.size))
+
+
+def _locate(corpus: pa.Table, p: _Prepared, ev: _Evidence, max_hits: int
+            ) -> tuple[list[str], dict[int, list[tuple[int, int]]], dict[int, set[int]], dict[int, int]]:
+    """Token spans -> character spans, only for the documents that are listed or acted on.
+
+    Returns each example's ``hits`` JSON and, per document row to act on, its spans, the examples
+    it holds and its longest span.
+    """
+    n_ex = p.ex_len.size
+    listed: dict[int, list[int]] = {}
+    n_listed = np.zeros(n_ex, np.int64)
+    for pi in range(ev.pairs.size):
+        e = int(ev.pair_e[pi])
+        if n_listed[e] < max_hits:
+            listed.setdefault(e, []).append(pi)
+            n_listed[e] += len(ev.spans_tok[pi])
+    text = corpus["text"]
+    need_rows = {int(ev.pair_row[pi]) for lst in listed.values() for pi in lst} | set(ev.pair_row[ev.strong].tolist())
+    offsets = {r: p.folder.offsets(text[r].as_py()) for r in sorted(need_rows)}
+
+    def char_spans(pi: int) -> list[list[int]]:
+        st, en = offsets[int(ev.pair_row[pi])]
+        return [[int(st[a]), int(en[b - 1])] for a, b in ev.spans_tok[pi]]
+
+    doc_ids = corpus["id"]
+    hits_json = ["[]"] * n_ex
+    for e, lst in listed.items():
+        items = [{"doc_id": doc_ids[int(ev.pair_row[pi])].as_py(), "start": s_, "end": e_}
+                 for pi in lst for s_, e_ in char_spans(pi)]
+        hits_json[e] = json.dumps(items[:max_hits])
+    act_spans: dict[int, list[tuple[int, int]]] = {}
+    act_examples: dict[int, set[int]] = {}
+    act_longest: dict[int, int] = {}
+    for pi in np.flatnonzero(ev.strong).tolist():
+        r = int(ev.pair_row[pi])
+        act_spans.setdefault(r, []).extend(tuple(sp) for sp in char_spans(pi))
+        act_examples.setdefault(r, set()).add(int(ev.pair_e[pi]))
+        act_longest[r] = max(act_longest.get(r, 0), int(ev.pair_best[pi]))
+    return hits_json, act_spans, act_examples, act_longest
+
+
+def _template_docs(index: _Index, tmpl_hits: np.ndarray, n_ex: int, n_rows: int) -> np.ndarray:
+    """Per example: documents holding one of its template n-grams (shown, never evidence)."""
+    if tmpl_hits.size == 0:
+        return np.zeros(n_ex, np.int64)
+    xt = _expand(index, np.column_stack((tmpl_hits[:, :3], np.zeros(len(tmpl_hits), np.int64))))
+    xt = _take(xt, xt["t"])
+    return np.bincount(np.unique(xt["e"] * n_rows + xt["row"]) // n_rows, minlength=n_ex)
 
 
 def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> StageResult:
@@ -720,129 +1079,40 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
     """
     t0 = time.perf_counter()
     _check_corpus(corpus)
-    ex = _examples(benchmarks, params)
-    folder = Folder(params.normalization)
-    ex_bounds, ex_hash = folder.hashed(pa.array(ex.texts, pa.string()))
-    vocab = Vocab(ex_hash)
-    ex_len = np.diff(ex_bounds)
-    rules_of = {b: params.rules_for(b) for b in set(ex.benchmarks)}
-    rules = [rules_of[b] for b in ex.benchmarks]
-    ex_n = np.array([r["ngram_n"] for r in rules], np.int64)
-    ex_k = np.array([r["short_ngram_n"] for r in rules], np.int64)
-    ex_cap = np.array([r["short_max_docs"] for r in rules], np.int64)
-    thr_cov = np.array([r["min_coverage"] for r in rules], np.float64)
-    # short_span is for examples with n-grams (shorter ones are matched whole) where a run long
-    # enough for min_coverage can still hold none (run_min < n); their k is that shortest run, so
-    # one k-gram is enough and a longer example is matched on longer, rarer k-grams
-    run_min = np.floor(thr_cov * ex_len).astype(np.int64)
-    run_min += run_min / np.maximum(ex_len, 1) < thr_cov  # the coverage rule's own test: tokens / len
-    ex_k = np.where((ex_k > 0) & (ex_k < ex_n) & (ex_len >= ex_n) & (run_min < ex_n), np.maximum(ex_k, run_min), 0)
-    index = _build_index(ex_hash, ex_bounds, ex_n, params.min_example_tokens, params.template_examples,
-                         ex_k, ex_cap)
+    p = _prepare(benchmarks, params)
     t_index = time.perf_counter() - t0
+    hits, df_rows, timing = _scan_corpus(corpus["text"], p, params)
 
-    # scan
-    t1, c1 = time.perf_counter(), time.process_time()
-    text = corpus["text"]
-    batches = _batches(text, max(1, int(params.batch_mb * 1e6)))
-    workers = params.workers or (os.cpu_count() or 1)
-    scan = functools.partial(_scan_batch, folder, vocab, index)
-    if workers > 1 and len(batches) > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(lambda b: scan(b[1], b[0]), batches))
-    else:
-        parts = [scan(a, r0) for r0, a in batches]
-    hits = np.concatenate([h for h, _ in parts]) if parts else np.zeros((0, 4), np.int64)
-    df_rows = np.concatenate([d for _, d in parts]) if parts else np.zeros((0, 3), np.int64)
-    t_scan = time.perf_counter() - t1
-    cpu_scan = time.process_time() - c1  # all threads: MB per CPU-second is per-core throughput
-    mb = sum(pc.sum(pc.binary_length(c)).as_py() or 0 for c in text.chunks) / 1e6
-
-    # score each example: the n-gram rules on n-grams alone
-    n_ex, n_rows = len(ex.ids), corpus.num_rows
-    x_all = _expand(index, hits)
-    x = _take(x_all, ~x_all["s"])
+    # score each example: the n-gram rules on n-grams alone, template n-grams aside
+    n_ex, n_rows = p.ex_len.size, corpus.num_rows
+    hits, tmpl_hits = _split_template_hits(p.index, hits)
+    x_all = _expand(p.index, hits)
+    x = _with_unique_evidence(_take(x_all, ~x_all["s"] & ~x_all["t"] & ~x_all["f"]), p.index, n_rows)
     ch = _chains(x)
-    longest, coverage, matched, n_docs = _summary(x, ch, ex_bounds, n_rows)
-    checked = (ex_len >= ex_n) | (ex_len >= params.min_example_tokens)
-    thr_longest = np.array([r["min_longest_match"] for r in rules], np.int64)
-    xs = _short_span_rows(x_all, df_rows, index, ex_cap)
-    min_content = np.array([r["short_min_content"] for r in rules], np.int64)
-    span_pairs = _short_spans(xs, ex_bounds, _content_tokens(ex_hash, ex_bounds), thr_cov, min_content, n_rows)
+    longest, coverage, matched, n_docs, own_ok = _summary(x, ch, p, n_rows)
+    xs, xs["a"] = _capped_rows(x_all, "s", df_rows, p.index, p.ex_cap)
+    span_pairs = _short_spans(xs, p, n_rows)
     span_fired = np.zeros(n_ex, bool)
     span_fired[span_pairs // n_rows] = True
-    fired: list[list[str]] = []
-    for i, r in enumerate(rules):
-        f = []
-        if checked[i]:
-            if longest[i] >= r["min_longest_match"]:
-                f.append("longest_match")
-            if matched[i] and coverage[i] >= r["min_coverage"]:
-                f.append("coverage")
-            if r["min_docs"] and n_docs[i] >= r["min_docs"]:
-                f.append("n_docs")
-            if span_fired[i]:
-                f.append("short_span")
-        fired.append(f)
+    xf, xf["a"] = _capped_rows(x_all, "f", df_rows, p.index, np.full(n_ex, params.fuzzy_max_docs))
+    xfz, fuzzy_fired = _fuzzy(xf, corpus["text"], p, params, n_rows)
+    fired = _rules_fired(p, longest, coverage, matched, n_docs, own_ok,
+                         {"short_span": span_fired, "fuzzy": fuzzy_fired})
     contaminated = np.array([bool(f) for f in fired], dtype=bool)
-    if span_pairs.size:
-        # the report, hits and actions also count the k-grams of the documents that fired short_span
+    if span_pairs.size or xfz["e"].size:
+        # the report, hits and actions also count the k-grams of the documents that fired
+        # short_span and the aligned blocks of those that fired fuzzy
         xs = _take(xs, np.isin(xs["e"] * n_rows + xs["row"], span_pairs))
-        x = {k: np.concatenate((x[k], xs[k])) for k in x}
+        x = {k: np.concatenate((x[k], xs[k], xfz[k])) for k in x}
         ch = _chains(x)
-        longest, coverage, matched, n_docs = _summary(x, ch, ex_bounds, n_rows)
+        longest, coverage, matched, n_docs, _ = _summary(x, ch, p, n_rows)
 
-    # evidence per (example, document) pair: which documents carry enough to be acted on
-    pairs, chain_pair = np.unique(ch["e"] * n_rows + ch["row"], return_inverse=True)
-    pair_e, pair_row = pairs // n_rows, pairs % n_rows
-    pair_best = np.zeros(pairs.size, np.int64)
-    np.maximum.at(pair_best, chain_pair, ch["tokens"])
-    pair_cov = np.zeros(pairs.size)
-    sel = contaminated[x["e"]]
-    if sel.any():
-        grp = np.searchsorted(pairs, x["e"][sel] * n_rows + x["row"][sel])
-        pb = np.zeros(pairs.size + 1, np.int64)
-        np.cumsum(ex_len[pair_e], out=pb[1:])
-        pair_cov = _coverage({"e": grp, "q": x["q"][sel], "L": x["L"][sel]}, pb) / np.maximum(ex_len[pair_e], 1)
-    strong = contaminated[pair_e] & ((pair_best >= thr_longest[pair_e]) | (pair_cov >= thr_cov[pair_e]))
-    no_strong = contaminated & (np.bincount(pair_e[strong], minlength=n_ex) == 0)
-    strong |= no_strong[pair_e]  # contaminated only jointly: act on every document involved
-
-    # token spans -> character spans, only for the documents that are listed or acted on
-    spans_tok = _pair_spans(ch, chain_pair, pairs.size)
-    listed: dict[int, list[int]] = {}
-    n_listed = np.zeros(n_ex, np.int64)
-    for pi in range(pairs.size):
-        e = int(pair_e[pi])
-        if n_listed[e] < params.max_hits:
-            listed.setdefault(e, []).append(pi)
-            n_listed[e] += len(spans_tok[pi])
-    need_rows = {int(pair_row[pi]) for lst in listed.values() for pi in lst} | set(pair_row[strong].tolist())
-    offsets = {r: folder.offsets(text[r].as_py()) for r in sorted(need_rows)} if need_rows else {}
-
-    def char_spans(pi: int) -> list[list[int]]:
-        st, en = offsets[int(pair_row[pi])]
-        return [[int(st[a]), int(en[b - 1])] for a, b in spans_tok[pi]]
-
-    doc_ids = corpus["id"]
-    hits_json = ["[]"] * n_ex
-    for e, lst in listed.items():
-        items = [{"doc_id": doc_ids[int(pair_row[pi])].as_py(), "start": s_, "end": e_}
-                 for pi in lst for s_, e_ in char_spans(pi)]
-        hits_json[e] = json.dumps(items[: params.max_hits])
-    act_spans: dict[int, list[tuple[int, int]]] = {}
-    act_examples: dict[int, set[int]] = {}
-    act_longest: dict[int, int] = {}
-    for pi in np.flatnonzero(strong).tolist():
-        r = int(pair_row[pi])
-        act_spans.setdefault(r, []).extend(tuple(sp) for sp in char_spans(pi))
-        act_examples.setdefault(r, set()).add(int(pair_e[pi]))
-        act_longest[r] = max(act_longest.get(r, 0), int(pair_best[pi]))
-
+    ev = _pair_evidence(x, ch, p, contaminated, n_rows)
+    hits_json, act_spans, act_examples, act_longest = _locate(corpus, p, ev, params.max_hits)
     report = pa.table(
         {
-            "id": pa.array(ex.ids, pa.string()),
-            "benchmark": pa.array(ex.benchmarks, pa.string()),
+            "id": pa.array(p.ex.ids, pa.string()),
+            "benchmark": pa.array(p.ex.benchmarks, pa.string()),
             "contaminated": pa.array(contaminated, pa.bool_()),
             "rule": pa.array(["+".join(f) if f else None for f in fired], pa.string()),
             "longest_match_tokens": pa.array(longest, pa.int64()),
@@ -850,43 +1120,60 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
             "matched_ngrams": pa.array(matched, pa.int64()),
             "n_docs": pa.array(n_docs, pa.int64()),
             "hits": pa.array(hits_json, pa.string()),
-            "example_tokens": pa.array(ex_len, pa.int64()),
-            "checked": pa.array(checked, pa.bool_()),
+            "example_tokens": pa.array(p.ex_len, pa.int64()),
+            "checked": pa.array(p.checked, pa.bool_()),
+            "template_tokens": pa.array(p.ex_len - p.own_len, pa.int64()),
+            "template_docs": pa.array(_template_docs(p.index, tmpl_hits, n_ex, n_rows), pa.int64()),
+            "extra": _extra_column(benchmarks),
         },
         schema=REPORT_SCHEMA,
     )
+    data, removed = _act(corpus, params, act_spans, act_examples, act_longest, p.ex)
+    metrics = _metrics(corpus, data, removed, p, contaminated, params, timing)
+    metrics.update(index_seconds=round(t_index, 3), seconds=round(time.perf_counter() - t0, 3))
+    return StageResult(tables={"data": data, "report": report}, removed=removed, metrics=metrics)
 
-    # act
-    data, removed = _act(corpus, params, act_spans, act_examples, act_longest, ex)
+
+def _metrics(corpus: pa.Table, data: pa.Table, removed: pa.Table, p: _Prepared, contaminated: np.ndarray,
+             params: Params, timing: dict) -> dict[str, Any]:
+    """The stage's summary: rows, actions, examples per benchmark, throughput."""
     per_bench: dict[str, dict[str, int]] = {}
-    for b, c, k in zip(ex.benchmarks, contaminated.tolist(), checked.tolist()):
+    for b, c, k in zip(p.ex.benchmarks, contaminated.tolist(), p.checked.tolist()):
         d = per_bench.setdefault(b, {"examples": 0, "contaminated": 0, "unchecked": 0})
         d["examples"] += 1
         d["contaminated"] += int(c)
         d["unchecked"] += int(not k)
-    bench_mb = sum(len(t.encode("utf-8")) for t in ex.texts) / 1e6
-    metrics = {
+    mb = sum(pc.sum(pc.binary_length(c)).as_py() or 0 for c in corpus["text"].chunks) / 1e6
+    bench_mb = sum(len(t.encode("utf-8")) for t in p.ex.texts) / 1e6
+    t_scan, cpu_scan = timing["scan_seconds"], timing["scan_cpu_seconds"]
+    count = lambda act: int(pc.sum(pc.equal(removed["action"], act)).as_py() or 0) if removed.num_rows else 0  # noqa: E731
+    return {
         "rows_in": corpus.num_rows,
         "rows_out": data.num_rows,
-        "docs_dropped": int(pc.sum(pc.equal(removed["action"], "drop")).as_py() or 0) if removed.num_rows else 0,
-        "docs_masked": int(pc.sum(pc.equal(removed["action"], "mask")).as_py() or 0) if removed.num_rows else 0,
-        "examples": n_ex,
+        "docs_dropped": count("drop"),
+        "docs_masked": count("mask"),
+        "examples": int(p.ex_len.size),
         "examples_contaminated": int(contaminated.sum()),
-        "unchecked_examples": int((~checked).sum()),
+        "unchecked_examples": int((~p.checked).sum()),
+        "template_only_examples": int(p.index.all_template.sum()),
         "per_benchmark": per_bench,
-        "index_ngrams": index.size,
+        "index_ngrams": p.index.size,
         "mb_scanned": round(mb, 3),
         "scan_seconds": round(t_scan, 3),
         "mb_per_s": round(mb / t_scan, 2) if t_scan > 0 else None,
         "scan_cpu_seconds": round(cpu_scan, 3),
         "mb_per_cpu_s": round(mb / cpu_scan, 2) if cpu_scan > 0 else None,
-        "workers": workers,
-        "index_seconds": round(t_index, 3),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "workers": timing["workers"],
         "benchmark_larger_than_corpus": bench_mb > mb,
         "params": {k: v for k, v in asdict(params).items() if k not in ("per_benchmark",)},
     }
-    return StageResult(tables={"data": data, "report": report}, removed=removed, metrics=metrics)
+
+
+def _extra_column(benchmarks: pa.Table) -> pa.Array:
+    """The benchmark's kept extra fields (``winnow.benchmark_formats``), for the report."""
+    if "extra" in benchmarks.column_names:
+        return benchmarks["extra"].combine_chunks().cast(pa.string())
+    return pa.nulls(benchmarks.num_rows, pa.string())
 
 
 def _act(corpus: pa.Table, params: Params, spans: dict[int, list[tuple[int, int]]],

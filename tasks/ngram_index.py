@@ -44,31 +44,52 @@ _LENGTH_SALT = 0x165667B19E3779F9
 _MASKS = np.array([(1 << (8 * i)) - 1 for i in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 
 
-@functools.cache
-def fold_table(nfkc: bool = True, lowercase: bool = True) -> np.ndarray:
-    """Per-code-point fold: 0 = separator, :data:`COMPLEX` = context-dependent, else the folded code point.
+UNKNOWN = np.uint32(0xFFFFFFFE)
+
+
+def fold_code_point(cp: int, nfkc: bool = True, lowercase: bool = True) -> int:
+    """How one code point folds: 0 = separator, :data:`COMPLEX` = context-dependent, else the
+    folded code point.
 
     Code points past U+323AF (unassigned planes, private use, tags) are separators except the
-    variation selectors U+E0100..U+E01EF, which are combining marks (complex). Built once per
-    process (~0.4 s).
+    variation selectors U+E0100..U+E01EF, which are combining marks (complex).
     """
-    table = np.zeros(0x110000, dtype=np.uint32)
-    for cp in range(0x32400):
-        if 0xD800 <= cp < 0xE000:
-            continue
-        ch = chr(cp)
-        if unicodedata.category(ch).startswith("M") or 0x1100 <= cp < 0x1200 or 0xA960 <= cp < 0xA980 \
-                or 0xD7B0 <= cp < 0xD800 or cp == 0x03A3:
-            table[cp] = COMPLEX
-            continue
-        m = unicodedata.normalize("NFKC", ch) if nfkc else ch
-        if lowercase:
-            m = m.lower()
-        if not any(_WORD_RE.match(c) for c in m):
-            continue  # separator: punctuation, white space, symbols
-        table[cp] = ord(m) if len(m) == 1 else COMPLEX
-    table[0xE0100:0xE01F0] = COMPLEX
+    if 0xD800 <= cp < 0xE000:
+        return 0
+    if cp >= 0x32400:
+        return int(COMPLEX) if 0xE0100 <= cp < 0xE01F0 else 0
+    ch = chr(cp)
+    if unicodedata.category(ch).startswith("M") or 0x1100 <= cp < 0x1200 or 0xA960 <= cp < 0xA980 \
+            or 0xD7B0 <= cp < 0xD800 or cp == 0x03A3:
+        return int(COMPLEX)
+    m = unicodedata.normalize("NFKC", ch) if nfkc else ch
+    if lowercase:
+        m = m.lower()
+    if not _WORD_RE.search(m):
+        return 0  # separator: punctuation, white space, symbols
+    return ord(m) if len(m) == 1 else int(COMPLEX)
+
+
+@functools.cache
+def fold_table(nfkc: bool = True, lowercase: bool = True) -> np.ndarray:
+    """Per-code-point fold (see :func:`fold_code_point`), filled lazily: :data:`UNKNOWN` until
+    :func:`fold_lookup` meets the code point. Building all 1.1M entries up front cost 1.5 s per
+    process (most of a short `winnow contamination` run); a corpus uses a few thousand."""
+    table = np.full(0x110000, UNKNOWN, dtype=np.uint32)
+    table[:128] = [fold_code_point(cp, nfkc, lowercase) for cp in range(128)]
     return table
+
+
+def fold_lookup(table: np.ndarray, cps: np.ndarray, nfkc: bool, lowercase: bool) -> np.ndarray:
+    """``table[cps]``, computing the entries not met before. Threads may fill the same entries at
+    once; they write equal values."""
+    out = table[cps]
+    unknown = out == UNKNOWN
+    if unknown.any():
+        new = np.unique(cps[unknown])
+        table[new] = [fold_code_point(cp, nfkc, lowercase) for cp in new.tolist()]
+        out = table[cps]
+    return out
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -106,6 +127,9 @@ class Folder:
         self.table = fold_table(norm.nfkc, norm.lowercase)
         t = self.table[:128]
         self.ascii_translate = bytes(int(c) if c else 0x20 for c in t) + bytes(range(128, 256))
+
+    def _fold(self, cps: np.ndarray) -> np.ndarray:
+        return fold_lookup(self.table, cps, self.norm.nfkc, self.norm.lowercase)
 
     # -- whole batches ---------------------------------------------------------------------------
 
@@ -175,7 +199,7 @@ class Folder:
         cps = np.frombuffer(raw.tobytes().decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
         char_bounds = np.zeros(len(arr) + 1, np.int64)
         np.cumsum(pc.utf8_length(arr).to_numpy(zero_copy_only=False), out=char_bounds[1:])
-        fold = self.table[cps]
+        fold = self._fold(cps)
         cplx = np.flatnonzero(fold == COMPLEX)
         if cplx.size:
             slow = set((np.searchsorted(char_bounds, cplx, side="right") - 1).tolist())
@@ -241,7 +265,7 @@ class Folder:
     def offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Character (start, end) of every token of ``text``, in the order of :meth:`tokens`."""
         cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        fold = self.table[cps]
+        fold = self._fold(cps)
         spans = None
         if (fold == COMPLEX).any():
             fold, *spans = self._fold_slow(cps, fold)

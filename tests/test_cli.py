@@ -81,6 +81,32 @@ def test_contamination_with_a_user_benchmark(user_file, tmp_path, capsys):
     assert report["q1"]["contaminated"] and not report["q2"]["contaminated"]
 
 
+def test_contamination_reads_a_benchmark_in_its_own_shape(user_file, tmp_path, capsys):
+    """An ARC-shaped item is detected; a file of other field names is read through --benchmark-field."""
+    rows = [json.loads(line) for line in open(user_file, encoding="utf-8")]
+    quote = next(r["body"] for r in rows if r["topic"] and len(r["body"].split()) > 25)
+    arc = tmp_path / "arc.jsonl"
+    arc.write_text(json.dumps({"id": "arc1", "question": quote, "answerKey": "B", "grade": 7,
+                               "choices": {"text": ["no", "yes"], "label": ["A", "B"]}}) + "\n")
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"uid": "o1", "problem": "an unrelated question about tensor cores and ferrets",
+                                 "solution": "none"}) + "\n")
+    out = tmp_path / "decont.parquet"
+    common = ["--id-column", "doc", "--text-column", "body", "--label-column", "topic", "--store", str(tmp_path / "s")]
+    assert main(["contamination", str(user_file), "--benchmark", str(other), "--out", str(out), *common]) == 2
+    assert "cannot tell the benchmark format from its fields (uid, problem, solution)" in capsys.readouterr().err
+    assert main(["contamination", str(user_file), "--benchmark", str(arc), "--out", str(out), *common]) == 0
+    report = pq.read_table(tmp_path / "decont.report.parquet").to_pylist()
+    assert report[0]["id"] == "arc1" and report[0]["contaminated"] and json.loads(report[0]["extra"]) == {"grade": 7}
+    # the mapping applies to every --benchmark file of the command
+    code = main(["contamination", str(user_file), "--benchmark", str(other), "--out", str(out),
+                 "--benchmark-field", "question=problem", "--benchmark-field", "target=solution",
+                 "--benchmark-field", "id=uid", *common])
+    assert code == 0, capsys.readouterr()
+    report = pq.read_table(tmp_path / "decont.report.parquet").to_pylist()
+    assert report[0]["id"] == "o1" and not report[0]["contaminated"]
+
+
 def test_missing_label_column_is_a_clear_error(user_file, tmp_path, capsys):
     code = main(["label-noise", str(user_file), "--out", str(tmp_path / "o.parquet"), "--id-column", "doc",
                  "--text-column", "body", "--store", str(tmp_path / "s")])

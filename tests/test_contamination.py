@@ -151,10 +151,9 @@ def test_partial_copy_fires_on_longest_span():
 
 
 def test_threshold_is_per_benchmark():
-    q, a = ITEMS[0]
-    half = " ".join(q.split()[:14])  # a 14-token span
-    docs, _ = _planted(half)
-    bench = pa.concat_tables([_bench(ITEMS[:1], "strict"), _bench(ITEMS[:1], "lenient")])
+    halves = [" ".join(q.split()[:14]) for q, _ in ITEMS[:2]]  # a 14-token span of each
+    docs, _ = _planted(" and ".join(halves))
+    bench = pa.concat_tables([_bench(ITEMS[:1], "strict"), _bench(ITEMS[1:2], "lenient", ids=["lenient/0"])])
     params = Params(per_benchmark={"lenient": {"min_longest_match": 20, "min_coverage": 0.9}})
     rep = run(_corpus(docs), bench, params).tables["report"]
     assert _row(rep, "strict/0")["contaminated"]
@@ -164,10 +163,9 @@ def test_threshold_is_per_benchmark():
 
 
 def test_ngram_n_can_be_set_per_benchmark():
-    q, _ = ITEMS[1]
-    piece = " ".join(q.split()[3:9])  # six words of the question
-    docs, _ = _planted(piece)
-    bench = pa.concat_tables([_bench(ITEMS[1:2], "default_n"), _bench(ITEMS[1:2], "short_n")])
+    pieces = [" ".join(q.split()[3:9]) for q, _ in ITEMS[1:3]]  # six words of each question
+    docs, _ = _planted(" and ".join(pieces))
+    bench = pa.concat_tables([_bench(ITEMS[2:3], "default_n"), _bench(ITEMS[1:2], "short_n")])
     params = Params(fields=("question",), per_benchmark={"short_n": {"ngram_n": 5}})
     rep = run(_corpus(docs), bench, params).tables["report"]
     assert _row(rep, "default_n/0")["matched_ngrams"] == 0
@@ -272,8 +270,12 @@ def test_template_ngrams_shared_by_many_examples_are_not_evidence():
     on = run(_corpus(docs), _bench(items), Params(fields=("question",))).tables["report"]
     assert not any(on["contaminated"].to_pylist())
     assert set(on["matched_ngrams"].to_pylist()) == {0}
+    # shown apart: every item has 13 template tokens (the sentence + "when considering"), in one document
+    assert set(on["template_tokens"].to_pylist()) == {13} and set(on["template_docs"].to_pylist()) == {1}
     off = run(_corpus(docs), _bench(items), Params(fields=("question",), template_examples=0)).tables["report"]
-    assert all(m > 0 for m in off["matched_ngrams"].to_pylist())
+    assert set(off["template_docs"].to_pylist()) == {0}
+    # without templates the shared text is still no item's own: no unique n-gram of any is there
+    assert not any(off["contaminated"].to_pylist())
 
 
 def test_optional_context_column_can_be_checked():

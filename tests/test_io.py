@@ -109,7 +109,7 @@ def test_integer_ids_and_labels_become_strings_and_extras_pass_through():
     assert out["score"].to_pylist() == [0.5, 0.7] and out["domain"].to_pylist() == ["default", "default"]
 
 
-def test_benchmarks_accept_letters_and_reject_unknown_fields(tmp_path):
+def test_benchmarks_accept_letters_and_keep_unknown_fields(tmp_path):
     table = pa.Table.from_pylist([
         {"question": "2+2?", "choices": ["3", "4"], "answer": "B", "target": None},
         {"question": "def f():", "choices": None, "answer": None, "target": "return 1"},
@@ -118,9 +118,11 @@ def test_benchmarks_accept_letters_and_reject_unknown_fields(tmp_path):
     assert out["answer"].to_pylist() == [1, -1]
     assert out["target"].to_pylist() == ["4", "return 1"]
     assert out["id"].to_pylist() == ["mine/0", "mine/1"]
-    with pytest.raises(WinnowError, match=r"unknown benchmark field\(s\) \['qestion'\]"):
+    kept = wio.canonical_benchmarks(pa.Table.from_pylist([{"question": "x", "subject": "law"}]), "b.jsonl", "b")
+    assert json.loads(kept["extra"][0].as_py()) == {"subject": "law"}
+    with pytest.raises(WinnowError, match=r"cannot tell the benchmark format from its fields \(qestion\)"):
         wio.canonical_benchmarks(pa.Table.from_pylist([{"qestion": "x"}]), "b.jsonl", "b")
-    with pytest.raises(WinnowError, match=r"row 0: 'question' is empty"):
+    with pytest.raises(WinnowError, match=r"1 item\(s\) have no searchable text"):
         wio.canonical_benchmarks(pa.Table.from_pylist([{"question": "  "}]), "b.jsonl", "b")
     with pytest.raises(WinnowError, match=r"row 0: 'answer' 'E' is not a valid choice"):
         wio.canonical_benchmarks(pa.Table.from_pylist([{"question": "q", "choices": ["a", "b"], "answer": "E"}]), "b.jsonl", "b")

@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         if stage in ("contamination", "evaluate"):
             p.add_argument("--benchmark", action="append", default=[], metavar="B",
                            help="benchmark file (repeatable; default: the bundled benchmarks)")
+            p.add_argument("--benchmark-format", metavar="FORMAT",
+                           help="benchmark format: auto (default: detected from the fields), mmlu, mmlu_prompt, "
+                                "arc, hellaswag, gsm8k, truthfulqa_mc or lm_eval")
+            p.add_argument("--benchmark-field", action="append", default=[], metavar="ROLE=COLUMN",
+                           help="read benchmark role ROLE (question, choices, answer, target, id, benchmark, "
+                                "context) from COLUMN (repeatable)")
         if stage == "dedup":
             p.add_argument("--index", metavar="REF",
                            help="incremental: check IN (new documents only) against this earlier dedup entry's index")
@@ -302,7 +308,7 @@ def _preflight(cfg: Any) -> None:
     columns = {"split": inputs.split, "id": inputs.id_column, "text": inputs.text_column,
                "domain": inputs.domain_column, "label": inputs.label_column}
     corpus = prepare_ingest(plan_ingest("corpus", [inputs.corpus], columns), store)
-    benchmarks = prepare_ingest(plan_ingest("benchmarks", list(inputs.benchmarks), {"split": inputs.split}), store)
+    benchmarks = prepare_ingest(plan_ingest("benchmarks", list(inputs.benchmarks), inputs.benchmark_columns()), store)
     for stage in ("dedup", "label_noise"):
         precheck(stage, cfg.params(stage), corpus=corpus.table)
     if inputs.dedup_index:
@@ -374,7 +380,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if stage == "train" and outputs["out"].is_dir() and any(outputs["out"].iterdir()):
         raise WinnowError(f"{outputs['out']}: output folder exists and is not empty")
     corpus = prepare_ingest(plan_ingest("corpus", [args.input], columns), store)
-    benchmarks = prepare_ingest(plan_ingest("benchmarks", bench_paths, {"split": args.split}), store) if bench_paths else None
+    benchmarks = prepare_ingest(plan_ingest("benchmarks", bench_paths, _benchmark_columns(args, cfg)), store) if bench_paths else None
     if stage == "label_noise" and "label" not in corpus.table.column_names:
         raise WinnowError(f"{args.input}: missing label column '{cols.label}' (use --label-column)")
     if stage in ("dedup", "label_noise"):
@@ -500,6 +506,19 @@ def _lm_eval_parity(store: Any, fp: str, parents: dict[str, str], params: Any, o
     path = out.with_name(out.name.split(".")[0] + ".lmeval.parquet")
     wio.export_table(items, path)
     print(f"per-item comparison: {items.num_rows} rows -> {path}")
+
+
+def _benchmark_columns(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """Benchmark ingest parameters: the command line's format and field mapping over the config's."""
+    from winnow.config import benchmark_columns
+
+    fields = dict(cfg.inputs.benchmark_fields)
+    for item in args.benchmark_field:
+        role, eq, column = item.partition("=")
+        if not eq or not role.strip() or not column.strip():
+            raise WinnowError(f"--benchmark-field {item!r}: expected ROLE=COLUMN, e.g. question=problem")
+        fields[role.strip()] = column.strip()
+    return benchmark_columns(args.split, args.benchmark_format or cfg.inputs.benchmark_format, fields)
 
 
 def _model_ref(store: Any, ref: str) -> str:

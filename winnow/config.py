@@ -52,6 +52,12 @@ class InputsConfig:
         benchmarks: evaluation benchmarks checked for contamination and scored by evaluate.
         id_column, text_column, domain_column, label_column: the user's column names for each role.
         split: the split to read when an input is a saved `datasets` DatasetDict.
+        benchmark_format: the benchmark files' format: ``auto`` (detected from their field names)
+            or one of ``winnow.benchmark_formats.FORMATS`` (mmlu, mmlu_prompt, arc, hellaswag,
+            gsm8k, truthfulqa_mc, lm_eval); README "Benchmark formats" lists each one's fields.
+        benchmark_fields: role -> column name for benchmark files in any other shape, e.g.
+            ``{question = "problem", target = "solution"}``; roles: id, benchmark, question,
+            choices, answer, target, context.
         dedup_index: incremental dedup. A store reference (fingerprint prefix or RUN:dedup) of an
             earlier dedup output whose signature index the new corpus is checked against; the
             corpus must then hold only documents not seen before. Empty: dedup the corpus alone.
@@ -65,6 +71,22 @@ class InputsConfig:
     label_column: str = "label"
     split: str | None = None
     dedup_index: str = ""
+    benchmark_format: str = "auto"
+    benchmark_fields: dict[str, str] = field(default_factory=dict)
+
+    def benchmark_columns(self) -> dict[str, Any]:
+        """How benchmark files are read: the ingest parameters (part of its fingerprint)."""
+        return benchmark_columns(self.split, self.benchmark_format, self.benchmark_fields)
+
+
+def benchmark_columns(split: str | None, fmt: str = "auto", fields: dict[str, str] | None = None) -> dict[str, Any]:
+    """Ingest parameters of benchmark files; the defaults add nothing, so old fingerprints hold."""
+    out: dict[str, Any] = {"split": split}
+    if fmt != "auto":
+        out["format"] = fmt
+    if fields:
+        out["fields"] = dict(sorted(fields.items()))
+    return out
 
 
 @dataclass(frozen=True)
@@ -168,8 +190,7 @@ def load_config(
             for key, value in values.items():
                 merged.setdefault(section, {})[key] = (where, value)
     built = {name: _build(cls, name, merged.get(name, {})) for name, cls in SECTIONS.items()}
-    stages = {s: _build(stage_module(s).Params, s, merged.get(s, {})) for s in STAGES}
-    return PipelineConfig(stages=stages, profile=profile, source=source, **built)
+    return PipelineConfig(stages=_Stages(merged), profile=profile, source=source, **built)
 
 
 def config_from_dict(values: dict[str, Any], where: str = "flow parameter") -> PipelineConfig:
@@ -179,8 +200,47 @@ def config_from_dict(values: dict[str, Any], where: str = "flow parameter") -> P
             raise WinnowError(f"{where}: unknown section [{section}]")
     pick = lambda name: {k: (where, v) for k, v in values.get(name, {}).items()}  # noqa: E731
     built = {name: _build(cls, name, pick(name)) for name, cls in SECTIONS.items()}
-    stages = {s: _build(stage_module(s).Params, s, pick(s)) for s in STAGES}
-    return PipelineConfig(stages=stages, **built)
+    return PipelineConfig(stages=_Stages({s: pick(s) for s in STAGES if s in values}), **built)
+
+
+class _Stages(dict):
+    """Stage name -> Params, built on first use: importing every stage module costs about a
+    second (numba, pandas, torch), which a one-stage command such as `winnow contamination` need
+    not pay. Stages the configuration sets are built at once, so their errors still show first."""
+
+    def __init__(self, values: dict[str, dict[str, tuple[str, Any]]]) -> None:
+        super().__init__()
+        self._values = values
+        for s in STAGES:
+            if values.get(s):
+                self[s] = _build(stage_module(s).Params, s, values[s])
+
+    def __missing__(self, stage: str) -> Any:
+        if stage not in STAGES:
+            raise KeyError(stage)
+        self[stage] = _build(stage_module(stage).Params, stage, self._values.get(stage, {}))
+        return self[stage]
+
+    def _all(self) -> None:
+        for s in STAGES:
+            self[s]  # noqa: B018  (builds it)
+
+    def __iter__(self):
+        self._all()
+        return iter([s for s in STAGES])
+
+    def __len__(self) -> int:
+        return len(STAGES)
+
+    def items(self):  # noqa: D102
+        self._all()
+        return [(s, dict.__getitem__(self, s)) for s in STAGES]
+
+    def keys(self):  # noqa: D102
+        return list(STAGES)
+
+    def values(self):  # noqa: D102
+        return [v for _, v in self.items()]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -16,14 +16,12 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from tasks.common import BENCHMARK_SCHEMA
 from winnow.errors import WinnowError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")
@@ -311,52 +309,18 @@ def check_unique_ids(ids: pa.ChunkedArray, where: str, column: str) -> None:
         )
 
 
-def canonical_benchmarks(table: pa.Table, where: str, default_name: str) -> pa.Table:
-    """Validate benchmark rows into :data:`tasks.common.BENCHMARK_SCHEMA`.
+def canonical_benchmarks(table: pa.Table, where: str, default_name: str, fmt: str = "auto",
+                         fields: dict[str, str] | None = None) -> pa.Table:
+    """Validate benchmark rows in any known native format into :data:`tasks.common.BENCHMARK_SCHEMA`
+    (plus ``format`` and ``extra``, the fields no role reads, as JSON).
 
-    Required: ``question`` (non-empty text). Optional: ``id`` (default ``<benchmark>/<row>``),
-    ``benchmark`` (default: the file's stem), ``choices`` (list of strings), ``answer`` (an index
-    into choices, or a letter A, B, ...), ``target`` (reference answer text; for multiple choice
-    it defaults to the correct choice). Unknown extra columns are an error, so that a misspelt
-    field is never silently ignored.
+    ``fmt`` names the format (``auto``: detected from the field names) and ``fields`` maps roles to
+    the user's columns; the formats and what each one's searchable text is are documented in
+    :mod:`winnow.benchmark_formats`. Ids must be unique.
     """
-    if table.num_rows == 0:
-        raise WinnowError(f"{where}: the benchmark is empty (0 rows)")
-    known = set(BENCHMARK_SCHEMA.names) | {"context"}
-    unknown = sorted(set(table.column_names) - known)
-    if unknown:
-        raise WinnowError(f"{where}: unknown benchmark field(s) {unknown}; expected some of {sorted(known)}")
-    if "question" not in table.column_names:
-        raise WinnowError(f"{where}: missing field 'question' (have: {', '.join(table.column_names)})")
-    rows = table.to_pylist()
-    out: dict[str, list[Any]] = {name: [] for name in BENCHMARK_SCHEMA.names}
-    for i, row in enumerate(rows):
-        question = row.get("question")
-        if not isinstance(question, str) or not question.strip():
-            raise WinnowError(f"{where}: row {i}: 'question' is empty or not text")
-        if row.get("context"):
-            question = f"{row['context']}\n{question}"
-        choices = row.get("choices") or []
-        if not all(isinstance(c, str) for c in choices):
-            raise WinnowError(f"{where}: row {i}: 'choices' must be a list of strings")
-        answer = row.get("answer")
-        if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().isalpha() and choices:
-            answer = ord(answer.strip().upper()) - ord("A")
-        if answer is None:
-            answer = -1
-        if not isinstance(answer, int) or (choices and not 0 <= answer < len(choices)) or (not choices and answer != -1):
-            raise WinnowError(f"{where}: row {i}: 'answer' {row.get('answer')!r} is not a valid choice index or letter")
-        target = row.get("target")
-        if target is None:
-            target = choices[answer] if choices else ""
-        name = row.get("benchmark") or default_name
-        out["id"].append(str(row["id"]) if row.get("id") is not None else f"{name}/{i}")
-        out["benchmark"].append(name)
-        out["question"].append(question)
-        out["choices"].append(list(choices))
-        out["answer"].append(int(answer))
-        out["target"].append(target)
-    result = pa.table(out, schema=BENCHMARK_SCHEMA)
+    from winnow.benchmark_formats import to_canonical
+
+    result = to_canonical(table, where, default_name, fmt, fields)
     check_unique_ids(result["id"], where, "id")
     return result
 
