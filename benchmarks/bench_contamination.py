@@ -500,16 +500,20 @@ def e2e_mb_per_s(corpus: pa.Table, bench: pa.Table, folder: Path, repeats: int =
     size = sum(len(t.encode()) for t in corpus["text"].to_pylist()) / 1e6
     pq.write_table(corpus, folder / "corpus.parquet")
     pq.write_table(bench, folder / "bench.parquet")
-    walls = []
+    import resource
+
+    walls, cpus = [], []
     for k in range(repeats):
         cmd = [sys.executable, "-m", "winnow.cli", "contamination", str(folder / "corpus.parquet"),
                "--benchmark", str(folder / "bench.parquet"), "--out", str(folder / f"out{k}.parquet"),
                "--store", str(folder / f"store{k}")]
-        t0 = time.perf_counter()
+        t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         walls.append(time.perf_counter() - t0)
-    wall = float(np.median(walls))
-    return {"mb": size, "wall_s": walls, "mb_per_s": size / wall}
+        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    wall, cpu = float(np.median(walls)), float(np.median(cpus))
+    return {"mb": size, "wall_s": walls, "cpu_s": cpus, "mb_per_s": size / wall, "mb_per_cpu_s": size / cpu}
 
 
 def _table(results: dict) -> tuple[str, str, str]:
@@ -591,7 +595,9 @@ def main() -> None:
         small, _ = load_corpus(args.e2e_mb)
         e2e = e2e_mb_per_s(small, bench, tmp)
         print(f"\nend to end: winnow contamination on {e2e['mb']:.1f} MB, fresh process and store: "
-              f"{e2e['mb_per_s']:.1f} MB/s (median wall {np.median(e2e['wall_s']):.2f} s of {e2e['wall_s']})")
+              f"{e2e['mb_per_s']:.1f} MB/s wall (median {np.median(e2e['wall_s']):.2f} s of "
+              f"{[round(w, 2) for w in e2e['wall_s']]}), {e2e['mb_per_cpu_s']:.1f} MB per CPU-second "
+              f"(median {np.median(e2e['cpu_s']):.2f} s), load average {os.getloadavg()[0]:.1f}")
     OUT.mkdir(parents=True, exist_ok=True)
     out = {"corpus_mb": mb, "corpus_docs": corpus.num_rows, "corpus_source": source, "items": bench.num_rows,
            "per_kind": per_kind, "seed": args.seed, "results": results, "table": table, "shapes_table": shapes,
