@@ -855,15 +855,16 @@ def _fuzzy(xf: dict[str, np.ndarray], text: pa.ChunkedArray, p: _Prepared, param
     rows: dict[str, list[int]] = {k: [] for k in ("e", "q", "L", "row", "p")}
     cands = _fuzzy_candidates(xf, p, params.fuzzy_min_grams, n_rows)
     if cands:
-        ex_tokens = p.folder.tokens(pa.array(p.ex.texts, pa.string()))[1].to_pylist()
+        # tokens are compared by their 64-bit hashes: no Python string per token of a long document
         thr = np.array([r["fuzzy_min_aligned"] for r in p.rules])
-        doc_tokens: dict[int, list[str]] = {}
+        rows_needed = sorted({c[1] for c in cands})
+        d_bounds, d_hash = p.folder.hashed(text.take(pa.array(rows_needed, pa.int64())))
+        slot = {r: i for i, r in enumerate(rows_needed)}
         passed: list[tuple[float, int, int, int, int, list]] = []  # (share, row, start, end, example, blocks)
-        for e, row, lo, hi in sorted(cands, key=lambda c: c[1]):
-            if row not in doc_tokens:
-                doc_tokens = {row: p.folder.tokens(text[row:row + 1])[1].to_pylist()}  # one document at a time
+        for e, row, lo, hi in cands:
+            d0, d1 = int(d_bounds[slot[row]]), int(d_bounds[slot[row] + 1])
             b0 = int(p.ex_bounds[e])
-            item, window = ex_tokens[b0:b0 + int(p.ex_len[e])], doc_tokens[row][lo:hi]
+            item, window = p.ex_hash[b0:b0 + int(p.ex_len[e])].tolist(), d_hash[d0 + lo:min(d0 + hi, d1)].tolist()
             # no alignment can match more tokens than the two share as multisets: a cheap bound
             # that spares most windows the quadratic alignment
             if sum((Counter(item) & Counter(window)).values()) < thr[e] * max(int(p.own_len[e]), 1):
