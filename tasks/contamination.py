@@ -163,6 +163,11 @@ class Params:
             holding one). Default 5: measured with 150 template decoys (question sentences 5+
             items of one benchmark share, planted alone), 10 listed 55 decoy documents for
             flagged items (pair precision 0.72), 5 none (BENCHMARKS.md). 0 keeps every n-gram.
+        template_span: tokens inside a ``template_span``-gram of ``template_examples`` or more
+            examples are template tokens too, not the example's own. Default 6: SocialIQA's "How
+            would Jan feel as a result?" (7 tokens) holds no 8-gram, and planted alone next to
+            one chance word ("... as a result? in", an item's answer "in a mood") it fired
+            ``coverage`` for that item (2 of 150 template decoys; 0 with 6). 0: n-grams only.
         min_own_tokens: the ``coverage`` and ``short_span`` rules also need this many of the
             example's own (non-template) tokens among the covered ones (all of them, if it has
             fewer). Default 3: a template sentence followed by a word of one example by chance
@@ -255,6 +260,7 @@ class Params:
     fuzzy_max_docs: int = 10
     fuzzy_min_grams: int = 2
     min_own_tokens: int = 3
+    template_span: int = 6
     per_benchmark: dict[str, dict[str, Any]] = field(default_factory=dict)
     action: str = "mask"
     mask_text: str = " "
@@ -273,9 +279,11 @@ class Params:
             raise WinnowError("contamination: normalization.strip_punctuation and collapse_whitespace must be true "
                               "(matching is on word tokens)")
         if self.batch_mb <= 0 or min(self.max_hits, self.workers, self.template_examples) < 0 \
-                or self.min_example_tokens < 1 or min(self.fuzzy_min_tokens, self.fuzzy_max_docs, self.fuzzy_min_grams) < 1:
+                or self.min_example_tokens < 1 or min(self.fuzzy_min_tokens, self.fuzzy_max_docs, self.fuzzy_min_grams) < 1 \
+                or not 0 <= self.template_span <= 255 or self.min_own_tokens < 0:
             raise WinnowError("contamination: batch_mb must be > 0, max_hits, workers and template_examples >= 0, "
-                              "min_example_tokens, fuzzy_min_tokens, fuzzy_max_docs and fuzzy_min_grams >= 1")
+                              "min_example_tokens, fuzzy_min_tokens, fuzzy_max_docs and fuzzy_min_grams >= 1, "
+                              "template_span in 0..255, min_own_tokens >= 0")
         _check_rules({k: getattr(self, k) for k in _RULE_KEYS}, "contamination")
         for bench, over in self.per_benchmark.items():
             unknown = sorted(set(over) - set(_RULE_KEYS))
@@ -471,13 +479,15 @@ def _examples_per_key(h: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndar
 def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, min_tokens: int,
                  template_examples: int = 0, ex_k: np.ndarray | None = None,
                  ex_cap: np.ndarray | None = None, ex_fk: np.ndarray | None = None,
-                 fuzzy_cap: int = 0, fuzzy_min_tokens: int = 0) -> _Index:
+                 fuzzy_cap: int = 0, fuzzy_min_tokens: int = 0, template_span: int = 0) -> _Index:
     """Index the n-grams of every example; ``ex_n`` is each example's n (per benchmark).
 
     ``ex_k`` and ``ex_cap`` are each example's short-span k (0: none) and ``short_max_docs``; the
     examples with a k also get their k-grams, except template ones (``template_examples``).
     ``ex_fk`` is each example's fuzzy k (0: none): examples with at least ``fuzzy_min_tokens`` own
-    (non-template) tokens get those k-grams too, capped at ``fuzzy_cap`` documents.
+    (non-template) tokens get those k-grams too, capped at ``fuzzy_cap`` documents. Template
+    tokens are those inside a template n-gram or a ``template_span``-gram of ``template_examples``
+    examples.
     """
     lengths_e = np.diff(ex_bounds)
     n_ex = lengths_e.size
@@ -512,6 +522,14 @@ def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, m
             np.add.at(in_template, g0, 1)
             np.add.at(in_template, g0 + L, -1)
         parts[L].append(_part(h, e, q, template=tmpl))
+    if template_examples and template_span:
+        # a question sentence shorter than n ("How would Jan feel as a result?", 7 tokens) holds
+        # no template n-gram, yet one chance word beside it completes an n-gram of one item
+        h, first = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, [template_span])[template_span]
+        gk, gc = _examples_per_key(h, ex_of_token[first])
+        g0 = first[np.isin(h, gk[gc >= template_examples])]
+        np.add.at(in_template, g0, 1)
+        np.add.at(in_template, g0 + template_span, -1)
     own = np.cumsum(in_template[:-1]) == 0
     own_cum = np.concatenate(([0], np.cumsum(own)))
     all_template = (own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]] == 0) & (lengths_e > 0)
@@ -963,7 +981,7 @@ def _prepare(benchmarks: pa.Table, params: Params) -> _Prepared:
     run_min += run_min / np.maximum(ex_len, 1) < thr_cov  # the coverage rule's own test: tokens / len
     ex_k = np.where((ex_k > 0) & (ex_k < ex_n) & (ex_len >= ex_n) & (run_min < ex_n), np.maximum(ex_k, run_min), 0)
     index = _build_index(ex_hash, ex_bounds, ex_n, params.min_example_tokens, params.template_examples,
-                         ex_k, ex_cap, ex_fk, params.fuzzy_max_docs, params.fuzzy_min_tokens)
+                         ex_k, ex_cap, ex_fk, params.fuzzy_max_docs, params.fuzzy_min_tokens, params.template_span)
     own_cum = np.concatenate(([0], np.cumsum(index.own)))
     own_len = own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]]
     checked = (ex_len >= ex_n) | (ex_len >= params.min_example_tokens)

@@ -270,8 +270,9 @@ def test_template_ngrams_shared_by_many_examples_are_not_evidence():
     on = run(_corpus(docs), _bench(items), Params(fields=("question",))).tables["report"]
     assert not any(on["contaminated"].to_pylist())
     assert set(on["matched_ngrams"].to_pylist()) == {0}
-    # shown apart: every item has 13 template tokens (the sentence + "when considering"), in one document
-    assert set(on["template_tokens"].to_pylist()) == {13} and set(on["template_docs"].to_pylist()) == {1}
+    # shown apart: every item has 19 template tokens (the sentence + "when considering", and the
+    # 6-token tail all twelve share), found in one document
+    assert set(on["template_tokens"].to_pylist()) == {19} and set(on["template_docs"].to_pylist()) == {1}
     off = run(_corpus(docs), _bench(items), Params(fields=("question",), template_examples=0)).tables["report"]
     assert set(off["template_docs"].to_pylist()) == {0}
     # without templates the shared text is still no item's own: no unique n-gram of any is there
@@ -282,8 +283,10 @@ def test_template_sentence_with_a_chance_word_is_no_evidence():
     """A question sentence six items share, followed by the next word of one of them: the n-gram
     across the join is that item's alone, but one own token is not enough (min_own_tokens)."""
     template = "Which of the following statements about this topic is most accurate"
-    topics = ["volcanoes", "glaciers", "tides", "comets", "forests", "deserts"]
-    items = [(f"{template} {t} and their formation over long periods", "A") for t in topics]
+    topics = ["volcanoes erupt near plate boundaries", "glaciers carve wide valleys slowly",
+              "tides follow the moon closely", "comets shed dust near the sun", "forests store carbon in wood",
+              "deserts gain heat fast by day"]
+    items = [(f"{template} {t}", "A") for t in topics]
     docs, _ = _planted(f"{template} volcanoes were mentioned.")
     rep = run(_corpus(docs), _bench(items), Params(fields=("question",))).tables["report"]
     first = rep.to_pylist()[0]
