@@ -324,6 +324,12 @@ def test_light_paraphrase_is_found_by_rule_fuzzy_and_masked():
     assert edited[:20] not in res.tables["data"]["text"][3].as_py()  # the mask covers the edited copy
     off = run(_corpus(docs), _bench(), Params(fuzzy_ngram_n=0)).tables["report"]
     assert not _row(off, "mmlu_like/1")["contaminated"]
+    # per benchmark: off for this one, or a bar its copy does not reach
+    for over in ({"fuzzy_ngram_n": 0}, {"fuzzy_min_aligned": 0.99}):
+        rep = run(_corpus(docs), _bench(), Params(per_benchmark={"mmlu_like": over})).tables["report"]
+        assert not _row(rep, "mmlu_like/1")["contaminated"]
+    with pytest.raises(WinnowError, match="fuzzy_min_aligned must be in"):
+        Params(per_benchmark={"mmlu_like": {"fuzzy_min_aligned": 0}})
 
 
 def test_fuzzy_credits_the_item_a_copy_aligns_with_best():
