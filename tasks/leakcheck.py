@@ -116,13 +116,13 @@ def run(model_dir: str | Path, benchmarks: pa.Table, params: Params = Params(),
     "benchmarks": SUMMARY_SCHEMA}``.
     """
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise WinnowError(f"leakcheck: {model_dir} is not a model folder (no config.json)")
     for name, table, need in (("benchmarks", benchmarks, ("id", "benchmark", "question", "target")),
                               ("reference", reference, ("text",))):
         missing = [c for c in need if table is not None and c not in table.column_names]
         if missing:
             raise WinnowError(f"leakcheck {name}: missing column(s) {missing} (have: {', '.join(table.column_names)})")
+    if not (model_dir / "config.json").is_file():
+        raise WinnowError(f"leakcheck: {model_dir} is not a model folder (no config.json)")
     ids, names = benchmarks["id"].to_pylist(), benchmarks["benchmark"].to_pylist()
     texts = [" ".join(f"{q or ''} {t or ''}".split()) for q, t in zip(benchmarks["question"].to_pylist(),
                                                                      benchmarks["target"].to_pylist())]

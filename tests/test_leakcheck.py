@@ -50,12 +50,11 @@ def test_perturbation_keeps_the_words_and_bad_input_is_named(tmp_path):
     text = "Alex found a ring on the beach and tried to find who it belonged to"
     copy = leakcheck.perturb(text, 0.15, rng)
     assert copy != text and sorted(copy.split()) == sorted(text.split())
-    seen, _, corpus = _items()
+    seen, _, _ = _items()
     with pytest.raises(WinnowError, match="not a model folder"):
         leakcheck.run(tmp_path, seen)
-    model = tmp_path / "m"
-    train.run(corpus, train.Params(**TINY, max_steps=0), model)
+    # the tables are checked before the model is looked at or loaded
     with pytest.raises(WinnowError, match=r"missing column\(s\) \['target'\]"):
-        leakcheck.run(model, seen.drop_columns(["target"]))
+        leakcheck.run(tmp_path, seen.drop_columns(["target"]))
     with pytest.raises(WinnowError, match=r"leakcheck reference: missing column\(s\) \['text'\]"):
-        leakcheck.run(model, seen, reference=pa.table({"body": ["x"]}))
+        leakcheck.run(tmp_path, seen, reference=pa.table({"body": ["x"]}))
