@@ -1,16 +1,20 @@
 """Benchmark of the contamination stage: real benchmark items planted into real documents.
 
-    python -m benchmarks.bench_contamination            # ~20 MB corpus, all ~5,200 items
-    python -m benchmarks.bench_contamination --quick    # ~8 MB corpus, 800 items
+    python -m benchmarks.bench_contamination --seed 0    # ~20 MB corpus, ~5,800 items, e2e timing
+    python -m benchmarks.bench_contamination --quick     # ~8 MB corpus, 800 items
 
 Data (nothing downloaded):
 
 * Corpus: ``data/sample/corpus.parquet`` when it exists, else (and to top it up to ``--corpus-mb``)
   Wikipedia and OpenWebText passages from the ``evals`` wheel (first passage of each record), then
   Python 3.11 reST docs and Linux kernel docs from Debian packages.
-* Benchmark items: MMLU, SocialIQA, QuaRTz and MedMCQA items shipped in the ``evals`` wheel,
-  converted to ``BENCHMARK_SCHEMA``; the checked text is question + correct answer (the stage's
-  default ``fields``).
+* Benchmark items: MMLU (choices in the prompt), LogiQA and QuaRTz (lm-eval-style chat prompts),
+  read with ``winnow.benchmark_formats``, and SocialIQA and MedMCQA items, all from the ``evals``
+  wheel. Items sharing an 8-gram with fewer than ``template_examples - 1`` others are dropped (truth
+  must be unambiguous); text 5+ items share stays. Each item is then written in one of the native
+  shapes of :mod:`benchmarks.native_shapes` (Parquet, JSONL or a ``datasets`` folder) and read
+  back through winnow's reader, so every shape is exercised; the checked text is question +
+  correct answer (the stage's default ``fields``).
 
 Planting (seeded): for each kind, ``--per-kind`` items are inserted, each into its own randomly
 chosen document at a whitespace position:
@@ -19,26 +23,28 @@ chosen document at a whitespace position:
 * ``partial``: a contiguous window of half the item's words;
 * ``reformatted``: upper/lower/title case, extra spaces and line breaks, punctuation dropped or
   changed, curly quotes;
-* ``paraphrased``: about one word in eight replaced by a near-synonym or dropped (no target: n-gram
-  matching is not meant to find paraphrases; reported so the limit is visible);
+* ``light_paraphrase``: one edit every 5-7 words (a one-word synonym, else a dropped function
+  word, else two words swapped);
+* ``paraphrased``: about one word in eight replaced by a near-synonym or dropped;
 * ``decoy``: a sentence built from the item's topic words with filler around them; it shares no
-  5-gram with its item, so flagging its item is a false positive.
+  5-gram with its item;
+* ``template_decoy`` (as many as ``--per-kind``): a question sentence that 5+ items of one
+  benchmark share word for word, planted alone. Neither decoy holds any item.
 
 Before planting, the same benchmark is checked against the clean corpus; items found there
 ("natural" overlap) are left out of the scores for that method and counted.
 
-Scores per method: recall per kind (item found), item-level precision (flagged items that were
-planted / all flagged items, natural ones excluded), document precision per kind (documents listed
-for a found item that are the document it was planted in), and scan throughput in MB of corpus text
-per second on one core (wall clock of the scan, and CPU seconds of the process). The cost of rule
-``short_span`` is also measured as the median MB per CPU-second of ``--repeats`` alternating scans
-with and without it.
+Scores per method: recall per planted kind and, for verbatim plants, per native shape; precision
+per item (flagged items that were planted / flagged), per (item, document) pair (listed pairs whose
+document is the planted one) and per document (listed documents holding a plant of an item that
+lists them); false-positive pairs by cause (template decoy, topic decoy, another item's plant,
+clean text); scan MB/s. Then ``winnow contamination`` end to end (fresh process and store) on
+``--e2e-mb`` of corpus: wall-clock and CPU MB/s.
 
 Peer: lm-eval-harness 0.4.13 ``lm_eval/decontamination`` (``pip install --no-deps lm-eval==0.4.13``):
 its evaluation-side rule (an item is contaminated if any of its 13-grams, after
-``Janitor.normalize_string``, is in the training set's 13-grams, as in ``decontaminate.py``) run
-over the same corpus in the same process, and ``Janitor.clean_python`` (its training-side cleaner;
-the C++ ``janitor_util`` is not in the wheel) on a slice of the corpus for throughput.
+``Janitor.normalize_string``, is in the training set's 13-grams, as in ``decontaminate.py``), run
+over the same corpus in the same process.
 """
 
 from __future__ import annotations
@@ -500,16 +506,20 @@ def e2e_mb_per_s(corpus: pa.Table, bench: pa.Table, folder: Path, repeats: int =
     size = sum(len(t.encode()) for t in corpus["text"].to_pylist()) / 1e6
     pq.write_table(corpus, folder / "corpus.parquet")
     pq.write_table(bench, folder / "bench.parquet")
-    walls = []
+    import resource
+
+    walls, cpus = [], []
     for k in range(repeats):
         cmd = [sys.executable, "-m", "winnow.cli", "contamination", str(folder / "corpus.parquet"),
                "--benchmark", str(folder / "bench.parquet"), "--out", str(folder / f"out{k}.parquet"),
                "--store", str(folder / f"store{k}")]
-        t0 = time.perf_counter()
+        t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         walls.append(time.perf_counter() - t0)
-    wall = float(np.median(walls))
-    return {"mb": size, "wall_s": walls, "mb_per_s": size / wall}
+        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    wall, cpu = float(np.median(walls)), float(np.median(cpus))
+    return {"mb": size, "wall_s": walls, "cpu_s": cpus, "mb_per_s": size / wall, "mb_per_cpu_s": size / cpu}
 
 
 def _table(results: dict) -> tuple[str, str, str]:
@@ -591,7 +601,9 @@ def main() -> None:
         small, _ = load_corpus(args.e2e_mb)
         e2e = e2e_mb_per_s(small, bench, tmp)
         print(f"\nend to end: winnow contamination on {e2e['mb']:.1f} MB, fresh process and store: "
-              f"{e2e['mb_per_s']:.1f} MB/s (median wall {np.median(e2e['wall_s']):.2f} s of {e2e['wall_s']})")
+              f"{e2e['mb_per_s']:.1f} MB/s wall (median {np.median(e2e['wall_s']):.2f} s of "
+              f"{[round(w, 2) for w in e2e['wall_s']]}), {e2e['mb_per_cpu_s']:.1f} MB per CPU-second "
+              f"(median {np.median(e2e['cpu_s']):.2f} s), load average {os.getloadavg()[0]:.1f}")
     OUT.mkdir(parents=True, exist_ok=True)
     out = {"corpus_mb": mb, "corpus_docs": corpus.num_rows, "corpus_source": source, "items": bench.num_rows,
            "per_kind": per_kind, "seed": args.seed, "results": results, "table": table, "shapes_table": shapes,

@@ -7,9 +7,11 @@ Method (n-gram overlap with longest-match scoring):
    case, punctuation and white space folded) and cut into word tokens; every word ``n``-gram
    (default ``n = 8``) is hashed into an in-memory index: a sorted uint64 array plus a CSR list of
    (example, token position) occurrences. N-grams found in ``template_examples`` or more examples
-   are template text and are not indexed. Examples whose partial copies the n-gram rules cannot
+   are template text: looked up, so the report can show them (``template_docs``), but no evidence;
+   the tokens inside them are not the example's *own* tokens. Examples whose partial copies the n-gram rules cannot
    see (``ceil(min_coverage * tokens) < n``: 8-17 tokens at the defaults) also get their k-grams
-   indexed, ``k = max(short_ngram_n, ceil(min_coverage * tokens))`` (4-7), for rule ``short_span``.
+   indexed, ``k = max(short_ngram_n, ceil(min_coverage * tokens))`` (4-7), for rule ``short_span``;
+   examples with ``fuzzy_min_tokens`` own tokens get their ``fuzzy_ngram_n``-grams, for ``fuzzy``.
 2. The corpus is streamed in Arrow batches (``workers`` threads; numpy does the work with the GIL
    released), see :mod:`tasks.ngram_index`: the same folding and hashing straight from the UTF-8
    buffers, a bitmap of benchmark token pairs to skip windows that cannot match, and every remaining
@@ -20,16 +22,22 @@ Method (n-gram overlap with longest-match scoring):
    of example tokens covered by a found n-gram), ``longest_match_tokens`` (longest run of example
    tokens found *contiguously in one document*: consecutive n-grams at consecutive positions on the
    same diagonal, as in the ConTAM study), ``n_docs`` and capped ``hits`` (document id, character
-   span).
+   span). A document counts for an example only if it holds one of the example's n-grams that no
+   other example holds: text several items share word for word (a LogiQA passage asked about four
+   times) cannot say which of them was copied.
 4. Rules, with thresholds per benchmark (``per_benchmark``): ``longest_match`` fires when
    ``longest_match_tokens >= min_longest_match``; ``coverage`` when ``coverage >= min_coverage``;
-   ``n_docs`` when ``min_docs > 0`` and ``n_docs >= min_docs`` (these three on n-grams alone);
+   ``n_docs`` when ``min_docs > 0`` and ``n_docs >= min_docs`` (these three on n-grams alone;
+   ``coverage`` and ``short_span`` also need ``min_own_tokens`` own tokens among the covered ones);
    ``short_span`` when one document holds a contiguous run of the example's k-grams that covers
    ``min_coverage`` of it, every k-gram in at most ``short_max_docs`` documents, one in no other
    example, with ``short_min_content`` tokens that are not function words (see
-   ``Params.short_ngram_n``: why, and what it costs). An example is contaminated if any fires;
+   ``Params.short_ngram_n``: why, and what it costs); ``fuzzy`` when a window of one document,
+   found through rare k-grams, aligns in order with ``fuzzy_min_aligned`` of the example's own
+   tokens (``Params.fuzzy_ngram_n``). An example is contaminated if any fires;
    ``rule`` lists those that fired, joined by ``+``. Where ``short_span`` fired, the report's
-   columns and hits also count the k-grams of the documents that fired it.
+   columns and hits also count the k-grams of the documents that fired it (for ``fuzzy``: the
+   aligned blocks).
 5. Action on the corpus (``action``): ``mask`` replaces the matched character spans with
    ``mask_text``; ``drop`` drops the document; ``flag`` records ledger rows but changes nothing.
    Only documents that on their own carry enough evidence for a contaminated example (their
@@ -48,9 +56,14 @@ Edge cases (documented behaviour, never a silent "clean"):
   ``metrics["benchmark_larger_than_corpus"]`` says so.
 * Corpus: missing ``id``/``text`` column, non-string type, null or empty text, null or duplicate
   ids, or an empty table raise :class:`WinnowError`.
-* Benchmarks: missing ``id``/``benchmark``/``question`` columns, a configured field whose column is
-  missing, null or empty ``question``, null/duplicate ids, an ``answer`` index outside ``choices``
-  when ``answer`` is checked, or an empty table raise :class:`WinnowError`.
+* Benchmarks (read from their native formats by :mod:`winnow.benchmark_formats`; the report keeps
+  their extra fields as JSON in ``extra``): missing ``id``/``benchmark``/``question`` columns, a
+  configured field whose column is missing, null or empty ``question``, null/duplicate ids, an
+  ``answer`` index outside ``choices`` when ``answer`` is checked, or an empty table raise
+  :class:`WinnowError`.
+* An example made only of text others share (every token inside a template n-gram) keeps all its
+  tokens as its own (``metrics["template_only_examples"]``): only the n-grams across its joins tell
+  it apart.
 * A document whose text is empty after masking is dropped instead (ledger ``action = "drop"``,
   evidence ``emptied_by_mask``).
 """
@@ -143,9 +156,22 @@ class Params:
             they have at least this many tokens; shorter ones are reported unchecked. Default 5:
             a 4-word string occurs by chance in any large corpus.
         template_examples: an n-gram that occurs in at least this many benchmark examples is
-            template text (MMLU's "which of the following is ...", SocialIQA's "what will others
-            want to do next") and is left out of the index: finding it in a document says nothing
-            about any one example. Default 10; 0 keeps every n-gram.
+            template text (MMLU's "For which of these two scenarios does the main character ...",
+            LogiQA's "If the above statement is true, which of the following must be true?"):
+            finding it in a document says nothing about any one example. It is still looked up,
+            and the report shows per example ``template_tokens`` and ``template_docs`` (documents
+            holding one). Default 5: measured with 150 template decoys (question sentences 5+
+            items of one benchmark share, planted alone), 10 listed 55 decoy documents for
+            flagged items (pair precision 0.72), 5 none (BENCHMARKS.md). 0 keeps every n-gram.
+        template_span: tokens inside a ``template_span``-gram of ``template_examples`` or more
+            examples are template tokens too, not the example's own. Default 6: SocialIQA's "How
+            would Jan feel as a result?" (7 tokens) holds no 8-gram, and planted alone next to
+            one chance word ("... as a result? in", an item's answer "in a mood") it fired
+            ``coverage`` for that item (2 of 150 template decoys; 0 with 6). 0: n-grams only.
+        min_own_tokens: the ``coverage`` and ``short_span`` rules also need this many of the
+            example's own (non-template) tokens among the covered ones (all of them, if it has
+            fewer). Default 3: a template sentence followed by a word of one example by chance
+            covers 40% of a short item with a single own token.
         short_ngram_n: rule ``short_span``, for partial copies of short examples. Half of an item
             under 16 tokens can hold no 8-gram: without this rule 0.75-0.80 of planted half-copies
             are found, every miss an item under 16 tokens. Examples with
@@ -167,6 +193,27 @@ class Params:
             another item, 6 halves (3-4 words) of items under 8 tokens, one 4-word half with one
             content word ("is strong it has"). Default 4; 5 finds 0.937 with the same clean-corpus
             flags; 0 turns the rule off, as does a value >= ``ngram_n``.
+        fuzzy_ngram_n: rule ``fuzzy``, for light paraphrases: an edit every 5-7 words (a synonym,
+            a dropped function word, two words swapped) leaves no 8-gram. Examples with at least
+            ``fuzzy_min_tokens`` own tokens get their k-grams (k = this) indexed; a document where
+            ``fuzzy_min_grams`` distinct ones that are each in at most ``fuzzy_max_docs``
+            documents (one of them in no other example) fall within 1.5x the example's length is a
+            candidate, and an ordered token alignment (difflib's matching blocks over the window)
+            verifies it: the rule fires when the aligned own tokens reach ``fuzzy_min_aligned`` of
+            the example's own tokens. When windows of several examples overlap, the best-aligned
+            one is credited (QuaRTz twins "more ... than" / "less ... than" align with a copy of
+            either). Chosen over skip-grams and windowed MinHash because the alignment is exact
+            evidence (the report's spans are the aligned blocks) and costs nothing where no rare
+            k-grams meet. Measured (BENCHMARKS.md, tuned on seed 1, reported on seed 0): light
+            paraphrase recall 0.09 -> 0.95 with no loss of precision; k = 3 found 2 more of 150
+            on the tuning seed at a higher scan cost. Default 4; 0 turns the rule off.
+        fuzzy_min_aligned: share of an example's own tokens the alignment must match. Default
+            0.7: an edit every 6 words leaves about 0.83.
+        fuzzy_min_tokens: examples with fewer own tokens get no fuzzy k-grams (an aligned 70% of
+            a few words is chance). Default 12 (8 found the same on the tuning seed).
+        fuzzy_max_docs: a k-gram in more documents is common text, no candidate evidence.
+            Default 10.
+        fuzzy_min_grams: distinct k-grams that must meet in one window. Default 2.
         short_max_docs: a k-gram found in more documents than this is common text and is no
             evidence for ``short_span``. Default 3: a copied item may sit on a few pages (1-10
             gave the same recall here; 1 flags 2 clean items instead of 3, 10 flags 4). The scan
@@ -181,7 +228,8 @@ class Params:
         per_benchmark: overrides by benchmark name, e.g.
             ``{"humaneval": {"fields": ["question", "target"], "min_longest_match": 30}}``; keys:
             ``fields``, ``ngram_n``, ``min_longest_match``, ``min_coverage``, ``min_docs``,
-            ``short_ngram_n``, ``short_max_docs``, ``short_min_content``. A smaller ``ngram_n``
+            ``short_ngram_n``, ``short_max_docs``, ``short_min_content``, ``fuzzy_ngram_n``,
+            ``fuzzy_min_aligned``. A smaller ``ngram_n``
             for a benchmark of short items finds more partial copies at a cost in precision (see
             BENCHMARKS.md: n = 5 gives partial recall 0.98, precision 0.93).
         action: ``mask`` (default: keeps the rest of the document), ``drop`` or ``flag``.
@@ -212,6 +260,7 @@ class Params:
     fuzzy_max_docs: int = 10
     fuzzy_min_grams: int = 2
     min_own_tokens: int = 3
+    template_span: int = 6
     per_benchmark: dict[str, dict[str, Any]] = field(default_factory=dict)
     action: str = "mask"
     mask_text: str = " "
@@ -230,9 +279,11 @@ class Params:
             raise WinnowError("contamination: normalization.strip_punctuation and collapse_whitespace must be true "
                               "(matching is on word tokens)")
         if self.batch_mb <= 0 or min(self.max_hits, self.workers, self.template_examples) < 0 \
-                or self.min_example_tokens < 1 or min(self.fuzzy_min_tokens, self.fuzzy_max_docs, self.fuzzy_min_grams) < 1:
+                or self.min_example_tokens < 1 or min(self.fuzzy_min_tokens, self.fuzzy_max_docs, self.fuzzy_min_grams) < 1 \
+                or not 0 <= self.template_span <= 255 or self.min_own_tokens < 0:
             raise WinnowError("contamination: batch_mb must be > 0, max_hits, workers and template_examples >= 0, "
-                              "min_example_tokens, fuzzy_min_tokens, fuzzy_max_docs and fuzzy_min_grams >= 1")
+                              "min_example_tokens, fuzzy_min_tokens, fuzzy_max_docs and fuzzy_min_grams >= 1, "
+                              "template_span in 0..255, min_own_tokens >= 0")
         _check_rules({k: getattr(self, k) for k in _RULE_KEYS}, "contamination")
         for bench, over in self.per_benchmark.items():
             unknown = sorted(set(over) - set(_RULE_KEYS))
@@ -428,13 +479,15 @@ def _examples_per_key(h: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndar
 def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, min_tokens: int,
                  template_examples: int = 0, ex_k: np.ndarray | None = None,
                  ex_cap: np.ndarray | None = None, ex_fk: np.ndarray | None = None,
-                 fuzzy_cap: int = 0, fuzzy_min_tokens: int = 0) -> _Index:
+                 fuzzy_cap: int = 0, fuzzy_min_tokens: int = 0, template_span: int = 0) -> _Index:
     """Index the n-grams of every example; ``ex_n`` is each example's n (per benchmark).
 
     ``ex_k`` and ``ex_cap`` are each example's short-span k (0: none) and ``short_max_docs``; the
     examples with a k also get their k-grams, except template ones (``template_examples``).
     ``ex_fk`` is each example's fuzzy k (0: none): examples with at least ``fuzzy_min_tokens`` own
-    (non-template) tokens get those k-grams too, capped at ``fuzzy_cap`` documents.
+    (non-template) tokens get those k-grams too, capped at ``fuzzy_cap`` documents. Template
+    tokens are those inside a template n-gram or a ``template_span``-gram of ``template_examples``
+    examples.
     """
     lengths_e = np.diff(ex_bounds)
     n_ex = lengths_e.size
@@ -469,6 +522,14 @@ def _build_index(ex_hash: np.ndarray, ex_bounds: np.ndarray, ex_n: np.ndarray, m
             np.add.at(in_template, g0, 1)
             np.add.at(in_template, g0 + L, -1)
         parts[L].append(_part(h, e, q, template=tmpl))
+    if template_examples and template_span:
+        # a question sentence shorter than n ("How would Jan feel as a result?", 7 tokens) holds
+        # no template n-gram, yet one chance word beside it completes an n-gram of one item
+        h, first = ngram_keys(ex_hash, np.ones(ex_hash.size, bool), ex_bounds, [template_span])[template_span]
+        gk, gc = _examples_per_key(h, ex_of_token[first])
+        g0 = first[np.isin(h, gk[gc >= template_examples])]
+        np.add.at(in_template, g0, 1)
+        np.add.at(in_template, g0 + template_span, -1)
     own = np.cumsum(in_template[:-1]) == 0
     own_cum = np.concatenate(([0], np.cumsum(own)))
     all_template = (own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]] == 0) & (lengths_e > 0)
@@ -812,15 +873,16 @@ def _fuzzy(xf: dict[str, np.ndarray], text: pa.ChunkedArray, p: _Prepared, param
     rows: dict[str, list[int]] = {k: [] for k in ("e", "q", "L", "row", "p")}
     cands = _fuzzy_candidates(xf, p, params.fuzzy_min_grams, n_rows)
     if cands:
-        ex_tokens = p.folder.tokens(pa.array(p.ex.texts, pa.string()))[1].to_pylist()
+        # tokens are compared by their 64-bit hashes: no Python string per token of a long document
         thr = np.array([r["fuzzy_min_aligned"] for r in p.rules])
-        doc_tokens: dict[int, list[str]] = {}
+        rows_needed = sorted({c[1] for c in cands})
+        d_bounds, d_hash = p.folder.hashed(text.take(pa.array(rows_needed, pa.int64())))
+        slot = {r: i for i, r in enumerate(rows_needed)}
         passed: list[tuple[float, int, int, int, int, list]] = []  # (share, row, start, end, example, blocks)
-        for e, row, lo, hi in sorted(cands, key=lambda c: c[1]):
-            if row not in doc_tokens:
-                doc_tokens = {row: p.folder.tokens(text[row:row + 1])[1].to_pylist()}  # one document at a time
+        for e, row, lo, hi in cands:
+            d0, d1 = int(d_bounds[slot[row]]), int(d_bounds[slot[row] + 1])
             b0 = int(p.ex_bounds[e])
-            item, window = ex_tokens[b0:b0 + int(p.ex_len[e])], doc_tokens[row][lo:hi]
+            item, window = p.ex_hash[b0:b0 + int(p.ex_len[e])].tolist(), d_hash[d0 + lo:min(d0 + hi, d1)].tolist()
             # no alignment can match more tokens than the two share as multisets: a cheap bound
             # that spares most windows the quadratic alignment
             if sum((Counter(item) & Counter(window)).values()) < thr[e] * max(int(p.own_len[e]), 1):
@@ -919,7 +981,7 @@ def _prepare(benchmarks: pa.Table, params: Params) -> _Prepared:
     run_min += run_min / np.maximum(ex_len, 1) < thr_cov  # the coverage rule's own test: tokens / len
     ex_k = np.where((ex_k > 0) & (ex_k < ex_n) & (ex_len >= ex_n) & (run_min < ex_n), np.maximum(ex_k, run_min), 0)
     index = _build_index(ex_hash, ex_bounds, ex_n, params.min_example_tokens, params.template_examples,
-                         ex_k, ex_cap, ex_fk, params.fuzzy_max_docs, params.fuzzy_min_tokens)
+                         ex_k, ex_cap, ex_fk, params.fuzzy_max_docs, params.fuzzy_min_tokens, params.template_span)
     own_cum = np.concatenate(([0], np.cumsum(index.own)))
     own_len = own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]]
     checked = (ex_len >= ex_n) | (ex_len >= params.min_example_tokens)

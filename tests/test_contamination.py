@@ -270,12 +270,77 @@ def test_template_ngrams_shared_by_many_examples_are_not_evidence():
     on = run(_corpus(docs), _bench(items), Params(fields=("question",))).tables["report"]
     assert not any(on["contaminated"].to_pylist())
     assert set(on["matched_ngrams"].to_pylist()) == {0}
-    # shown apart: every item has 13 template tokens (the sentence + "when considering"), in one document
-    assert set(on["template_tokens"].to_pylist()) == {13} and set(on["template_docs"].to_pylist()) == {1}
+    # shown apart: every item has 19 template tokens (the sentence + "when considering", and the
+    # 6-token tail all twelve share), found in one document
+    assert set(on["template_tokens"].to_pylist()) == {19} and set(on["template_docs"].to_pylist()) == {1}
     off = run(_corpus(docs), _bench(items), Params(fields=("question",), template_examples=0)).tables["report"]
     assert set(off["template_docs"].to_pylist()) == {0}
     # without templates the shared text is still no item's own: no unique n-gram of any is there
     assert not any(off["contaminated"].to_pylist())
+
+
+def test_template_sentence_with_a_chance_word_is_no_evidence():
+    """A question sentence six items share, followed by the next word of one of them: the n-gram
+    across the join is that item's alone, but one own token is not enough (min_own_tokens)."""
+    template = "Which of the following statements about this topic is most accurate"
+    topics = ["volcanoes erupt near plate boundaries", "glaciers carve wide valleys slowly",
+              "tides follow the moon closely", "comets shed dust near the sun", "forests store carbon in wood",
+              "deserts gain heat fast by day"]
+    items = [(f"{template} {t}", "A") for t in topics]
+    docs, _ = _planted(f"{template} volcanoes were mentioned.")
+    rep = run(_corpus(docs), _bench(items), Params(fields=("question",))).tables["report"]
+    first = rep.to_pylist()[0]
+    assert first["coverage"] >= 0.4 and first["matched_ngrams"] > 0  # the join n-grams did match
+    assert not any(rep["contaminated"].to_pylist())
+    docs, _ = _planted(items[0][0])  # a real copy of the item is found
+    rep = run(_corpus(docs), _bench(items), Params(fields=("question",))).tables["report"]
+    assert rep["contaminated"].to_pylist() == [True] + [False] * 5
+
+
+def _light_paraphrase(text: str) -> str:
+    """One edit every 5-7 words: a synonym, a dropped function word, a swapped pair."""
+    words = text.split()
+    for i, edit in zip((2, 8, 14, 20, 26), ("swap", "drop", "swap", "synonym", "swap")):
+        if i + 1 >= len(words):
+            break
+        if edit == "swap":
+            words[i], words[i + 1] = words[i + 1], words[i]
+        elif edit == "drop":
+            words[i] = ""
+        else:
+            words[i] = {"the": "a", "of": "for"}.get(words[i].lower(), words[i] + "s")
+    return " ".join(w for w in words if w)
+
+
+def test_light_paraphrase_is_found_by_rule_fuzzy_and_masked():
+    q, a = ITEMS[1]
+    edited = _light_paraphrase(f"{q} {a}")
+    docs, at = _planted(edited)
+    res = run(_corpus(docs), _bench(), Params())
+    row = _row(res.tables["report"], "mmlu_like/1")
+    assert row["contaminated"] and "fuzzy" in row["rule"].split("+")
+    hit = json.loads(row["hits"])[0]
+    assert hit["doc_id"] == "doc3" and at <= hit["start"] and hit["end"] <= at + len(edited)
+    assert edited[:20] not in res.tables["data"]["text"][3].as_py()  # the mask covers the edited copy
+    off = run(_corpus(docs), _bench(), Params(fuzzy_ngram_n=0)).tables["report"]
+    assert not _row(off, "mmlu_like/1")["contaminated"]
+    # per benchmark: off for this one, or a bar its copy does not reach
+    for over in ({"fuzzy_ngram_n": 0}, {"fuzzy_min_aligned": 0.99}):
+        rep = run(_corpus(docs), _bench(), Params(per_benchmark={"mmlu_like": over})).tables["report"]
+        assert not _row(rep, "mmlu_like/1")["contaminated"]
+    with pytest.raises(WinnowError, match="fuzzy_min_aligned must be in"):
+        Params(per_benchmark={"mmlu_like": {"fuzzy_min_aligned": 0}})
+
+
+def test_fuzzy_credits_the_item_a_copy_aligns_with_best():
+    """Two items that differ in one word both align with a lightly edited copy of either; only the
+    one copied is credited."""
+    q, a = ITEMS[1]
+    twin = q.replace("twenty metres", "thirty metres")
+    items = [(q, a), (twin, a), ITEMS[0]]
+    docs, _ = _planted(_light_paraphrase(f"{q} {a}"))
+    rep = run(_corpus(docs), _bench(items), Params()).tables["report"]
+    assert rep["contaminated"].to_pylist() == [True, False, False]
 
 
 def test_optional_context_column_can_be_checked():
@@ -434,22 +499,24 @@ def test_unknown_params_are_rejected_by_name():
 
 
 @pytest.mark.slow
-def test_planted_benchmark_items_meet_the_recall_and_precision_targets():
+def test_planted_benchmark_items_meet_the_recall_and_precision_targets(tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("evals") is None:
         pytest.skip("needs the evals wheel (pip install --no-deps evals==3.0.1.post1)")
-    from benchmarks.bench_contamination import load_corpus, load_items, plant, score, winnow_method
+    from benchmarks.bench_contamination import (
+        load_corpus, load_items, native_round_trip, plant, score, winnow_method,
+    )
 
-    bench = load_items(600)
-    corpus, _ = load_corpus(5.0)
-    planted, truth = plant(corpus, bench, 40, seed=1)
+    bench, shape_of = native_round_trip(load_items(600), tmp_path)
+    corpus, _ = load_corpus(8.0)  # 280 documents of >= 400 characters to plant in
+    planted, truth, decoys = plant(corpus, bench, 40, seed=1)
     method = winnow_method(Params())
     natural = method(corpus, bench)["flagged"]
-    s = score(method(planted, bench), natural, truth, bench["id"].to_pylist())
+    s = score(method(planted, bench), natural, truth, decoys, shape_of)
     assert s["verbatim"]["recall"] == 1.0
     assert s["reformatted"]["recall"] >= 0.95
     assert s["partial_16plus"]["recall"] >= 0.95
-    assert s["partial"]["recall"] >= 0.95  # short items too, through rule short_span
-    assert s["precision"] >= 0.99
-    assert s["decoy"]["flagged"] == 0
+    assert s["light_paraphrase"]["recall"] >= 0.8
+    assert min(s["precision"], s["pair_precision"], s["doc_precision"]) >= 0.99
+    assert s["decoy_docs_listed"] == {"decoy": 0, "template_decoy": 0}

@@ -1,0 +1,166 @@
+"""Model-side leak check: does a model predict benchmark items better than perturbed copies of them?
+
+A model that saw an item in training has learnt its exact word order, so its loss on the item is
+much lower than on a copy whose words are slightly reordered; a model that never saw it pays for the
+reordering too, but less (the idea of "Benchmarking Benchmark Leakage in Large Language Models",
+arXiv 2404.18824, with word-order perturbations instead of model-written paraphrases). For each item
+(question + target, the text contamination searches):
+
+* ``bpb_original``: bits per UTF-8 byte of the item's text, scored after an end-of-text token;
+* ``bpb_perturbed``: the mean over ``perturbations`` copies, each with about ``swap_share`` of its
+  adjacent word pairs swapped (same words, same bytes, seeded by the item id);
+* ``gap = bpb_perturbed - bpb_original``.
+
+Per benchmark: the mean gap with a percentile bootstrap interval, and, when ``reference`` texts are
+given (rows of the same style known to be unseen, e.g. held-out items or the held-out split), the
+same for them and the *excess gap* (benchmark minus reference) with its interval: an interval above
+0 says the model knows these items better than text it never saw. The gap alone also rises with how
+well a model knows the language, so compare models on the same items, or use a reference.
+
+Pure function over a model folder (``save_pretrained`` layout, as written by ``tasks.train``) and a
+benchmark table; no Prefect, nothing written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.common import StageResult
+from winnow.errors import WinnowError
+
+ITEMS_SCHEMA = pa.schema([("id", pa.string()), ("benchmark", pa.string()), ("bytes", pa.int64()),
+                          ("bpb_original", pa.float64()), ("bpb_perturbed", pa.float64()), ("gap", pa.float64())])
+SUMMARY_SCHEMA = pa.schema([("benchmark", pa.string()), ("items", pa.int64()), ("mean_gap", pa.float64()),
+                            ("gap_low", pa.float64()), ("gap_high", pa.float64()), ("reference_gap", pa.float64()),
+                            ("excess_gap", pa.float64()), ("excess_low", pa.float64()), ("excess_high", pa.float64())])
+
+
+@dataclass(frozen=True)
+class Params:
+    """Settings of the leak check.
+
+    Attributes:
+        perturbations: perturbed copies per item; their mean bits/byte is compared.
+        swap_share: share of adjacent word pairs swapped in a copy (at least one swap).
+        bootstrap: resamples for the intervals; ``confidence`` their coverage.
+        seed: seeds the perturbations (with each item's id) and the bootstrap.
+        batch_size: scoring batch size.
+        device: ``cpu`` or ``cuda``.
+    """
+
+    perturbations: int = 3
+    swap_share: float = 0.15
+    bootstrap: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+    batch_size: int = 16
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.perturbations < 1 or not 0 < self.swap_share <= 0.5 or self.bootstrap < 1 \
+                or not 0 < self.confidence < 1:
+            raise WinnowError("leakcheck: perturbations and bootstrap must be >= 1, swap_share in (0, 0.5], "
+                              "confidence in (0, 1)")
+
+
+def perturb(text: str, share: float, rng: np.random.Generator) -> str:
+    """``text`` with about ``share`` of its adjacent word pairs swapped (non-overlapping)."""
+    words = text.split(" ")
+    n_pairs = len(words) - 1
+    if n_pairs < 1:
+        return text
+    k = max(1, round(share * n_pairs))
+    for i in sorted(rng.choice(n_pairs, size=min(k, n_pairs), replace=False).tolist()):
+        if words[i] != words[i + 1]:
+            words[i], words[i + 1] = words[i + 1], words[i]
+    return " ".join(words)
+
+
+def _interval(values: np.ndarray, params: Params, rng: np.random.Generator) -> tuple[float, float]:
+    if values.size == 0:
+        return math.nan, math.nan
+    means = values[rng.integers(0, values.size, (params.bootstrap, values.size))].mean(axis=1)
+    a = (1 - params.confidence) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def _bits_per_byte(model_dir: Path, texts: list[str], params: Params) -> np.ndarray:
+    """Bits per byte of each text under the model, scored after its end-of-text token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.evaluate import score_requests
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).to(params.device).eval()
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    ctx = int(getattr(model.config, "max_position_embeddings", 1024))
+    enc = [tokenizer(t, add_special_tokens=False)["input_ids"][: ctx - 1] for t in texts]
+    nll = score_requests(model, [([eos, *ids], 1) for ids in enc], params.batch_size, params.device, "float32",
+                         real_vocab=len(tokenizer))
+    n_bytes = np.array([len(tokenizer.decode(ids).encode("utf-8")) or 1 for ids in enc], dtype=np.float64)
+    return nll / (math.log(2) * n_bytes)
+
+
+def run(model_dir: str | Path, benchmarks: pa.Table, params: Params = Params(),
+        reference: pa.Table | None = None) -> StageResult:
+    """Score every benchmark item and its perturbed copies; summarise the gap per benchmark.
+
+    ``benchmarks`` needs ``id``, ``benchmark``, ``question`` and ``target`` (BENCHMARK_SCHEMA);
+    ``reference`` (optional) needs ``text``. Returns ``tables={"items": ITEMS_SCHEMA,
+    "benchmarks": SUMMARY_SCHEMA}``.
+    """
+    model_dir = Path(model_dir)
+    for name, table, need in (("benchmarks", benchmarks, ("id", "benchmark", "question", "target")),
+                              ("reference", reference, ("text",))):
+        missing = [c for c in need if table is not None and c not in table.column_names]
+        if missing:
+            raise WinnowError(f"leakcheck {name}: missing column(s) {missing} (have: {', '.join(table.column_names)})")
+    if not (model_dir / "config.json").is_file():
+        raise WinnowError(f"leakcheck: {model_dir} is not a model folder (no config.json)")
+    ids, names = benchmarks["id"].to_pylist(), benchmarks["benchmark"].to_pylist()
+    texts = [" ".join(f"{q or ''} {t or ''}".split()) for q, t in zip(benchmarks["question"].to_pylist(),
+                                                                     benchmarks["target"].to_pylist())]
+    empty = [i for i, t in zip(ids, texts) if not t]
+    if empty:
+        raise WinnowError(f"leakcheck benchmarks: item(s) with no text: {empty[:5]}")
+    ref_texts = [" ".join(str(t).split()) for t in reference["text"].to_pylist()] if reference is not None else []
+    originals = texts + ref_texts
+    copies = []
+    for key, t in zip(ids + [f"reference/{i}" for i in range(len(ref_texts))], originals):
+        seed = int.from_bytes(hashlib.sha256(f"{params.seed}:{key}".encode()).digest()[:8], "little")
+        rng = np.random.default_rng(seed)
+        copies.extend(perturb(t, params.swap_share, rng) for _ in range(params.perturbations))
+    bpb = _bits_per_byte(model_dir, originals + copies, params)
+    orig, pert = bpb[: len(originals)], bpb[len(originals):].reshape(len(originals), params.perturbations).mean(axis=1)
+    gap = pert - orig
+    items = pa.table({"id": ids, "benchmark": names, "bytes": [len(t.encode()) for t in texts],
+                      "bpb_original": orig[: len(texts)], "bpb_perturbed": pert[: len(texts)],
+                      "gap": gap[: len(texts)]}, schema=ITEMS_SCHEMA)
+    return StageResult(tables={"items": items, "benchmarks": _summary(names, gap, len(texts), params)},
+                       metrics={"items": len(texts), "reference_texts": len(ref_texts)})
+
+
+def _summary(names: list[str], gap: np.ndarray, n_items: int, params: Params) -> pa.Table:
+    rng = np.random.default_rng(params.seed)
+    ref = gap[n_items:]
+    rows = []
+    for b in sorted(set(names)):
+        g = gap[:n_items][np.array(names) == b]
+        lo, hi = _interval(g, params, rng)
+        row = {"benchmark": b, "items": int(g.size), "mean_gap": float(g.mean()), "gap_low": lo, "gap_high": hi,
+               "reference_gap": None, "excess_gap": None, "excess_low": None, "excess_high": None}
+        if ref.size:
+            # the difference of two means, each resampled on its own
+            diffs = (g[rng.integers(0, g.size, (params.bootstrap, g.size))].mean(axis=1)
+                     - ref[rng.integers(0, ref.size, (params.bootstrap, ref.size))].mean(axis=1))
+            a = (1 - params.confidence) / 2
+            row.update(reference_gap=float(ref.mean()), excess_gap=float(g.mean() - ref.mean()),
+                       excess_low=float(np.quantile(diffs, a)), excess_high=float(np.quantile(diffs, 1 - a)))
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
