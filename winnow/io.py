@@ -84,6 +84,10 @@ def read_table(path: str | Path, split: str | None = None) -> pa.Table:
     name = path.name.lower()
     if path.is_dir() or name.endswith((".parquet", ".pq")):
         try:
+            if path.is_file():
+                from storage.store import read_parquet
+
+                return read_parquet(path)
             return pq.read_table(path)
         except (pa.ArrowException, OSError) as e:
             raise WinnowError(f"{path}: not a readable Parquet file or folder ({_first_line(e)})") from None
