@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -126,6 +127,7 @@ def plan_ingest(kind: str, paths: list[str], columns: dict[str, Any]) -> StagePl
     """Plan reading user files: the parents are the files' content fingerprints."""
     parents = {}
     for i, path in enumerate(paths):
+        wio.check_exists(Path(path))  # before resolve(), which would raise on a symlink loop
         files = wio.input_files(Path(path))
         root = Path(path) if Path(path).is_dir() else None
         parents[f"file{i}:{Path(path).name}"] = file_fingerprint(files, root)
@@ -143,52 +145,108 @@ def fingerprint_of(plan: StagePlan) -> str:
     return plan.fingerprint
 
 
-def execute(plan: StagePlan, store_root: str, force: bool = False) -> str:
+def execute(plan: StagePlan, store_root: str, force: bool = False, prepared: "Prepared | None" = None) -> str:
     """Compute a planned stage into the store and return its fingerprint.
 
     An output already in the store is reused unless ``force`` (a user asked to rerun the stage),
-    in which case it is recomputed and swapped in atomically.
+    in which case it is recomputed and swapped in atomically. The check and the computation run
+    under the entry's lock, so a second run asking for the same entry meanwhile waits (and says
+    so) and then reuses it; a writer killed midway leaves no lock and no partial entry.
+    ``prepared`` is an ingest already read and validated by :func:`prepare_ingest`.
     """
     store = DatasetStore(store_root)
     fp = fingerprint_of(plan)
     if store.exists(fp) and not force:
         return fp
-    started = time.perf_counter()
+    with store.lock(fp, f"{plan.stage} {short(fp)}"):
+        if store.exists(fp) and not force:  # computed by the run we waited for
+            store.journal("reused_after_wait", fp, stage=plan.stage)
+            return fp
+        started = time.perf_counter()
+        if prepared is not None and prepared.result is not None:
+            result, inputs, files_from, hints = prepared.result, prepared.inputs, None, {}
+        else:
+            result, inputs, files_from, hints = _compute(plan, store, force)
+        store.put(
+            fingerprint=fp,
+            stage=plan.stage,
+            params=plan.params,
+            code_version=plan.code_version,
+            parents={k: split_ref(v)[0] for k, v in plan.parents.items()},
+            tables=result.tables,
+            removed=concat_ledgers([result.removed]),
+            metrics=result.metrics,
+            files_from=files_from,
+            inputs=inputs,
+            hints={k: split_ref(v)[0] for k, v in hints.items()},
+            elapsed_s=time.perf_counter() - started,
+            replace=force,
+        )
+        store.journal("computed", fp, stage=plan.stage, seconds=round(time.perf_counter() - started, 3))
+    return fp
+
+
+@dataclass
+class Prepared:
+    """An ingest read and validated in memory, not yet committed (see :func:`prepare_ingest`)."""
+
+    plan: StagePlan
+    fingerprint: str
+    table: pa.Table  # the canonical table the ingest entry holds (or will hold)
+    result: StageResult | None = None  # None: the entry is already in the store
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def prepare_ingest(plan: StagePlan, store: DatasetStore) -> Prepared:
+    """Read and validate the user's files for ``plan`` without writing anything.
+
+    Callers check everything else that can fail (stage settings, :func:`precheck`) and only then
+    commit with :func:`execute` (``prepared=``), so a bad input leaves the store as it was.
+    """
+    fp = fingerprint_of(plan)
+    if store.exists(fp):
+        return Prepared(plan, fp, store.table(fp))
+    result, inputs = _ingest(plan)
+    return Prepared(plan, fp, result.tables["data"], result, inputs)
+
+
+def commit(prepared: Prepared, store: DatasetStore) -> str:
+    """Write a :func:`prepare_ingest` result into the store (a no-op if it is there already)."""
+    return execute(prepared.plan, str(store.root), prepared=prepared)
+
+
+def precheck(stage: str, params: Any, **tables: pa.Table) -> None:
+    """Run ``tasks.<stage>.precheck`` (the stage's cheap input checks) if the stage has one."""
+    check = getattr(stage_module(stage), "precheck", None)
+    if check is not None:
+        check(*tables.values(), params)
+
+
+def _compute(plan: StagePlan, store: DatasetStore, force: bool
+             ) -> tuple[StageResult, list[dict[str, Any]], Path | None, dict[str, str]]:
+    """Run the stage function (or the ingest) on its loaded inputs; nothing is committed here."""
     if plan.stage in INGEST_STAGES:
         result, inputs = _ingest(plan)
-        files_from = None
-        hints = {}
-    else:
-        module = stage_module(plan.stage)
-        kwargs = _load_inputs(store, plan.parents)
-        # A hint whose entry has gone since planning is dropped: it was only ever a shortcut. A
-        # forced recompute takes none, so it really recomputes (and never reads its own old copy).
-        hints = {} if force else {k: v for k, v in plan.hints.items() if store.exists(split_ref(v)[0])}
-        kwargs.update(_load_inputs(store, hints))
-        params = module.Params(**_params_for(module.Params, plan.params))
-        files_from = store.scratch_dir() if "out_dir" in inspect.signature(module.run).parameters else None
-        if files_from is not None:
-            kwargs["out_dir"] = files_from
+        return result, inputs, None, {}
+    module = stage_module(plan.stage)
+    kwargs = _load_inputs(store, plan.parents)
+    # A hint whose entry has gone since planning is dropped: it was only ever a shortcut. A
+    # forced recompute takes none, so it really recomputes (and never reads its own old copy).
+    hints = {} if force else {k: v for k, v in plan.hints.items() if store.exists(split_ref(v)[0])}
+    kwargs.update(_load_inputs(store, hints))
+    params = module.Params(**_params_for(module.Params, plan.params))
+    files_from = store.scratch_dir() if "out_dir" in inspect.signature(module.run).parameters else None
+    if files_from is not None:
+        kwargs["out_dir"] = files_from
+    try:
         result = module.run(**kwargs, params=params)
-        inputs = []
-        if not isinstance(result, StageResult):
-            raise TypeError(f"tasks.{plan.stage}.run returned {type(result).__name__}, not StageResult")
-    store.put(
-        fingerprint=fp,
-        stage=plan.stage,
-        params=plan.params,
-        code_version=plan.code_version,
-        parents={k: split_ref(v)[0] for k, v in plan.parents.items()},
-        tables=result.tables,
-        removed=concat_ledgers([result.removed]),
-        metrics=result.metrics,
-        files_from=files_from,
-        inputs=inputs,
-        hints={k: split_ref(v)[0] for k, v in hints.items()},
-        elapsed_s=time.perf_counter() - started,
-        replace=force,
-    )
-    return fp
+    except BaseException:
+        if files_from is not None:
+            shutil.rmtree(files_from, ignore_errors=True)
+        raise
+    if not isinstance(result, StageResult):
+        raise TypeError(f"tasks.{plan.stage}.run returned {type(result).__name__}, not StageResult")
+    return result, [], files_from, hints
 
 
 def _asdict(params: Any) -> dict[str, Any]:
@@ -288,18 +346,16 @@ _TASKS: dict[str, Any] = {}
 
 
 def stage_task(stage: str, store_root: str, refresh: bool = False):
-    """The Prefect task for ``stage``, with cache records kept inside the store at ``store_root``."""
-    from prefect.locking.filesystem import FileSystemLockManager
+    """The Prefect task for ``stage``, with cache records kept inside the store at ``store_root``.
 
+    No Prefect lock manager: its file locks outlive a killed run (``"expiration": null``) and hung
+    every later run. Two flows reaching one stage at once are serialised by the store's own entry
+    lock inside :func:`execute` instead, which the kernel releases when its holder dies.
+    """
     if stage not in _TASKS:
         _TASKS[stage] = _prefect_task(stage)
     root = Path(store_root)
-    policy = _TASKS[stage].cache_policy.configure(
-        key_storage=root / "prefect-cache",
-        # SERIALIZABLE + file locks: two flows reaching the same stage at once compute it once.
-        lock_manager=FileSystemLockManager(lock_files_directory=root / "prefect-locks"),
-        isolation_level="SERIALIZABLE",
-    )
+    policy = _TASKS[stage].cache_policy.configure(key_storage=root / "prefect-cache")
     return _TASKS[stage].with_options(cache_policy=policy, refresh_cache=refresh)
 
 

@@ -7,16 +7,22 @@ Layout under the store root::
     objects/<fingerprint>/removed.parquet    the per-row removal ledger of the stage that made it
     objects/<fingerprint>/files/...          non-tabular outputs (a trained model and tokenizer)
     runs/<run id>.json, runs/latest.json     which entry each stage of a pipeline run produced
+    locks/<fingerprint>.lock                 held (flock) while that entry is being computed
+    journal.jsonl                            one line per entry computed, reused or waited for
     tmp/                                     staging; never read
 
 An entry is written completely under ``tmp/`` and then renamed into ``objects/`` in one
 ``rename(2)``, so a reader sees either no entry or a whole one; a crash leaves only a stray staging
-folder, which :meth:`DatasetStore.clean_staging` removes. Entries are immutable: the same
-fingerprint always means the same content, so when two writers race the loser simply drops its copy.
+folder, named after its owner process, which :meth:`DatasetStore.clean_staging` removes once that
+process is gone. Entries are immutable: the same fingerprint always means the same content. Writers
+of one fingerprint serialise on its lock (:meth:`DatasetStore.lock`, an ``flock`` the kernel drops
+when the holder dies), so concurrent runs compute an entry once and a killed run blocks nobody.
+:meth:`DatasetStore.verify` re-hashes entries against their manifests to find silent corruption.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -32,13 +38,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.fingerprint import canonical_json, short, table_fingerprint
+from storage.locks import EntryLock, entry_lock, owner_alive, owner_tag, remove_free_locks
 from tasks.common import LEDGER_SCHEMA
 from winnow import __version__
 from winnow.errors import WinnowError
 
 MANIFEST = "manifest.json"
 LEDGER_FILE = "removed.parquet"
-#: Staging folders older than this are abandoned writes (a crash), safe to delete.
+JOURNAL = "journal.jsonl"
+#: A staging folder whose owner cannot be checked (written on another host) is abandoned once it
+#: is this old; one whose owner ran here is abandoned as soon as that process is gone.
 STALE_STAGING_S = 3600.0
 
 
@@ -60,6 +69,8 @@ class Manifest:
     # Earlier entries read as a cache only (run() argument -> fingerprint). Not parents: the
     # fingerprint does not depend on them, but they show where reused values came from.
     hints: dict[str, str] = field(default_factory=dict)
+    # sha256 of each file under files/ (relative path -> hex), for `winnow store verify`.
+    file_digests: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     elapsed_s: float = 0.0
     winnow_version: str = __version__
@@ -82,6 +93,7 @@ class DatasetStore:
         self.objects = self.root / "objects"
         self.runs = self.root / "runs"
         self.staging = self.root / "tmp"
+        self.locks = self.root / "locks"
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -226,7 +238,7 @@ class DatasetStore:
             raise ValueError(f"removal ledger schema must be {LEDGER_SCHEMA}, got {removed.schema}")
         self.staging.mkdir(parents=True, exist_ok=True)
         self.objects.mkdir(parents=True, exist_ok=True)
-        tmp = self.staging / f"{fingerprint[:16]}-{uuid.uuid4().hex}"
+        tmp = self.staging / f"entry-{fingerprint[:16]}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             (tmp / "tables").mkdir()
@@ -239,13 +251,18 @@ class DatasetStore:
                     "content": table_fingerprint(table),
                     "rows": table.num_rows,
                     "bytes": path.stat().st_size,
+                    # The file's own digest, for `store verify` (the content hash above is of the
+                    # table as computed, which a Parquet round trip may re-spell, e.g. list types).
+                    "sha256": _sha256(path),
                     "schema": {f.name: str(f.type) for f in table.schema},
                 }
             pq.write_table(removed, tmp / LEDGER_FILE, compression="zstd")
             files: list[str] = []
+            digests: dict[str, str] = {}
             if files_from is not None:
                 os.rename(files_from, tmp / "files")
                 files = sorted(str(p.relative_to(tmp / "files")) for p in (tmp / "files").rglob("*") if p.is_file())
+                digests = {name: _sha256(tmp / "files" / name) for name in files}
             manifest = Manifest(
                 fingerprint=fingerprint,
                 stage=stage,
@@ -259,6 +276,7 @@ class DatasetStore:
                 metrics=json.loads(canonical_json(metrics or {})),
                 inputs=list(inputs or []),
                 hints=dict(hints or {}),
+                file_digests=digests,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
                 elapsed_s=round(elapsed_s, 3),
             )
@@ -266,7 +284,7 @@ class DatasetStore:
             _fsync_tree(tmp)
             final = self.objects / fingerprint
             if replace and final.exists():
-                old = self.staging / f"replaced-{fingerprint[:16]}-{uuid.uuid4().hex}"
+                old = self.staging / f"replaced-{fingerprint[:16]}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
                 os.rename(final, old)
                 os.rename(tmp, final)
                 shutil.rmtree(old, ignore_errors=True)
@@ -288,9 +306,35 @@ class DatasetStore:
     def scratch_dir(self) -> Path:
         """A new empty folder inside the store for a stage to write files into before :meth:`put`."""
         self.staging.mkdir(parents=True, exist_ok=True)
-        path = self.staging / f"scratch-{uuid.uuid4().hex}"
+        path = self.staging / f"scratch-{owner_tag()}-{uuid.uuid4().hex[:8]}"
         path.mkdir()
         return path
+
+    def lock(self, fingerprint: str, what: str, timeout: float | None = None) -> "contextlib.AbstractContextManager[EntryLock]":
+        """Hold the write lock of one entry (see :mod:`storage.locks`); waits, saying so, if taken."""
+        return entry_lock(self.locks, fingerprint, what, timeout=timeout)
+
+    def journal(self, event: str, fingerprint: str, **info: Any) -> None:
+        """Append one line to ``journal.jsonl``: what this process did with an entry, and when.
+
+        Lines are short single ``write(2)`` calls on an ``O_APPEND`` file, so concurrent writers
+        never interleave inside a line.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                           "event": event, "fingerprint": fingerprint, "pid": os.getpid(), **info})
+        fd = os.open(self.root / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def journal_events(self) -> list[dict[str, Any]]:
+        """Every journal line, oldest first (empty for a store that has none yet)."""
+        path = self.root / JOURNAL
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def record_run(self, run_id: str, outputs: Mapping[str, str], info: Mapping[str, Any]) -> Path:
         """Save which entry each stage of a pipeline run produced; also becomes ``latest``."""
@@ -316,23 +360,88 @@ class DatasetStore:
                 return {}
             raise
 
-    def clean_staging(self, older_than_s: float = STALE_STAGING_S) -> int:
-        """Delete abandoned staging folders (left by a crash); returns how many were removed."""
+    def clean_staging(self, older_than_s: float = STALE_STAGING_S) -> list[Path]:
+        """Delete abandoned staging folders (left by a crash); returns the folders removed.
+
+        A folder whose owner process ran on this host is abandoned when that process is gone,
+        whatever its age, and never while it lives (so cleaning beside a running job is safe). A
+        folder from another host, or from a version that did not tag folders, is abandoned once
+        older than ``older_than_s``.
+        """
         if not self.staging.is_dir():
-            return 0
+            return []
         now = time.time()
-        removed = 0
-        for p in self.staging.iterdir():
-            if now - p.stat().st_mtime >= older_than_s:
+        removed = []
+        for p in sorted(self.staging.iterdir()):
+            alive = _staging_owner_alive(p.name)
+            if alive is False or (alive is None and now - p.stat().st_mtime >= older_than_s):
                 shutil.rmtree(p, ignore_errors=True)
-                removed += 1
+                removed.append(p)
         return removed
+
+    def clean(self, older_than_s: float = STALE_STAGING_S) -> dict[str, list[Path]]:
+        """Remove everything a crash can leave: abandoned staging, free lock files, old lock dirs."""
+        out = {"staging": self.clean_staging(older_than_s), "locks": remove_free_locks(self.locks)}
+        # Prefect's file locks from versions before storage.locks; nothing reads them any more.
+        legacy = self.root / "prefect-locks"
+        out["legacy_locks"] = sorted(legacy.glob("*")) if legacy.is_dir() else []
+        if legacy.is_dir():
+            shutil.rmtree(legacy, ignore_errors=True)
+        return out
+
+    def verify(self, fingerprint: str) -> list[str]:
+        """Re-hash one entry against its manifest; returns the problems found (empty: sound).
+
+        Tables and files are compared with the sha256 digests recorded at write time; entries
+        written before digests were recorded are checked for readability and row counts only.
+        """
+        m = self.manifest(fingerprint)
+        folder = self.objects / fingerprint
+        problems = []
+        for name, info in m.tables.items():
+            path = folder / "tables" / f"{name}.parquet"
+            try:
+                table = pq.read_table(path)
+            except (OSError, pa.ArrowException) as e:
+                problems.append(f"table {name}: unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+                continue
+            if table.num_rows != info["rows"]:
+                problems.append(f"table {name}: {table.num_rows} rows, manifest says {info['rows']}")
+            elif info.get("sha256") and _sha256(path) != info["sha256"]:
+                problems.append(f"table {name}: sha256 differs from the manifest")
+        for rel in m.files:
+            path = folder / "files" / rel
+            if not path.is_file():
+                problems.append(f"file {rel}: missing")
+            elif rel in m.file_digests and _sha256(path) != m.file_digests[rel]:
+                problems.append(f"file {rel}: sha256 differs from the manifest")
+        if not (folder / LEDGER_FILE).is_file():
+            problems.append(f"{LEDGER_FILE}: missing")
+        return problems
 
     def iter_sizes(self) -> Iterator[tuple[str, int]]:
         """(fingerprint, bytes on disk) for every entry."""
         for m in self.entries():
             folder = self.objects / m.fingerprint
             yield m.fingerprint, sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _staging_owner_alive(name: str) -> bool | None:
+    """Owner of a staging folder named ``<kind>-[<fp16>-]<owner tag>-<8 hex>`` (None: unknown)."""
+    parts = name.split("-")
+    if len(parts) < 5:
+        return None  # written before folders were tagged
+    return owner_alive("-".join(parts[-4:-1]))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _summarise_ledger(removed: pa.Table) -> dict[str, dict[str, int]]:

@@ -471,6 +471,27 @@ def _keepers(labels: np.ndarray, cls: np.ndarray, policy: np.ndarray, order: np.
 # --------------------------------------------------------------------------- run
 
 
+def precheck(corpus: pa.Table, params: Params) -> None:
+    """The checks :func:`run` would fail on, cheap enough to make before anything is written.
+
+    Callers (the CLI) run it on the ingested corpus so that bad settings or blank texts fail
+    before a single store entry is committed.
+    """
+    params.check()
+    _check_corpus(corpus, params)
+    if params.empty_text == "error":
+        texts = corpus["text"]
+        blank = pc.or_(pc.utf8_is_space(texts), pc.equal(pc.binary_length(texts), 0)).to_numpy(zero_copy_only=False)
+        if blank.any():
+            raise _blank_error(blank, corpus["id"].to_pylist())
+
+
+def _blank_error(blank: np.ndarray, id_list: list[str]) -> WinnowError:
+    row = int(np.flatnonzero(blank)[0])
+    return WinnowError(f"dedup corpus: text of id {id_list[row]!r} (row {row}) is blank ({int(blank.sum())} "
+                       "blank text(s) in all); set dedup.empty_text to 'keep' or 'drop', or remove them")
+
+
 def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = None) -> StageResult:
     """Drop exact, near and (optionally) semantic duplicates from ``corpus``.
 
@@ -567,9 +588,7 @@ def decide(feats: Features, id_list: list[str], policy: np.ndarray, params: Para
     n = len(id_list)
     timings: dict[str, float] = {}
     if params.empty_text == "error" and feats.blank.any():
-        row = int(np.flatnonzero(feats.blank)[0])
-        raise WinnowError(f"dedup corpus: text of id {id_list[row]!r} (row {row}) is blank ({int(feats.blank.sum())} "
-                          "blank text(s) in all); set dedup.empty_text to 'keep' or 'drop', or remove them")
+        raise _blank_error(feats.blank, id_list)
     status = np.full(n, "kept", dtype=object)
     evidence: dict[int, dict[str, Any]] = {}
     if params.empty_text == "drop":

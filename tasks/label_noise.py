@@ -255,16 +255,7 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         metrics.update(rows_out=corpus.num_rows, issues=0, seconds=round(time.perf_counter() - t0, 3))
         return StageResult(tables={"data": corpus, "scores": SCORES_SCHEMA.empty_table()}, metrics=metrics)
 
-    counts = Counter(labels)
-    rare = {c for c, n in counts.items() if n < params.folds}
-    checked = np.array([lab not in rare for lab in labels])
-    classes = sorted(c for c in counts if c not in rare)
-    if len(classes) < 2:
-        detail = f"only {classes[0]!r}" if classes else "none"
-        raise WinnowError(
-            f"label_noise: need at least 2 classes with >= folds={params.folds} labelled rows to find "
-            f"label errors; have {detail} (all classes: {dict(counts.most_common(5))})"
-        )
+    classes, checked = checked_classes(labels, params)
     class_index = {c: i for i, c in enumerate(classes)}
     ids = corpus["id"].to_pylist()
     texts_all = corpus["text"].to_pylist()
@@ -362,7 +353,7 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         dropped=int((action == "drop").sum()),
         relabelled=int((action == "relabel").sum()),
         issues_by_class=dict(issue_classes.most_common(5)),
-        labelled_by_class=dict(counts.most_common(5)),
+        labelled_by_class=dict(Counter(labels).most_common(5)),
         seconds=round(time.perf_counter() - t0, 3),
     )
     tables = {"data": data, "scores": scores}
@@ -375,6 +366,34 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
 
 # ---------------------------------------------------------------------------------------------
 # Validation
+
+
+def checked_classes(labels: list[str], params: Params) -> tuple[list[str], np.ndarray]:
+    """The classes with enough rows to cross-validate, and which labelled rows belong to them.
+
+    Raises :class:`WinnowError` if fewer than two classes are left: nothing can be mislabelled.
+    """
+    counts = Counter(labels)
+    rare = {c for c, n in counts.items() if n < params.folds}
+    classes = sorted(c for c in counts if c not in rare)
+    if len(classes) < 2:
+        detail = f"only {classes[0]!r}" if classes else "none"
+        raise WinnowError(
+            f"label_noise: need at least 2 classes with >= folds={params.folds} labelled rows to find "
+            f"label errors; have {detail} (all classes: {dict(counts.most_common(5))})"
+        )
+    return classes, np.array([lab not in rare for lab in labels])
+
+
+def precheck(corpus: pa.Table, params: Params) -> None:
+    """The input checks of :func:`run`, made by the CLI before anything is written.
+
+    An unlabelled corpus passes (the stage then has nothing to check); labelled rows must be
+    valid and form at least two classes of ``folds`` rows.
+    """
+    if "label" not in corpus.column_names or corpus["label"].null_count == corpus.num_rows:
+        return
+    checked_classes(_validated_rows(corpus, params)["labels"], params)
 
 
 def resolve_detector(detector: str, n_classes: int) -> str:

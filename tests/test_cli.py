@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -171,3 +172,84 @@ def test_label_noise_with_minilm_stores_the_vectors_once(user_file, tmp_path, ca
     assert len(embeds) == 1 and len(checks) == 2
     assert embeds[0].metrics["embedded"] == len({r["body"] for r in picked})
     assert all(m.parents["embeddings"] == embeds[0].fingerprint and m.metrics["embedded_texts"] == 0 for m in checks)
+
+
+# -- bad input: one line naming the file/row/column/key, exit 2, nothing written -------------------
+
+
+def _snapshot(folder):
+    """Every file under ``folder`` with its bytes (the store and the user's files must not change)."""
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def small(tmp_path, sample_corpus):
+    t = pq.read_table(sample_corpus).slice(0, 200)
+    pq.write_table(t, tmp_path / "in.parquet")
+    return tmp_path
+
+
+def _bad_case(tmp_path, case):
+    """(argv, expected message fragment) for one kind of bad input; writes the files it needs."""
+    p = lambda name: str(tmp_path / name)  # noqa: E731
+    if case == "int_text":
+        pq.write_table(pa.table({"id": ["a", "b"], "text": [1, 2]}), tmp_path / "ints.parquet")
+        return ["dedup", p("ints.parquet"), "--out", p("o.parquet")], "column 'text' must hold text, but has type int64"
+    if case == "blank":
+        pq.write_table(pa.table({"id": ["a", "b"], "text": ["some words here", "  "]}), tmp_path / "blank.parquet")
+        return ["dedup", p("blank.parquet"), "--out", p("o.parquet")], "text of id 'b' (row 1) is blank"
+    if case == "one_class":
+        pq.write_table(pa.table({"id": [str(i) for i in range(30)], "text": [f"doc {i} text" for i in range(30)],
+                                 "label": ["x"] * 30}), tmp_path / "one.parquet")
+        return ["label-noise", p("one.parquet"), "--out", p("o.parquet")], "need at least 2 classes"
+    if case == "mixed_jsonl":
+        (tmp_path / "mixed.jsonl").write_text('{"id": "a", "text": "t", "label": 1}\n{"id": "b", "text": "u", "label": "x"}\n')
+        return ["dedup", p("mixed.jsonl"), "--out", p("o.parquet")], "mixed.jsonl:2: field 'label' is a string here but a number on line 1"
+    if case == "symlink_loop":
+        os.symlink(tmp_path / "loop_b", tmp_path / "loop_a")
+        os.symlink(tmp_path / "loop_a", tmp_path / "loop_b")
+        return ["dedup", p("loop_a"), "--out", p("o.parquet")], "symbolic link loop"
+    table = {
+        "out_is_in": (["dedup", p("in.parquet"), "--out", p("in.parquet")], "would overwrite the input"),
+        "absent_label_column": (["label-noise", p("in.parquet"), "--out", p("o.parquet"), "--label-column", "lbl"],
+                                "column 'label' is not the label column (--label-column is 'lbl', which is absent)"),
+        "csv_out": (["dedup", p("in.parquet"), "--out", p("x.csv")], "unknown output format '.csv'"),
+        "out_is_folder": (["dedup", p("in.parquet"), "--out", str(tmp_path)], "unknown output format"),
+        "out_under_a_file": (["dedup", p("in.parquet"), "--out", p("in.parquet") + "/o.parquet"], "would overwrite the input"),
+        "out_unwritable": (["dedup", p("in.parquet"), "--out", "/proc/winnow-nope/o.parquet"], "cannot write in /proc"),
+        "store_is_a_file": (["dedup", p("in.parquet"), "--out", p("o.parquet"), "--store", p("in.parquet")], "is a file, not a store folder"),
+        "threshold_range": (["dedup", p("in.parquet"), "--out", p("o.parquet"), "--set", "dedup.threshold=1.5"],
+                            "dedup.threshold = 1.5: expected 0 < threshold <= 1"),
+        "num_perm_range": (["dedup", p("in.parquet"), "--out", p("o.parquet"), "--set", "dedup.num_perm=-1"], "num_perm"),
+        "bad_index_ref": (["dedup", p("in.parquet"), "--out", p("o.parquet"), "--set", 'inputs.dedup_index="ffff"'],
+                          "no store entry matches 'ffff'"),
+    }
+    return table[case]
+
+
+@pytest.mark.parametrize("case", ["int_text", "blank", "one_class", "mixed_jsonl", "symlink_loop", "out_is_in",
+                                  "absent_label_column", "csv_out", "out_is_folder", "out_under_a_file",
+                                  "out_unwritable", "store_is_a_file", "threshold_range", "num_perm_range",
+                                  "bad_index_ref"])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(small, capsys, case):
+    argv, message = _bad_case(small, case)
+    if "--store" not in argv:
+        argv += ["--store", str(small / "store")]
+    before = _snapshot(small)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert _snapshot(small) == before  # no store folder, no output, input untouched
+
+
+def test_inputs_dedup_index_is_honoured_by_the_dedup_command(small, capsys):
+    store = str(small / "store")
+    assert main(["dedup", str(small / "in.parquet"), "--out", str(small / "a.parquet"), "--store", store]) == 0
+    first = DatasetStore(store).entries()[-1].fingerprint
+    t = pq.read_table(small / "in.parquet")
+    pq.write_table(t.slice(0, 5).set_column(0, "id", pa.array([f"new{i}" for i in range(5)])), small / "new.parquet")
+    assert main(["dedup", str(small / "new.parquet"), "--out", str(small / "b.parquet"), "--store", store,
+                 "--set", f'inputs.dedup_index="{first[:12]}"']) == 0
+    # Without the index these 5 copies are unique; against it every one is a duplicate of an old row.
+    reasons = {r["reason"] for r in pq.read_table(small / "b.removed.parquet").to_pylist()}
+    assert reasons == {"exact_duplicate"} and pq.read_table(small / "b.parquet").num_rows == 0

@@ -127,7 +127,7 @@ def test_abandoned_staging_is_invisible_and_cleanable(tmp_path):
     assert proc.returncode == 9
     assert not store.exists("ef" * 32) and store.entries() == []
     assert len(list(store.staging.iterdir())) == 1
-    assert store.clean_staging(older_than_s=0) == 1
+    assert len(store.clean_staging(older_than_s=0)) == 1
 
 
 def test_put_is_idempotent_and_replace_swaps(tmp_path):

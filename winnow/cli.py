@@ -26,15 +26,19 @@ EXIT_USAGE = 2
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _prefect_env() -> None:
-    """Quiet, local, offline Prefect defaults; a user's explicit settings win."""
+def _prefect_env(debug: bool = False) -> None:
+    """Quiet, local, offline Prefect defaults; a user's explicit settings win.
+
+    Without ``--debug`` Prefect logs only what is critical: a failing task would otherwise print
+    its traceback (~100 lines) before winnow's own one-line error.
+    """
     defaults = {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # The throwaway server of a run without PREFECT_API_URL can take >20 s to start on a busy box.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "DO_NOT_TRACK": "1",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_LEVEL": "WARNING" if debug else "CRITICAL",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING" if debug else "CRITICAL",
         "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS": "4",
         "PREFECT_UI_URL": "http://127.0.0.1:4200",
         "HF_HUB_OFFLINE": "1",
@@ -52,6 +56,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set dedup.threshold=0.9 (repeatable)")
     p.add_argument("--store", help="store folder (overrides [store].root; default ./.winnow)")
+    p.add_argument("--debug", action="store_true", help="on failure, show Prefect's logs and the full traceback")
 
 
 def _add_column_args(p: argparse.ArgumentParser, label: bool = False) -> None:
@@ -84,8 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = ssub.add_parser("show", help="describe one entry (manifest, tables, removal summary)")
     q.add_argument("ref", help="fingerprint prefix, a stage name (latest run), RUN:STAGE or an entry folder")
     q.add_argument("--store")
-    q = ssub.add_parser("clean", help="delete staging folders abandoned by crashed writes")
+    q = ssub.add_parser("clean", help="delete what crashed runs left: abandoned staging folders and free lock files")
     q.add_argument("--store")
+    q = ssub.add_parser("verify", help="re-hash every entry against its manifest; report any that differ")
+    q.add_argument("--store")
+    q.add_argument("ref", nargs="*", help="entries to check (default: all)")
 
     p = sub.add_parser("lineage", help="the chain from an entry back to the input files")
     p.add_argument("ref", help="fingerprint prefix, a stage name (latest run), RUN:STAGE or an entry folder")
@@ -134,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WinnowError as e:
         print(f"winnow: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # permissions, a full disk, a folder where a file was expected, ...
+        if getattr(args, "debug", False):
+            raise
+        where = e.filename or ""
+        print(f"winnow: error: {where}{': ' if where else ''}{e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("winnow: interrupted; the store holds only complete entries", file=sys.stderr)
         return 130
@@ -172,7 +186,24 @@ def _store(args: argparse.Namespace):
     from storage import DatasetStore
     from winnow.config import load_config
 
-    root = args.store or load_config().store.root
+    root = Path(args.store or load_config().store.root)
+    if root.exists() and not root.is_dir():
+        raise WinnowError(f"--store {root}: is a file, not a store folder")
+    return DatasetStore(root)
+
+
+def _writable_store(root: str | Path):
+    """The store at ``root``, after checking (without writing) that it can be created or written."""
+    from storage import DatasetStore
+    from winnow import io as wio
+
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise WinnowError(f"store {root}: is a file, not a store folder (choose another --store)")
+    if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        raise WinnowError(f"store {root}: permission denied (cannot write in it)")
+    if not root.exists():
+        wio.writable_parent(root)
     return DatasetStore(root)
 
 
@@ -200,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"'{cfg.params('label_noise').features}'; set label_noise.features='tfidf+minilm' (or 'minilm')"
         )
     _preflight(cfg)
-    _prefect_env()
+    _prefect_env(args.debug)
     from flows.pipeline import nightly, task_runner
     from flows.receipt import benchmark_rows, domain_rows, evaluation_summary, format_table, mixture_weights, receipt_rows
     from storage import DatasetStore, short
@@ -212,7 +243,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         exc = _exception_of(state)
         if isinstance(exc, WinnowError):
             raise exc
-        print(f"winnow: the flow failed: {exc}", file=sys.stderr)
+        if args.debug:
+            raise exc
+        print(f"winnow: error: the flow failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(rerun with --debug for Prefect's logs and the traceback)", file=sys.stderr)
         return 1
     summary = state.result()
     store = DatasetStore(summary["store"])
@@ -253,113 +287,187 @@ def _exception_of(state: Any) -> BaseException:
 
 
 def _preflight(cfg: Any) -> None:
-    """Read and validate the inputs before any Prefect work, so bad input fails fast and cleanly."""
-    from flows.stagetask import execute, fingerprint_of, plan_ingest
-    from storage import DatasetStore
-    from winnow import io as wio
+    """Check everything checkable before the flow starts, then commit the two ingests.
 
-    store = DatasetStore(cfg.store.root)
+    The input files are read and validated in memory, the stages' own input checks run on them
+    (blank texts for dedup, label classes for label_noise) and the incremental dedup index is
+    resolved: a failure here leaves the store exactly as it was. Only then are the ingest entries
+    written, which the flow finds in the store.
+    """
+    from flows.stagetask import commit, plan_ingest, precheck, prepare_ingest
+
+    store = _writable_store(cfg.store.root)
     inputs = cfg.inputs
     columns = {"split": inputs.split, "id": inputs.id_column, "text": inputs.text_column,
                "domain": inputs.domain_column, "label": inputs.label_column}
-    for kind, paths, cols in (("corpus", [inputs.corpus], columns), ("benchmarks", list(inputs.benchmarks), {"split": inputs.split})):
-        plan = plan_ingest(kind, paths, cols)
-        if not store.exists(fingerprint_of(plan)):
-            execute(plan, str(store.root))  # validates; the flow then finds it in the store
-    del wio
+    corpus = prepare_ingest(plan_ingest("corpus", [inputs.corpus], columns), store)
+    benchmarks = prepare_ingest(plan_ingest("benchmarks", list(inputs.benchmarks), {"split": inputs.split}), store)
+    for stage in ("dedup", "label_noise"):
+        precheck(stage, cfg.params(stage), corpus=corpus.table)
+    if inputs.dedup_index:
+        _dedup_index(store, inputs.dedup_index)
+    commit(corpus, store)
+    commit(benchmarks, store)
+
+
+def _dedup_index(store: Any, ref: str) -> str:
+    """The ``index`` table reference of an earlier dedup entry, named the way a user types it."""
+    from flows.stagetask import parent_ref
+
+    fp = store.resolve(ref)
+    if "index" not in store.manifest(fp).tables:
+        raise WinnowError(f"dedup index '{ref}': store entry {fp[:12]} is a {store.manifest(fp).stage} entry "
+                          "with no index table; give an earlier dedup output")
+    return parent_ref(fp, "index")
 
 
 # -- one stage on a user's file ------------------------------------------------------------------
 
 
+def _stage_outputs(args: argparse.Namespace, stage: str) -> dict[str, Path]:
+    """Every path `winnow STAGE` may write, by role, so all are checked before any is written."""
+    out = Path(args.out)
+    stem = out.with_name(out.name.split(".")[0])
+    paths = {"out": out}
+    if stage in ("dedup", "contamination", "label_noise"):
+        paths["removed"] = Path(args.removed) if args.removed else Path(f"{stem}.removed.parquet")
+    extra = {"contamination": ("report",), "label_noise": ("scores",), "mixture": ("heldout", "weights"),
+             "evaluate": ("benchmarks", "positions", "examples"), "dedup": ("index",)}
+    for name in extra.get(stage, ()):
+        paths[name] = Path(f"{stem}.{name}.parquet")
+    if stage == "evaluate" and args.lm_eval:
+        paths["lmeval"] = Path(f"{stem}.lmeval.parquet")  # per-item comparison; the tasks go in {stem}.lmeval/
+    return paths
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
-    """Apply one stage to the user's file through the store; export the result and its ledger."""
-    from flows.stagetask import FILES, cache_hints, execute, parent_ref, plan_ingest, plan_stage
-    from storage import DatasetStore, short
+    """Apply one stage to the user's file through the store; export the result and its ledger.
+
+    Everything that can be checked is checked before anything is written: the settings, the
+    output paths (never an input, a known format, a writable folder), the input files, the
+    stage's own input checks and every store reference given. Then the ingest and the stage run.
+    """
+    from flows.stagetask import commit, plan_ingest, precheck, prepare_ingest
     from winnow import io as wio
 
     stage = args.command.replace("-", "_")
     if getattr(args, "lm_eval", False):
         from tasks.lmeval import require_lm_eval
 
-        require_lm_eval()  # before any compute
+        require_lm_eval()  # an optional extra: say so before anything is read or written
     cfg = _load(args)
-    store = DatasetStore(cfg.store.root)
+    store = _writable_store(cfg.store.root)
     cols = wio.Columns(id=args.id_column, text=args.text_column, domain=args.domain_column, label=args.label_column)
     columns = {"split": args.split, "id": cols.id, "text": cols.text, "domain": cols.domain, "label": cols.label}
-    root = str(store.root)
     if stage in ("train", "evaluate"):  # mixture rows: one document may repeat (epochs, chunks)
         columns["unique_ids"] = False
-    corpus = execute(plan_ingest("corpus", [args.input], columns), root)
-    if stage == "label_noise":
-        labelled = store.table(corpus)
-        if "label" not in labelled.column_names:
-            raise WinnowError(f"{args.input}: missing label column '{cols.label}' (use --label-column)")
-    parents: dict[str, str] = {"corpus": corpus}
-    if stage in ("contamination", "evaluate"):
-        bench_paths = args.benchmark or list(cfg.inputs.benchmarks)
-        parents["benchmarks"] = execute(plan_ingest("benchmarks", bench_paths, {"split": args.split}), root)
+    bench_paths = (args.benchmark or list(cfg.inputs.benchmarks)) if stage in ("contamination", "evaluate") else []
+    outputs = _stage_outputs(args, stage)
+    given = [Path(args.input), *map(Path, bench_paths)]
+    for path in given:
+        wio.check_exists(path)
+    for role, path in outputs.items():
+        wio.check_output(path, given, folder=(stage == "train" and role == "out"))
+    if stage == "train" and outputs["out"].is_dir() and any(outputs["out"].iterdir()):
+        raise WinnowError(f"{outputs['out']}: output folder exists and is not empty")
+    corpus = prepare_ingest(plan_ingest("corpus", [args.input], columns), store)
+    benchmarks = prepare_ingest(plan_ingest("benchmarks", bench_paths, {"split": args.split}), store) if bench_paths else None
+    if stage == "label_noise" and "label" not in corpus.table.column_names:
+        raise WinnowError(f"{args.input}: missing label column '{cols.label}' (use --label-column)")
+    if stage in ("dedup", "label_noise"):
+        precheck(stage, cfg.params(stage), corpus=corpus.table)
+    refs = _stage_refs(args, stage, store, cfg)
+    parents = _stage_parents(stage, commit(corpus, store), benchmarks and commit(benchmarks, store), refs, store, cfg)
+    return _run_and_export(args, stage, store, cfg, parents, corpus.fingerprint, cols, outputs)
+
+
+def _stage_refs(args: argparse.Namespace, stage: str, store: Any, cfg: Any) -> dict[str, str]:
+    """Store references the user named (index, model, report), resolved before anything is written."""
+    from flows.stagetask import FILES, parent_ref
+
+    refs: dict[str, str] = {}
+    index = getattr(args, "index", None) or (cfg.inputs.dedup_index if stage == "dedup" else "")
+    if stage == "dedup" and index:
+        refs["index"] = _dedup_index(store, index)
+    if stage == "evaluate":
+        refs["model_dir"] = parent_ref(_model_ref(store, args.model), FILES)
+        if args.contamination_report:
+            fp = store.resolve(args.contamination_report)
+            if "report" not in store.manifest(fp).tables:
+                raise WinnowError(f"--contamination-report {args.contamination_report}: entry {fp[:12]} has no report table")
+            refs["contamination"] = parent_ref(fp, "report")
+    return refs
+
+
+def _stage_parents(stage: str, corpus: str, benchmarks: str | None, refs: dict[str, str], store: Any,
+                   cfg: Any) -> dict[str, str]:
+    """The stage's inputs by run() argument name (the embed stage runs first for MiniLM features)."""
+    from flows.stagetask import cache_hints, execute, parent_ref, plan_stage
+
+    if stage == "train":
+        return {"train": corpus}
+    if stage == "evaluate":
+        return {"heldout": corpus, "benchmarks": benchmarks, **refs}
+    parents = {"corpus": corpus, **refs}
+    if benchmarks is not None:
+        parents["benchmarks"] = benchmarks
     if stage == "label_noise" and cfg.params(stage).uses_minilm:
         # The vectors are a store entry of their own, as in the pipeline: a rerun with other
         # label_noise settings, or on a file with a few new rows, embeds only what is new.
         vectors = execute(plan_stage("embed", {"corpus": corpus}, cfg.params("embed"),
-                                     hints=cache_hints(store, "embed"), store=store), root)
+                                     hints=cache_hints(store, "embed"), store=store), str(store.root))
         parents["embeddings"] = parent_ref(vectors, "embeddings")
-    if stage == "dedup" and args.index:
-        parents["index"] = parent_ref(store.resolve(args.index), "index")
-    if stage == "train":
-        parents = {"train": corpus}
-    if stage == "evaluate":
-        model = _model_ref(store, args.model)
-        parents = {"model_dir": parent_ref(model, FILES), "heldout": corpus, "benchmarks": parents["benchmarks"]}
-        if args.contamination_report:
-            parents["contamination"] = parent_ref(store.resolve(args.contamination_report), "report")
-    plan = plan_stage(stage, parents, cfg.params(stage), store=store)
-    fp = execute(plan, root)
+    return parents
+
+
+def _run_and_export(args: argparse.Namespace, stage: str, store: Any, cfg: Any, parents: dict[str, str],
+                    corpus: str, cols: Any, outputs: dict[str, Path]) -> int:
+    """Compute the stage entry, then write its tables where :func:`_stage_outputs` said."""
+    from flows.stagetask import execute, plan_stage
+    from storage import short
+    from winnow import io as wio
+
+    fp = execute(plan_stage(stage, parents, cfg.params(stage), store=store), str(store.root))
     m = store.manifest(fp)
-    out = Path(args.out)
+    out = outputs["out"]
     if stage == "train":
-        if out.exists() and any(out.iterdir()):
-            raise WinnowError(f"{out}: output folder exists and is not empty")
-        shutil.copytree(store.files_dir(fp), out, dirs_exist_ok=True)
+        _copy_folder(store.files_dir(fp), out)
     else:
         wio.export_table(store.table(fp), out, cols)
-    removed_path = Path(args.removed) if args.removed else out.with_name(out.name.split(".")[0] + ".removed.parquet")
     ledger = store.removed(fp)
-    if stage in ("dedup", "contamination", "label_noise"):
-        wio.export_table(ledger, removed_path)  # written even when empty: "nothing removed" is an answer
+    if "removed" in outputs:
+        wio.export_table(ledger, outputs["removed"])  # written even when empty: "nothing removed" is an answer
     for name in m.tables:
+        if name != "data" and stage != "train" and name not in outputs:  # a table this list does not know yet
+            outputs[name] = out.with_name(out.name.split(".")[0] + f".{name}.parquet")
+            wio.check_output(outputs[name], [Path(args.input)])
         if name != "data" and stage != "train":
             # Held-out rows are the user's rows, so they get the user's names back; reports keep
             # winnow's names (a contamination report's `id` is a benchmark example's, not a row's).
-            back = cols if name == "heldout" else None
-            wio.export_table(store.table(fp, name), out.with_name(out.name.split(".")[0] + f".{name}.parquet"), back)
-    rows_in = store.manifest(corpus).rows()
-    print(f"{args.command}: {rows_in} rows in, {m.rows()} rows out -> {out}")
-    if stage in ("dedup", "contamination", "label_noise"):
-        print(f"removal report: {ledger.num_rows} rows -> {removed_path}")
+            wio.export_table(store.table(fp, name), outputs[name], cols if name == "heldout" else None)
+    print(f"{args.command}: {store.manifest(corpus).rows()} rows in, {m.rows()} rows out -> {out}")
+    if "removed" in outputs:
+        print(f"removal report: {ledger.num_rows} rows -> {outputs['removed']}")
     print(f"store entry {short(fp)} (winnow lineage {short(fp)}); metrics: {json.dumps(m.metrics)[:600]}")
     if stage == "evaluate":
         from flows.receipt import benchmark_rows, format_table
 
         print(format_table(benchmark_rows(store.table(fp, "benchmarks").to_pylist())))
-        if args.lm_eval:
-            _lm_eval_parity(store, fp, parents, cfg.params(stage), out)
+        if "lmeval" in outputs:
+            _lm_eval_parity(store, fp, parents, cfg.params(stage), outputs["lmeval"])
     return 0
 
 
-def _lm_eval_parity(store: Any, fp: str, parents: dict[str, str], params: Any, out: Path) -> None:
+def _lm_eval_parity(store: Any, fp: str, parents: dict[str, str], params: Any, path: Path) -> None:
     """Score the evaluate entry's items with lm-eval on the same model folder; print both side by side."""
     from flows.receipt import format_table, with_interval
+    from flows.stagetask import split_ref
     from tasks import lmeval
     from winnow import io as wio
 
-    from flows.stagetask import split_ref
-
-    model_dir = store.files_dir(split_ref(parents["model_dir"])[0])
-    folder = out.with_name(out.name.split(".")[0] + ".lmeval")
-    items, summary, lm = lmeval.parity(model_dir, store.table(parents["benchmarks"]), params,
-                                       store.table(fp, "examples"), folder, store.manifest(fp).metrics["context_len"])
+    folder = path.with_name(path.name.split(".")[0] + ".lmeval")
+    items, summary, lm = lmeval.parity(store.files_dir(split_ref(parents["model_dir"])[0]), store.table(parents["benchmarks"]),
+                                       params, store.table(fp, "examples"), folder, store.manifest(fp).metrics["context_len"])
     ours = {r["benchmark"]: r for r in store.table(fp, "benchmarks").to_pylist() if r["subset"] == "all"}
     rows = [{"benchmark": s["benchmark"], "items": s["items"],
              "winnow acc": with_interval(ours[s["benchmark"]], "accuracy"), "lm-eval acc": s["lm_eval_acc"],
@@ -368,9 +476,23 @@ def _lm_eval_parity(store: Any, fp: str, parents: dict[str, str], params: Any, o
             for s in summary]
     print(f"\nlm-evaluation-harness on the same items ({lm.seconds:.1f}s; tasks in {folder}):")
     print(format_table(rows))
-    path = out.with_name(out.name.split(".")[0] + ".lmeval.parquet")
     wio.export_table(items, path)
     print(f"per-item comparison: {items.num_rows} rows -> {path}")
+
+
+def _copy_folder(src: Path, out: Path) -> None:
+    """Copy a model folder to ``out`` whole or not at all (a sibling temp folder, then a rename)."""
+    import uuid
+
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        shutil.copytree(src, tmp)
+        if out.is_dir():
+            out.rmdir()  # checked empty before any work
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _model_ref(store: Any, ref: str) -> str:
@@ -400,12 +522,34 @@ def cmd_store(args: argparse.Namespace) -> int:
         print(format_table(rows) if rows else f"store {store.root} is empty")
         return 0
     if args.store_command == "clean":
-        print(f"removed {store.clean_staging(0.0)} abandoned staging folders from {store.root}")
+        removed = store.clean()
+        for kind, paths in removed.items():
+            for path in paths:
+                print(f"removed {kind.replace('_', ' ')}: {path}")
+        counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in removed.items())
+        print(f"store {store.root}: removed {counts}")
         return 0
+    if args.store_command == "verify":
+        return _verify(store, args.ref)
     fp = store.resolve(args.ref)
     m = store.manifest(fp)
     print(json.dumps({**m.__dict__, "path": str(store.path(fp))}, indent=2, sort_keys=True))
     return 0
+
+
+def _verify(store: Any, refs: list[str]) -> int:
+    """`winnow store verify`: exit 1 if any entry's content differs from its manifest."""
+    from storage import short
+
+    fps = [store.resolve(r) for r in refs] if refs else [m.fingerprint for m in store.entries()]
+    bad = 0
+    for fp in fps:
+        problems = store.verify(fp)
+        bad += bool(problems)
+        for problem in problems:
+            print(f"{short(fp)} {store.manifest(fp).stage}: {problem}")
+    print(f"store {store.root}: {len(fps)} entries checked, {bad} damaged")
+    return 1 if bad else 0
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:

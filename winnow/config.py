@@ -204,7 +204,12 @@ def _build(cls: type, section: str, values: dict[str, tuple[str, Any]]) -> Any:
             raise WinnowError(f"{where}: unknown key '{section}.{key}'; known keys: {', '.join(sorted(known))}")
         kwargs[key] = _coerce(value, hints[key], f"{where}: {section}.{key}")
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
+        # Params that validate in a check() method (not __post_init__) are checked here too, so a
+        # range error fails when the config loads, before any stage runs or any entry is written.
+        if callable(getattr(built, "check", None)):
+            built.check()
+        return built
     except (ValueError, TypeError) as e:  # Params.__post_init__ range checks
         raise WinnowError(f"[{section}]: {e}") from None
     except WinnowError as e:

@@ -8,9 +8,12 @@ every check failure names the file, the column and, where there is one, the row.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +48,27 @@ class Columns:
         return {k: v for k, v in (("id", self.id), ("text", self.text), ("domain", self.domain), ("label", self.label)) if k != v}
 
 
+def check_exists(path: Path) -> None:
+    """Raise one clear line if ``path`` cannot be read as an input (missing, a loop, no access)."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a symlink loop this way
+        raise WinnowError(f"{path}: symbolic link loop") from None
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise WinnowError(f"{path}: broken symbolic link (to {os.readlink(path)})") from None
+        raise WinnowError(f"{path}: no such file or folder") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise WinnowError(f"{path}: symbolic link loop") from None
+        raise WinnowError(f"{path}: {e.strerror}") from None
+    if not os.access(path, os.R_OK):
+        raise WinnowError(f"{path}: permission denied (cannot read it)")
+
+
 def input_files(path: Path) -> list[Path]:
     """The files that make up an input (used for its content fingerprint)."""
-    if not path.exists():
-        raise WinnowError(f"{path}: no such file or folder")
+    check_exists(path)
     if path.is_file():
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -60,8 +80,7 @@ def input_files(path: Path) -> list[Path]:
 def read_table(path: str | Path, split: str | None = None) -> pa.Table:
     """Read Parquet, JSON Lines or a saved ``datasets`` dataset into an Arrow table."""
     path = Path(path)
-    if not path.exists():
-        raise WinnowError(f"{path}: no such file or folder")
+    check_exists(path)
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         return _read_hf_dataset(path, split)
     name = path.name.lower()
@@ -112,6 +131,7 @@ def _read_jsonl(path: Path) -> pa.Table:
     except pa.ArrowException:
         pass
     # Arrow's message does not say which line is bad; find it ourselves for the user.
+    seen: dict[str, tuple[str | None, int]] = {}
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -123,15 +143,41 @@ def _read_jsonl(path: Path) -> pa.Table:
             raise WinnowError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
             raise WinnowError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
+        for key, value in obj.items():
+            kind = _json_kind(value)
+            first = seen.setdefault(key, (kind, lineno))
+            if kind is not None and first[0] is None:
+                seen[key] = (kind, lineno)
+            elif kind is not None and kind != first[0]:
+                raise WinnowError(f"{path}:{lineno}: field '{key}' is {kind} here but {first[0]} on line {first[1]}; "
+                                  "give every row the same type")
     raise WinnowError(f"{path}: lines hold JSON objects whose fields have inconsistent types")
+
+
+def _json_kind(value: Any) -> str | None:
+    """The JSON kind Arrow infers one column type from (None: null, which fits any)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _column_as_string(table: pa.Table, column: str, where: str, allow_null: bool, id_column: str = "id") -> pa.ChunkedArray:
+def _column_as_string(table: pa.Table, column: str, where: str, allow_null: bool, id_column: str = "id",
+                      numbers_ok: bool = True) -> pa.ChunkedArray:
+    """A column as UTF-8 strings; integers become their decimal form only where ``numbers_ok``."""
     arr = table[column]
+    if pa.types.is_integer(arr.type) and not numbers_ok:
+        raise WinnowError(f"{where}: column '{column}' must hold text, but has type {arr.type} "
+                          "(numbers are not cast to text; convert the column or choose another)")
     if pa.types.is_integer(arr.type):
         arr = pc.cast(arr, pa.string())
     elif pa.types.is_large_string(arr.type):
@@ -209,11 +255,22 @@ def canonical_corpus(
                 f"choose another with --{role}-column)"
             )
     if require_label and cols.label not in table.column_names:
-        raise WinnowError(f"{where}: missing label column '{cols.label}' (columns: {', '.join(table.column_names)})")
+        raise WinnowError(f"{where}: missing label column '{cols.label}' (columns: {', '.join(table.column_names)}; "
+                          "choose another with --label-column)")
+    for role, name in (("id", cols.id), ("text", cols.text), ("domain", cols.domain), ("label", cols.label)):
+        # A column that carries a role's name but is not mapped to that role would pass through
+        # under the canonical name and be read as that role downstream (e.g. `label` used as the
+        # labels although --label-column named another, absent, column).
+        if role != name and role in table.column_names:
+            flag = f"--{role}-column"
+            raise WinnowError(
+                f"{where}: column '{role}' is not the {role} column ({flag} is '{name}'"
+                f"{'' if name in table.column_names else ', which is absent'}); pass {flag} {role} or rename it"
+            )
     out: dict[str, pa.ChunkedArray] = {}
     ids = _column_as_string(table, cols.id, where, allow_null=False)
     out["id"] = ids
-    text = _column_as_string(table, cols.text, where, allow_null=False, id_column=cols.id)
+    text = _column_as_string(table, cols.text, where, allow_null=False, id_column=cols.id, numbers_ok=False)
     _check_utf8(text, table, cols.text, where, cols.id)
     out["text"] = text
     if cols.domain in table.column_names:
@@ -304,19 +361,82 @@ def canonical_benchmarks(table: pa.Table, where: str, default_name: str) -> pa.T
     return result
 
 
+OUTPUT_SUFFIXES = (".parquet", ".pq", ".jsonl")
+
+
+def output_format(out: Path) -> str:
+    """``"parquet"`` or ``"jsonl"`` from an output file's suffix; anything else is refused."""
+    name = out.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    raise WinnowError(f"{out}: unknown output format '{out.suffix or out.name}'; "
+                      f"name the file with one of {', '.join(OUTPUT_SUFFIXES)}")
+
+
+def check_output(out: Path, inputs: list[Path], folder: bool = False) -> None:
+    """Refuse, before anything is written, an output that would destroy an input or cannot be made.
+
+    Checked: the format (by suffix, unless ``folder``), that OUT is not an input, inside an input
+    folder or a folder holding an input, that a file OUT is not an existing folder (and a folder OUT
+    is not an existing file), and that the nearest existing parent is a writable folder.
+    """
+    if not folder:
+        output_format(out)
+    target = out.expanduser().resolve()
+    for given in inputs:
+        src = Path(given).expanduser().resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise WinnowError(f"{out}: the output would overwrite the input {given}; choose another --out")
+    if out.exists() and out.is_dir() != folder:
+        kind = "a folder" if out.is_dir() else "a file"
+        raise WinnowError(f"{out}: is {kind}; give {'a folder' if folder else 'a file name'} for --out")
+    writable_parent(out)
+
+
+def writable_parent(path: Path) -> Path:
+    """The nearest existing ancestor of ``path``, which must be a folder this process can write."""
+    parent = path.expanduser().absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise WinnowError(f"{path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise WinnowError(f"{path}: permission denied (cannot write in {parent})")
+    # os.access trusts mode bits, which root, read-only mounts and pseudo-filesystems (/proc)
+    # defeat: a real probe file (removed at once) is the only sure check before the work is done.
+    probe = parent / f".winnow-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise WinnowError(f"{path}: cannot write in {parent} ({e.strerror})") from None
+    return parent
+
+
 def export_table(table: pa.Table, out: str | Path, cols: Columns | None = None) -> Path:
-    """Write a result as Parquet (or JSONL if ``out`` ends in .jsonl), user column names restored."""
+    """Write a result as Parquet or JSONL (by ``out``'s suffix), user column names restored.
+
+    The file appears whole or not at all: it is written beside ``out`` under a temporary name and
+    renamed over it, and a failed write (a full disk) removes the temporary file.
+    """
     out = Path(out)
+    fmt = output_format(out)
     if cols is not None:
         back = {canon: user for canon, user in cols.renames().items() if canon in table.column_names}
         table = table.rename_columns([back.get(c, c) for c in table.column_names])
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if out.name.lower().endswith(".jsonl"):
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in table.to_pylist():
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    else:
-        pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(out)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        if fmt == "jsonl":
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in table.to_pylist():
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            pq.write_table(table, tmp, compression="zstd")
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
