@@ -7,12 +7,14 @@ What it does, all against one Prefect server it starts on 127.0.0.1 (its own PRE
 
 1. One uninterrupted `winnow run --profile smoke` on an empty store: its fingerprints are the truth
    and its wall time T spreads the kills.
-2. ``--trials`` kills: trial i starts the same run on an empty store and, at a moment drawn
-   uniformly from the i-th of ``trials`` equal slices of [0, 1.1 T], sends SIGKILL to the run's
-   whole process group, or (the last ``--server-kills`` trials) to the Prefect server, which is
-   then restarted. Right after the kill every entry in the store must be complete (a manifest and
-   sound digests: `store verify`), then a rerun must finish within ``--timeout`` with every
-   fingerprint equal to the uninterrupted run's.
+2. ``--trials`` kills, spread over every stage: trial i targets stage i mod n (``startup`` = before
+   the first entry, then each stage in order). It starts the same run on an empty store, waits
+   until the journal shows the target's predecessor committed, sleeps a uniform fraction of the
+   target's duration in the uninterrupted run, and sends SIGKILL to the run's whole process group,
+   or (``--server-kills`` trials, spread over the stages too) to the Prefect server, which is then
+   restarted. Right after the kill every entry in the store must be complete (a manifest and sound
+   digests: `store verify`), then a rerun must finish within ``--timeout`` with every fingerprint
+   equal to the uninterrupted run's. The stage actually hit is read back from the journal.
 3. ``--concurrent`` runs started at once on one empty store: all must complete with the same
    fingerprints, and the store's journal must show each entry computed exactly once.
 
@@ -123,14 +125,28 @@ def store_state(store: Path) -> dict[str, int | str]:
     return {"entries": len(folders), "partial": partial, "staging_left": staging, "stage_at_kill": running}
 
 
-def trial(i: int, args: argparse.Namespace, server: Server, truth: dict[str, str], t_clean: float,
+def stage_plan(store: Path) -> list[tuple[str, str | None, float]]:
+    """(target, predecessor, seconds) for each kill target, from the uninterrupted run's journal."""
+    events = [e for e in DatasetStore(store).journal_events() if e["event"] == "computed"]
+    plan: list[tuple[str, str | None, float]] = [("startup", None, 4.0)]
+    for prev, cur in zip(events, events[1:]):
+        if not cur["stage"].startswith("ingest"):
+            plan.append((cur["stage"], prev["stage"], float(cur["seconds"])))
+    return plan
+
+
+def trial(i: int, args: argparse.Namespace, server: Server, truth: dict[str, str], targets: list,
           work: Path, rng: random.Random) -> dict:
     """One kill and its rerun."""
     store, log = work / f"trial{i}", work / f"trial{i}.log"
-    kill_server = i >= args.trials - args.server_kills
-    at = 1.1 * t_clean * (i + rng.random()) / args.trials
+    target, after, seconds = targets[i % len(targets)]
+    kill_server = i >= args.trials - args.server_kills  # consecutive trials: different stages
     proc = start_run(server, store, log)
-    time.sleep(at)
+    t0 = time.monotonic()
+    while after is not None and proc.poll() is None and after not in _committed(store):
+        time.sleep(0.05)
+    time.sleep(rng.random() * seconds)
+    at = time.monotonic() - t0
     exited_first = proc.poll() is not None
     if kill_server:
         server.kill()
@@ -141,11 +157,15 @@ def trial(i: int, args: argparse.Namespace, server: Server, truth: dict[str, str
         proc.wait()
     state = store_state(store) if store.exists() else {"entries": 0, "partial": 0, "staging_left": 0,
                                                          "stage_at_kill": "ingest_corpus"}
-    rc, seconds = run_to_end(server, store, work / f"trial{i}.rerun.log", args.timeout)
+    rc, rerun_s = run_to_end(server, store, work / f"trial{i}.rerun.log", args.timeout)
     same = outputs_of(work / f"trial{i}.rerun.log") == truth
-    return {"trial": i, "killed": "server" if kill_server else "run", "at_s": round(at, 1),
-            "exited_before_kill": exited_first, **state, "rerun_rc": rc, "rerun_s": round(seconds, 1),
+    return {"trial": i, "target": target, "killed": "server" if kill_server else "run", "at_s": round(at, 1),
+            "exited_before_kill": exited_first, **state, "rerun_rc": rc, "rerun_s": round(rerun_s, 1),
             "hung": rc is None, "same_fingerprints": same}
+
+
+def _committed(store: Path) -> set[str]:
+    return {e["stage"] for e in DatasetStore(store).journal_events() if e["event"] == "computed"} if store.exists() else set()
 
 
 def concurrent(n: int, server: Server, truth: dict[str, str], work: Path, timeout: float) -> dict:
@@ -199,9 +219,10 @@ def main() -> None:
             sys.exit(f"the uninterrupted run failed; see {work / 'clean.log'}")
         print(f"uninterrupted run: {t_clean:.1f} s, {len(truth)} entries", flush=True)
         rng = random.Random(args.seed)
+        targets = stage_plan(work / "clean")
         trials = []
         for i in range(args.trials):
-            trials.append(trial(i, args, server, truth, t_clean, work, rng))
+            trials.append(trial(i, args, server, truth, targets, work, rng))
             print(json.dumps(trials[-1]), flush=True)
         conc = concurrent(args.concurrent, server, truth, work, args.timeout) if args.concurrent else None
     finally:

@@ -51,6 +51,7 @@ def _fmt(v: float | None, lo: float | None = None, hi: float | None = None) -> s
 
 
 def main() -> None:
+    """Score the items with both engines, print the side-by-side table, write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2", help="'smollm2' (the wheel) or a save_pretrained folder")
     ap.add_argument("--per-benchmark", type=int, default=100, help="items per benchmark (0 = all)")

@@ -97,8 +97,9 @@ def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
 def fit_temperature(logliks: Sequence[Sequence[float]], answers: Sequence[int]) -> float:
     """T minimising the mean NLL of the right choice under softmax(ll / T) (Guo et al. 2017).
 
-    The NLL is convex in 1/T, so a bounded scalar search over log T in [-4, 4] finds the optimum.
-    With no items, T = 1 (no change).
+    The NLL is convex in 1/T, so a bounded scalar search over log T in [-6, 9] finds the optimum
+    (T = e^9 ≈ 8100 is as good as uniform: a model whose choices' log-likelihoods carry no
+    information fits there). With no items, T = 1 (no change).
     """
     if not len(answers):
         return 1.0
@@ -115,7 +116,7 @@ def fit_temperature(logliks: Sequence[Sequence[float]], answers: Sequence[int]) 
         m = s.max(axis=1)
         return float(np.mean(m + np.log(np.exp(s - m[:, None]).sum(axis=1)) - gold / math.exp(log_t)))
 
-    return float(math.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded", options={"xatol": 1e-6}).x))
+    return float(math.exp(minimize_scalar(nll, bounds=(-6.0, 9.0), method="bounded", options={"xatol": 1e-6}).x))
 
 
 def in_fit_split(ids: Sequence[str], salt: str, fraction: float = 0.5) -> np.ndarray:

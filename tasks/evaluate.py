@@ -189,7 +189,7 @@ class Params:
         bootstrap_seed: mixed with the benchmark (or domain) and subset name into each seed.
         min_calibration_items: fit a temperature only when a benchmark's fit split holds at least
             this many multiple-choice items (else ``temperature`` and ``ece_after`` are null): one
-            parameter fitted on a handful of items runs to the search bounds (T = e^±4).
+            parameter fitted on a handful of items runs to the bounds of its search.
         permutation_check: score every multiple-choice item a second time with its choices rotated
             by one and report how often the same choice wins (``agreement``). Doubles the cost of
             the multiple-choice items, so off by default; needs ``mc_format = "letters"``.
@@ -283,36 +283,44 @@ def score_requests(
 
     Requests run longest-first in padded batches. Padding goes on the right and is never scored;
     under causal attention it cannot change the earlier positions, so no attention mask is needed
-    (which keeps SDPA on its fast causal path). Logits of padded vocabulary rows (ids >=
-    ``real_vocab``) are masked out so they cannot take probability mass.
+    (which keeps SDPA on its fast causal path). Only the positions that are scored go through the
+    vocabulary softmax, and where the model takes ``logits_to_keep`` (transformers' Llama, GPT-2,
+    ...) the output projection runs only from the batch's first scored position on: a
+    multiple-choice request scores a few tokens after a long context. With ``real_vocab``, logits
+    of padded vocabulary rows (ids >= ``real_vocab``) are masked out.
     """
+    import inspect
+
     import torch
 
     out = np.zeros(len(requests), dtype=np.float64)
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
     use_bf16 = dtype == "bfloat16"
+    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
     with torch.inference_mode():
         for start in track(range(0, len(order), batch_size), desc="scoring batches"):
             idx = order[start : start + batch_size]
             width = max(len(requests[i][0]) for i in idx)
             ids = torch.zeros((len(idx), width), dtype=torch.long)
-            score = torch.zeros((len(idx), width - 1), dtype=torch.float32)
+            scored = torch.zeros((len(idx), width - 1), dtype=torch.bool)
             for row, i in enumerate(idx):
                 toks, first = requests[i]
                 ids[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-                score[row, first - 1 : len(toks) - 1] = 1.0  # logits at t predict token t+1
-            ids = ids.to(device)
+                scored[row, first - 1 : len(toks) - 1] = True  # logits at t predict token t+1
+            lo = min(requests[i][1] for i in idx) - 1 if trims else 0
+            kwargs = {"logits_to_keep": width - lo} if trims else {}
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(input_ids=ids, use_cache=False).logits
-            logits = logits[:, :-1].float()
-            if real_vocab is not None and real_vocab < logits.shape[-1]:
-                logits[..., real_vocab:] = float("-inf")
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-            ).view(len(idx), width - 1)
+                logits = model(input_ids=ids.to(device), use_cache=False, **kwargs).logits
+            mask = scored[:, lo:].to(logits.device)
+            picked = logits[:, : width - 1 - lo][mask].float()  # (scored tokens, vocab)
+            if real_vocab is not None and real_vocab < picked.shape[-1]:
+                picked[:, real_vocab:] = float("-inf")
+            targets = ids[:, lo + 1 :].to(logits.device)[mask]
+            nll = torch.nn.functional.cross_entropy(picked, targets, reduction="none").double()
+            rows = torch.arange(len(idx), device=logits.device)[:, None].expand_as(mask)[mask]
             # Summed in float64: a float32 sum of a 1000-nat target is only good to ~1e-4.
-            totals = (nll.double() * score.to(nll.device).double()).sum(dim=1).cpu().numpy()
-            out[idx] = totals
+            totals = torch.zeros(len(idx), dtype=torch.float64, device=logits.device).index_add_(0, rows, nll)
+            out[idx] = totals.cpu().numpy()
     return out
 
 

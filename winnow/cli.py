@@ -339,11 +339,11 @@ def _stage_outputs(args: argparse.Namespace, stage: str) -> dict[str, Path]:
     if stage in ("dedup", "contamination", "label_noise"):
         paths["removed"] = Path(args.removed) if args.removed else Path(f"{stem}.removed.parquet")
     extra = {"contamination": ("report",), "label_noise": ("scores",), "mixture": ("heldout", "weights"),
-             "evaluate": ("benchmarks", "examples"), "dedup": ("index",)}
+             "evaluate": ("benchmarks", "positions", "examples"), "dedup": ("index",)}
     for name in extra.get(stage, ()):
         paths[name] = Path(f"{stem}.{name}.parquet")
-    if stage == "evaluate" and getattr(args, "lm_eval", False):
-        paths["lmeval"] = Path(f"{stem}.lmeval.parquet")
+    if stage == "evaluate" and args.lm_eval:
+        paths["lmeval"] = Path(f"{stem}.lmeval.parquet")  # per-item comparison; the tasks go in {stem}.lmeval/
     return paths
 
 
@@ -361,7 +361,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if getattr(args, "lm_eval", False):
         from tasks.lmeval import require_lm_eval
 
-        require_lm_eval()  # before any compute
+        require_lm_eval()  # an optional extra: say so before anything is read or written
     cfg = _load(args)
     store = _writable_store(cfg.store.root)
     cols = wio.Columns(id=args.id_column, text=args.text_column, domain=args.domain_column, label=args.label_column)
@@ -463,9 +463,31 @@ def _run_and_export(args: argparse.Namespace, stage: str, store: Any, cfg: Any, 
         from flows.receipt import benchmark_rows, format_table
 
         print(format_table(benchmark_rows(store.table(fp, "benchmarks").to_pylist())))
-        if args.lm_eval:
-            _lm_eval_parity(store, fp, parents, cfg.params(stage), out)
+        if "lmeval" in outputs:
+            _lm_eval_parity(store, fp, parents, cfg.params(stage), outputs["lmeval"])
     return 0
+
+
+def _lm_eval_parity(store: Any, fp: str, parents: dict[str, str], params: Any, path: Path) -> None:
+    """Score the evaluate entry's items with lm-eval on the same model folder; print both side by side."""
+    from flows.receipt import format_table, with_interval
+    from flows.stagetask import split_ref
+    from tasks import lmeval
+    from winnow import io as wio
+
+    folder = path.with_name(path.name.split(".")[0] + ".lmeval")
+    items, summary, lm = lmeval.parity(store.files_dir(split_ref(parents["model_dir"])[0]), store.table(parents["benchmarks"]),
+                                       params, store.table(fp, "examples"), folder, store.manifest(fp).metrics["context_len"])
+    ours = {r["benchmark"]: r for r in store.table(fp, "benchmarks").to_pylist() if r["subset"] == "all"}
+    rows = [{"benchmark": s["benchmark"], "items": s["items"],
+             "winnow acc": with_interval(ours[s["benchmark"]], "accuracy"), "lm-eval acc": s["lm_eval_acc"],
+             "winnow acc_norm": with_interval(ours[s["benchmark"]], "accuracy_norm"), "lm-eval acc_norm": s["lm_eval_acc_norm"],
+             "same preds": s["same_pred"], "max |Δ loglik|": s["max_abs_diff"], "too long": s["too_long"]}
+            for s in summary]
+    print(f"\nlm-evaluation-harness on the same items ({lm.seconds:.1f}s; tasks in {folder}):")
+    print(format_table(rows))
+    wio.export_table(items, path)
+    print(f"per-item comparison: {items.num_rows} rows -> {path}")
 
 
 def _copy_folder(src: Path, out: Path) -> None:
@@ -481,44 +503,6 @@ def _copy_folder(src: Path, out: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _lm_eval_parity(store: Any, fp: str, parents: dict[str, str], params: Any, out: Path) -> None:
-    """Score the evaluate entry's items with lm-eval on the same model folder; print both side by side."""
-    from flows.receipt import format_table, with_interval
-    from tasks import lmeval
-    from winnow import io as wio
-
-    from flows.stagetask import split_ref
-
-    model_dir = store.files_dir(split_ref(parents["model_dir"])[0])
-    folder = out.with_name(out.name.split(".")[0] + ".lmeval")
-    items, summary, lm = lmeval.parity(model_dir, store.table(parents["benchmarks"]), params,
-                                       store.table(fp, "examples"), folder, store.manifest(fp).metrics["context_len"])
-    ours = {r["benchmark"]: r for r in store.table(fp, "benchmarks").to_pylist() if r["subset"] == "all"}
-    rows = [{"benchmark": s["benchmark"], "items": s["items"],
-             "winnow acc": with_interval(ours[s["benchmark"]], "accuracy"), "lm-eval acc": s["lm_eval_acc"],
-             "winnow acc_norm": with_interval(ours[s["benchmark"]], "accuracy_norm"), "lm-eval acc_norm": s["lm_eval_acc_norm"],
-             "same preds": s["same_pred"], "max |Δ loglik|": s["max_abs_diff"], "too long": s["too_long"]}
-            for s in summary]
-    print(f"\nlm-evaluation-harness on the same items ({lm.seconds:.1f}s; tasks in {folder}):")
-    print(format_table(rows))
-    path = out.with_name(out.name.split(".")[0] + ".lmeval.parquet")
-    wio.export_table(items, path)
-    print(f"per-item comparison: {items.num_rows} rows -> {path}")
-
-
-def _benchmark_columns(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
-    """Benchmark ingest parameters: the command line's format and field mapping over the config's."""
-    from winnow.config import benchmark_columns
-
-    fields = dict(cfg.inputs.benchmark_fields)
-    for item in args.benchmark_field:
-        role, eq, column = item.partition("=")
-        if not eq or not role.strip() or not column.strip():
-            raise WinnowError(f"--benchmark-field {item!r}: expected ROLE=COLUMN, e.g. question=problem")
-        fields[role.strip()] = column.strip()
-    return benchmark_columns(args.split, args.benchmark_format or cfg.inputs.benchmark_format, fields)
 
 
 def _model_ref(store: Any, ref: str) -> str:
