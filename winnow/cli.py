@@ -505,6 +505,19 @@ def _copy_folder(src: Path, out: Path) -> None:
         raise
 
 
+def _benchmark_columns(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """Benchmark ingest parameters: the command line's format and field mapping over the config's."""
+    from winnow.config import benchmark_columns
+
+    fields = dict(cfg.inputs.benchmark_fields)
+    for item in args.benchmark_field:
+        role, eq, column = item.partition("=")
+        if not eq or not role.strip() or not column.strip():
+            raise WinnowError(f"--benchmark-field {item!r}: expected ROLE=COLUMN, e.g. question=problem")
+        fields[role.strip()] = column.strip()
+    return benchmark_columns(args.split, args.benchmark_format or cfg.inputs.benchmark_format, fields)
+
+
 def _model_ref(store: Any, ref: str) -> str:
     """A model is named by its store entry, so evaluation keeps its lineage back to the data."""
     fp = store.resolve(ref)
