@@ -200,8 +200,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in records:
         for loop, runs in r["runs"].items():
+            per_run = ", ".join(f"{x['tokens_per_s']:.0f}" for x in runs)
             print(f"| {r['preset']} | {r['n_params'] / 1e6:.1f}M | {r['batch']} x {r['seq_len']} | {loop} | "
-                  f"{r['median_tokens_per_s']:.0f} | {', '.join(f'{x['tokens_per_s']:.0f}' for x in runs)} | "
+                  f"{r['median_tokens_per_s'][loop]:.0f} | {per_run} | "
                   f"{r['mfu'][loop] * 100:.1f}% | {statistics.median(x['final_loss'] for x in runs):.3f} |")
     for r in records:
         if "HF Trainer" in r["median_tokens_per_s"]:

@@ -95,6 +95,19 @@ def test_changing_a_parameter_invalidates_that_stage_and_downstream_only(first_r
     assert not any(cached[s] for s in ["mixture", "train", "evaluate"])
 
 
+def test_retraining_with_another_lr_reuses_the_cached_tokens(first_run, tmp_path, capsys):
+    store = _copy(first_run, tmp_path)
+    result = _run(capsys, store, "--set", "train.lr=0.001")
+    cached = result["cached"]
+    assert cached["mixture"] and cached["tokenize"] and not cached["train"] and not cached["evaluate"]
+    s = DatasetStore(store)
+    train = s.manifest(result["outputs"]["train"])
+    assert train.parents == {"tokens": result["outputs"]["tokenize"]}
+    assert "loss.png" in train.files
+    checkpoints = s.root / "checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())  # deleted once the entry is committed
+
+
 def test_lineage_and_why_commands(first_run, capsys):
     store, record = first_run
     assert main(["lineage", "evaluate", "--store", str(store)]) == 0
