@@ -148,10 +148,18 @@ def trial(i: int, args: argparse.Namespace, server: Server, truth: dict[str, str
     time.sleep(rng.random() * seconds)
     at = time.monotonic() - t0
     exited_first = proc.poll() is not None
+    original = "killed"
     if kill_server:
+        # An operator (or systemd) restarts the server; the orphaned run either finishes against
+        # the new one or fails, within the timeout, or it counts as hung and is killed.
         server.kill()
-        proc.wait()
         server.start()
+        try:
+            original = "exit %d" % proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            original = "hung"
     elif not exited_first:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -160,7 +168,7 @@ def trial(i: int, args: argparse.Namespace, server: Server, truth: dict[str, str
     rc, rerun_s = run_to_end(server, store, work / f"trial{i}.rerun.log", args.timeout)
     same = outputs_of(work / f"trial{i}.rerun.log") == truth
     return {"trial": i, "target": target, "killed": "server" if kill_server else "run", "at_s": round(at, 1),
-            "exited_before_kill": exited_first, **state, "rerun_rc": rc, "rerun_s": round(rerun_s, 1),
+            "exited_before_kill": exited_first, "killed_run": original, **state, "rerun_rc": rc, "rerun_s": round(rerun_s, 1),
             "hung": rc is None, "same_fingerprints": same}
 
 

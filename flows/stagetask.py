@@ -379,11 +379,11 @@ def _progress_reporter(stage: str):
             return None
     except ImportError:  # pragma: no cover
         return None
-    state: dict[str, Any] = {"id": None, "last": -1.0}
+    state: dict[str, Any] = {"id": None, "last": -1.0, "failed": False}
 
     def report(desc: str, fraction: float) -> None:
         pct = round(100.0 * fraction, 1)
-        if pct - state["last"] < 5.0 and pct < 100.0:
+        if state["failed"] or (pct - state["last"] < 5.0 and pct < 100.0):
             return  # keep API traffic low: one update per 5%
         state["last"] = pct
         try:
@@ -391,8 +391,10 @@ def _progress_reporter(stage: str):
                 state["id"] = create_progress_artifact(pct, description=f"{stage}: {desc}")
             else:
                 update_progress_artifact(state["id"], pct, description=f"{stage}: {desc}")
-        except Exception:  # progress display must never fail a stage
-            pass
+        except Exception:
+            # Progress display must never fail a stage, nor stall it: with the server gone each
+            # call spends its client's retries (tens of seconds), so one failure ends the display.
+            state["failed"] = True
 
     return report
 
