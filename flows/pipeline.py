@@ -22,6 +22,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.receipt import lineage_mermaid, publish_run, receipt_rows
+from flows.search import learned_weights, publish_search
 from flows.stagetask import (
     FILES,
     StagePlan,
@@ -33,6 +34,7 @@ from flows.stagetask import (
     stage_task,
 )
 from storage import DatasetStore
+from tasks.mixture import LEARNED
 from winnow.config import STAGES, PipelineConfig, config_from_dict, load_config
 from winnow.errors import WinnowError
 
@@ -58,6 +60,7 @@ class PipelineRun:
     force: frozenset[str] = frozenset()  # stages to recompute even when cached
     last: str | None = None  # stop after this stage
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    proxies: list[str] = field(default_factory=list)  # proxy entries this run used (learned mixtures)
 
     @property
     def store(self) -> DatasetStore:
@@ -83,6 +86,32 @@ class PipelineRun:
         plan = plan_stage(stage, {k: v for k, v in parents.items() if v is not None}, self.config.run_params(stage),
                           hints=cache_hints(self.store, stage), store=self.store)
         return self._call(plan, name=stage)
+
+    def mixture(self, corpus: str | None) -> str | None:
+        """The mixture stage; a learned method first runs its proxies and fit (:mod:`flows.search`)."""
+        params = self.config.params("mixture")
+        if params.method not in LEARNED or corpus is None or not self.wanted("mixture"):
+            return self.stage("mixture", corpus=corpus)
+        fit = learned_weights(self.store, corpus, params, self.submit_all)
+        return self.stage("mixture", corpus=corpus, weights=fit)
+
+    def submit_all(self, name: str, plans: list[StagePlan]) -> list[str]:
+        """Submit every plan to the task runner at once (proxies run in parallel); wait for all.
+
+        Each plan is its own cached task, so a batch rerun after a crash computes only the
+        entries missing from the store.
+        """
+        root = str(self.store.root)
+        futures = [stage_task(name, root, refresh=not self.store.exists(fingerprint_of(p))).submit(p, root)
+                   for p in plans]
+        states = [f.wait() or f.state for f in futures]
+        fps = [s.result() for s in states]
+        if name == "proxy":
+            self.proxies.extend(fps)
+        else:
+            self.outcomes[name] = Outcome(name, fps[0], cached=states[0].name == "Cached")
+            publish_search(self.store, fps[0], self.proxies)
+        return fps
 
     def embeds(self) -> bool:
         """Whether label_noise reads MiniLM vectors, so the embed stage runs before it."""
@@ -131,7 +160,7 @@ def _curate(run: PipelineRun) -> dict[str, str | None]:
 
 
 def _train_and_evaluate(run: PipelineRun, curated: dict[str, str | None]) -> None:
-    mixture = run.stage("mixture", corpus=curated["curated"])
+    mixture = run.mixture(curated["curated"])
     tokens = run.stage("tokenize", train=mixture)
     model = run.stage("train", tokens=tokens and parent_ref(tokens, FILES))
     run.stage(

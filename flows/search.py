@@ -105,3 +105,34 @@ def proxy_results(store: DatasetStore, fingerprints: list[str]) -> list[dict[str
                      **{f"bpb_{d}": round(b, 4) for d, b in zip(t["domain"].to_pylist(), t["bits_per_byte"].to_pylist())},
                      "mean": round(m.metrics["bits_per_byte_mean"], 4), "worst": round(m.metrics["bits_per_byte_worst"], 4)})
     return rows
+
+
+def publish_search(store: DatasetStore, fit_fp: str, proxy_fps: list[str]) -> None:
+    """The learned weights (a table and a bar chart) and the proxy results (a table) in the Prefect UI."""
+    import base64
+    import io
+
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    m = store.manifest(fit_fp)
+    weights = store.table(fit_fp).to_pylist()
+    create_table_artifact(weights, key=f"{m.stage}-weights",
+                          description=f"{m.stage}: learned domain weights (entry {fit_fp[:12]}, {len(proxy_fps)} proxies)")
+    if proxy_fps:
+        create_table_artifact(proxy_results(store, proxy_fps), key=f"{m.stage}-proxies",
+                              description="proxy runs: mixture weights and held-out bits/byte per domain")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.2), dpi=100)
+    ax = fig.subplots()
+    ax.bar([r["domain"] for r in weights], [r["weight"] for r in weights])
+    ax.set_ylabel("weight")
+    ax.set_title(f"{m.stage} weights (target: {m.metrics.get('target', 'excess loss')})")
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    create_markdown_artifact(f"![weights](data:image/png;base64,{base64.b64encode(png.getvalue()).decode('ascii')})",
+                             key=f"{m.stage}-weights-chart", description=f"{m.stage}: learned weights as a bar chart")

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         if stage in ("contamination", "evaluate"):
             p.add_argument("--benchmark", action="append", default=[], metavar="B",
                            help="benchmark file (repeatable; default: the bundled benchmarks)")
+        if stage == "mixture":
+            p.add_argument("--method", choices=("temperature", "proportional", "uniform", "unimax", "manual", "regmix", "doremi"),
+                           help="how the domain weights are chosen (sets mixture.method; regmix and doremi run proxy models first)")
         if stage == "dedup":
             p.add_argument("--index", metavar="REF",
                            help="incremental: check IN (new documents only) against this earlier dedup entry's index")
@@ -301,7 +304,7 @@ def _preflight(cfg: Any) -> None:
                "domain": inputs.domain_column, "label": inputs.label_column}
     corpus = prepare_ingest(plan_ingest("corpus", [inputs.corpus], columns), store)
     benchmarks = prepare_ingest(plan_ingest("benchmarks", list(inputs.benchmarks), {"split": inputs.split}), store)
-    for stage in ("dedup", "label_noise"):
+    for stage in ("dedup", "label_noise", "mixture"):
         precheck(stage, cfg.params(stage), corpus=corpus.table)
     if inputs.dedup_index:
         _dedup_index(store, inputs.dedup_index)
@@ -348,6 +351,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from winnow import io as wio
 
     stage = args.command.replace("-", "_")
+    if getattr(args, "method", None):
+        args.overrides.append(f"mixture.method={args.method}")
     cfg = _load(args)
     store = _writable_store(cfg.store.root)
     cols = wio.Columns(id=args.id_column, text=args.text_column, domain=args.domain_column, label=args.label_column)
@@ -369,7 +374,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     benchmarks = prepare_ingest(plan_ingest("benchmarks", bench_paths, {"split": args.split}), store) if bench_paths else None
     if stage == "label_noise" and "label" not in corpus.table.column_names:
         raise WinnowError(f"{args.input}: missing label column '{cols.label}' (use --label-column)")
-    if stage in ("dedup", "label_noise"):
+    if stage in ("dedup", "label_noise", "mixture"):
         precheck(stage, cfg.params(stage), corpus=corpus.table)
     refs = _stage_refs(args, stage, store, cfg)
     parents = _stage_parents(stage, commit(corpus, store), benchmarks and commit(benchmarks, store), refs, store, cfg)
@@ -397,7 +402,9 @@ def _stage_refs(args: argparse.Namespace, stage: str, store: Any, cfg: Any) -> d
 def _stage_parents(stage: str, corpus: str, benchmarks: str | None, refs: dict[str, str], store: Any,
                    cfg: Any) -> dict[str, str]:
     """The stage's inputs by run() argument name (the embed stage runs first for MiniLM features)."""
+    from flows.search import learned_weights, run_in_turn
     from flows.stagetask import FILES, cache_hints, execute, parent_ref, plan_stage
+    from tasks.mixture import LEARNED
 
     if stage == "train":
         tokens = execute(plan_stage("tokenize", {"train": corpus}, cfg.run_params("tokenize"), store=store), str(store.root))
@@ -405,6 +412,9 @@ def _stage_parents(stage: str, corpus: str, benchmarks: str | None, refs: dict[s
     if stage == "evaluate":
         return {"heldout": corpus, "benchmarks": benchmarks, **refs}
     parents = {"corpus": corpus, **refs}
+    if stage == "mixture" and cfg.params("mixture").method in LEARNED:
+        # Proxies in turn, each its own cached entry: a rerun after a crash computes only the missing ones.
+        parents["weights"] = learned_weights(store, corpus, cfg.params("mixture"), run_in_turn(store))
     if benchmarks is not None:
         parents["benchmarks"] = benchmarks
     if stage == "label_noise" and cfg.params(stage).uses_minilm:
