@@ -98,7 +98,7 @@ def _synthetic_proxies(n: int, optimum: np.ndarray, seed: int = 0) -> dict[str, 
 
 def test_regmix_finds_a_known_optimum_and_keeps_the_fitted_regression():
     optimum = np.array([0.5, 0.3, 0.2])
-    result = regmix.run(regmix.Params(target="mean", prior=dict(zip(DOMAINS, [1 / 3] * 3))), **_synthetic_proxies(24, optimum))
+    result = regmix.run(regmix.Params(target="mean", prior=dict(zip(DOMAINS, [1 / 3] * 3))), **_synthetic_proxies(40, optimum))
     w = np.array(result.tables["data"]["weight"].to_pylist())
     assert np.isclose(w.sum(), 1.0)
     assert np.abs(w - optimum).max() < 0.08, w
