@@ -35,6 +35,7 @@ from flows.stagetask import (
 )
 from storage import DatasetStore
 from tasks.mixture import LEARNED
+from tasks.proxy import preload
 from winnow.config import STAGES, PipelineConfig, config_from_dict, load_config
 from winnow.errors import WinnowError
 
@@ -102,6 +103,7 @@ class PipelineRun:
         entries missing from the store.
         """
         root = str(self.store.root)
+        preload()
         futures = [stage_task(name, root, refresh=not self.store.exists(fingerprint_of(p))).submit(p, root)
                    for p in plans]
         states = [f.wait() or f.state for f in futures]

@@ -105,6 +105,21 @@ class Params:
         return math.ceil(self.max_tokens / (self.batch_size * self.seq_len))
 
 
+def preload() -> None:
+    """Import torch and resolve the ``transformers`` names a proxy uses, once, in this thread.
+
+    ``transformers`` resolves its names lazily, and two threads resolving them at once can fail
+    (measured: ``ImportError: cannot import name 'PreTrainedTokenizerFast'`` when proxies start
+    together on the thread runner), so the flow calls this before it submits a batch.
+    """
+    import torch  # noqa: F401
+    import transformers
+
+    for name in ("PreTrainedTokenizerFast", "AutoTokenizer", "AutoConfig", "AutoModelForCausalLM", "LlamaConfig",
+                 "GPT2Config", "LlamaForCausalLM", "GPT2LMHeadModel"):
+        getattr(transformers, name)
+
+
 def check_domains(weights: dict[str, float], domains: list[str], where: str = "proxy") -> None:
     """The weights must name exactly the corpus domains: a missing one would be silently zero."""
     absent = sorted(set(weights) - set(domains))

@@ -220,3 +220,28 @@ def test_doremi_weights_come_from_a_reference_proxy_and_are_deterministic(small_
     # The same fingerprint recomputed from scratch names the same weights.
     again = doremi.run(store.table(corpus), store.files_dir(m.parents["reference"]), doremi.Params(**m.params))
     assert again.tables["data"]["weight"].to_pylist() == w
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_flow_runs_each_proxy_as_a_cached_task_and_mixes_with_the_learned_weights(small_corpus, tmp_path, capsys):
+    store = tmp_path / "store"
+    sets = [f"--set=mixture.{k}={v}" for k, v in SMALL.items()]
+    argv = ["run", "--profile", "smoke", "--store", str(store), "--set", f"inputs.corpus={json.dumps(str(small_corpus))}",
+            "--set", "mixture.method=regmix", *sets, "--only", "mixture", "--json"]
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    s = DatasetStore(store)
+    assert {"regmix", "mixture"} <= set(summary["outputs"])
+    fit = summary["outputs"]["regmix"]
+    assert s.manifest(summary["outputs"]["mixture"]).parents["weights"] == fit
+    learned = s.table(fit)["weight"].to_pylist()
+    assert s.table(summary["outputs"]["mixture"], "weights")["weight"].to_pylist() == pytest.approx(learned)
+    proxies = {m.fingerprint for m in s.entries() if m.stage == "proxy"}
+    assert len(proxies) == SMALL["proxies"] and set(s.manifest(fit).parents.values()) == proxies
+    # A second run with one more proxy computes exactly one new proxy and a new fit.
+    before = len(s.journal_events())
+    argv[argv.index("--set=mixture.proxies=5")] = "--set=mixture.proxies=6"
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    new = [e["stage"] for e in s.journal_events()[before:] if e["event"] == "computed"]
+    assert sorted(new) == ["mixture", "proxy", "regmix"]
