@@ -102,12 +102,7 @@ class PipelineRun:
         Each plan is its own cached task, so a batch rerun after a crash computes only the
         entries missing from the store.
         """
-        root = str(self.store.root)
-        preload()
-        futures = [stage_task(name, root, refresh=not self.store.exists(fingerprint_of(p))).submit(p, root)
-                   for p in plans]
-        states = [f.wait() or f.state for f in futures]
-        fps = [s.result() for s in states]
+        fps, states = submit_plans(self.store, name, plans)
         if name == "proxy":
             self.proxies.extend(fps)
         else:
@@ -132,6 +127,18 @@ class PipelineRun:
         fp = state.result()
         self.outcomes[name] = Outcome(name, fp, cached=state.name == "Cached")
         return fp
+
+
+def submit_plans(store: DatasetStore, name: str, plans: list[StagePlan]) -> tuple[list[str], list[Any]]:
+    """Submit every plan as a ``name`` task at once (the runner runs them in parallel); wait for all.
+
+    Returns the fingerprints and the final task states, in the plans' order.
+    """
+    root = str(store.root)
+    preload()  # transformers' lazy imports are not thread-safe
+    futures = [stage_task(name, root, refresh=not store.exists(fingerprint_of(p))).submit(p, root) for p in plans]
+    states = [f.wait() or f.state for f in futures]
+    return [s.result() for s in states], states
 
 
 def _config(config: dict[str, Any] | None) -> PipelineConfig:

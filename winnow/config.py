@@ -25,7 +25,7 @@ from winnow.errors import WinnowError
 STAGES: tuple[str, ...] = ("dedup", "contamination", "embed", "label_noise", "mixture", "tokenize", "train", "evaluate")
 #: Stages the flow runs around the pipeline, many times or on demand: proxy runs and the learned
 #: mixtures fitted on them. Store entries and Prefect tasks like any stage, with no config section.
-AUX_STAGES: tuple[str, ...] = ("proxy", "regmix", "doremi")
+AUX_STAGES: tuple[str, ...] = ("proxy", "regmix", "doremi", "repeat", "ablation")
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 SAMPLE_DIR = REPO_DIR / "data" / "sample"
