@@ -247,6 +247,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prefect_env(args.debug)
     from flows.pipeline import nightly, task_runner
     from flows.receipt import evaluation_summary, format_table, mixture_weights, receipt_rows
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from storage import DatasetStore, short
 
     started = time.perf_counter()
@@ -279,6 +282,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_table(ev["data"]))
         print("\nbenchmarks:")
         print(format_table(ev["benchmarks"]))
+    receipts = [m for m in store.entries() if m.stage == "ablation"]
+    if receipts:  # the newest `winnow ablate` receipt on this store: what each stage did, with intervals
+        from tasks.ablation import report_lines
+
+        rows = store.table(receipts[-1].fingerprint).filter(pc.is_in(pc.field("subject"), pa.array(["mean", "worst"])))
+        print(f"\nablation receipt (entry {short(receipts[-1].fingerprint)}, `winnow ablate`; with minus without, 95% CI):")
+        print("\n".join(report_lines(rows)))
     print(f"\nstore: {store.root}")
     for stage in ("label_noise", "mixture", "train", "evaluate"):
         if stage in outputs:
