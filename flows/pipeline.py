@@ -22,6 +22,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.receipt import lineage_mermaid, publish_run, receipt_rows
+from flows.search import learned_weights, publish_search
 from flows.stagetask import (
     FILES,
     StagePlan,
@@ -33,6 +34,8 @@ from flows.stagetask import (
     stage_task,
 )
 from storage import DatasetStore
+from tasks.mixture import LEARNED
+from tasks.proxy import preload
 from winnow.config import STAGES, PipelineConfig, config_from_dict, load_config
 from winnow.errors import WinnowError
 
@@ -58,6 +61,7 @@ class PipelineRun:
     force: frozenset[str] = frozenset()  # stages to recompute even when cached
     last: str | None = None  # stop after this stage
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    proxies: list[str] = field(default_factory=list)  # proxy entries this run used (learned mixtures)
 
     @property
     def store(self) -> DatasetStore:
@@ -84,6 +88,28 @@ class PipelineRun:
                           hints=cache_hints(self.store, stage), store=self.store)
         return self._call(plan, name=stage)
 
+    def mixture(self, corpus: str | None) -> str | None:
+        """The mixture stage; a learned method first runs its proxies and fit (:mod:`flows.search`)."""
+        params = self.config.params("mixture")
+        if params.method not in LEARNED or corpus is None or not self.wanted("mixture"):
+            return self.stage("mixture", corpus=corpus)
+        fit = learned_weights(self.store, corpus, params, self.submit_all)
+        return self.stage("mixture", corpus=corpus, weights=fit)
+
+    def submit_all(self, name: str, plans: list[StagePlan]) -> list[str]:
+        """Submit every plan to the task runner at once (proxies run in parallel); wait for all.
+
+        Each plan is its own cached task, so a batch rerun after a crash computes only the
+        entries missing from the store.
+        """
+        fps, states = submit_plans(self.store, name, plans)
+        if name == "proxy":
+            self.proxies.extend(fps)
+        else:
+            self.outcomes[name] = Outcome(name, fps[0], cached=states[0].name == "Cached")
+            publish_search(self.store, fps[0], self.proxies)
+        return fps
+
     def embeds(self) -> bool:
         """Whether label_noise reads MiniLM vectors, so the embed stage runs before it."""
         return self.config.params("label_noise").uses_minilm
@@ -101,6 +127,18 @@ class PipelineRun:
         fp = state.result()
         self.outcomes[name] = Outcome(name, fp, cached=state.name == "Cached")
         return fp
+
+
+def submit_plans(store: DatasetStore, name: str, plans: list[StagePlan]) -> tuple[list[str], list[Any]]:
+    """Submit every plan as a ``name`` task at once (the runner runs them in parallel); wait for all.
+
+    Returns the fingerprints and the final task states, in the plans' order.
+    """
+    root = str(store.root)
+    preload()  # transformers' lazy imports are not thread-safe
+    futures = [stage_task(name, root, refresh=not store.exists(fingerprint_of(p))).submit(p, root) for p in plans]
+    states = [f.wait() or f.state for f in futures]
+    return [s.result() for s in states], states
 
 
 def _config(config: dict[str, Any] | None) -> PipelineConfig:
@@ -131,7 +169,7 @@ def _curate(run: PipelineRun) -> dict[str, str | None]:
 
 
 def _train_and_evaluate(run: PipelineRun, curated: dict[str, str | None]) -> None:
-    mixture = run.stage("mixture", corpus=curated["curated"])
+    mixture = run.mixture(curated["curated"])
     tokens = run.stage("tokenize", train=mixture)
     model = run.stage("train", tokens=tokens and parent_ref(tokens, FILES))
     run.stage(

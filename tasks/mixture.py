@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -65,8 +65,12 @@ class Params:
     Attributes:
         method: how domain weights are chosen: ``"temperature"`` (default) p_i ∝ n_i^(1/τ) over
             the domains' training bytes; ``"proportional"`` (τ=1: the corpus as it is);
-            ``"uniform"`` (every domain equal); ``"manual"`` (``manual_weights``). More methods
-            can be registered in :data:`WEIGHTING_METHODS`.
+            ``"uniform"`` (every domain equal); ``"unimax"`` (uniform, no domain repeated more
+            than ``max_epochs`` passes, default 1: Chung et al. 2023); ``"manual"``
+            (``manual_weights``); learned from proxy runs: ``"regmix"`` (regression over
+            ``proxies`` Dirichlet mixtures, :mod:`tasks.regmix`) or ``"doremi"`` (Group-DRO
+            against a reference proxy, :mod:`tasks.doremi`). More formulas can be registered in
+            :data:`WEIGHTING_METHODS`.
         temperature: τ for ``"temperature"``. Default 2.0 halves the log-ratio between big and
             small domains, between multilingual BERT's τ≈1.4 and XLM-R/mT5's τ≈3.3 (their α=0.7
             and 0.3); 1 reproduces proportional, large values approach uniform.
@@ -96,9 +100,28 @@ class Params:
             parts of at most this size (a single longer line is cut inside). Default 8192 keeps
             the byte budget fine-grained; None disables chunking.
         seed: seeds the sampling order (not the held-out split, which only ``split_salt`` sets).
+        domains: the domains the data must hold (each with rows after curation); empty: whatever
+            the data has. Catches a domain that curation emptied or a misnamed input.
+
+    Learned methods (``regmix``, ``doremi``; see :mod:`tasks.proxy` for what a proxy is):
+        target: what the learned weights minimise: ``"mean"`` held-out bits/byte over domains,
+            ``"worst"`` domain, or ``"domain:NAME"``.
+        min_weight: every domain gets at least this weight (0: a domain may be dropped).
+        proxies: RegMix proxy runs (mixtures drawn around the pool's byte distribution); at least
+            domains + 2 for the regression. 16 on the 6-domain sample: a minute or two per
+            proxy batch on 2 cores, each proxy cached.
+        proxy_tokens, proxy_train_bytes, proxy_d_model, proxy_n_layers, proxy_seed: each proxy's
+            token budget, sampled text, model width and depth (a d=64, 2-layer Llama, ~0.14M
+            parameters: seconds of training) and seed.
+        regression: ``"auto"`` (LightGBM or linear, whichever predicts held-out proxies better),
+            ``"lightgbm"`` or ``"linear"``.
+        concentration: Dirichlet spread of the RegMix mixtures around the prior (1: alpha = k·prior).
+        doremi_reference: the baseline mixture the DoReMi reference proxy trains on.
+        doremi_eta, doremi_smoothing: DoReMi's step size on the domain weights and the mixing
+            with uniform each step (the paper's 1 and 1e-3).
     """
 
-    method: Literal["temperature", "proportional", "uniform", "manual"] = "temperature"
+    method: Literal["temperature", "proportional", "uniform", "unimax", "manual", "regmix", "doremi"] = "temperature"
     temperature: float = 2.0
     manual_weights: dict[str, float] | None = None
     max_epochs: float | None = None
@@ -110,10 +133,24 @@ class Params:
     template: str | None = "{label}: {text}"
     chunk_bytes: int | None = 8192
     seed: int = 0
+    domains: tuple[str, ...] = ()
+    target: str = "mean"
+    min_weight: float = 0.0
+    proxies: int = 16
+    proxy_tokens: int = 30_720
+    proxy_train_bytes: int = 300_000
+    proxy_d_model: int = 64
+    proxy_n_layers: int = 2
+    proxy_seed: int = 0
+    regression: Literal["auto", "lightgbm", "linear"] = "auto"
+    concentration: float = 1.0
+    doremi_reference: Literal["uniform", "proportional"] = "proportional"
+    doremi_eta: float = 1.0
+    doremi_smoothing: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.method not in WEIGHTING_METHODS:
-            raise ValueError(f"method must be one of {', '.join(WEIGHTING_METHODS)}, got {self.method!r}")
+        if self.method not in WEIGHTING_METHODS and self.method not in LEARNED:
+            raise ValueError(f"method must be one of {', '.join([*WEIGHTING_METHODS, *LEARNED])}, got {self.method!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.method == "manual" and not self.manual_weights:
@@ -132,6 +169,24 @@ class Params:
             raise ValueError(f"chunk_bytes must be >= 16 or none, got {self.chunk_bytes}")
         if self.template is not None and "{text}" not in self.template:
             raise ValueError(f"template must contain {{text}}, got {self.template!r}")
+        if not (self.target in ("mean", "worst") or (self.target.startswith("domain:") and len(self.target) > 7)):
+            raise ValueError(f"target must be 'mean', 'worst' or 'domain:NAME', got {self.target!r}")
+        if not 0 <= self.min_weight < 1:
+            raise ValueError(f"min_weight must be in [0, 1), got {self.min_weight}")
+        if self.proxies < 1 or self.proxy_train_bytes < 1 or self.proxy_d_model < 2 or self.proxy_n_layers < 1:
+            raise ValueError("proxies, proxy_train_bytes, proxy_d_model and proxy_n_layers must be >= 1")
+        if not (self.concentration > 0 and self.doremi_eta > 0 and 0 <= self.doremi_smoothing <= 1):
+            raise ValueError("concentration and doremi_eta must be > 0, doremi_smoothing in [0, 1]")
+
+
+#: The settings that decide the held-out split and the text of each row: proxies and ablation
+#: runs copy them, so every small model is scored on the main run's held-out documents.
+SPLIT_FIELDS = ("heldout_fraction", "min_heldout_docs", "max_heldout_docs", "split_salt", "template", "chunk_bytes")
+
+
+def split_settings(params: Params) -> dict[str, Any]:
+    """The :data:`SPLIT_FIELDS` of ``params`` as a plain dict."""
+    return {k: getattr(params, k) for k in SPLIT_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -159,6 +214,10 @@ def _uniform(stats: DomainStats, params: Params) -> np.ndarray:
     return np.full(len(stats.domains), 1.0 / len(stats.domains))
 
 
+def _unimax(stats: DomainStats, params: Params) -> np.ndarray:
+    return cap_epochs(_uniform(stats, params), stats.bytes, params.train_bytes, params.max_epochs or 1.0)
+
+
 def _manual(stats: DomainStats, params: Params) -> np.ndarray:
     given = dict(params.manual_weights or {})
     unknown = sorted(set(given) - set(stats.domains))
@@ -182,8 +241,54 @@ WEIGHTING_METHODS: dict[str, Callable[[DomainStats, Params], np.ndarray]] = {
     "temperature": _temperature,
     "proportional": _proportional,
     "uniform": _uniform,
+    "unimax": _unimax,
     "manual": _manual,
 }
+#: Methods whose weights come from proxy runs (the flow runs them; ``run`` gets their weights).
+LEARNED = ("regmix", "doremi")
+
+
+def _learned(stats: DomainStats, params: Params, learned: pa.Table | None) -> np.ndarray:
+    if learned is None:
+        raise WinnowError(f"mixture.method = '{params.method}' learns its weights from proxy runs: run it with "
+                          "`winnow run` or `winnow mixture`, which run the proxies first")
+    given = dict(zip(learned["domain"].to_pylist(), learned["weight"].to_pylist()))
+    if sorted(given) != stats.domains:
+        raise WinnowError(f"mixture: learned weights are for domains {sorted(given)}, the data has {stats.domains}")
+    w = np.array([given[d] for d in stats.domains], dtype=np.float64)
+    return w / w.sum()
+
+
+def precheck(corpus: pa.Table, params: Params) -> None:
+    """Checks that need the data but no compute, run before any proxy or stage: named domains
+    present, every domain with rows, enough proxies and a budget of at least one step."""
+    present = pc.value_counts(corpus["domain"]).to_pylist() if "domain" in corpus.column_names else []
+    counts = {c["values"]: c["counts"] for c in present if c["values"] is not None}
+    where = "mixture"
+    for d in params.domains:
+        if counts.get(d, 0) == 0:
+            raise WinnowError(f"{where}.domains: domain '{d}' has no rows in the data (domains with rows: {', '.join(sorted(counts))})")
+    named = {f"{where}.manual_weights": list(params.manual_weights or {}) if params.method == "manual" else [],
+             f"{where}.target": [params.target.removeprefix("domain:")] if params.target.startswith("domain:") else []}
+    for key, names in named.items():
+        absent = sorted(set(names) - set(counts))
+        if absent:
+            raise WinnowError(f"{key}: domain(s) {', '.join(absent)} not in the data; data domains: {', '.join(sorted(counts))}")
+    if params.method not in LEARNED:
+        return
+    if params.min_weight * len(counts) > 1:
+        raise WinnowError(f"{where}.min_weight = {params.min_weight} x {len(counts)} domains exceeds 1")
+    need = len(counts) + 2
+    if params.method == "regmix" and params.proxies < need:
+        raise WinnowError(f"{where}.proxies = {params.proxies}: the regression over {len(counts)} domains needs at least {need} proxies")
+    per_step = PROXY_BATCH * PROXY_SEQ_LEN
+    if params.proxy_tokens < per_step:
+        raise WinnowError(f"{where}.proxy_tokens = {params.proxy_tokens} is less than one proxy step "
+                          f"({PROXY_BATCH} x {PROXY_SEQ_LEN} = {per_step} tokens)")
+
+
+#: The proxies' batch shape (sequences x tokens): fixed so proxy budgets stay comparable.
+PROXY_BATCH, PROXY_SEQ_LEN = 8, 64
 
 
 def cap_epochs(weights: np.ndarray, pool_bytes: np.ndarray, train_bytes: int, max_epochs: float) -> np.ndarray:
@@ -209,22 +314,11 @@ def cap_epochs(weights: np.ndarray, pool_bytes: np.ndarray, train_bytes: int, ma
     return w / w.sum()
 
 
-def run(corpus: pa.Table, params: Params = Params()) -> StageResult:
-    """Split, weight and sample the curated corpus.
+def prepare(corpus: pa.Table, params: Params) -> tuple[DomainStats, pa.Table, np.ndarray]:
+    """Check the corpus, template labelled rows, split off the held-out set and chunk both sides.
 
-    Args:
-        corpus: rows with ``id`` (unique string), ``text`` (non-empty string), ``domain`` (string)
-            and optionally ``label`` (string, null for unlabelled rows). Other columns are ignored.
-        params: see :class:`Params`.
-
-    Returns:
-        tables ``data`` (training text: id, part, epoch, text, domain, in a seeded shuffled order),
-        ``heldout`` (id, part, text, domain) and ``weights`` (one row per domain, see
-        :data:`WEIGHTS_SCHEMA`); metrics with the weights, epochs and byte counts.
-
-    Raises:
-        WinnowError: empty table, missing/mistyped column, null or empty text, null domain,
-            duplicate id, or a ``manual_weights`` problem.
+    Returns the training pool's :class:`DomainStats`, the held-out table and the per-row held-out
+    mask. Learned methods call this before any proxy runs, for the prior and the epoch cap.
     """
     _check(corpus)
     ids = corpus["id"].to_pylist()
@@ -233,12 +327,10 @@ def run(corpus: pa.Table, params: Params = Params()) -> StageResult:
     if params.template is not None and "label" in corpus.column_names:
         labels = corpus["label"].cast(pa.string()).to_pylist()
         texts = [t if lab is None else params.template.format(label=lab, text=t) for t, lab in zip(texts, labels)]
-
     heldout_mask = heldout_split(ids, domains, params)
     domain_names = sorted(set(domains))
     pool = _chunked_table(ids, texts, domains, ~heldout_mask, params.chunk_bytes)
     heldout = _chunked_table(ids, texts, domains, heldout_mask, params.chunk_bytes)
-
     pool_domains = np.array(pool["domain"].to_pylist(), dtype=object)
     pool_bytes_each = np.array([len(t.encode("utf-8")) for t in pool["text"].to_pylist()], dtype=np.int64)
     doc_count = {d: 0 for d in domain_names}
@@ -251,11 +343,47 @@ def run(corpus: pa.Table, params: Params = Params()) -> StageResult:
         bytes=np.array([int(pool_bytes_each[pool_domains == d].sum()) for d in domain_names], dtype=np.int64),
         pool=pool,
     )
-    weights = np.asarray(WEIGHTING_METHODS[params.method](stats, params), dtype=np.float64)
-    if weights.shape != (len(domain_names),) or not np.isclose(weights.sum(), 1.0) or (weights < 0).any():
+    return stats, heldout, heldout_mask
+
+
+def choose_weights(stats: DomainStats, params: Params, learned: pa.Table | None = None) -> np.ndarray:
+    """The domain weights of ``params.method`` (learned ones read from ``learned``), epoch cap applied."""
+    if params.method in LEARNED:
+        weights = _learned(stats, params, learned)
+    else:
+        weights = np.asarray(WEIGHTING_METHODS[params.method](stats, params), dtype=np.float64)
+    if weights.shape != (len(stats.domains),) or not np.isclose(weights.sum(), 1.0) or (weights < 0).any():
         raise WinnowError(f"mixture: method '{params.method}' returned invalid weights {weights.tolist()}")
     if params.max_epochs is not None:
         weights = cap_epochs(weights, stats.bytes, params.train_bytes, params.max_epochs)
+    return weights
+
+
+def run(corpus: pa.Table, params: Params = Params(), weights: pa.Table | None = None) -> StageResult:
+    """Split, weight and sample the curated corpus.
+
+    Args:
+        corpus: rows with ``id`` (unique string), ``text`` (non-empty string), ``domain`` (string)
+            and optionally ``label`` (string, null for unlabelled rows). Other columns are ignored.
+        params: see :class:`Params`.
+        weights: for a learned method (``regmix``, ``doremi``): the ``data`` table (domain,
+            weight) of the regmix / doremi entry the flow computed from proxy runs.
+
+    Returns:
+        tables ``data`` (training text: id, part, epoch, text, domain, in a seeded shuffled order),
+        ``heldout`` (id, part, text, domain) and ``weights`` (one row per domain, see
+        :data:`WEIGHTS_SCHEMA`); metrics with the weights, epochs and byte counts.
+
+    Raises:
+        WinnowError: empty table, missing/mistyped column, null or empty text, null domain,
+            duplicate id, a ``manual_weights`` problem, or a learned method without its weights.
+    """
+    stats, heldout, heldout_mask = prepare(corpus, params)
+    domains = corpus["domain"].to_pylist()
+    domain_names, pool = stats.domains, stats.pool
+    pool_domains = np.array(pool["domain"].to_pylist(), dtype=object)
+    pool_bytes_each = np.array([len(t.encode("utf-8")) for t in pool["text"].to_pylist()], dtype=np.int64)
+    weights = choose_weights(stats, params, weights)
 
     rng = np.random.default_rng(params.seed)
     picks: list[tuple[int, int]] = []  # (pool row, epoch)

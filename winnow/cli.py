@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every later one")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
+    p = sub.add_parser("ablate", help="train with and without each curation stage; print the receipt with 95% intervals")
+    _add_config_args(p)
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (default 3)")
+    p.add_argument("--stages", default="dedup,contamination,label_noise,mixture",
+                   help="comma-separated stages to ablate (default: all four)")
+    p.add_argument("--repeat-fraction", type=float, default=0.001,
+                   help="injected-repetition probe: share of documents copied (default 0.001; 0 disables)")
+    p.add_argument("--repeat-times", type=int, default=100, help="copies of each probed document (default 100)")
+    p.add_argument("--json", action="store_true", help="print the receipt rows as JSON")
+
     p = sub.add_parser("config", help="print the resolved configuration, every key documented")
     _add_config_args(p)
 
@@ -126,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--benchmark-field", action="append", default=[], metavar="ROLE=COLUMN",
                            help="read benchmark role ROLE (question, choices, answer, target, id, benchmark, "
                                 "context) from COLUMN (repeatable)")
+        if stage == "mixture":
+            p.add_argument("--method", choices=("temperature", "proportional", "uniform", "unimax", "manual", "regmix", "doremi"),
+                           help="how the domain weights are chosen (sets mixture.method; regmix and doremi run proxy models first)")
         if stage == "dedup":
             p.add_argument("--index", metavar="REF",
                            help="incremental: check IN (new documents only) against this earlier dedup entry's index")
@@ -165,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "ablate":
+        return cmd_ablate(args)
     if args.command == "config":
         from winnow.config import describe
 
@@ -240,6 +255,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prefect_env(args.debug)
     from flows.pipeline import nightly, task_runner
     from flows.receipt import benchmark_rows, domain_rows, evaluation_summary, format_table, mixture_weights, receipt_rows
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from storage import DatasetStore, short
 
     started = time.perf_counter()
@@ -272,6 +290,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_table(domain_rows(ev["data"])))
         print("\nbenchmarks:")
         print(format_table(benchmark_rows(ev["benchmarks"])))
+    receipts = [m for m in store.entries() if m.stage == "ablation"]
+    if receipts:  # the newest `winnow ablate` receipt on this store: what each stage did, with intervals
+        from tasks.ablation import report_lines
+
+        rows = store.table(receipts[-1].fingerprint).filter(pc.is_in(pc.field("subject"), pa.array(["mean", "worst"])))
+        print(f"\nablation receipt (entry {short(receipts[-1].fingerprint)}, `winnow ablate`; with minus without, 95% CI):")
+        print("\n".join(report_lines(rows)))
     print(f"\nstore: {store.root}")
     for stage in ("label_noise", "mixture", "train", "evaluate"):
         if stage in outputs:
@@ -281,6 +306,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     ui = os.environ.get("PREFECT_UI_URL", "http://127.0.0.1:4200").rstrip("/")
     print(f"Prefect UI (after `prefect server start`): {ui}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts")
     print("Explain a removed row: winnow why ROW_ID    Trace an output: winnow lineage evaluate")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """Run the ``ablate`` flow and print the receipt: each stage's effect with its interval."""
+    from flows.ablate import ABLATED
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(stages) - set(ABLATED))
+    if unknown or not stages:
+        raise WinnowError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ABLATED)}")
+    if args.seeds < 1 or not 0 <= args.repeat_fraction <= 1 or args.repeat_times < 0:
+        raise WinnowError("--seeds must be >= 1, --repeat-fraction in [0, 1], --repeat-times >= 0")
+    cfg = _load(args)
+    _preflight(cfg)
+    _prefect_env(args.debug)
+    from flows.ablate import ablate
+    from flows.pipeline import task_runner
+    from storage import DatasetStore, short
+    from tasks.ablation import report_lines
+
+    flow = ablate.with_options(task_runner=task_runner(cfg))
+    state = flow(config=cfg.to_dict(), seeds=args.seeds, stages=stages, repeat_fraction=args.repeat_fraction,
+                 repeat_times=args.repeat_times, return_state=True)
+    if state.is_failed():
+        exc = _exception_of(state)
+        if isinstance(exc, WinnowError) or args.debug:
+            raise exc
+        print(f"winnow: error: the ablate flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    summary = state.result()
+    store = DatasetStore(summary["store"])
+    table = store.table(summary["receipt"])
+    if args.json:
+        print(json.dumps({"receipt": summary["receipt"], "rows": table.to_pylist()}, indent=2))
+        return 0
+    print(f"ablation receipt ({args.seeds} seeds; with minus without each stage; 95% paired bootstrap):")
+    print("\n".join(report_lines(table)))
+    print(f"\nstore entry {short(summary['receipt'])} (winnow lineage {short(summary['receipt'])})")
     return 0
 
 
@@ -309,7 +373,7 @@ def _preflight(cfg: Any) -> None:
                "domain": inputs.domain_column, "label": inputs.label_column}
     corpus = prepare_ingest(plan_ingest("corpus", [inputs.corpus], columns), store)
     benchmarks = prepare_ingest(plan_ingest("benchmarks", list(inputs.benchmarks), inputs.benchmark_columns()), store)
-    for stage in ("dedup", "label_noise"):
+    for stage in ("dedup", "label_noise", "mixture"):
         precheck(stage, cfg.params(stage), corpus=corpus.table)
     if inputs.dedup_index:
         _dedup_index(store, inputs.dedup_index)
@@ -362,6 +426,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
         from tasks.lmeval import require_lm_eval
 
         require_lm_eval()  # an optional extra: say so before anything is read or written
+    if getattr(args, "method", None):
+        args.overrides.append(f"mixture.method={args.method}")
     cfg = _load(args)
     store = _writable_store(cfg.store.root)
     cols = wio.Columns(id=args.id_column, text=args.text_column, domain=args.domain_column, label=args.label_column)
@@ -383,7 +449,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     benchmarks = prepare_ingest(plan_ingest("benchmarks", bench_paths, _benchmark_columns(args, cfg)), store) if bench_paths else None
     if stage == "label_noise" and "label" not in corpus.table.column_names:
         raise WinnowError(f"{args.input}: missing label column '{cols.label}' (use --label-column)")
-    if stage in ("dedup", "label_noise"):
+    if stage in ("dedup", "label_noise", "mixture"):
         precheck(stage, cfg.params(stage), corpus=corpus.table)
     refs = _stage_refs(args, stage, store, cfg)
     parents = _stage_parents(stage, commit(corpus, store), benchmarks and commit(benchmarks, store), refs, store, cfg)
@@ -411,7 +477,9 @@ def _stage_refs(args: argparse.Namespace, stage: str, store: Any, cfg: Any) -> d
 def _stage_parents(stage: str, corpus: str, benchmarks: str | None, refs: dict[str, str], store: Any,
                    cfg: Any) -> dict[str, str]:
     """The stage's inputs by run() argument name (the embed stage runs first for MiniLM features)."""
+    from flows.search import learned_weights, run_in_turn
     from flows.stagetask import FILES, cache_hints, execute, parent_ref, plan_stage
+    from tasks.mixture import LEARNED
 
     if stage == "train":
         tokens = execute(plan_stage("tokenize", {"train": corpus}, cfg.run_params("tokenize"), store=store), str(store.root))
@@ -419,6 +487,9 @@ def _stage_parents(stage: str, corpus: str, benchmarks: str | None, refs: dict[s
     if stage == "evaluate":
         return {"heldout": corpus, "benchmarks": benchmarks, **refs}
     parents = {"corpus": corpus, **refs}
+    if stage == "mixture" and cfg.params("mixture").method in LEARNED:
+        # Proxies in turn, each its own cached entry: a rerun after a crash computes only the missing ones.
+        parents["weights"] = learned_weights(store, corpus, cfg.params("mixture"), run_in_turn(store))
     if benchmarks is not None:
         parents["benchmarks"] = benchmarks
     if stage == "label_noise" and cfg.params(stage).uses_minilm:

@@ -23,6 +23,9 @@ from winnow.errors import WinnowError
 #: The pipeline, in order. Each name is also the module ``tasks.<name>``.
 #: ``embed`` runs only when label_noise uses MiniLM features (it computes label_noise's vectors).
 STAGES: tuple[str, ...] = ("dedup", "contamination", "embed", "label_noise", "mixture", "tokenize", "train", "evaluate")
+#: Stages the flow runs around the pipeline, many times or on demand: proxy runs and the learned
+#: mixtures fitted on them. Store entries and Prefect tasks like any stage, with no config section.
+AUX_STAGES: tuple[str, ...] = ("proxy", "regmix", "doremi", "repeat", "ablation")
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 SAMPLE_DIR = REPO_DIR / "data" / "sample"
@@ -150,7 +153,7 @@ SECTIONS: dict[str, type] = {"store": StoreConfig, "inputs": InputsConfig, "run"
 
 def stage_module(stage: str) -> types.ModuleType:
     """Import ``tasks.<stage>``; an unknown name is a user error listing the known stages."""
-    if stage not in STAGES:
+    if stage not in STAGES and stage not in AUX_STAGES:
         raise WinnowError(f"unknown stage '{stage}'; stages are: {', '.join(STAGES)}")
     return importlib.import_module(f"tasks.{stage}")
 
