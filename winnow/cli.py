@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store")
     p.add_argument("--run", default="latest", help="look in this run's entries (default: latest); 'all' = whole store")
 
+    _add_stage_parsers(sub)
+    return parser
+
+
+def _add_stage_parsers(sub: Any) -> None:
+    """One subcommand per stage that runs on a user's file: `winnow STAGE IN --out OUT`."""
     for stage, helptext in (
         ("dedup", "remove exact and near-duplicate rows from IN"),
         ("contamination", "find (and drop or mask) benchmark text inside IN"),
@@ -150,7 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also score the same items with lm-evaluation-harness's hf model and compare (needs winnow[lmeval])")
         _add_column_args(p)
         _add_config_args(p)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
