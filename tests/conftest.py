@@ -17,6 +17,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# What `winnow run` sets too (winnow/cli.py). Here it also keeps Prefect's console handler from
+# ever writing: it binds the sys.stderr of the test that first imports Prefect, and a later test in
+# that worker would write to that test's closed capture stream (a RecursionError under log_prints).
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 
 
 @pytest.fixture(scope="session")
