@@ -72,6 +72,9 @@ from winnow.errors import WinnowError
 # shared: measured 10x slower with 2 threads on a busy 2-core box, while passive waiting costs a few
 # percent at most. Takes effect only if torch is not imported yet; the user's setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Fixed BLAS/OpenMP thread counts, so results do not depend on machine load (see tasks/train.py).
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+os.environ.setdefault("OMP_DYNAMIC", "FALSE")
 
 STAGE = "evaluate"
 SUBSETS = ("all", "clean", "contaminated")

@@ -57,6 +57,12 @@ if TYPE_CHECKING:  # torch and transformers load lazily: reading a config must n
 # shared: measured 10x slower with 2 threads on a busy 2-core box, while passive waiting costs a few
 # percent at most. Takes effect only if torch is not imported yet; the user's setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# MKL (torch's CPU BLAS) may run a matmul on fewer threads than asked when the machine is busy,
+# which changes the order of float sums: the same fingerprint then named different weights on a
+# loaded box (measured: model.safetensors differed after 30 steps with 3 CPU hogs, identical with
+# this). Fixed thread counts keep CPU training bit-identical for a given num_threads.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+os.environ.setdefault("OMP_DYNAMIC", "FALSE")
 
 STAGE = "train"
 SAFETY_CAP_ENV = "WINNOW_TRAIN_SAFETY_CAP_S"

@@ -24,6 +24,9 @@ EXIT_USAGE = 2
 # Before torch is imported anywhere: OpenMP's default spin-waiting made training ~10x slower on a
 # busy 2-core machine (measured; see BENCHMARKS.md, train). A user's explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Fixed BLAS/OpenMP thread counts, so results do not depend on machine load (see tasks/train.py).
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+os.environ.setdefault("OMP_DYNAMIC", "FALSE")
 
 
 def _prefect_env(debug: bool = False) -> None:
