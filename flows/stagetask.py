@@ -197,10 +197,13 @@ class Prepared:
     """An ingest read and validated in memory, not yet committed (see :func:`prepare_ingest`)."""
 
     plan: StagePlan
-    fingerprint: str
     table: pa.Table  # the canonical table the ingest entry holds (or will hold)
     result: StageResult | None = None  # None: the entry is already in the store
     inputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.plan)
 
 
 def prepare_ingest(plan: StagePlan, store: DatasetStore) -> Prepared:
@@ -211,9 +214,9 @@ def prepare_ingest(plan: StagePlan, store: DatasetStore) -> Prepared:
     """
     fp = fingerprint_of(plan)
     if store.exists(fp):
-        return Prepared(plan, fp, store.table(fp))
+        return Prepared(plan, store.table(fp))
     result, inputs = _ingest(plan)
-    return Prepared(plan, fp, result.tables["data"], result, inputs)
+    return Prepared(plan, result.tables["data"], result, inputs)
 
 
 def commit(prepared: Prepared, store: DatasetStore) -> str:
@@ -225,7 +228,7 @@ def precheck(stage: str, params: Any, **tables: pa.Table) -> None:
     """Run ``tasks.<stage>.precheck`` (the stage's cheap input checks) if the stage has one."""
     check = getattr(stage_module(stage), "precheck", None)
     if check is not None:
-        check(*tables.values(), params)
+        check(**tables, params=params)
 
 
 def _compute(plan: StagePlan, store: DatasetStore, force: bool
@@ -241,10 +244,11 @@ def _compute(plan: StagePlan, store: DatasetStore, force: bool
     hints = {} if force else {k: v for k, v in plan.hints.items() if store.exists(split_ref(v)[0])}
     kwargs.update(_load_inputs(store, hints))
     params = module.Params(**_params_for(module.Params, plan.params))
-    files_from = store.scratch_dir() if "out_dir" in inspect.signature(module.run).parameters else None
+    wants = inspect.signature(module.run).parameters
+    files_from = store.scratch_dir() if "out_dir" in wants else None
     if files_from is not None:
         kwargs["out_dir"] = files_from
-    if "checkpoint_dir" in inspect.signature(module.run).parameters:
+    if "checkpoint_dir" in wants:
         # Keyed by the output fingerprint: a rerun after a crash resumes from here.
         kwargs["checkpoint_dir"] = store.checkpoint_dir(fingerprint_of(plan))
     try:
