@@ -10,12 +10,12 @@ recompute, never a wrong cache hit.
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import re
 from pathlib import Path
 
 #: Top-level packages whose modules count as "our code".
@@ -32,25 +32,38 @@ def _module_file(name: str) -> Path | None:
     return Path(spec.origin)
 
 
+#: One import statement: ``from BASE import NAMES`` (NAMES possibly a parenthesised, multi-line
+#: list) or ``import MODS``. A regex instead of ``ast.parse``: parsing every project module cost
+#: 0.2-0.6 s of each short command; on this tree the two give identical import sets. A match
+#: inside a docstring can only add a module to the hash (an extra recompute, never a missed one).
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(?P<base>\.*[\w.]*)[ \t]+import[ \t]+"
+                     r"(?P<names>\([^)]*\)|[^\n]*)|import[ \t]+(?P<mods>[^\n]*))", re.M)
+_COMMENT = re.compile(r"#[^\n]*")
+
+
+def _names(listed: str) -> list[str]:
+    """``a as b, c`` (comments, parentheses and line continuations removed) -> ``["a", "c"]``."""
+    listed = _COMMENT.sub("", listed).strip().strip("()").replace("\\", "")
+    return [part.split(" as ")[0].strip() for part in listed.split(",") if part.strip()]
+
+
 def _project_imports(name: str, path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            candidates = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
+    for match in _IMPORT.finditer(path.read_text(encoding="utf-8")):
+        if match["mods"] is not None:
+            candidates = _names(match["mods"])
+        else:
+            base = match["base"].lstrip(".")
+            level = len(match["base"]) - len(base)
+            if level:
                 parts = package.split(".")
-                parts = parts[: len(parts) - node.level + 1]
+                parts = parts[: len(parts) - level + 1]
                 base = ".".join(p for p in [*parts, base] if p)
             # `from tasks import common` imports a submodule; `from tasks.common import x` does not.
-            candidates = [base] + [f"{base}.{a.name}" for a in node.names]
-        else:
-            continue
+            candidates = [base] + [f"{base}.{n}" for n in _names(match["names"])]
         for cand in candidates:
-            if cand.split(".")[0] in PROJECT_PACKAGES and _module_file(cand) is not None:
+            if cand and cand.split(".")[0] in PROJECT_PACKAGES and _module_file(cand) is not None:
                 found.add(cand)
     return found
 

@@ -163,3 +163,42 @@ def test_ledger_schema_is_enforced(tmp_path):
     with pytest.raises(ValueError, match="ledger schema"):
         _put(store, _licences(2), "ff" * 32, removed=pa.table({"id": ["x"]}))
     assert store.entries() == []
+
+
+def _ast_imports(name: str, path) -> set[str]:
+    """The reference: every import statement the Python parser sees (what the regex replaced)."""
+    import ast
+
+    from storage.codeversion import PROJECT_PACKAGES, _module_file
+
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            cands = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(p for p in [*parts, base] if p)
+            cands = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {c for c in cands if c.split(".")[0] in PROJECT_PACKAGES and _module_file(c)}
+    return found
+
+
+def test_import_scan_finds_what_the_parser_finds(tmp_path):
+    """The fast regex scan must never miss an import the parser sees, in any project module."""
+    from pathlib import Path
+
+    from storage.codeversion import PROJECT_PACKAGES, _project_imports
+
+    root = Path(__file__).resolve().parents[1]
+    checked = 0
+    for pkg in PROJECT_PACKAGES:
+        for path in sorted((root / pkg).glob("*.py")):
+            name = pkg if path.stem == "__init__" else f"{pkg}.{path.stem}"
+            assert _ast_imports(name, path) <= _project_imports(name, path), name
+            checked += 1
+    assert checked > 30
