@@ -101,7 +101,8 @@ def benchmark_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ece = f"{ece}; split {r['ece_before']:.3f} -> {r['ece_after']:.3f} at T={r['temperature']:.2f}"
         out.append({"benchmark": r["benchmark"], "subset": r["subset"], "n": r["n"],
                     "accuracy": with_interval(r, "accuracy"), "acc_norm": with_interval(r, "accuracy_norm"),
-                    "ece": ece, "bits/byte": with_interval(r, "bits_per_byte")})
+                    "ece": ece, "bits/byte": with_interval(r, "bits_per_byte"),
+                    "leak excess": with_interval(r, "leak_excess")})
     return out
 
 

@@ -99,7 +99,7 @@ DOMAINS_SCHEMA = pa.schema(
 #: Metrics with an interval in :data:`BENCHMARKS_SCHEMA`, in column order.
 BENCHMARK_METRICS = (
     "accuracy", "accuracy_norm", "accuracy_bytes", "ece", "brier", "ece_before", "ece_after",
-    "agreement", "bits_per_byte",
+    "agreement", "bits_per_byte", "leak_gap", "leak_excess",
 )
 BENCHMARKS_SCHEMA = pa.schema(
     [
@@ -118,6 +118,11 @@ BENCHMARKS_SCHEMA = pa.schema(
         *_ci("ece_after"),  # on the same items, softmax(ll / temperature)
         *_ci("agreement"),  # same choice predicted with the choices rotated; null unless checked
         *_ci("bits_per_byte"),  # of targets of non-multiple-choice items; null if none
+        # Model-side leak check (tasks/leakcheck.py): mean over items of bits/byte of copies with
+        # word pairs swapped minus that of the item as written; a model that memorised the items
+        # pays more for the swaps. Excess: the same gap minus that of unseen held-out text.
+        *_ci("leak_gap"),
+        *_ci("leak_excess"),
     ]
 )
 POSITIONS_SCHEMA = pa.schema(
@@ -149,6 +154,7 @@ EXAMPLES_SCHEMA = pa.schema(
         ("pred_rotated", pa.int64()),  # with choices rotated by one, the pick in original order
         ("target_bytes", pa.int64()),  # bytes of the scored continuation (target items)
         ("bits_per_byte", pa.float64()),  # target items only
+        ("leak_gap", pa.float64()),  # bits/byte of swapped-word copies minus the item's; null if off
         ("contaminated", pa.bool_()),  # null when no contamination report was given
     ]
 )
@@ -206,6 +212,13 @@ class Params:
             Log-probabilities are always computed in float32.
         num_threads: CPU threads for torch; None = the CPUs this process may use.
         sample_salt: mixed into the id hash that picks the capped subsets and the calibration split.
+        leak_perturbations: swapped-word copies scored per benchmark item for the model-side leak
+            check (``leak_gap`` / ``leak_excess`` with intervals, per subset, so contaminated
+            items can be compared with clean ones); 0 turns it off. Each copy costs one forward
+            pass over the item's text, about what one choice of a multiple-choice item costs.
+        leak_swap_share: share of adjacent word pairs swapped in each copy.
+        leak_reference_docs: held-out documents (cut to an item's length) whose gap is the
+            baseline of ``leak_excess``.
     """
 
     max_docs_per_domain: int | None = 200
@@ -228,6 +241,9 @@ class Params:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     num_threads: int | None = None
     sample_salt: str = "winnow-eval"
+    leak_perturbations: int = 2
+    leak_swap_share: float = 0.15
+    leak_reference_docs: int = 100
 
     def __post_init__(self) -> None:
         for name in ("max_docs_per_domain", "max_bytes_per_domain", "max_examples_per_benchmark"):
@@ -244,6 +260,8 @@ class Params:
             raise ValueError(f"mc_template must contain {{question}}, got {self.mc_template!r}")
         if min(self.ece_bins, self.batch_size, self.bootstrap_iters, self.min_calibration_items) < 1:
             raise ValueError("ece_bins, batch_size, bootstrap_iters and min_calibration_items must be >= 1")
+        if self.leak_perturbations < 0 or not 0 < self.leak_swap_share <= 0.5 or self.leak_reference_docs < 1:
+            raise ValueError("leak_perturbations must be >= 0, leak_swap_share in (0, 0.5], leak_reference_docs >= 1")
         if self.permutation_check and self.mc_format != "letters":
             raise ValueError(
                 "permutation_check needs mc_format = 'letters': a cloze choice's score does not see "
@@ -455,8 +473,14 @@ def run(
             nll = score_requests(model, reqs, params.batch_size, device, dtype, real_vocab)
             return np.bincount(np.array(owner, dtype=np.int64), weights=nll, minlength=len(items))
 
+        def bpb(texts: list[str]) -> np.ndarray:
+            """Bits per UTF-8 byte of each whole text, scored after the prefix token."""
+            nll = score([([encoder.prefix_id, *encoder.encode(t, add_special_tokens=False)], 1) for t in texts])
+            return nll / (math.log(2) * np.array([max(1, len(t.encode("utf-8"))) for t in texts], dtype=np.float64))
+
+        leak_of = (lambda rows: _leak_gaps(rows, heldout, params, bpb)) if params.leak_perturbations else None
         domain_table, domain_metrics = _evaluate_heldout(heldout, params, encoder, score)
-        bench_tables, bench_metrics = _evaluate_benchmarks(benchmarks, params, encoder, score, contaminated_of)
+        bench_tables, bench_metrics = _evaluate_benchmarks(benchmarks, params, encoder, score, contaminated_of, leak_of)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -533,6 +557,7 @@ def _evaluate_benchmarks(
     encoder: Encoder,
     score: Callable[[list[tuple[list[int], int]]], np.ndarray],
     contaminated_of: Callable[[str, str], bool | None] | None,
+    leak_of: Callable[[list[dict[str, Any]]], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict[str, pa.Table], dict]:
     if benchmarks.num_rows == 0:
         empty = {"benchmarks": BENCHMARKS_SCHEMA, "positions": POSITIONS_SCHEMA, "examples": EXAMPLES_SCHEMA}
@@ -551,6 +576,11 @@ def _evaluate_benchmarks(
         _example(r, -nll[start : start + k], texts, rot, bool(f), c)
         for r, (start, k, texts), rot, f, c in zip(rows, spans, rotated, fit, contaminated)
     ]
+    reference_gap = None
+    if leak_of is not None:
+        item_gap, reference_gap = leak_of(rows)
+        for e, g in zip(examples, item_gap):
+            e["leak_gap"] = float(g)
 
     table_rows, position_rows, metrics = [], [], {}
     subsets = SUBSETS if contaminated_of is not None else ("all",)
@@ -562,6 +592,8 @@ def _evaluate_benchmarks(
         for subset in subsets:
             sel = [e for e in mine if subset == "all" or e["contaminated"] == (subset == "contaminated")]
             row = _subset_metrics(bench, subset, sel, params, temperature)
+            if reference_gap is not None and sel:
+                _leak_metrics(row, sel, reference_gap, params)
             table_rows.append(row)
             suffix = "" if subset == "all" else f"/{subset}"
             for name in (*BENCHMARK_METRICS, "temperature"):
@@ -685,6 +717,39 @@ def _subset_metrics(bench: str, subset: str, sel: list[dict], params: Params, te
         nll, nb = np.array([e["nll"] for e in tg]), np.array([e["target_bytes"] for e in tg])
         _put(row, "bits_per_byte", ratio_with_interval(nll, nb, idx, 1.0 / math.log(2)))
     return row
+
+
+def _leak_gaps(rows: list[dict[str, Any]], heldout: pa.Table, params: Params,
+               bpb: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Leak-check gaps of the scored items and of held-out reference texts of about their length."""
+    from tasks import leakcheck
+
+    texts = []
+    for r in rows:
+        target = r["target"] or (r["choices"][r["answer"]] if r["answer"] >= 0 else "")
+        texts.append(leakcheck.item_text(r["question"], target) or " ".join(r["choices"] or []) or r["id"])
+    words = max(2, int(np.median([len(t.split()) for t in texts])))
+    keep = _capped(heldout["id"].to_pylist(), ["reference"] * heldout.num_rows, params.leak_reference_docs,
+                   params.sample_salt + "/leak-reference")
+    reference = leakcheck.reference_texts(heldout.take(keep), params.leak_reference_docs, words)
+    keys = [r["id"] for r in rows] + [f"reference/{i}" for i in range(len(reference))]
+    orig, pert = leakcheck.score_gaps(keys, texts + reference, bpb, params.leak_perturbations,
+                                      params.leak_swap_share, seed=0)
+    gap = pert - orig
+    return gap[: len(texts)], gap[len(texts):]
+
+
+def _leak_metrics(row: dict[str, Any], sel: list[dict], reference_gap: np.ndarray, params: Params) -> None:
+    """``leak_gap`` of the subset's items and ``leak_excess`` over the reference, with intervals
+    (items and reference texts resampled independently)."""
+    gap = np.array([e["leak_gap"] for e in sel], dtype=np.float64)
+    key = f"{params.bootstrap_seed}|{row['benchmark']}|{row['subset']}|leak"
+    idx = resamples(gap.size, params.bootstrap_iters, key)
+    _put(row, "leak_gap", mean_with_interval(gap, idx))
+    if reference_gap.size:
+        ridx = resamples(reference_gap.size, params.bootstrap_iters, f"{params.bootstrap_seed}|leak-reference")
+        diffs = gap[idx].mean(axis=1) - reference_gap[ridx].mean(axis=1)
+        _put(row, "leak_excess", (float(gap.mean() - reference_gap.mean()), *percentile_interval(diffs)))
 
 
 def _ece_with_interval(

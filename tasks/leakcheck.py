@@ -27,6 +27,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -107,6 +108,43 @@ def _bits_per_byte(model_dir: Path, texts: list[str], params: Params) -> np.ndar
     return nll / (math.log(2) * n_bytes)
 
 
+def item_text(question: str | None, target: str | None) -> str:
+    """The text of an item the check scores: question and target, whitespace collapsed."""
+    return " ".join(f"{question or ''} {target or ''}".split())
+
+
+def perturbed_copies(keys: list[str], texts: list[str], perturbations: int, share: float, seed: int) -> list[str]:
+    """``perturbations`` copies of each text (grouped per text), seeded by ``seed`` and its key."""
+    copies = []
+    for key, t in zip(keys, texts):
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little"))
+        copies.extend(perturb(t, share, rng) for _ in range(perturbations))
+    return copies
+
+
+def score_gaps(keys: list[str], texts: list[str], bpb: Callable[[list[str]], np.ndarray], perturbations: int,
+               share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bits/byte of each text and the mean over its perturbed copies, scored by ``bpb`` in one call.
+
+    ``bpb`` maps texts to bits per byte under a model; evaluate passes its own scorer (the model
+    already loaded), :func:`run` loads one.
+    """
+    copies = perturbed_copies(keys, texts, perturbations, share, seed)
+    scores = np.asarray(bpb(texts + copies), dtype=np.float64)
+    return scores[: len(texts)], scores[len(texts):].reshape(len(texts), perturbations).mean(axis=1)
+
+
+def reference_texts(heldout: pa.Table, n: int, words: int) -> list[str]:
+    """Up to ``n`` held-out documents cut to their first ``words`` words: unseen text of about an
+    item's length, the baseline the benchmark items' gap is compared with."""
+    out = []
+    for text in heldout["text"].to_pylist()[:n]:
+        cut = " ".join(str(text).split()[:words])
+        if len(cut.split()) >= 2:
+            out.append(cut)
+    return out
+
+
 def run(model_dir: str | Path, benchmarks: pa.Table, params: Params = Params(),
         reference: pa.Table | None = None) -> StageResult:
     """Score every benchmark item and its perturbed copies; summarise the gap per benchmark.
@@ -124,20 +162,14 @@ def run(model_dir: str | Path, benchmarks: pa.Table, params: Params = Params(),
     if not (model_dir / "config.json").is_file():
         raise WinnowError(f"leakcheck: {model_dir} is not a model folder (no config.json)")
     ids, names = benchmarks["id"].to_pylist(), benchmarks["benchmark"].to_pylist()
-    texts = [" ".join(f"{q or ''} {t or ''}".split()) for q, t in zip(benchmarks["question"].to_pylist(),
-                                                                     benchmarks["target"].to_pylist())]
+    texts = [item_text(q, t) for q, t in zip(benchmarks["question"].to_pylist(), benchmarks["target"].to_pylist())]
     empty = [i for i, t in zip(ids, texts) if not t]
     if empty:
         raise WinnowError(f"leakcheck benchmarks: item(s) with no text: {empty[:5]}")
     ref_texts = [" ".join(str(t).split()) for t in reference["text"].to_pylist()] if reference is not None else []
-    originals = texts + ref_texts
-    copies = []
-    for key, t in zip(ids + [f"reference/{i}" for i in range(len(ref_texts))], originals):
-        seed = int.from_bytes(hashlib.sha256(f"{params.seed}:{key}".encode()).digest()[:8], "little")
-        rng = np.random.default_rng(seed)
-        copies.extend(perturb(t, params.swap_share, rng) for _ in range(params.perturbations))
-    bpb = _bits_per_byte(model_dir, originals + copies, params)
-    orig, pert = bpb[: len(originals)], bpb[len(originals):].reshape(len(originals), params.perturbations).mean(axis=1)
+    keys = ids + [f"reference/{i}" for i in range(len(ref_texts))]
+    orig, pert = score_gaps(keys, texts + ref_texts, lambda ts: _bits_per_byte(model_dir, ts, params),
+                            params.perturbations, params.swap_share, params.seed)
     gap = pert - orig
     items = pa.table({"id": ids, "benchmark": names, "bytes": [len(t.encode()) for t in texts],
                       "bpb_original": orig[: len(texts)], "bpb_perturbed": pert[: len(texts)],

@@ -368,3 +368,25 @@ def test_bf16_autocast_path_runs_on_cpu_and_stays_close_to_float32(models):
     half = score_requests(model, reqs, batch_size=2, device="cpu", dtype="bfloat16")
     assert half.dtype == np.float64 and not np.allclose(half, full, rtol=0, atol=0)  # bf16 really ran
     assert half == pytest.approx(full, rel=0.05)
+
+
+def test_leak_check_is_per_item_and_per_subset_and_can_be_turned_off(models):
+    """Each scored item gets a gap (swapped copies minus the item, bits/byte), each subset a mean
+    with an interval and an excess over held-out reference text; leak_perturbations=0 is off."""
+    trained, _, heldout = models
+    report = pa.table({"id": ["mc1", "mc2", "mc3", "mc4", "he1"], "benchmark": ["toy"] * 4 + ["code_gen"],
+                       "contaminated": [True, False, False, True, False]})
+    result = evaluate.run(trained, heldout, _benchmarks(), Params(**FAST), contamination=report)
+    ex = {r["id"]: r for r in result.tables["examples"].to_pylist()}
+    assert all(ex[i]["leak_gap"] is not None for i in ex)
+    rows = {(r["benchmark"], r["subset"]): r for r in result.tables["benchmarks"].to_pylist()}
+    toy = rows[("toy", "contaminated")]
+    assert toy["leak_gap"] == pytest.approx(np.mean([ex["mc1"]["leak_gap"], ex["mc4"]["leak_gap"]]))
+    assert toy["leak_gap_lo"] <= toy["leak_gap"] <= toy["leak_gap_hi"]
+    assert toy["leak_excess_lo"] <= toy["leak_excess"] <= toy["leak_excess_hi"]
+    assert result.metrics["leak_gap/toy/contaminated"] == pytest.approx(toy["leak_gap"], abs=1e-5)
+    off = evaluate.run(trained, heldout.slice(0, 2), _benchmarks(), Params(**FAST, leak_perturbations=0))
+    assert all(r["leak_gap"] is None for r in off.tables["examples"].to_pylist())
+    assert not any(k.startswith("leak_") for k in off.metrics)
+    # same accuracy with and without the check: it only adds scoring
+    assert off.metrics["accuracy/toy"] == result.metrics["accuracy/toy"]
