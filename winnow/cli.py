@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store")
     p.add_argument("--run", default="latest", help="look in this run's entries (default: latest); 'all' = whole store")
 
+    p = sub.add_parser("deploy", help="list the Prefect deployments and the exact command that runs each")
+    p.add_argument("--profile", help="pass this profile to the runs (e.g. smoke)")
+    p.add_argument("--store", help="pass this store folder to the runs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="pass this override in the runs' config parameter (repeatable)")
+
     _add_stage_parsers(sub)
     return parser
 
@@ -169,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WinnowError as e:
         print(f"winnow: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `winnow lineage X | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # permissions, a full disk, a folder where a file was expected, ...
         if getattr(args, "debug", False):
             raise
@@ -178,9 +187,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("winnow: interrupted; the store holds only complete entries", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `winnow lineage X | head`: the reader left, which is not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -199,16 +205,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_lineage(args)
     if args.command == "why":
         return cmd_why(args)
+    if args.command == "deploy":
+        from winnow.deploy import listing
+
+        print("deployments/worker.sh serves these (flow/deployment), then run one with:")
+        print(listing(args.profile, args.store, args.overrides))
+        return 0
     return cmd_stage(args)
 
 
 def _load(args: argparse.Namespace):
     from winnow.config import load_config
 
-    overrides = list(args.overrides)
-    if getattr(args, "store", None):
-        overrides.append(f"store.root={json.dumps(args.store)}")
-    return load_config(args.config, args.profile, overrides)
+    return load_config(args.config, args.profile, list(args.overrides), store=getattr(args, "store", None))
 
 
 def _store(args: argparse.Namespace):
