@@ -33,7 +33,7 @@ from flows.stagetask import (
     plan_stage,
     stage_task,
 )
-from storage import DatasetStore
+from storage import DatasetStore, heads
 from tasks.mixture import LEARNED
 from tasks.proxy import preload
 from winnow.config import STAGES, PipelineConfig, load_config
@@ -215,8 +215,12 @@ def finish(run: PipelineRun) -> dict[str, Any]:
     cached = {k: o.cached for k, o in run.outcomes.items()}
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     rows = receipt_rows(store, outputs, cached)
-    store.record_run(run_id, outputs, {"cached": cached, "config": run.config.to_dict(),
-                                       "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    whole = run.last is None  # not a single-stage rerun: this run becomes the pipeline head
+    info = {"cached": cached, "config": run.config.to_dict(), "kind": "pipeline" if whole else f"stage {run.last}",
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    store.record_run(run_id, outputs, info)
+    if whole:
+        heads.record_head(store, {"run_id": run_id, "outputs": outputs, **info})
     publish_run(rows, lineage_mermaid(store, outputs))
     get_run_logger().info("run %s: %d stages, %d from cache", run_id, len(rows), sum(cached.values()))
     return {"run_id": run_id, "outputs": outputs, "cached": cached, "store": str(store.root)}

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--store")
     q.add_argument("--stage", help="only entries of this stage")
     q = ssub.add_parser("show", help="describe one entry (manifest, tables, removal summary)")
-    q.add_argument("ref", help="fingerprint prefix, a stage name (latest run), RUN:STAGE or an entry folder")
+    q.add_argument("ref", help="fingerprint prefix, a stage name (pipeline head), RUN:STAGE or an entry folder")
     q.add_argument("--store")
     q = ssub.add_parser("clean", help="delete what crashed runs left: abandoned staging folders and free lock files")
     q.add_argument("--store")
@@ -109,14 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("ref", nargs="*", help="entries to check (default: all)")
 
     p = sub.add_parser("lineage", help="the chain from an entry back to the input files")
-    p.add_argument("ref", help="fingerprint prefix, a stage name (latest run), RUN:STAGE or an entry folder")
+    p.add_argument("ref", help="fingerprint prefix, a stage name (pipeline head), RUN:STAGE or an entry folder")
     p.add_argument("--store")
     p.add_argument("--mermaid", action="store_true", help="print a mermaid diagram instead of text")
 
     p = sub.add_parser("why", help="why was this row removed (or masked, flagged, relabelled)?")
     p.add_argument("row_id")
     p.add_argument("--store")
-    p.add_argument("--run", default="latest", help="look in this run's entries (default: latest); 'all' = whole store")
+    p.add_argument("--run", default="head",
+                   help="look in this run's entries (default: head, the newest whole-pipeline run; "
+                        "'latest' = the newest run of any kind; 'all' = whole store)")
 
     p = sub.add_parser("deploy", help="list the Prefect deployments and the exact command that runs each")
     p.add_argument("--profile", help="pass this profile to the runs (e.g. smoke)")
@@ -676,13 +678,20 @@ def cmd_why(args: argparse.Namespace) -> int:
     from storage import short
 
     store = _store(args)
+    from storage.heads import head_entries, head_record
+
     entries = None
-    if args.run != "all":
+    where = "the store"
+    if args.run == "head":
+        record = head_record(store)
+        if record is None:
+            raise WinnowError(f"store {store.root}: no pipeline run yet (run `winnow run` first)")
+        entries, where = head_entries(store), f"the pipeline head (run {record['run_id']})"
+    elif args.run != "all":
         record = store.run_record(args.run)
-        entries = [fp for fp in record["outputs"].values() if store.exists(fp)]
+        entries, where = [fp for fp in record["outputs"].values() if store.exists(fp)], f"run {args.run}"
     hits = store.why(args.row_id, entries)
     if hits.num_rows == 0:
-        where = "the store" if entries is None else f"run {args.run}"
         print(f"{args.row_id}: not removed, masked, flagged or relabelled in {where}")
         return 0
     for row in hits.to_pylist():
