@@ -10,6 +10,8 @@ export WINNOW_REPO="$PWD"
 BIN="${VENV:-.venv}/bin"
 export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+# Links Prefect prints (this worker's log, `prefect deployment run`) open the V2 UI.
+export PREFECT_UI_URL="${PREFECT_UI_URL:-${PREFECT_API_URL%/api}/v2}"
 # Read by deployments/prefect.yaml at deploy time: the scheduled nightly run's parameters.
 export WINNOW_STORE="${WINNOW_STORE:-$PWD/.winnow}" WINNOW_PROFILE="${WINNOW_PROFILE:-}"
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.receipt import lineage_mermaid, publish_run, receipt_rows
+from flows.receipt import publish_run, receipt_rows
 from flows.search import learned_weights, publish_search
 from flows.stagetask import (
     FILES,
@@ -221,7 +221,7 @@ def finish(run: PipelineRun) -> dict[str, Any]:
     store.record_run(run_id, outputs, info)
     if whole:
         heads.record_head(store, {"run_id": run_id, "outputs": outputs, **info})
-    publish_run(rows, lineage_mermaid(store, outputs))
+    publish_run(store, rows, outputs)
     get_run_logger().info("run %s: %d stages, %d from cache", run_id, len(rows), sum(cached.values()))
     return {"run_id": run_id, "outputs": outputs, "cached": cached, "store": str(store.root)}
 

@@ -13,7 +13,7 @@ def _removed_text(m: Manifest) -> str:
     parts = []
     for action, reasons in sorted(m.removed.items()):
         parts.extend(f"{action} {reason} {n}" for reason, n in sorted(reasons.items()))
-    return ", ".join(parts) or "-"
+    return ", ".join(parts) or "none"  # not "-": the V1 UI renders a bare "-" cell as a list bullet
 
 
 def _rows_in(store: DatasetStore, m: Manifest) -> int | None:
@@ -116,7 +116,8 @@ def lineage_mermaid(store: DatasetStore, outputs: Mapping[str, str]) -> str:
 
     Node labels are quoted: the Prefect UI's mermaid rejects unquoted labels containing '@'.
     """
-    lines = ["```mermaid", "flowchart LR"]
+    # Top-down: the V2 UI fits the SVG into its column, which made a wide left-to-right chain unreadable.
+    lines = ["```mermaid", "flowchart TD"]
     seen: set[str] = set()
     for fp in outputs.values():
         for m in store.lineage(fp):
@@ -184,17 +185,14 @@ def _compact(params: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def publish_run(rows: list[dict[str, Any]], mermaid: str) -> None:
-    """Show the receipt and the lineage diagram on the flow run's Artifacts tab."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+def publish_run(store: DatasetStore, rows: list[dict[str, Any]], outputs: Mapping[str, str]) -> None:
+    """Show the receipt, the lineage diagram and the lineage table on the flow run's Artifacts tab."""
+    from prefect.artifacts import create_table_artifact
+
+    from flows.lineage_ui import publish_lineage
 
     create_table_artifact(rows, key="winnow-receipt", description="Rows in/out per stage, what was removed and why.")
-    create_markdown_artifact(
-        "# Lineage of this run\n\nEach box is a store entry (`stage@fingerprint`); "
-        "`winnow lineage FINGERPRINT` prints the same chain with parameters and code versions.\n\n" + mermaid,
-        key="winnow-lineage",
-        description="Which data, parameters and code produced what.",
-    )
+    publish_lineage(store, outputs, lineage_mermaid(store, outputs))
 
 
 def why_rows(table: pa.Table) -> list[dict[str, Any]]:

@@ -120,7 +120,7 @@ def test_lineage_and_why_commands(first_run, capsys):
     out = capsys.readouterr().out
     assert f"{row_id}: drop by dedup" in out
     assert main(["lineage", "evaluate", "--mermaid", "--store", str(store)]) == 0
-    assert 'flowchart LR' in capsys.readouterr().out
+    assert 'flowchart TD' in capsys.readouterr().out
 
 
 def test_stage_names_answer_from_the_pipeline_head_after_a_single_stage_run(first_run, tmp_path, capsys):

@@ -43,7 +43,9 @@ def _prefect_env(debug: bool = False) -> None:
         "PREFECT_LOGGING_LEVEL": "WARNING" if debug else "CRITICAL",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING" if debug else "CRITICAL",
         "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS": "4",
-        "PREFECT_UI_URL": "http://127.0.0.1:4200",
+        # The V2 UI of the server in use: Prefect's own "View at" links are built on this, and V1
+        # shows the lineage diagram as mermaid source.
+        "PREFECT_UI_URL": os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/").removesuffix("/api") + "/v2",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -322,7 +324,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             where = store.files_dir(outputs[stage]) if stage == "train" else store.path(outputs[stage]) / "tables"
             print(f"  {stage:<12} {short(outputs[stage])}  {where}")
     flow_run_id = state.state_details.flow_run_id
-    ui = os.environ.get("PREFECT_UI_URL", "http://127.0.0.1:4200").rstrip("/")
+    ui = os.environ.get("PREFECT_UI_URL", "http://127.0.0.1:4200/v2").rstrip("/").removesuffix("/v2")
     print(f"Prefect UI (after `prefect server start`): {ui}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts")
     print("Explain a removed row: winnow why ROW_ID    Trace an output: winnow lineage evaluate")
     return 0
