@@ -71,12 +71,13 @@ def ui_run(tmp_path_factory):
         link = next(line for line in done.stdout.splitlines() if line.startswith("Prefect UI"))
         artifacts = _api(api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["winnow-receipt"]}}})
         flow_run = artifacts[0]["flow_run_id"]
-        by_key = {a["key"]: a["id"] for a in _api(api, "/artifacts/filter", {"flow_runs": {"id": {"any_": [flow_run]}}})
-                  if a["key"]}
+        found = _api(api, "/artifacts/filter", {"flow_runs": {"id": {"any_": [flow_run]}}})
+        by_key = {a["key"]: a["id"] for a in found if a["key"]}
+        progress = {a["description"]: a["data"] for a in found if a["type"] == "progress"}
         browser = Browser(CHROMIUM)
         try:
             yield {"ui": f"http://127.0.0.1:{port}", "flow_run": flow_run, "artifacts": by_key, "browser": browser,
-                   "link": link}
+                   "link": link, "progress": progress}
         finally:
             browser.close()
     finally:
@@ -135,3 +136,10 @@ def test_loss_curve_artifact_renders_as_an_image(ui_run):
               "[...document.images].some(i => i.alt === 'loss.png' && i.complete)")
     width = b.evaluate("[...document.images].find(i => i.alt === 'loss.png').naturalWidth")
     assert width > 0
+
+
+def test_every_stage_that_loops_reports_progress_to_the_ui(ui_run):
+    """Through tasks.common.track: one progress artifact per stage task, ending at 100%."""
+    for desc in ("contamination: scanning corpus batches", "label_noise: AUM epochs", "tokenize: tokenizing documents",
+                 "train: train steps", "evaluate: scoring batches"):
+        assert ui_run["progress"].get(desc) == 100.0, (desc, ui_run["progress"])
