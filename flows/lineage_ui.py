@@ -26,23 +26,20 @@ def params_digest(params: Any) -> str:
 
 def lineage_table_rows(store: DatasetStore, outputs: Mapping[str, str]) -> list[dict[str, Any]]:
     """One row per entry behind the run's outputs, ancestors first."""
+    from flows.receipt import lineage_entries
+
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for fp in outputs.values():
-        for m in store.lineage(fp):
-            if m.fingerprint in seen:
-                continue
-            seen.add(m.fingerprint)
-            parents = [f"{name}={short(p)}" if store.exists(p) else f"{name}=file {short(p)}"
-                       for name, p in sorted(m.parents.items())]
-            rows.append({
-                "entry": short(m.fingerprint),
-                "stage": m.stage,
-                "parents": ", ".join(parents) or EMPTY,
-                "params digest": params_digest(m.params),
-                "code version": short(m.code_version),
-                "rows": m.rows("data") if m.rows("data") is not None else EMPTY,
-            })
+    for m in lineage_entries(store, outputs):
+        parents = [f"{name}={short(p)}" if store.exists(p) else f"{name}=file {short(p)}"
+                   for name, p in sorted(m.parents.items())]
+        rows.append({
+            "entry": short(m.fingerprint),
+            "stage": m.stage,
+            "parents": ", ".join(parents) or EMPTY,
+            "params digest": params_digest(m.params),
+            "code version": short(m.code_version),
+            "rows": m.rows("data") if m.rows("data") is not None else EMPTY,
+        })
     return rows
 
 

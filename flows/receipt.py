@@ -111,6 +111,15 @@ def domain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "bits/byte": with_interval(r, "bits_per_byte")} for r in rows]
 
 
+def lineage_entries(store: DatasetStore, outputs: Mapping[str, str]) -> list[Manifest]:
+    """Every entry behind a run's outputs, once each, ancestors before the entries made from them."""
+    seen: dict[str, Manifest] = {}
+    for fp in outputs.values():
+        for m in store.lineage(fp):
+            seen.setdefault(m.fingerprint, m)
+    return list(seen.values())
+
+
 def lineage_mermaid(store: DatasetStore, outputs: Mapping[str, str]) -> str:
     """A mermaid flowchart of every entry the run touched and the input files behind them.
 
@@ -119,33 +128,30 @@ def lineage_mermaid(store: DatasetStore, outputs: Mapping[str, str]) -> str:
     # Top-down: the V2 UI fits the SVG into its column, which made a wide left-to-right chain unreadable.
     lines = ["```mermaid", "flowchart TD"]
     seen: set[str] = set()
-    for fp in outputs.values():
-        for m in store.lineage(fp):
-            if m.fingerprint in seen:
+    for m in lineage_entries(store, outputs):
+        seen.add(m.fingerprint)
+        node = f"n{m.fingerprint[:12]}"
+        rows = m.rows("data")
+        label = f"{m.stage}@{short(m.fingerprint)}" + (f"<br/>{rows} rows" if rows is not None else "")
+        lines.append(f'    {node}["{label}"]')
+        for name, parent in sorted(m.parents.items()):
+            if store.exists(parent):
+                lines.append(f'    n{parent[:12]} -->|"{name.split(":")[0]}"| {node}')
+            else:  # an ingest's parents are the input files' content fingerprints
+                fnode = f"f{parent[:12]}"
+                if fnode not in seen:
+                    seen.add(fnode)
+                    path = next((i["path"] for i in m.inputs if i.get("fingerprint") == parent), name)
+                    lines.append(f'    {fnode}[("{_mermaid_escape(path)}")]')
+                lines.append(f"    {fnode} --> {node}")
+        for name, hint in sorted(m.hints.items()):
+            # Dotted: an earlier entry read as a cache, not an input of the fingerprint. Its
+            # own ancestors are not drawn (each nightly embed would pull in the last night's).
+            if not store.exists(hint):
                 continue
-            seen.add(m.fingerprint)
-            node = f"n{m.fingerprint[:12]}"
-            rows = m.rows("data")
-            label = f"{m.stage}@{short(m.fingerprint)}" + (f"<br/>{rows} rows" if rows is not None else "")
-            lines.append(f'    {node}["{label}"]')
-            for name, parent in sorted(m.parents.items()):
-                if store.exists(parent):
-                    lines.append(f'    n{parent[:12]} -->|"{name.split(":")[0]}"| {node}')
-                else:  # an ingest's parents are the input files' content fingerprints
-                    fnode = f"f{parent[:12]}"
-                    if fnode not in seen:
-                        seen.add(fnode)
-                        path = next((i["path"] for i in m.inputs if i.get("fingerprint") == parent), name)
-                        lines.append(f'    {fnode}[("{_mermaid_escape(path)}")]')
-                    lines.append(f"    {fnode} --> {node}")
-            for name, hint in sorted(m.hints.items()):
-                # Dotted: an earlier entry read as a cache, not an input of the fingerprint. Its
-                # own ancestors are not drawn (each nightly embed would pull in the last night's).
-                if not store.exists(hint):
-                    continue
-                if hint not in seen:
-                    lines.append(f'    n{hint[:12]}["{store.manifest(hint).stage}@{short(hint)}"]')
-                lines.append(f'    n{hint[:12]} -.->|"{name} (cache)"| {node}')
+            if hint not in seen:
+                lines.append(f'    n{hint[:12]}["{store.manifest(hint).stage}@{short(hint)}"]')
+            lines.append(f'    n{hint[:12]} -.->|"{name} (cache)"| {node}')
     lines.append("```")
     return "\n".join(lines)
 

@@ -8,18 +8,15 @@ source), the receipt and lineage tables list the stages, and the loss curve imag
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from cdp import Browser, find_chromium
+from localserver import api, free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = find_chromium()
@@ -27,40 +24,20 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 SMOKE_STAGES = ["dedup", "contamination", "label_noise", "mixture", "tokenize", "train", "evaluate"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _api(base: str, path: str, body: dict | None = None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=20) as resp:
-        return json.load(resp)
-
-
 @pytest.fixture(scope="module")
 def ui_run(tmp_path_factory):
     """A Prefect server with its UI on a free port, and one smoke run's artifacts on it."""
     home = tmp_path_factory.mktemp("prefect-ui")
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_SERVER_API_PORT": str(port),
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": base_url, "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true", "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_UI_URL", None)  # set by earlier in-process `winnow run`s: the CLI must derive it from the API URL
     prefect = str(Path(sys.executable).with_name("prefect"))
     server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                _api(api, "/health")
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("the Prefect server did not start in 120 s")
-                time.sleep(1)
+        wait_healthy(base_url, server, timeout=120)
         store = home / "store"
         # The smoke run, trimmed further: the UI shows the same artifacts at any size.
         cmd = [sys.executable, "-m", "winnow.cli", "run", "--profile", "smoke", "--store", str(store),
@@ -69,9 +46,9 @@ def ui_run(tmp_path_factory):
                               env=env, cwd=home, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         link = next(line for line in done.stdout.splitlines() if line.startswith("Prefect UI"))
-        artifacts = _api(api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["winnow-receipt"]}}})
+        artifacts = api(base_url, "/artifacts/filter", {"artifacts": {"key": {"any_": ["winnow-receipt"]}}})
         flow_run = artifacts[0]["flow_run_id"]
-        found = _api(api, "/artifacts/filter", {"flow_runs": {"id": {"any_": [flow_run]}}})
+        found = api(base_url, "/artifacts/filter", {"flow_runs": {"id": {"any_": [flow_run]}}})
         by_key = {a["key"]: a["id"] for a in found if a["key"]}
         progress = {a["description"]: a["data"] for a in found if a["type"] == "progress"}
         browser = Browser(CHROMIUM)

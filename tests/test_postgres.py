@@ -8,19 +8,17 @@ where PostgreSQL's binaries are not installed.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from localserver import api, free_port, wait_healthy
 from storage import DatasetStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,43 +29,18 @@ pytestmark = [pytest.mark.slow,
 RUNS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _api(base: str, path: str, body: dict | None = None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.load(resp)
-
-
-def _wait_healthy(api: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _api(api, "/health")
-            return
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("the Prefect server on PostgreSQL did not start")
-            time.sleep(1)
-
-
 def test_eight_concurrent_flow_runs_complete_on_postgres():
     # Not under pytest's tmp folder: as root the database runs as `postgres`, which must reach it.
     base = Path(tempfile.mkdtemp(prefix="winnow-pg-"))
     base.chmod(0o755)
-    pg_env = {**os.environ, "WINNOW_PG_DIR": str(base / "pg"), "WINNOW_PG_PORT": str(_free_port())}
+    pg_env = {**os.environ, "WINNOW_PG_DIR": str(base / "pg"), "WINNOW_PG_PORT": str(free_port())}
     started = subprocess.run([str(SCRIPT), "start"], env=pg_env, capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stderr
     url = started.stdout.strip().split("=", 1)[1].strip("'")
     assert url.startswith("postgresql+asyncpg://") and "127.0.0.1" in url
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(base / "home"), "PREFECT_API_URL": api,
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(base / "home"), "PREFECT_API_URL": base_url,
            "PREFECT_API_DATABASE_CONNECTION_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": "false", "PYTHONPATH": str(REPO), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     prefect = str(Path(sys.executable).with_name("prefect"))
@@ -75,21 +48,21 @@ def test_eight_concurrent_flow_runs_complete_on_postgres():
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     served = None
     try:
-        _wait_healthy(api, server)
+        wait_healthy(base_url, server)
         store = base / "store"
         served = subprocess.Popen(
             [sys.executable, "-c", f"from flows.pipeline import dedup_flow; dedup_flow.serve(name='dedup', limit={RUNS})"],
             env=env, cwd=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while not _api(api, "/deployments/filter", {}):
+        while not api(base_url, "/deployments/filter", {}):
             assert time.monotonic() < deadline and served.poll() is None, "the deployment never registered"
             time.sleep(1)
-        dep = _api(api, "/deployments/filter", {})[0]
-        ids = [_api(api, f"/deployments/{dep['id']}/create_flow_run",
+        dep = api(base_url, "/deployments/filter", {})[0]
+        ids = [api(base_url, f"/deployments/{dep['id']}/create_flow_run",
                     {"parameters": {"profile": "smoke", "store": str(store)}})["id"] for _ in range(RUNS)]
         deadline = time.monotonic() + 900
         while True:
-            runs = _api(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
+            runs = api(base_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
             states = sorted(r["state_type"] for r in runs)
             if all(s in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for s in states):
                 break
