@@ -35,10 +35,15 @@ class Browser:
              "--no-first-run", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
              f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port = self._port()
-        pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
-        page = next(p for p in pages if p.get("type") == "page")
-        self.ws = connect(page["webSocketDebuggerUrl"], max_size=64 * 2**20, open_timeout=20)
+        self.ws = None
+        try:
+            port = self._port()
+            pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
+            page = next(p for p in pages if p.get("type") == "page")
+            self.ws = connect(page["webSocketDebuggerUrl"], max_size=64 * 2**20, open_timeout=20)
+        except BaseException:
+            self.close()  # never leave a headless chromium behind
+            raise
         self.ids = count(1)
 
     def _port(self, timeout: float = 30) -> int:
@@ -91,7 +96,8 @@ class Browser:
 
     def close(self) -> None:
         try:
-            self.ws.close()
+            if self.ws is not None:
+                self.ws.close()
         finally:
             self.proc.terminate()
             try:
