@@ -60,13 +60,17 @@ def _curated(run: PipelineRun, corpus: str, benchmarks: str, off: str | None) ->
 
 @flow(name="ablate", log_prints=True)
 def ablate(config: dict[str, Any] | None = None, seeds: int = 3, stages: list[str] | None = None,
-           repeat_fraction: float = 0.001, repeat_times: int = 100) -> dict[str, Any]:
-    """Ablation receipts for ``stages`` (default all four); returns the receipt entry's fingerprint."""
+           repeat_fraction: float = 0.001, repeat_times: int = 100, profile: str | None = None,
+           store: str | None = None) -> dict[str, Any]:
+    """Ablation receipts for ``stages`` (default all four); returns the receipt entry's fingerprint.
+
+    ``profile``, ``config`` (overlaid on ``winnow.toml``) and ``store`` as for ``nightly``.
+    """
     stages = list(stages or ABLATED)
     unknown = sorted(set(stages) - set(ABLATED))
     if unknown or seeds < 1:
         raise WinnowError(f"ablate: stages must be among {', '.join(ABLATED)} (got {', '.join(unknown) or '-'}) and seeds >= 1")
-    run = PipelineRun(_config(config))
+    run = PipelineRun(_config(config, profile, store))
     store, cfg = run.store, run.config
     corpus = run.ingest("corpus", [cfg.inputs.corpus])
     benchmarks = run.ingest("benchmarks", list(cfg.inputs.benchmarks))

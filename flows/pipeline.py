@@ -21,7 +21,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.receipt import lineage_mermaid, publish_run, receipt_rows
+from flows.receipt import publish_run, receipt_rows
 from flows.search import learned_weights, publish_search
 from flows.stagetask import (
     FILES,
@@ -33,10 +33,10 @@ from flows.stagetask import (
     plan_stage,
     stage_task,
 )
-from storage import DatasetStore
+from storage import DatasetStore, heads
 from tasks.mixture import LEARNED
 from tasks.proxy import preload
-from winnow.config import STAGES, PipelineConfig, config_from_dict, load_config
+from winnow.config import STAGES, PipelineConfig, load_config
 from winnow.errors import WinnowError
 
 
@@ -141,16 +141,20 @@ def submit_plans(store: DatasetStore, name: str, plans: list[StagePlan]) -> tupl
     return [s.result() for s in states], states
 
 
-def _config(config: dict[str, Any] | None) -> PipelineConfig:
-    """Flow parameters are plain dicts (deployments pass JSON); None means the defaults."""
-    return load_config() if config is None else config_from_dict(config)
+def _config(config: dict[str, Any] | None, profile: str | None = None, store: str | None = None) -> PipelineConfig:
+    """A flow run's settings, resolved as ``winnow run`` resolves them (:func:`winnow.config.load_config`).
+
+    Defaults < ``profile`` < the working directory's ``winnow.toml`` < ``config`` (a partial
+    config as JSON, e.g. ``{"dedup": {"threshold": 0.9}}``) < ``store`` (the store folder).
+    """
+    return load_config(profile=profile, overlay=config, store=store)
 
 
 @flow(name="curate", log_prints=True)
 def curate(config: dict[str, Any] | None = None, force: list[str] | None = None,
-           last: str | None = None) -> dict[str, Any]:
+           last: str | None = None, profile: str | None = None, store: str | None = None) -> dict[str, Any]:
     """Ingest, dedup, decontaminate and check labels. Returns the run's outcomes so far."""
-    run = PipelineRun(_config(config), frozenset(force or ()), last)
+    run = PipelineRun(_config(config, profile, store), frozenset(force or ()), last)
     _curate(run)
     return {k: dataclasses.asdict(v) for k, v in run.outcomes.items()}
 
@@ -183,18 +187,22 @@ def _train_and_evaluate(run: PipelineRun, curated: dict[str, str | None]) -> Non
 
 @flow(name="train_and_evaluate", log_prints=True)
 def train_and_evaluate(config: dict[str, Any] | None = None, force: list[str] | None = None,
-                       last: str | None = None) -> dict[str, Any]:
+                       last: str | None = None, profile: str | None = None,
+                       store: str | None = None) -> dict[str, Any]:
     """Mixture, training and evaluation on the curated corpus (curation comes from cache)."""
-    run = PipelineRun(_config(config), frozenset(force or ()), last)
+    run = PipelineRun(_config(config, profile, store), frozenset(force or ()), last)
     _train_and_evaluate(run, _curate(run))
     return {k: dataclasses.asdict(v) for k, v in run.outcomes.items()}
 
 
 @flow(name="nightly", log_prints=True)
 def nightly(config: dict[str, Any] | None = None, force: list[str] | None = None,
-            last: str | None = None) -> dict[str, Any]:
-    """The whole pipeline; publishes the receipt and lineage to the Prefect UI and the store."""
-    cfg = _config(config)
+            last: str | None = None, profile: str | None = None, store: str | None = None) -> dict[str, Any]:
+    """The whole pipeline; publishes the receipt and lineage to the Prefect UI and the store.
+
+    ``profile``, ``config`` (overlaid on ``winnow.toml``) and ``store`` as in :func:`_config`.
+    """
+    cfg = _config(config, profile, store)
     run = PipelineRun(cfg, frozenset(force or ()), last)
     _train_and_evaluate(run, _curate(run))
     return finish(run)
@@ -207,9 +215,13 @@ def finish(run: PipelineRun) -> dict[str, Any]:
     cached = {k: o.cached for k, o in run.outcomes.items()}
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     rows = receipt_rows(store, outputs, cached)
-    store.record_run(run_id, outputs, {"cached": cached, "config": run.config.to_dict(),
-                                       "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
-    publish_run(rows, lineage_mermaid(store, outputs))
+    whole = run.last is None  # not a single-stage rerun: this run becomes the pipeline head
+    info = {"cached": cached, "config": run.config.to_dict(), "kind": "pipeline" if whole else f"stage {run.last}",
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    store.record_run(run_id, outputs, info)
+    if whole:
+        heads.record_head(store, {"run_id": run_id, "outputs": outputs, **info})
+    publish_run(store, rows, outputs)
     get_run_logger().info("run %s: %d stages, %d from cache", run_id, len(rows), sum(cached.values()))
     return {"run_id": run_id, "outputs": outputs, "cached": cached, "store": str(store.root)}
 
@@ -273,9 +285,12 @@ def stage_flow(stage: str):
     if stage not in STAGES:
         raise WinnowError(f"unknown stage '{stage}'; stages are: {', '.join(STAGES)}")
 
-    @flow(name=f"stage-{stage.replace('_', '-')}", log_prints=True)
-    def rerun(config: dict[str, Any] | None = None) -> dict[str, Any]:
-        run = PipelineRun(_config(config), frozenset({stage}), stage)
+    # Flow and deployment are named like the stage (`stage_label_noise/label_noise`), the
+    # spelling `winnow run --only` takes (it accepts `label-noise` too).
+    @flow(name=f"stage_{stage}", log_prints=True)
+    def rerun(config: dict[str, Any] | None = None, profile: str | None = None,
+              store: str | None = None) -> dict[str, Any]:
+        run = PipelineRun(_config(config, profile, store), frozenset({stage}), stage)
         _train_and_evaluate(run, _curate(run))
         return finish(run)
 

@@ -13,7 +13,7 @@ def _removed_text(m: Manifest) -> str:
     parts = []
     for action, reasons in sorted(m.removed.items()):
         parts.extend(f"{action} {reason} {n}" for reason, n in sorted(reasons.items()))
-    return ", ".join(parts) or "-"
+    return ", ".join(parts) or "none"  # not "-": the V1 UI renders a bare "-" cell as a list bullet
 
 
 def _rows_in(store: DatasetStore, m: Manifest) -> int | None:
@@ -115,40 +115,47 @@ def domain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "bits/byte": with_interval(r, "bits_per_byte")} for r in rows]
 
 
+def lineage_entries(store: DatasetStore, outputs: Mapping[str, str]) -> list[Manifest]:
+    """Every entry behind a run's outputs, once each, ancestors before the entries made from them."""
+    seen: dict[str, Manifest] = {}
+    for fp in outputs.values():
+        for m in store.lineage(fp):
+            seen.setdefault(m.fingerprint, m)
+    return list(seen.values())
+
+
 def lineage_mermaid(store: DatasetStore, outputs: Mapping[str, str]) -> str:
     """A mermaid flowchart of every entry the run touched and the input files behind them.
 
     Node labels are quoted: the Prefect UI's mermaid rejects unquoted labels containing '@'.
     """
-    lines = ["```mermaid", "flowchart LR"]
+    # Top-down: the V2 UI fits the SVG into its column, which made a wide left-to-right chain unreadable.
+    lines = ["```mermaid", "flowchart TD"]
     seen: set[str] = set()
-    for fp in outputs.values():
-        for m in store.lineage(fp):
-            if m.fingerprint in seen:
+    for m in lineage_entries(store, outputs):
+        seen.add(m.fingerprint)
+        node = f"n{m.fingerprint[:12]}"
+        rows = m.rows("data")
+        label = f"{m.stage}@{short(m.fingerprint)}" + (f"<br/>{rows} rows" if rows is not None else "")
+        lines.append(f'    {node}["{label}"]')
+        for name, parent in sorted(m.parents.items()):
+            if store.exists(parent):
+                lines.append(f'    n{parent[:12]} -->|"{name.split(":")[0]}"| {node}')
+            else:  # an ingest's parents are the input files' content fingerprints
+                fnode = f"f{parent[:12]}"
+                if fnode not in seen:
+                    seen.add(fnode)
+                    path = next((i["path"] for i in m.inputs if i.get("fingerprint") == parent), name)
+                    lines.append(f'    {fnode}[("{_mermaid_escape(path)}")]')
+                lines.append(f"    {fnode} --> {node}")
+        for name, hint in sorted(m.hints.items()):
+            # Dotted: an earlier entry read as a cache, not an input of the fingerprint. Its
+            # own ancestors are not drawn (each nightly embed would pull in the last night's).
+            if not store.exists(hint):
                 continue
-            seen.add(m.fingerprint)
-            node = f"n{m.fingerprint[:12]}"
-            rows = m.rows("data")
-            label = f"{m.stage}@{short(m.fingerprint)}" + (f"<br/>{rows} rows" if rows is not None else "")
-            lines.append(f'    {node}["{label}"]')
-            for name, parent in sorted(m.parents.items()):
-                if store.exists(parent):
-                    lines.append(f'    n{parent[:12]} -->|"{name.split(":")[0]}"| {node}')
-                else:  # an ingest's parents are the input files' content fingerprints
-                    fnode = f"f{parent[:12]}"
-                    if fnode not in seen:
-                        seen.add(fnode)
-                        path = next((i["path"] for i in m.inputs if i.get("fingerprint") == parent), name)
-                        lines.append(f'    {fnode}[("{_mermaid_escape(path)}")]')
-                    lines.append(f"    {fnode} --> {node}")
-            for name, hint in sorted(m.hints.items()):
-                # Dotted: an earlier entry read as a cache, not an input of the fingerprint. Its
-                # own ancestors are not drawn (each nightly embed would pull in the last night's).
-                if not store.exists(hint):
-                    continue
-                if hint not in seen:
-                    lines.append(f'    n{hint[:12]}["{store.manifest(hint).stage}@{short(hint)}"]')
-                lines.append(f'    n{hint[:12]} -.->|"{name} (cache)"| {node}')
+            if hint not in seen:
+                lines.append(f'    n{hint[:12]}["{store.manifest(hint).stage}@{short(hint)}"]')
+            lines.append(f'    n{hint[:12]} -.->|"{name} (cache)"| {node}')
     lines.append("```")
     return "\n".join(lines)
 
@@ -188,17 +195,14 @@ def _compact(params: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def publish_run(rows: list[dict[str, Any]], mermaid: str) -> None:
-    """Show the receipt and the lineage diagram on the flow run's Artifacts tab."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+def publish_run(store: DatasetStore, rows: list[dict[str, Any]], outputs: Mapping[str, str]) -> None:
+    """Show the receipt, the lineage diagram and the lineage table on the flow run's Artifacts tab."""
+    from prefect.artifacts import create_table_artifact
+
+    from flows.lineage_ui import publish_lineage
 
     create_table_artifact(rows, key="winnow-receipt", description="Rows in/out per stage, what was removed and why.")
-    create_markdown_artifact(
-        "# Lineage of this run\n\nEach box is a store entry (`stage@fingerprint`); "
-        "`winnow lineage FINGERPRINT` prints the same chain with parameters and code versions.\n\n" + mermaid,
-        key="winnow-lineage",
-        description="Which data, parameters and code produced what.",
-    )
+    publish_lineage(store, outputs, lineage_mermaid(store, outputs))
 
 
 def why_rows(table: pa.Table) -> list[dict[str, Any]]:

@@ -383,10 +383,12 @@ def _progress_reporter(stage: str):
             return None
     except ImportError:  # pragma: no cover
         return None
-    state: dict[str, Any] = {"id": None, "last": -1.0, "failed": False}
+    state: dict[str, Any] = {"id": None, "last": -1.0, "failed": False, "desc": None}
 
     def report(desc: str, fraction: float) -> None:
         pct = round(100.0 * fraction, 1)
+        if desc != state["desc"]:  # a stage's next phase (label_noise: folds, then AUM epochs) starts at 0
+            state["desc"], state["last"] = desc, -1.0
         if state["failed"] or (pct - state["last"] < 5.0 and pct < 100.0):
             return  # keep API traffic low: one update per 5%
         state["last"] = pct

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from storage import heads
 from storage.fingerprint import canonical_json, short, table_fingerprint
 from storage.locks import EntryLock, entry_lock, owner_alive, owner_tag, remove_free_locks
 from tasks.common import LEDGER_SCHEMA
@@ -144,7 +145,8 @@ class DatasetStore:
         """Turn what a person types into a full fingerprint.
 
         Accepted: a full fingerprint or a unique prefix of at least 4 characters; a stage name
-        (``dedup``) or ``RUN:STAGE`` meaning that stage's output in the latest (or named) run; or
+        (``dedup``: its newest entry reachable from the pipeline head, else the latest run's) or
+        ``RUN:STAGE`` meaning that stage's output in the named run (``latest``, ``head``); or
         the path of an entry folder.
         """
         ref = ref.strip()
@@ -152,6 +154,8 @@ class DatasetStore:
         if candidate.is_dir() and (candidate / MANIFEST).is_file():
             return Manifest.load(candidate / MANIFEST).fingerprint
         run_id, _, stage = ref.rpartition(":")
+        if not run_id and self.runs.is_dir() and (found := heads.resolve_stage(self, stage)):
+            return found  # a bare stage name answers from the whole pipeline (storage/heads.py)
         if self.runs.is_dir() and (stage in self._run_outputs(run_id or "latest", missing_ok=True)):
             return self._run_outputs(run_id or "latest")[stage]
         if len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref) and self.objects.is_dir():
@@ -162,7 +166,7 @@ class DatasetStore:
                 raise WinnowError(f"'{ref}' matches {len(matches)} store entries; give more characters")
         raise WinnowError(
             f"no store entry matches '{ref}' in {self.root} "
-            "(give a fingerprint prefix, a stage name from the latest run, or RUN:STAGE)"
+            "(give a fingerprint prefix, a stage name of the pipeline head, or RUN:STAGE)"
         )
 
     def lineage(self, fingerprint: str) -> list[Manifest]:

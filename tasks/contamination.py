@@ -83,6 +83,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.common import (
+    track,
     BENCHMARK_SCHEMA,
     Normalization,
     StageResult,
@@ -998,9 +999,9 @@ def _scan_corpus(text: pa.ChunkedArray, p: _Prepared, params: Params) -> tuple[n
     scan = functools.partial(_scan_batch, p.folder, p.vocab, p.index)
     if workers > 1 and len(batches) > 1:
         with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(lambda b: scan(b[1], b[0]), batches))
+            parts = list(track(pool.map(lambda b: scan(b[1], b[0]), batches), total=len(batches), desc="scanning corpus batches"))
     else:
-        parts = [scan(a, r0) for r0, a in batches]
+        parts = [scan(a, r0) for r0, a in track(batches, desc="scanning corpus batches")]
     hits = np.concatenate([h for h, _ in parts]) if parts else np.zeros((0, 4), np.int64)
     df_rows = np.concatenate([d for _, d in parts]) if parts else np.zeros((0, 3), np.int64)
     timing = {"scan_seconds": time.perf_counter() - t1,

@@ -62,7 +62,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from tasks import minhash as mh
-from tasks.common import Normalization, StageResult, concat_ledgers, ledger, require_columns
+from tasks.common import Normalization, StageResult, concat_ledgers, ledger, require_columns, track
 from winnow.errors import WinnowError
 
 STAGE = "dedup"
@@ -265,7 +265,7 @@ def featurize(texts: pa.Array | pa.ChunkedArray, params: Params, banding: mh.Ban
     sigs = np.empty((n, params.num_perm), np.uint32)
     bands = np.empty((n, banding.bands), np.uint64)
     shingles, offs = [], [np.zeros(1, np.int64)]
-    for s, e in zip(bounds[:-1], bounds[1:]):
+    for s, e in track(list(zip(bounds[:-1], bounds[1:])), desc="minhash batches"):
         p = _featurize_batch(texts.slice(s, e - s), params, banding, a, b, use_numba)
         exact[s:e], blank[s:e], num_units[s:e], sigs[s:e], bands[s:e] = p.exact, p.blank, p.num_units, p.sigs, p.bands
         shingles.append(p.shingles)

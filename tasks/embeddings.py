@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tasks.common import track
 from winnow.errors import WinnowError
 
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -71,7 +72,7 @@ def _encode(texts: list[str], batch_size: int) -> np.ndarray:
     # Longest first, so each batch pads to similar lengths (several times faster on mixed text).
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
+        for start in track(range(0, len(order), batch_size), desc="embedding batches"):
             idx = order[start : start + batch_size]
             enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
             hidden = model(**enc).last_hidden_state

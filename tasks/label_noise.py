@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.common import StageResult, concat_ledgers, drop_rows, ledger, require_columns
+from tasks.common import StageResult, concat_ledgers, drop_rows, ledger, require_columns, track
 from winnow.errors import WinnowError
 
 STAGE = "label_noise"
@@ -479,7 +479,7 @@ def out_of_sample_probs(X: Any, y: np.ndarray, n_classes: int, folds: int, C: fl
 
     probs = np.zeros((len(y), n_classes), dtype=np.float64)
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in skf.split(np.zeros(len(y)), y):
+    for train, test in track(list(skf.split(np.zeros(len(y)), y)), desc="cross-validation folds"):
         model = make_classifier(dense, C, seed)
         model.fit(X[train], y[train])
         probs[np.ix_(test, model.classes_)] = model.predict_proba(X[test])
@@ -562,7 +562,7 @@ def _training_margins(X: Any, y: np.ndarray, n_classes: int, epochs: int, lr: fl
     margins = np.zeros((n, epochs), dtype=np.float32)
     rows = np.arange(n)
     step = 0
-    for epoch in range(epochs):
+    for epoch in track(range(epochs), desc="AUM epochs"):
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from storage import file_fingerprint
 from tasks import pretrained
-from tasks.common import StageResult, require_columns
+from tasks.common import StageResult, require_columns, track
 from winnow.errors import WinnowError
 
 if TYPE_CHECKING:
@@ -298,7 +298,7 @@ def encode(tokenizer: "PreTrainedTokenizerBase", texts: list[str]) -> tuple[np.n
     eos = tokenizer.eos_token_id
     dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
     parts, lengths = [], []
-    for i in range(0, len(texts), _BATCH_DOCS):
+    for i in track(range(0, len(texts), _BATCH_DOCS), desc="tokenizing documents"):
         for ids in tokenizer(texts[i : i + _BATCH_DOCS], add_special_tokens=False)["input_ids"]:
             parts.append(np.asarray([eos, *ids], dtype=dtype))
             lengths.append(len(ids) + 1)

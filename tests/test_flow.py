@@ -120,7 +120,30 @@ def test_lineage_and_why_commands(first_run, capsys):
     out = capsys.readouterr().out
     assert f"{row_id}: drop by dedup" in out
     assert main(["lineage", "evaluate", "--mermaid", "--store", str(store)]) == 0
-    assert 'flowchart LR' in capsys.readouterr().out
+    assert 'flowchart TD' in capsys.readouterr().out
+
+
+def test_stage_names_answer_from_the_pipeline_head_after_a_single_stage_run(first_run, tmp_path, capsys):
+    """`--only dedup` with another threshold becomes the latest run, not the head: lineage, why
+    and store show still answer from the whole pipeline; latest:dedup names the new entry."""
+    store = _copy(first_run, tmp_path)
+    record = first_run[1]
+    single = _run(capsys, store, "--only", "dedup", "--set", "dedup.threshold=0.95")
+    assert single["outputs"]["dedup"] != record["outputs"]["dedup"]
+    assert DatasetStore(store).run_record("latest")["outputs"] == single["outputs"]
+    assert main(["lineage", "evaluate", "--store", str(store)]) == 0
+    assert record["outputs"]["evaluate"][:12] in capsys.readouterr().out
+    assert main(["store", "show", "dedup", "--store", str(store)]) == 0
+    assert json.loads(capsys.readouterr().out)["fingerprint"] == record["outputs"]["dedup"]
+    assert main(["store", "show", "latest:dedup", "--store", str(store)]) == 0
+    assert json.loads(capsys.readouterr().out)["fingerprint"] == single["outputs"]["dedup"]
+    masked = DatasetStore(store).removed(record["outputs"]["contamination"])
+    assert masked.num_rows > 0, "the bundled sample holds benchmark text"
+    row_id = masked["id"][0].as_py()
+    assert main(["why", row_id, "--store", str(store)]) == 0
+    assert f"{row_id}: {masked['action'][0].as_py()} by contamination" in capsys.readouterr().out
+    assert main(["why", row_id, "--run", "latest", "--store", str(store)]) == 0
+    assert "not removed" in capsys.readouterr().out
 
 
 def test_store_ls_and_show(first_run, capsys):

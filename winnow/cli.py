@@ -43,7 +43,9 @@ def _prefect_env(debug: bool = False) -> None:
         "PREFECT_LOGGING_LEVEL": "WARNING" if debug else "CRITICAL",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING" if debug else "CRITICAL",
         "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS": "4",
-        "PREFECT_UI_URL": "http://127.0.0.1:4200",
+        # The V2 UI of the server in use: Prefect's own "View at" links are built on this, and V1
+        # shows the lineage diagram as mermaid source.
+        "PREFECT_UI_URL": os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/").removesuffix("/api") + "/v2",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -100,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--store")
     q.add_argument("--stage", help="only entries of this stage")
     q = ssub.add_parser("show", help="describe one entry (manifest, tables, removal summary)")
-    q.add_argument("ref", help="fingerprint prefix, a stage name (latest run), RUN:STAGE or an entry folder")
+    q.add_argument("ref", help="fingerprint prefix, a stage name (pipeline head), RUN:STAGE or an entry folder")
     q.add_argument("--store")
     q = ssub.add_parser("clean", help="delete what crashed runs left: abandoned staging folders and free lock files")
     q.add_argument("--store")
@@ -109,14 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("ref", nargs="*", help="entries to check (default: all)")
 
     p = sub.add_parser("lineage", help="the chain from an entry back to the input files")
-    p.add_argument("ref", help="fingerprint prefix, a stage name (latest run), RUN:STAGE or an entry folder")
+    p.add_argument("ref", help="fingerprint prefix, a stage name (pipeline head), RUN:STAGE or an entry folder")
     p.add_argument("--store")
     p.add_argument("--mermaid", action="store_true", help="print a mermaid diagram instead of text")
 
     p = sub.add_parser("why", help="why was this row removed (or masked, flagged, relabelled)?")
     p.add_argument("row_id")
     p.add_argument("--store")
-    p.add_argument("--run", default="latest", help="look in this run's entries (default: latest); 'all' = whole store")
+    p.add_argument("--run", default="head",
+                   help="look in this run's entries (default: head, the newest whole-pipeline run; "
+                        "'latest' = the newest run of any kind; 'all' = whole store)")
+
+    p = sub.add_parser("deploy", help="list the Prefect deployments and the exact command that runs each")
+    p.add_argument("--profile", help="pass this profile to the runs (e.g. smoke)")
+    p.add_argument("--store", help="pass this store folder to the runs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="pass this override in the runs' config parameter (repeatable)")
 
     _add_stage_parsers(sub)
     return parser
@@ -169,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WinnowError as e:
         print(f"winnow: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `winnow lineage X | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # permissions, a full disk, a folder where a file was expected, ...
         if getattr(args, "debug", False):
             raise
@@ -178,9 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("winnow: interrupted; the store holds only complete entries", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `winnow lineage X | head`: the reader left, which is not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -199,16 +209,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_lineage(args)
     if args.command == "why":
         return cmd_why(args)
+    if args.command == "deploy":
+        from winnow.deploy import listing
+
+        print("deployments/worker.sh serves these (flow/deployment), then run one with:")
+        print(listing(args.profile, args.store, args.overrides))
+        return 0
     return cmd_stage(args)
 
 
 def _load(args: argparse.Namespace):
     from winnow.config import load_config
 
-    overrides = list(args.overrides)
-    if getattr(args, "store", None):
-        overrides.append(f"store.root={json.dumps(args.store)}")
-    return load_config(args.config, args.profile, overrides)
+    return load_config(args.config, args.profile, list(args.overrides), store=getattr(args, "store", None))
 
 
 def _store(args: argparse.Namespace):
@@ -311,7 +324,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             where = store.files_dir(outputs[stage]) if stage == "train" else store.path(outputs[stage]) / "tables"
             print(f"  {stage:<12} {short(outputs[stage])}  {where}")
     flow_run_id = state.state_details.flow_run_id
-    ui = os.environ.get("PREFECT_UI_URL", "http://127.0.0.1:4200").rstrip("/")
+    ui = os.environ.get("PREFECT_UI_URL", "http://127.0.0.1:4200/v2").rstrip("/").removesuffix("/v2")
     print(f"Prefect UI (after `prefect server start`): {ui}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts")
     print("Explain a removed row: winnow why ROW_ID    Trace an output: winnow lineage evaluate")
     return 0
@@ -667,13 +680,20 @@ def cmd_why(args: argparse.Namespace) -> int:
     from storage import short
 
     store = _store(args)
+    from storage.heads import head_entries, head_record
+
     entries = None
-    if args.run != "all":
+    where = "the store"
+    if args.run == "head":
+        record = head_record(store)
+        if record is None:
+            raise WinnowError(f"store {store.root}: no pipeline run yet (run `winnow run` first)")
+        entries, where = head_entries(store), f"the pipeline head (run {record['run_id']})"
+    elif args.run != "all":
         record = store.run_record(args.run)
-        entries = [fp for fp in record["outputs"].values() if store.exists(fp)]
+        entries, where = [fp for fp in record["outputs"].values() if store.exists(fp)], f"run {args.run}"
     hits = store.why(args.row_id, entries)
     if hits.num_rows == 0:
-        where = "the store" if entries is None else f"run {args.run}"
         print(f"{args.row_id}: not removed, masked, flagged or relabelled in {where}")
         return 0
     for row in hits.to_pylist():

@@ -162,10 +162,17 @@ def load_config(
     path: str | Path | None = None,
     profile: str | None = None,
     overrides: list[str] | None = None,
+    overlay: dict[str, Any] | None = None,
+    store: str | None = None,
 ) -> PipelineConfig:
     """Resolve the configuration (see the module docstring for precedence).
 
-    ``path`` None means ``./winnow.toml`` if it exists, else defaults only.
+    ``path`` None means ``./winnow.toml`` if it exists, else defaults only. ``overlay`` is a
+    partial config as a dict (a flow's ``config`` parameter: ``{"dedup": {"threshold": 0.9}}`` or
+    ``{"dedup.threshold": 0.9}``) and ``overrides`` are ``--set`` strings; both go over the file,
+    ``overrides`` last. ``store`` sets ``[store].root`` over everything. The CLI and every flow
+    resolve their settings through this one function, so a deployment run and ``winnow run``
+    with the same profile, file and overrides compute the same fingerprints.
     """
     layers: list[tuple[str, dict[str, Any]]] = []
     if profile:
@@ -179,8 +186,12 @@ def load_config(
     if path is not None:
         source = str(Path(path).resolve())
         layers.append((str(path), _read_toml(Path(path))))
+    if overlay:
+        layers.append(("flow parameter config", _nest(overlay)))
     if overrides:
         layers.append(("--set", _parse_overrides(overrides)))
+    if store:
+        layers.append(("store", {"store": {"root": str(store)}}))
     merged: dict[str, dict[str, Any]] = {}
     for where, layer in layers:
         for section, values in layer.items():
@@ -254,6 +265,22 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise WinnowError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise WinnowError(f"{path}: invalid TOML ({e})") from None
+
+
+def _nest(overlay: dict[str, Any]) -> dict[str, Any]:
+    """``{"dedup.threshold": 0.9}`` -> ``{"dedup": {"threshold": 0.9}}``; sections pass through (merged)."""
+    if not isinstance(overlay, dict):
+        raise WinnowError(f"flow parameter config: expected a JSON object of sections, got {type(overlay).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in overlay.items():
+        section, dot, name = str(key).partition(".")
+        if dot:
+            out.setdefault(section, {})[name] = value
+        elif isinstance(value, dict):
+            out.setdefault(section, {}).update(value)
+        else:
+            out[section] = value  # not a table: load_config names the section in its error
+    return out
 
 
 def _parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
