@@ -85,7 +85,9 @@ import pyarrow.compute as pc
 from tasks.common import (
     BENCHMARK_SCHEMA,
     Normalization,
+    RowRules,
     StageResult,
+    check_rows,
     concat_ledgers,
     drop_rows,
     ledger,
@@ -330,21 +332,7 @@ def _check_rules(r: dict[str, Any], where: str) -> None:
 
 
 def _check_corpus(corpus: pa.Table) -> None:
-    require_columns(corpus, {"id": pa.string(), "text": pa.string()}, "contamination corpus")
-    if corpus.num_rows == 0:
-        raise WinnowError("contamination corpus: the table is empty")
-    ids = corpus["id"]
-    if ids.null_count:
-        raise WinnowError(f"contamination corpus: column 'id' has {ids.null_count} null value(s)")
-    if pc.count_distinct(ids).as_py() != corpus.num_rows:
-        vc = pc.value_counts(ids)
-        dup = vc.filter(pc.greater(vc.field("counts"), 1))[0]["values"].as_py()
-        raise WinnowError(f"contamination corpus: duplicate id {dup!r} in column 'id'")
-    text = corpus["text"]
-    bad = pc.or_(pc.is_null(text), pc.equal(pc.binary_length(text), 0))
-    if pc.any(bad).as_py():
-        row = pc.index(bad, True).as_py()
-        raise WinnowError(f"contamination corpus: row id {ids[row].as_py()!r} has null or empty 'text'")
+    check_rows(corpus, "contamination corpus", RowRules(texts="nonempty"))
 
 
 @dataclass

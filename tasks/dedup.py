@@ -62,7 +62,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from tasks import minhash as mh
-from tasks.common import Normalization, StageResult, concat_ledgers, ledger, require_columns
+from tasks.common import Normalization, RowRules, StageResult, check_rows, concat_ledgers, first_true, ledger
 from winnow.errors import WinnowError
 
 STAGE = "dedup"
@@ -297,32 +297,7 @@ def _featurize_batch(texts: pa.Array, params: Params, banding: mh.Banding, a: np
 
 
 def _check_corpus(corpus: pa.Table, params: Params, where: str = "dedup corpus", check_ids: bool = True) -> None:
-    if not isinstance(corpus, pa.Table):
-        raise WinnowError(f"{where}: corpus must be a pyarrow Table, got {type(corpus).__name__}")
-    require_columns(corpus, {"id": pa.string(), "text": pa.string()}, where)
-    if corpus.num_rows == 0:
-        raise WinnowError(f"{where}: the table has no rows")
-    ids, texts = corpus.column("id"), corpus.column("text")
-    if ids.null_count:
-        raise WinnowError(f"{where}: column 'id' has {ids.null_count} null value(s), first at row "
-                          f"{_first_true(pc.is_null(ids))}")
-    if texts.null_count:
-        row = _first_true(pc.is_null(texts))
-        raise WinnowError(f"{where}: column 'text' is null for id {ids[row].as_py()!r} (row {row}); "
-                          "fill or drop null texts before dedup")
-    if check_ids:
-        counts = pc.value_counts(ids).flatten()
-        dup = pc.filter(counts[0], pc.greater(counts[1], 1))
-        if len(dup):
-            raise WinnowError(f"{where}: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once); "
-                              "ids must be unique")
-    for chunk_start, chunk in _chunks_with_start(texts):
-        try:
-            chunk.validate(full=True)
-        except pa.ArrowInvalid:
-            row = chunk_start + _first_invalid_utf8(chunk)
-            raise WinnowError(f"{where}: text of id {ids[row].as_py()!r} (row {row}) is not valid UTF-8; "
-                              "decode the source with the right encoding (or errors='replace') before dedup") from None
+    check_rows(corpus, where, RowRules(unique_ids=check_ids, utf8=True))
     if params.keep == "score":
         col = params.score_column
         if col not in corpus.column_names:
@@ -330,29 +305,6 @@ def _check_corpus(corpus: pa.Table, params: Params, where: str = "dedup corpus",
         t = corpus.schema.field(col).type
         if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
             raise WinnowError(f"dedup: score_column '{col}' has type {t}, expected a numeric type")
-
-
-def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
-    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
-
-
-def _chunks_with_start(arr: pa.ChunkedArray):
-    start = 0
-    for chunk in arr.chunks:
-        yield start, chunk
-        start += len(chunk)
-
-
-def _first_invalid_utf8(chunk: pa.Array) -> int:
-    raw = chunk.cast(pa.large_binary()) if pa.types.is_large_string(chunk.type) else chunk.view(pa.binary())
-    for i, v in enumerate(raw.to_pylist()):
-        if v is None:
-            continue
-        try:
-            v.decode("utf-8")
-        except UnicodeDecodeError:
-            return i
-    return 0
 
 
 # --------------------------------------------------------------------------- previous index
@@ -521,7 +473,7 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         # Probe the old ids against a hash set of the new ones (cheaper than the reverse).
         if pc.any(pc.is_in(prev.ids, value_set=ids.combine_chunks())).as_py():
             seen = pc.is_in(ids, value_set=prev.ids.combine_chunks())
-            row = _first_true(seen)
+            row = first_true(seen)
             raise WinnowError(f"dedup: id {id_list[row]!r} (row {row}) is already in the dedup index from an earlier run; "
                               "pass only new documents, or give re-ingested ones new ids")
     n_old = 0 if prev is None else prev.table.num_rows
