@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from storage import DatasetStore, code_version, derive_fingerprint, file_fingerprint, short
-from tasks.common import StageResult, concat_ledgers, set_progress_listener
+from tasks.common import StageResult, Timings, concat_ledgers, set_progress_listener
 from winnow import io as wio
 from winnow.stages import FILES, INGEST_STAGES
 from winnow.stages import spec as stage_spec
@@ -163,7 +162,7 @@ def execute(plan: StagePlan, store_root: str, force: bool = False, prepared: "Pr
         if store.exists(fp) and not force:  # computed by the run we waited for
             store.journal("reused_after_wait", fp, stage=plan.stage)
             return fp
-        started = time.perf_counter()
+        timings = Timings()
         if prepared is not None and prepared.result is not None:
             result, inputs, files_from, hints = prepared.result, prepared.inputs, None, {}
         else:
@@ -180,10 +179,10 @@ def execute(plan: StagePlan, store_root: str, force: bool = False, prepared: "Pr
             files_from=files_from,
             inputs=inputs,
             hints={k: split_ref(v)[0] for k, v in hints.items()},
-            elapsed_s=time.perf_counter() - started,
+            elapsed_s=timings.total(),
             replace=force,
         )
-        store.journal("computed", fp, stage=plan.stage, seconds=round(time.perf_counter() - started, 3))
+        store.journal("computed", fp, stage=plan.stage, seconds=round(timings.total(), 3))
         shutil.rmtree(store.checkpoint_dir(fp), ignore_errors=True)  # committed: nothing left to resume
     return fp
 

@@ -17,11 +17,13 @@ Canonical columns (the CLI maps user column names onto these on the way in, and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -127,6 +129,38 @@ def require_columns(table: pa.Table, columns: dict[str, pa.DataType], what: str)
         have = table.schema.field(name).type
         if have != dtype and not (pa.types.is_large_string(have) and dtype == pa.string()):
             raise WinnowError(f"{what}: column '{name}' has type {have}, expected {dtype}")
+
+
+class Timings:
+    """Wall seconds per named phase of a stage, and in total since creation.
+
+    One helper instead of hand-written ``perf_counter`` pairs::
+
+        timings = Timings()
+        with timings.phase("exact"):
+            ...
+        metrics["timings_s"] = timings.rounded()
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block; a phase entered twice accumulates."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+    def total(self) -> float:
+        """Seconds since this object was made."""
+        return time.perf_counter() - self._start
+
+    def rounded(self, digits: int = 4) -> dict[str, float]:
+        return {k: round(v, digits) for k, v in self.seconds.items()}
 
 
 @dataclass(frozen=True)
@@ -272,7 +306,7 @@ def params_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
 # a listener that mirrors the fraction done into a Prefect progress artifact.
 
 import contextvars  # noqa: E402  (kept beside the only code that uses it)
-from typing import Callable, Iterator, TypeVar  # noqa: E402
+from typing import Callable, TypeVar  # noqa: E402
 
 _T = TypeVar("_T")
 _progress_listener: contextvars.ContextVar[Callable[[str, float], None] | None] = contextvars.ContextVar(

@@ -52,7 +52,6 @@ Edge cases, by rule:
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +61,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from tasks import minhash as mh
-from tasks.common import Normalization, RowRules, StageResult, check_rows, concat_ledgers, first_true, ledger
+from tasks.common import Normalization, RowRules, StageResult, Timings, check_rows, concat_ledgers, first_true, ledger
 from winnow.errors import WinnowError
 
 STAGE = "dedup"
@@ -460,8 +459,7 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         ``duplicate_of``, ``cluster_id``, ``cluster_size``, ``jaccard_estimated``,
         ``jaccard_verified``, ...), and metrics.
     """
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    timings = Timings()
     params.check()
     _check_corpus(corpus, params)
     banding = params.banding()
@@ -479,16 +477,15 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
     n_old = 0 if prev is None else prev.table.num_rows
     seq0 = 0 if prev is None else int(prev.seq.max()) + 1
 
-    t = time.perf_counter()
-    feats = featurize(corpus.column("text"), params, banding)
-    timings["featurize"] = time.perf_counter() - t
+    with timings.phase("featurize"):
+        feats = featurize(corpus.column("text"), params, banding)
 
     policy = _policy_key(corpus, params)
     texts = corpus.column("text")
     dec = decide(feats, id_list, policy, params, banding, prev, seq0,
                  texts_of=lambda rows: texts.take(pa.array(rows, pa.int64())).to_pylist())
     status, evidence = dec.status, dec.evidence
-    timings.update(dec.timings)
+    timings.seconds.update(dec.timings)
 
     keep_mask = status == "kept"
     if params.empty_text == "keep":
@@ -497,10 +494,9 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
     dropped = np.flatnonzero(~keep_mask)
     removed = ledger([id_list[i] for i in dropped], STAGE, "drop", [status[i] for i in dropped], [evidence[int(i)] for i in dropped])
 
-    t = time.perf_counter()
-    new_index = _index_table(prev, corpus, feats, status, params, banding, seq0)
-    timings["index"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_start
+    with timings.phase("index"):
+        new_index = _index_table(prev, corpus, feats, status, params, banding, seq0)
+    timings.seconds["total"] = timings.total()
 
     reasons = ("exact_duplicate", "near_duplicate", "semantic_duplicate", "empty_text")
     metrics = {
@@ -513,8 +509,8 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         "index": {"rows_before": n_old, "rows_after": new_index.num_rows,
                   "band_keys_recomputed": bool(prev is not None and prev.bands_recomputed)},
         "kernel": "numba" if mh.HAVE_NUMBA else "numpy",
-        "timings_s": {k: round(v, 4) for k, v in timings.items()},
-        "docs_per_s": round(n / max(timings["total"], 1e-9), 1),
+        "timings_s": timings.rounded(),
+        "docs_per_s": round(n / max(timings.seconds["total"], 1e-9), 1),
     }
     return StageResult(tables={"data": data, "index": new_index}, removed=concat_ledgers([removed]), metrics=metrics)
 
@@ -538,7 +534,7 @@ def decide(feats: Features, id_list: list[str], policy: np.ndarray, params: Para
     ``keep`` (smaller is preferred); ``texts_of(rows)`` returns texts (semantic pass only).
     """
     n = len(id_list)
-    timings: dict[str, float] = {}
+    timings = Timings()
     if params.empty_text == "error" and feats.blank.any():
         raise _blank_error(feats.blank, id_list)
     status = np.full(n, "kept", dtype=object)
@@ -549,28 +545,25 @@ def decide(feats: Features, id_list: list[str], policy: np.ndarray, params: Para
             evidence[int(i)] = {"rule": "text is empty or whitespace only"}
     active = ~feats.blank  # rows still in play
 
-    t = time.perf_counter()
     n_exact_clusters = 0
-    if params.exact:
-        n_exact_clusters = _exact_pass(feats, prev, active, policy, status, evidence, id_list, seq0)
-        active &= status == "kept"
-    timings["exact"] = time.perf_counter() - t
+    with timings.phase("exact"):
+        if params.exact:
+            n_exact_clusters = _exact_pass(feats, prev, active, policy, status, evidence, id_list, seq0)
+            active &= status == "kept"
 
     near_metrics: dict[str, Any] = {}
     if params.near:
-        t = time.perf_counter()
-        near_metrics = _near_pass(feats, prev, active, policy, status, evidence, id_list, params, banding, seq0)
-        active &= status == "kept"
-        timings["near"] = time.perf_counter() - t
+        with timings.phase("near"):
+            near_metrics = _near_pass(feats, prev, active, policy, status, evidence, id_list, params, banding, seq0)
+            active &= status == "kept"
 
     sem_metrics: dict[str, Any] = {}
     if params.semantic:
-        t = time.perf_counter()
-        sem_metrics = _semantic_pass(texts_of, active, policy, status, evidence, id_list, params)
-        timings["semantic"] = time.perf_counter() - t
+        with timings.phase("semantic"):
+            sem_metrics = _semantic_pass(texts_of, active, policy, status, evidence, id_list, params)
     metrics = {"blank_texts": int(feats.blank.sum()), "exact_clusters": n_exact_clusters, "near": near_metrics,
                "semantic": sem_metrics}
-    return Decisions(status, evidence, metrics, timings)
+    return Decisions(status, evidence, metrics, timings.seconds)
 
 
 def _policy_key(corpus: pa.Table, params: Params) -> np.ndarray:
