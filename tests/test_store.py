@@ -163,3 +163,38 @@ def test_ledger_schema_is_enforced(tmp_path):
     with pytest.raises(ValueError, match="ledger schema"):
         _put(store, _licences(2), "ff" * 32, removed=pa.table({"id": ["x"]}))
     assert store.entries() == []
+
+
+def test_a_table_is_written_as_bounded_shards_each_verified(tmp_path):
+    """Shards of at most shard_rows rows, read back whole or streamed; `verify` checks each one."""
+    store = DatasetStore(tmp_path / "s", shard_rows=2)
+    table = _licences(5)
+    m = _put(store, table, "ab" * 32)
+    shards = m.tables["data"]["shards"]
+    assert [s["rows"] for s in shards] == [2, 2, 1] and len({s["sha256"] for s in shards}) == 3
+    assert [p.name for p in store.shard_paths("ab" * 32)] == ["data.parquet", "data.00001.parquet", "data.00002.parquet"]
+    assert store.table("ab" * 32).equals(table)
+    streamed = pa.Table.from_batches(list(store.batches("ab" * 32, columns=["id"])))
+    assert streamed["id"].to_pylist() == table["id"].to_pylist()
+    assert store.dataset("ab" * 32).to_table().equals(table)
+    # Sharding changes files, never what the table is: the content hash is the unsharded one's.
+    assert m.tables["data"]["content"] == _put(DatasetStore(tmp_path / "t"), table, "cd" * 32).tables["data"]["content"]
+    with pytest.raises(WinnowError, match="3 shards"):
+        store.table_path("ab" * 32)
+    assert store.verify("ab" * 32) == []
+    damaged = store.shard_paths("ab" * 32)[1]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(damaged, 0o644)
+    damaged.write_bytes(bytes(data))
+    problems = store.verify("ab" * 32)
+    assert len(problems) == 1 and "data.00001.parquet" in problems[0]
+
+
+def test_shard_bounds_follow_rows_and_bytes():
+    from storage.store import shard_bounds
+
+    t = pa.table({"text": ["x" * 1000] * 10})
+    assert shard_bounds(t, 4, 1 << 30) == [(0, 4), (4, 4), (8, 2)]
+    assert shard_bounds(t, 100, 3 * t.nbytes // 10) == [(0, 3), (3, 3), (6, 3), (9, 1)]
+    assert shard_bounds(t.slice(0, 0), 4, 100) == [(0, 0)]
