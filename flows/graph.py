@@ -128,6 +128,25 @@ def prepared_inputs(stage: StageSpec, store: DatasetStore, parents: Mapping[str,
     return resolve_hook(stage.prepare)(store, parents, params, submit)
 
 
+def map_hints(stage: StageSpec, store: DatasetStore, parents: Mapping[str, str], params: Any,
+              submit: Submit) -> dict[str, str]:
+    """A ``shard_map`` stage's map tasks, one per shard of its main input, submitted together
+    (``submit`` runs them on the task runner: threads or a Dask cluster's workers); returns the
+    hint that hands their entries to the reduce. Nothing when the input is one shard."""
+    from flows.stagetask import plan_stage, ref_list, shard_ref, split_ref
+
+    if stage.shard_map is None or stage.main_input is None:
+        return {}
+    map_stage, arg = stage.shard_map
+    fp, table = split_ref(parents[stage.main_input.arg])
+    shards = store.manifest(fp).tables[table].get("shards", [])
+    if len(shards) < 2:
+        return {}
+    main = spec(map_stage).inputs[0].arg
+    plans = [plan_stage(map_stage, {main: shard_ref(fp, k, table)}, params, store=store) for k in range(len(shards))]
+    return {arg: ref_list(submit(map_stage, plans))}
+
+
 def learned_weights(store: DatasetStore, parents: Mapping[str, str], params: Any, submit: Submit) -> dict[str, str]:
     """mixture's ``prepare`` hook: a learned method (RegMix, DoReMi) runs its proxies and fit first."""
     from flows.search import learned_weights as fit

@@ -23,7 +23,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.graph import configured_refs, prepared_inputs, run_parents
+from flows.graph import configured_refs, map_hints, prepared_inputs, run_parents
 from flows.receipt import lineage_mermaid, publish_run, receipt_rows
 from flows.search import publish_search
 from flows.stagetask import StagePlan, cache_hints, fingerprint_of, plan_ingest, plan_stage, stage_task
@@ -86,7 +86,9 @@ class PipelineRun:
             return None
         params = self.config.run_params(stage)
         parents |= prepared_inputs(spec, self.store, parents, params, self.submit_all)
-        plan = plan_stage(stage, parents, params, hints=cache_hints(self.store, stage), store=self.store)
+        maps = lambda name, plans: submit_plans(self.store, name, plans)[0]  # noqa: E731
+        hints = cache_hints(self.store, stage) | map_hints(spec, self.store, parents, params, maps)
+        plan = plan_stage(stage, parents, params, hints=hints, store=self.store)
         return self._call(plan, name=stage)
 
     def submit_all(self, name: str, plans: list[StagePlan]) -> list[str]:

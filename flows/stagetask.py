@@ -47,6 +47,20 @@ def split_ref(ref: str) -> tuple[str, str]:
     return fp, table or "data"
 
 
+def shard_ref(fingerprint: str, k: int, table: str = "data") -> str:
+    """How a map task names one shard of a table: ``FP/table@k``."""
+    return f"{fingerprint}/{table}@{k}"
+
+
+def ref_list(refs: list[str]) -> str:
+    """Several references as one hint value (a reduce reading every map task's entry)."""
+    return ",".join(refs)
+
+
+def _fps(value: str) -> list[str]:
+    return [split_ref(r)[0] for r in value.split(",")]
+
+
 @dataclass(frozen=True)
 class StagePlan:
     """What one task will compute: enough to name its output before running it.
@@ -98,6 +112,9 @@ def input_identity(store: DatasetStore, ref: str) -> str:
     were recorded fall back to the parent reference, which is at worst a needless recompute.
     """
     fp, table = split_ref(ref)
+    if "@" in table:  # one shard: its file's digest names its content
+        name, k = table.split("@")
+        return f"shard:{store.manifest(fp).tables[name]['shards'][int(k)]['sha256']}"
     if table != FILES:
         content = store.manifest(fp).tables.get(table, {}).get("content")
         if content:
@@ -178,7 +195,7 @@ def execute(plan: StagePlan, store_root: str, force: bool = False, prepared: "Pr
             metrics=result.metrics,
             files_from=files_from,
             inputs=inputs,
-            hints={k: split_ref(v)[0] for k, v in hints.items()},
+            hints={k: ",".join(_fps(v)) for k, v in hints.items()},
             elapsed_s=timings.total(),
             replace=force,
         )
@@ -237,7 +254,7 @@ def _compute(plan: StagePlan, store: DatasetStore, force: bool
     kwargs = _load_inputs(store, plan.parents)
     # A hint whose entry has gone since planning is dropped: it was only ever a shortcut. A
     # forced recompute takes none, so it really recomputes (and never reads its own old copy).
-    hints = {} if force else {k: v for k, v in plan.hints.items() if store.exists(split_ref(v)[0])}
+    hints = {} if force else {k: v for k, v in plan.hints.items() if all(map(store.exists, _fps(v)))}
     kwargs.update(_load_inputs(store, hints))
     params = spec.params_type(**_params_for(spec.params_type, plan.params))
     files_from = store.scratch_dir() if spec.needs_out_dir else None
@@ -276,11 +293,23 @@ def _params_for(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_inputs(store: DatasetStore, parents: dict[str, str]) -> dict[str, Any]:
+    """Each ``run()`` argument's value: a table, one shard of one (``FP/t@k``), a model folder, or
+    a list of tables for a comma-separated list of references (see :func:`ref_list`)."""
     kwargs: dict[str, Any] = {}
-    for arg, ref in parents.items():
-        fp, table = split_ref(ref)
-        kwargs[arg] = store.files_dir(fp) if table == FILES else store.table(fp, table)
+    for arg, value in parents.items():
+        loaded = [_load(store, ref) for ref in value.split(",")]
+        kwargs[arg] = loaded if "," in value else loaded[0]
     return kwargs
+
+
+def _load(store: DatasetStore, ref: str) -> Any:
+    fp, table = split_ref(ref)
+    if table == FILES:
+        return store.files_dir(fp)
+    if "@" in table:
+        name, k = table.split("@")
+        return store.read_shard(fp, name, int(k))
+    return store.table(fp, table)
 
 
 def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:

@@ -10,6 +10,7 @@ Layout under the store root::
     runs/<run id>.json, runs/latest.json     which entry each stage of a pipeline run produced
     locks/<fingerprint>.lock                 held (flock) while that entry is being computed
     journal.jsonl                            one line per entry computed, reused or waited for
+    settings.json                            optional: shard_rows / shard_bytes for new tables
     tmp/                                     staging; never read
     checkpoints/<fingerprint>/               resumable training state of an entry being computed
 
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -48,6 +50,7 @@ from winnow.errors import WinnowError
 MANIFEST = "manifest.json"
 LEDGER_FILE = "removed.parquet"
 JOURNAL = "journal.jsonl"
+SETTINGS = "settings.json"  # store-wide choices that change files, never content (shard sizes)
 #: A staging folder whose owner cannot be checked (written on another host) is abandoned once it
 #: is this old; one whose owner ran here is abandoned as soon as that process is gone.
 STALE_STAGING_S = 3600.0
@@ -96,14 +99,38 @@ class Manifest:
 class DatasetStore:
     """The on-disk store; see the module docstring for its layout and guarantees."""
 
-    def __init__(self, root: str | os.PathLike[str], shard_rows: int = SHARD_ROWS,
-                 shard_bytes: int = SHARD_BYTES) -> None:
+    def __init__(self, root: str | os.PathLike[str], shard_rows: int | None = None,
+                 shard_bytes: int | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
-        self.shard_rows, self.shard_bytes = shard_rows, shard_bytes
+        self._shard_rows, self._shard_bytes = shard_rows, shard_bytes
         self.objects = self.root / "objects"
         self.runs = self.root / "runs"
         self.staging = self.root / "tmp"
         self.locks = self.root / "locks"
+
+    @property
+    def shard_rows(self) -> int:
+        """Rows per table shard: the constructor's, else the store's ``settings.json``, else :data:`SHARD_ROWS`."""
+        return self._shard_rows or int(self._settings().get("shard_rows", SHARD_ROWS))
+
+    @property
+    def shard_bytes(self) -> int:
+        return self._shard_bytes or int(self._settings().get("shard_bytes", SHARD_BYTES))
+
+    def _settings(self) -> dict[str, Any]:
+        path = self.root / SETTINGS
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def configure(self, shard_rows: int | None = None, shard_bytes: int | None = None) -> None:
+        """Record this store's shard size, so every process writing to it (a Dask worker too) shards alike."""
+        settings = self._settings()
+        for key, value in (("shard_rows", shard_rows), ("shard_bytes", shard_bytes)):
+            if value is not None:
+                if value < 1:
+                    raise WinnowError(f"store {self.root}: {key} must be >= 1, got {value}")
+                settings[key] = int(value)
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(self.root / SETTINGS, settings)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -140,6 +167,10 @@ class DatasetStore:
             have = ", ".join(self.manifest(fingerprint).tables) or "none"
             raise WinnowError(f"store entry {short(fingerprint)} has no table '{name}' (has: {have})")
         return [folder / s["file"] for s in info.get("shards", [{"file": shard_file(name, 0)}])]
+
+    def read_shard(self, fingerprint: str, name: str, k: int) -> pa.Table:
+        """Shard ``k`` of a table (a map task's input)."""
+        return read_parquet(self.shard_paths(fingerprint, name)[k])
 
     def batches(self, fingerprint: str, name: str = "data", columns: list[str] | None = None
                 ) -> Iterator[pa.RecordBatch]:
@@ -481,14 +512,34 @@ class DatasetStore:
 
 
 def shard_bounds(table: pa.Table, max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
-    """(first row, rows) of each shard: at most ``max_rows`` rows and, by the table's mean row size,
-    about ``max_bytes`` in memory. A pure function of the table's content, so equal tables shard alike."""
+    """(first row, rows) of each shard: at most ``max_rows`` rows and about ``max_bytes`` of values.
+
+    Cut greedily from the first row, by each row's own size, so the bounds of a table's prefix do
+    not depend on what follows it: a corpus that grows at the end keeps its earlier shards (and so
+    its per-shard map tasks' cache entries) byte for byte.
+    """
     n = table.num_rows
     if n == 0:
         return [(0, 0)]
-    per_row = max(1, table.nbytes // n)
-    step = max(1, min(max_rows, max_bytes // per_row))
-    return [(start, min(step, n - start)) for start in range(0, n, step)]
+    cum = np.cumsum(_row_sizes(table))
+    bounds, start = [], 0
+    while start < n:
+        base = int(cum[start - 1]) if start else 0
+        by_bytes = int(np.searchsorted(cum, base + max_bytes, side="right"))
+        end = min(n, start + max_rows, max(start + 1, by_bytes))
+        bounds.append((start, end - start))
+        start = end
+    return bounds
+
+
+def _row_sizes(table: pa.Table) -> np.ndarray:
+    """Approximate bytes of each row: strings and binaries by their length, other columns 8 bytes."""
+    sizes = np.full(table.num_rows, 8 * table.num_columns, np.int64)
+    for col in table.columns:
+        t = col.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            sizes += pc.fill_null(pc.binary_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return sizes
 
 
 def shard_file(name: str, k: int) -> str:

@@ -292,6 +292,38 @@ def _featurize_batch(texts: pa.Array, params: Params, banding: mh.Banding, a: np
     return Features(h.exact, blank, h.num_units, h.sigs, keys, h.shingles, h.shingle_offsets)
 
 
+def features_table(feats: Features) -> pa.Table:
+    """``feats`` as an Arrow table (one row per document): the output of a per-shard map task."""
+    k, b = feats.sigs.shape[1], feats.bands.shape[1]
+    return pa.table({
+        "exact_hi": pa.array(feats.exact[:, 0]), "exact_lo": pa.array(feats.exact[:, 1]),
+        "blank": pa.array(feats.blank), "num_units": pa.array(feats.num_units.astype(np.int64)),
+        "sigs": pa.FixedSizeListArray.from_arrays(pa.array(feats.sigs.ravel(), pa.uint32()), k),
+        "bands": pa.FixedSizeListArray.from_arrays(pa.array(feats.bands.ravel(), pa.uint64()), b),
+        "shingles": pa.LargeListArray.from_arrays(pa.array(feats.shingle_offsets, pa.int64()),
+                                                  pa.array(feats.shingles, pa.uint32())),
+    })
+
+
+def features_from_tables(parts: list[pa.Table]) -> Features:
+    """The in-memory :class:`Features` of the shards' :func:`features_table` outputs, in row order:
+    the same arrays :func:`featurize` computes on the whole corpus (it is a per-row function)."""
+    t = pa.concat_tables(parts).combine_chunks()
+    col = lambda name: t.column(name).chunk(0) if t.num_rows else t.column(name).combine_chunks()  # noqa: E731
+    sigs, bands, shingles = col("sigs"), col("bands"), col("shingles")
+    n = t.num_rows
+    offsets = shingles.offsets.to_numpy() - (shingles.offsets[0].as_py() if n else 0)
+    return Features(
+        exact=np.stack([col("exact_hi").to_numpy(), col("exact_lo").to_numpy()], axis=1),
+        blank=col("blank").to_numpy(zero_copy_only=False),
+        num_units=col("num_units").to_numpy(),
+        sigs=sigs.flatten().to_numpy().reshape(n, sigs.type.list_size),
+        bands=bands.flatten().to_numpy().reshape(n, bands.type.list_size),
+        shingles=shingles.flatten().to_numpy(),
+        shingle_offsets=offsets.astype(np.int64),
+    )
+
+
 # --------------------------------------------------------------------------- input checks
 
 
@@ -443,7 +475,8 @@ def _blank_error(blank: np.ndarray, id_list: list[str]) -> WinnowError:
                        "blank text(s) in all); set dedup.empty_text to 'keep' or 'drop', or remove them")
 
 
-def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = None) -> StageResult:
+def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = None,
+        features: list[pa.Table] | None = None) -> StageResult:
     """Drop exact, near and (optionally) semantic duplicates from ``corpus``.
 
     Args:
@@ -451,6 +484,9 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         params: see :class:`Params`.
         index: the ``tables["index"]`` of an earlier run, for incremental dedup: this corpus is
             checked against every document seen before, and earlier documents always survive.
+        features: the corpus's features already computed shard by shard (the ``dedup_map`` stage,
+            :func:`features_table`), in row order; without them they are computed here. The
+            result is the same either way, so they are a cache hint, not part of the fingerprint.
 
     Returns:
         ``tables["data"]`` (surviving rows, input order and schema), ``tables["index"]`` (every
@@ -478,7 +514,9 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
     seq0 = 0 if prev is None else int(prev.seq.max()) + 1
 
     with timings.phase("featurize"):
-        feats = featurize(corpus.column("text"), params, banding)
+        feats = features_from_tables(features) if features else featurize(corpus.column("text"), params, banding)
+    if len(feats.blank) != n:
+        raise WinnowError(f"dedup: {len(feats.blank)} rows of shard features for {n} corpus rows")
 
     policy = _policy_key(corpus, params)
     texts = corpus.column("text")

@@ -194,7 +194,11 @@ def test_a_table_is_written_as_bounded_shards_each_verified(tmp_path):
 def test_shard_bounds_follow_rows_and_bytes():
     from storage.store import shard_bounds
 
-    t = pa.table({"text": ["x" * 1000] * 10})
+    t = pa.table({"text": ["x" * 992] * 10})  # 1000 bytes a row, counting 8 for the column
     assert shard_bounds(t, 4, 1 << 30) == [(0, 4), (4, 4), (8, 2)]
-    assert shard_bounds(t, 100, 3 * t.nbytes // 10) == [(0, 3), (3, 3), (6, 3), (9, 1)]
+    assert shard_bounds(t, 100, 3000) == [(0, 3), (3, 3), (6, 3), (9, 1)]
     assert shard_bounds(t.slice(0, 0), 4, 100) == [(0, 0)]
+    # A prefix shards the same whatever follows it (a grown corpus keeps its earlier shards).
+    grown = pa.table({"text": ["x" * 992] * 10 + ["y" * 50_000] * 3})
+    assert shard_bounds(grown, 4, 3000)[:3] == shard_bounds(t, 4, 3000)[:3]
+    assert shard_bounds(pa.table({"text": ["z" * 10_000]}), 4, 3000) == [(0, 1)]  # a huge row is a shard

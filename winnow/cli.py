@@ -467,14 +467,15 @@ def _computer(store: Any, cfg: Any):
     """How `winnow STAGE` computes a stage in-process (no flow): its cached store entry, with the
     stage's prepare hook (learned mixture weights: proxies in turn, each its own cached entry, so a
     rerun after a crash computes only the missing ones) and cache hint (embed's earlier vectors)."""
-    from flows.graph import prepared_inputs
+    from flows.graph import map_hints, prepared_inputs
     from flows.search import run_in_turn
     from flows.stagetask import cache_hints, execute, plan_stage
 
     def compute(spec: Any, parents: dict[str, str]) -> str:
         params = cfg.run_params(spec.name)
         parents = {**parents, **prepared_inputs(spec, store, parents, params, run_in_turn(store))}
-        plan = plan_stage(spec.name, parents, params, hints=cache_hints(store, spec.name), store=store)
+        hints = cache_hints(store, spec.name) | map_hints(spec, store, parents, params, run_in_turn(store))
+        plan = plan_stage(spec.name, parents, params, hints=hints, store=store)
         return execute(plan, str(store.root))
 
     return compute

@@ -96,6 +96,9 @@ class StageSpec:
         preflight: the module has ``preflight(params)`` (model, tokenizer choices).
         identity: the module has ``identity(params)``: content it reads besides its inputs.
         prepare: ``"module:function"`` computing extra inputs first (mixture's learned weights).
+        shard_map: ``(map stage, run() argument)``: when the main input has several shards, one
+            cached map task per shard runs first (on the task runner's workers) and ``run()`` gets
+            their outputs, in shard order, as a cache hint (dedup's per-shard features).
         module: the module name, if not ``tasks.<name>``.
     """
 
@@ -120,6 +123,7 @@ class StageSpec:
     preflight: bool = False
     identity: bool = False
     prepare: str | None = None
+    shard_map: tuple[str, str] | None = None
     module: str = ""
 
     @property
@@ -179,6 +183,7 @@ _LM_EVAL = Option("--lm-eval", "also score the same items with lm-evaluation-har
 REGISTRY: tuple[StageSpec, ...] = (
     StageSpec(
         "dedup", (Input("corpus", CORPUS), _INDEX), ("data", "index"), ledger=True, precheck=True,
+        shard_map=("dedup_map", "features"),
         cli="remove exact and near-duplicate rows from IN",
         help="exact (normalised-text hash) and MinHash-LSH near-duplicate removal, candidates verified with exact "
              "Jaccard, clusters by union-find"),
@@ -228,6 +233,7 @@ REGISTRY: tuple[StageSpec, ...] = (
              "subsets"),
     # Run around the pipeline (proxies and learned mixtures, ablations): store entries and Prefect
     # tasks like any stage, with no config section; flows/search.py and flows/ablate.py wire them.
+    StageSpec("dedup_map", (Input("shard", CORPUS),), pipeline=False),
     StageSpec("proxy", (Input("corpus", "label_noise"),), ("data", FILES), pipeline=False, needs_out_dir=True),
     StageSpec("regmix", (), pipeline=False),
     StageSpec("doremi", (Input("corpus", "label_noise"), Input("reference", "proxy", FILES)), pipeline=False),
