@@ -132,3 +132,26 @@ def test_map_tasks_run_on_an_existing_dask_cluster_with_the_threaded_result(pref
             pids[e["stage"]].add(e["pid"])
     assert pids["dedup_map"] and not (pids["dedup_map"] | pids["dedup"]) & pids["ingest_corpus"]
     assert pa.concat_tables([on_dask.table(m) for m in sorted(maps)]).num_rows == 3000
+
+
+def test_a_sharded_dedup_killed_midway_reruns_to_the_same_entries(corpora, tmp_path, capsys):
+    """kill -9 after the first map entry is committed; the rerun computes only what is missing."""
+    base, _ = corpora
+    reference = _dedup(base, tmp_path / "plain", tmp_path / "plain.parquet", capsys)
+    store = _sharded_store(tmp_path / "store")
+    cmd = [sys.executable, "-m", "winnow.cli", "dedup", str(base), "--out", str(tmp_path / "o.parquet"),
+           "--store", str(store.root)]
+    child = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any(m.stage == "dedup_map" for m in store.entries()) and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+    done = {m.fingerprint for m in store.entries() if m.stage == "dedup_map"}
+    assert 1 <= len(done) < 3 and not any(m.stage == "dedup" for m in store.entries()), "killed mid-map"
+    before = len(store.journal_events())
+    assert _dedup(base, store.root, tmp_path / "o.parquet", capsys) == reference
+    assert _computed(store, before) == ["dedup"] + ["dedup_map"] * (3 - len(done))
+    assert pq.read_table(tmp_path / "o.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
+    assert main(["store", "verify", "--store", str(store.root)]) == 0
