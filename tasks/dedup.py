@@ -676,41 +676,63 @@ def _cluster_numbers(labels: np.ndarray, order: np.ndarray, in_cluster: np.ndarr
 def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, policy: np.ndarray,
                status: np.ndarray, evidence: dict[int, dict[str, Any]], id_list: list[str], params: Params,
                banding: mh.Banding, seq0: int) -> dict[str, Any]:
-    """Mark near duplicates among active rows (and against the previous index)."""
+    """Mark near duplicates among active rows (and against the previous index), in four phases:
+    old documents that may match, candidate pairs by band key, pairs scored (verified), clusters
+    and their evidence."""
     rows = np.flatnonzero(active & (feats.num_shingles > 0))
-    # Old docs that share at least one band key with a new doc (hash-set scan per band, O(old)).
-    old_rows = np.zeros(0, np.int64)
-    old_bands = np.zeros((0, banding.bands), np.uint64)
-    if prev is not None and len(rows):
-        if prev.bands_recomputed:
-            cand = np.flatnonzero(prev.has_sig)
-            all_old = mh.band_keys(_fixed_list_rows(prev.table.column("signature"), cand, params.num_perm, np.uint32),
-                                   banding.bands, banding.rows)
-        else:  # zero-copy view; rows without a signature are masked out below
-            cand = np.arange(len(prev.has_sig))
-            all_old = _fixed_list_matrix(prev.table.column("band_keys"), banding.bands, np.uint64)
-        # All bands at once (a band key hashes its band number too, so keys of different bands
-        # never meet): a 2^22-bit table of the new keys' top bits rules out almost every old
-        # key with one gather, and only the few survivors are checked exactly.
-        new_keys = np.unique(np.concatenate([feats.band(band)[rows] for band in range(banding.bands)]))
-        table = np.zeros(1 << 22, bool)
-        table[new_keys >> np.uint64(42)] = True
-        flat = all_old.reshape(-1)
-        maybe = np.flatnonzero(table[flat >> np.uint64(42)])
-        hit = np.zeros(flat.shape[0], bool)
-        hit[maybe] = np.isin(flat[maybe], new_keys)
-        hit = hit.reshape(-1, banding.bands).any(axis=1) & prev.has_sig[cand]
-        old_rows = cand[hit]
-        old_bands = all_old[hit]
+    old_rows, old_bands = _old_candidates(feats, prev, rows, params, banding)
     m_old = len(old_rows)
     nw = m_old + len(rows)
     metrics: dict[str, Any] = {"candidate_pairs": 0, "verified_pairs": 0, "clusters": 0, "old_docs_matched": int(m_old)}
     if nw < 2:
         return metrics
+    left, right = _candidate_pairs(feats, rows, old_bands, m_old, params, banding)
+    metrics["candidate_pairs"] = int(len(left))
+    pf = _pair_features(feats, prev, rows, old_rows, left, right, params)
+    score = _pair_scores(pf, np.searchsorted(pf.inv, left), np.searchsorted(pf.inv, right), params)
+    edge = score >= params.threshold
+    metrics["verified_pairs"] = int(edge.sum())
+    if not edge.any():
+        return metrics
+    working = _Working(rows, old_rows, prev, id_list, seq0)
+    metrics["clusters"] = _mark_clusters(working, pf, left[edge], right[edge], score[edge], policy, status,
+                                         evidence, params)
+    return metrics
 
-    # Candidates: equal band keys, band by band, then distinct pairs; never old-old (settled
-    # earlier). Only one band's keys are in memory at a time.
-    docs = np.arange(nw)
+
+def _old_candidates(feats: Features, prev: _Previous | None, rows: np.ndarray, params: Params,
+                    banding: mh.Banding) -> tuple[np.ndarray, np.ndarray]:
+    """Old docs that share at least one band key with a new doc (hash-set scan per band, O(old))."""
+    old_rows = np.zeros(0, np.int64)
+    old_bands = np.zeros((0, banding.bands), np.uint64)
+    if prev is None or not len(rows):
+        return old_rows, old_bands
+    if prev.bands_recomputed:
+        cand = np.flatnonzero(prev.has_sig)
+        all_old = mh.band_keys(_fixed_list_rows(prev.table.column("signature"), cand, params.num_perm, np.uint32),
+                               banding.bands, banding.rows)
+    else:  # zero-copy view; rows without a signature are masked out below
+        cand = np.arange(len(prev.has_sig))
+        all_old = _fixed_list_matrix(prev.table.column("band_keys"), banding.bands, np.uint64)
+    # All bands at once (a band key hashes its band number too, so keys of different bands
+    # never meet): a 2^22-bit table of the new keys' top bits rules out almost every old
+    # key with one gather, and only the few survivors are checked exactly.
+    new_keys = np.unique(np.concatenate([feats.band(band)[rows] for band in range(banding.bands)]))
+    table = np.zeros(1 << 22, bool)
+    table[new_keys >> np.uint64(42)] = True
+    flat = all_old.reshape(-1)
+    maybe = np.flatnonzero(table[flat >> np.uint64(42)])
+    hit = np.zeros(flat.shape[0], bool)
+    hit[maybe] = np.isin(flat[maybe], new_keys)
+    hit = hit.reshape(-1, banding.bands).any(axis=1) & prev.has_sig[cand]
+    return cand[hit], all_old[hit]
+
+
+def _candidate_pairs(feats: Features, rows: np.ndarray, old_bands: np.ndarray, m_old: int, params: Params,
+                     banding: mh.Banding) -> tuple[np.ndarray, np.ndarray]:
+    """Equal band keys, band by band, then distinct pairs of working ids (old docs first); never
+    old-old (settled earlier). Only one band's keys are in memory at a time."""
+    docs = np.arange(m_old + len(rows))
     lefts, rights = [], []
     for band in range(banding.bands):
         keys = np.concatenate([old_bands[:, band], feats.band(band)[rows]])
@@ -718,10 +740,23 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
         keep = right >= m_old
         lefts.append(left[keep])
         rights.append(right[keep])
-    left, right = mh.unique_pairs(np.concatenate(lefts), np.concatenate(rights), nw)
-    metrics["candidate_pairs"] = int(len(left))
+    return mh.unique_pairs(np.concatenate(lefts), np.concatenate(rights), len(docs))
 
-    # Signatures and shingle sets of the documents in some candidate pair (old ones from the index).
+
+@dataclass
+class _PairFeatures:
+    """Signatures and shingle sets of the documents in some candidate pair (``inv``: their working ids)."""
+
+    inv: np.ndarray
+    sigs: np.ndarray
+    sets: np.ndarray
+    set_off: np.ndarray
+    verifiable: np.ndarray  # old documents indexed without shingles cannot be verified
+
+
+def _pair_features(feats: Features, prev: _Previous | None, rows: np.ndarray, old_rows: np.ndarray,
+                   left: np.ndarray, right: np.ndarray, params: Params) -> _PairFeatures:
+    m_old = len(old_rows)
     inv = np.unique(np.concatenate([left, right]))
     inv_old, inv_new = inv[inv < m_old], inv[inv >= m_old]
     new_rows = rows[inv_new - m_old]
@@ -732,43 +767,55 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
         old_sigs = np.zeros((0, params.num_perm), np.uint32)
         old_sets, old_off = np.zeros(0, np.uint32), np.zeros(1, np.int64)
     new_sets, new_off = mh.sort_unique(*feats.shingles_of(new_rows))
-    sigs = np.concatenate([old_sigs, feats.signatures_of(new_rows)])
-    sets = np.concatenate([old_sets, new_sets])
     set_off = np.concatenate([old_off, new_off[1:] + old_off[-1]])
-    # Old documents indexed without shingles (index_shingles=False) cannot be verified.
-    verifiable = np.diff(set_off) > 0
-    li, ri = np.searchsorted(inv, left), np.searchsorted(inv, right)
+    return _PairFeatures(inv, np.concatenate([old_sigs, feats.signatures_of(new_rows)]),
+                         np.concatenate([old_sets, new_sets]), set_off, np.diff(set_off) > 0)
 
-    est = mh.estimated_jaccard(sigs, li, ri)
-    if params.verify:
-        ver = mh.jaccard_of_pairs(sets, set_off, li, ri)
-        unver = ~(verifiable[li] & verifiable[ri])
-        score = np.where(unver, est, ver)
-    else:
-        score = est
-    edge = score >= params.threshold
-    metrics["verified_pairs"] = int(edge.sum())
-    el, er, ej = left[edge], right[edge], score[edge]
-    if len(el) == 0:
-        return metrics
 
+def _pair_scores(pf: _PairFeatures, li: np.ndarray, ri: np.ndarray, params: Params) -> np.ndarray:
+    """Jaccard of each pair (positions in ``pf``): exact where both sets are known, else estimated."""
+    est = mh.estimated_jaccard(pf.sigs, li, ri)
+    if not params.verify:
+        return est
+    ver = mh.jaccard_of_pairs(pf.sets, pf.set_off, li, ri)
+    return np.where(~(pf.verifiable[li] & pf.verifiable[ri]), est, ver)
+
+
+@dataclass
+class _Working:
+    """Working ids: the matched old documents first, then this corpus's active rows."""
+
+    rows: np.ndarray
+    old_rows: np.ndarray
+    prev: _Previous | None
+    id_list: list[str]
+    seq0: int
+
+    def id_of(self, w: int) -> str:
+        return _working_id(w, len(self.old_rows), self.old_rows, self.rows, self.prev, self.id_list)
+
+
+def _mark_clusters(wk: _Working, pf: _PairFeatures, el: np.ndarray, er: np.ndarray, ej: np.ndarray,
+                   policy: np.ndarray, status: np.ndarray, evidence: dict[int, dict[str, Any]],
+                   params: Params) -> int:
+    """Cluster the edges, keep one document per cluster, mark the rest; returns the cluster count."""
+    rows, old_rows, prev, m_old = wk.rows, wk.old_rows, wk.prev, len(wk.old_rows)
+    nw = m_old + len(rows)
     labels = _components(nw, el, er)
     sizes = np.bincount(labels)[labels]
     cls = np.concatenate([np.where(prev.kept[old_rows], 0, 1) if m_old else np.zeros(0, np.int64), np.full(len(rows), 2)])
     pol = np.concatenate([np.zeros(m_old), policy[rows]])
-    order = np.concatenate([prev.seq[old_rows] if m_old else np.zeros(0, np.int64), seq0 + rows])
+    order = np.concatenate([prev.seq[old_rows] if m_old else np.zeros(0, np.int64), wk.seq0 + rows])
     keeper = _keepers(labels, cls, pol, order)
     cluster_no = _cluster_numbers(labels, order, sizes > 1)
     losers = np.flatnonzero((keeper != np.arange(nw)) & (np.arange(nw) >= m_old))
-    metrics["clusters"] = int(np.unique(labels[sizes > 1]).size)
 
     # Evidence: Jaccard to the survivor (estimated and exact), and the strongest verified edge.
-    kl, kr = np.searchsorted(inv, losers), np.searchsorted(inv, keeper[losers])
-    est_k = mh.estimated_jaccard(sigs, kl, kr)
-    ver_k = mh.jaccard_of_pairs(sets, set_off, kl, kr) if params.verify else np.full(len(kl), np.nan)
-    ver_k = np.where(verifiable[kl] & verifiable[kr], ver_k, np.nan)
+    kl, kr = np.searchsorted(pf.inv, losers), np.searchsorted(pf.inv, keeper[losers])
+    est_k = mh.estimated_jaccard(pf.sigs, kl, kr)
+    ver_k = mh.jaccard_of_pairs(pf.sets, pf.set_off, kl, kr) if params.verify else np.full(len(kl), np.nan)
+    ver_k = np.round(np.where(pf.verifiable[kl] & pf.verifiable[kr], ver_k, np.nan), 4)
     best_nb, best_j = _strongest_edge(nw, el, er, ej)
-    ver_k = np.round(ver_k, 4)
     for w, k, nb, size, number, e_est, e_ver, e_best in zip(
         losers.tolist(), keeper[losers].tolist(), best_nb[losers].tolist(), sizes[losers].tolist(),
         cluster_no[losers].tolist(), np.round(est_k, 4).tolist(), ver_k.tolist(), np.round(best_j[losers], 4).tolist()
@@ -776,17 +823,17 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
         i = int(rows[w - m_old])
         status[i] = "near_duplicate"
         evidence[i] = {
-            "duplicate_of": _working_id(k, m_old, old_rows, rows, prev, id_list),
-            "cluster_id": f"near-{seq0}-{number}",
+            "duplicate_of": wk.id_of(k),
+            "cluster_id": f"near-{wk.seq0}-{number}",
             "cluster_size": size,
             "jaccard_estimated": e_est,
             "jaccard_verified": None if e_ver != e_ver else e_ver,  # NaN: not verifiable
-            "linked_to": _working_id(nb, m_old, old_rows, rows, prev, id_list),
+            "linked_to": wk.id_of(nb),
             "linked_jaccard": e_best,
             "threshold": params.threshold,
             "duplicate_of_earlier_run": k < m_old,
         }
-    return metrics
+    return int(np.unique(labels[sizes > 1]).size)
 
 
 def _working_id(w: int, m_old: int, old_rows: np.ndarray, rows: np.ndarray, prev: _Previous | None,
