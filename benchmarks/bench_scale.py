@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,9 +31,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.bench_dedup import MACHINE, OUT, method_datasketch, synthetic_corpus
+from benchmarks.bench_dedup import MACHINE, OUT, _rss_mb, method_datasketch, synthetic_corpus
 from flows.graph import map_hints
-from flows.stagetask import execute, plan_ingest, plan_stage, split_ref
+from flows.stagetask import execute, plan_ingest, split_ref
 from storage import DatasetStore
 from tasks import dedup
 from winnow.stages import spec
@@ -43,7 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set (VmHWM), in MB."""
+    return _rss_mb("VmHWM")
 
 
 def _warm_up() -> None:

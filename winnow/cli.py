@@ -245,18 +245,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the pipeline flow; print the receipt, mixture weights, metrics and output paths."""
     from winnow.stages import pipeline_names
 
-    STAGES = pipeline_names()
+    order = pipeline_names()
     cfg = _load(args)
     force: list[str] = []
     last = None
     for name in (args.only, args.from_stage):
-        if name and name.replace("-", "_") not in STAGES:
-            raise WinnowError(f"unknown stage '{name}'; stages are: {', '.join(STAGES)}")
+        if name and name.replace("-", "_") not in order:
+            raise WinnowError(f"unknown stage '{name}'; stages are: {', '.join(order)}")
     if args.only:
         force, last = [args.only.replace("-", "_")], args.only.replace("-", "_")
     elif args.from_stage:
-        start = STAGES.index(args.from_stage.replace("-", "_"))
-        force = list(STAGES[start:])
+        start = order.index(args.from_stage.replace("-", "_"))
+        force = list(order[start:])
     if last == "embed" and not cfg.params("label_noise").uses_minilm:
         raise WinnowError(
             f"--only embed: embed computes label_noise's MiniLM vectors, but label_noise.features is "
