@@ -4,6 +4,8 @@
     benchmark files ──ingest───────────────┘ │  └──> embed ──(vectors)──┘                  └──(held-out text)────────────────┤
                                              └─── (report) ─────────────────────────────────────────────────────────────────┘
 
+The graph itself is declared once, in :mod:`winnow.stages` (each stage's inputs by upstream stage
+and table); this module only walks it in order (:mod:`flows.graph` finds each stage's parents).
 ``curate`` runs the curation stages (embed only when label_noise's features include MiniLM),
 ``train_and_evaluate`` the last four, ``nightly`` both; ``stage_flow(name)`` makes a flow that
 reruns one stage on cached upstream outputs. Every call passes fingerprints, never data; every
@@ -21,27 +23,16 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.graph import configured_refs, map_hints, prepared_inputs, run_parents
 from flows.receipt import publish_run, receipt_rows
-from flows.search import learned_weights, publish_search
-from flows.stagetask import (
-    FILES,
-    StagePlan,
-    cache_hints,
-    fingerprint_of,
-    parent_ref,
-    plan_ingest,
-    plan_stage,
-    stage_task,
-)
+from flows.search import publish_search
+from flows.stagetask import StagePlan, cache_hints, fingerprint_of, plan_ingest, plan_stage, stage_task
 from storage import DatasetStore, heads
-from tasks.mixture import LEARNED
 from tasks.proxy import preload
-from winnow.config import STAGES, PipelineConfig, load_config
+from winnow.config import PipelineConfig, load_config
 from winnow.errors import WinnowError
-
-
-#: Stage inputs that may be absent (the stage then runs without them).
-OPTIONAL_INPUTS = frozenset({"index", "contamination", "embeddings"})
+from winnow.stages import BENCHMARKS, CORPUS, pipeline_names, pipeline_specs
+from winnow.stages import spec as stage_spec
 
 
 @dataclass
@@ -68,7 +59,8 @@ class PipelineRun:
         return DatasetStore(self.config.store.root)
 
     def wanted(self, stage: str) -> bool:
-        return self.last is None or STAGES.index(stage) <= STAGES.index(self.last)
+        order = pipeline_names()
+        return self.last is None or order.index(stage) <= order.index(self.last)
 
     def ingest(self, kind: str, paths: list[str]) -> str:
         inputs = self.config.inputs
@@ -79,22 +71,25 @@ class PipelineRun:
         plan = plan_ingest(kind, paths, columns)
         return self._call(plan, name=f"ingest_{kind}")
 
-    def stage(self, stage: str, **parents: str | None) -> str | None:
-        """Run one stage on its parents' outputs; None if the run stops before it."""
-        required = {k: v for k, v in parents.items() if k not in OPTIONAL_INPUTS}
-        if not self.wanted(stage) or any(p is None for p in required.values()):
-            return None
-        plan = plan_stage(stage, {k: v for k, v in parents.items() if v is not None}, self.config.run_params(stage),
-                          hints=cache_hints(self.store, stage), store=self.store)
-        return self._call(plan, name=stage)
+    def stage(self, stage: str, outputs: dict[str, str | None]) -> str | None:
+        """Run one stage on its upstream stages' ``outputs``; None if the run stops before it,
+        the config leaves it out (embed) or a required input is missing.
 
-    def mixture(self, corpus: str | None) -> str | None:
-        """The mixture stage; a learned method first runs its proxies and fit (:mod:`flows.search`)."""
-        params = self.config.params("mixture")
-        if params.method not in LEARNED or corpus is None or not self.wanted("mixture"):
-            return self.stage("mixture", corpus=corpus)
-        fit = learned_weights(self.store, corpus, params, self.submit_all)
-        return self.stage("mixture", corpus=corpus, weights=fit)
+        A stage with a ``prepare`` hook computes its extra inputs first (a learned mixture runs its
+        proxies and fit, :mod:`flows.search`).
+        """
+        spec = stage_spec(stage)
+        if not self.wanted(stage) or not spec.wants(self.config):
+            return None
+        parents = run_parents(spec, outputs, configured_refs(spec, self.config, self.store))
+        if parents is None:
+            return None
+        params = self.config.run_params(stage)
+        parents |= prepared_inputs(spec, self.store, parents, params, self.submit_all)
+        maps = lambda name, plans: submit_plans(self.store, name, plans)[0]  # noqa: E731
+        hints = cache_hints(self.store, stage) | map_hints(spec, self.store, parents, params, maps)
+        plan = plan_stage(stage, parents, params, hints=hints, store=self.store)
+        return self._call(plan, name=stage)
 
     def submit_all(self, name: str, plans: list[StagePlan]) -> list[str]:
         """Submit every plan to the task runner at once (proxies run in parallel); wait for all.
@@ -112,7 +107,7 @@ class PipelineRun:
 
     def embeds(self) -> bool:
         """Whether label_noise reads MiniLM vectors, so the embed stage runs before it."""
-        return self.config.params("label_noise").uses_minilm
+        return stage_spec("embed").wants(self.config)
 
     def _call(self, plan: StagePlan, name: str) -> str:
         root = str(self.store.root)
@@ -159,30 +154,24 @@ def curate(config: dict[str, Any] | None = None, force: list[str] | None = None,
     return {k: dataclasses.asdict(v) for k, v in run.outcomes.items()}
 
 
+def _run_phase(run: PipelineRun, phase: str, outputs: dict[str, str | None]) -> dict[str, str | None]:
+    """Run the pipeline stages of ``phase`` in registry order; ``outputs`` gains each one's fingerprint."""
+    for spec in pipeline_specs():
+        if spec.phase == phase:
+            outputs[spec.name] = run.stage(spec.name, outputs)
+    return outputs
+
+
 def _curate(run: PipelineRun) -> dict[str, str | None]:
-    corpus = run.ingest("corpus", [run.config.inputs.corpus])
-    benchmarks = run.ingest("benchmarks", list(run.config.inputs.benchmarks))
-    previous = run.config.inputs.dedup_index
-    index = parent_ref(run.store.resolve(previous), "index") if previous else None
-    deduped = run.stage("dedup", corpus=corpus, index=index)
-    decontaminated = run.stage("contamination", corpus=deduped, benchmarks=benchmarks)
-    vectors = run.stage("embed", corpus=decontaminated) if run.embeds() else None
-    labels_checked = run.stage("label_noise", corpus=decontaminated,
-                               embeddings=vectors and parent_ref(vectors, "embeddings"))
-    return {"benchmarks": benchmarks, "contamination": decontaminated, "curated": labels_checked}
+    outputs: dict[str, str | None] = {
+        CORPUS: run.ingest("corpus", [run.config.inputs.corpus]),
+        BENCHMARKS: run.ingest("benchmarks", list(run.config.inputs.benchmarks)),
+    }
+    return _run_phase(run, "curate", outputs)
 
 
 def _train_and_evaluate(run: PipelineRun, curated: dict[str, str | None]) -> None:
-    mixture = run.mixture(curated["curated"])
-    tokens = run.stage("tokenize", train=mixture)
-    model = run.stage("train", tokens=tokens and parent_ref(tokens, FILES))
-    run.stage(
-        "evaluate",
-        model_dir=model and parent_ref(model, FILES),
-        heldout=mixture and parent_ref(mixture, "heldout"),
-        benchmarks=curated["benchmarks"],
-        contamination=curated["contamination"] and parent_ref(curated["contamination"], "report"),
-    )
+    _run_phase(run, "train", curated)
 
 
 @flow(name="train_and_evaluate", log_prints=True)
@@ -282,8 +271,8 @@ def _project_root_on_sys_path() -> None:
 
 def stage_flow(stage: str):
     """A flow that reruns ``stage`` alone, reusing cached upstream outputs (its own deployment)."""
-    if stage not in STAGES:
-        raise WinnowError(f"unknown stage '{stage}'; stages are: {', '.join(STAGES)}")
+    if stage not in pipeline_names():
+        raise WinnowError(f"unknown stage '{stage}'; stages are: {', '.join(pipeline_names())}")
 
     # Flow and deployment are named like the stage (`stage_label_noise/label_noise`), the
     # spelling `winnow run --only` takes (it accepts `label-noise` too).
@@ -297,12 +286,12 @@ def stage_flow(stage: str):
     return rerun
 
 
-# One flow object per stage, importable as entrypoints (e.g. flows/pipeline.py:dedup_flow).
-dedup_flow = stage_flow("dedup")
-contamination_flow = stage_flow("contamination")
-embed_flow = stage_flow("embed")
-label_noise_flow = stage_flow("label_noise")
-mixture_flow = stage_flow("mixture")
-tokenize_flow = stage_flow("tokenize")
-train_flow = stage_flow("train")
-evaluate_flow = stage_flow("evaluate")
+def flow_attr(stage: str) -> str:
+    """The module attribute holding ``stage``'s flow: the deployment entrypoint's ``:NAME`` part."""
+    return f"{stage}_flow"
+
+
+# One flow object per pipeline stage, importable as entrypoints (e.g. flows/pipeline.py:dedup_flow);
+# tests/test_graph.py checks deployments/prefect.yaml names each of them.
+for _spec in pipeline_specs():
+    globals()[flow_attr(_spec.name)] = stage_flow(_spec.name)

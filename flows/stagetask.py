@@ -21,10 +21,8 @@ the result; the manifest records it under ``hints`` so lineage shows where reuse
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -33,12 +31,10 @@ from typing import Any
 import pyarrow as pa
 
 from storage import DatasetStore, code_version, derive_fingerprint, file_fingerprint, short
-from tasks.common import StageResult, concat_ledgers, set_progress_listener
+from tasks.common import StageResult, Timings, concat_ledgers, set_progress_listener
 from winnow import io as wio
-from winnow.config import stage_module
-
-FILES = "files"  # the pseudo-table name for an entry's non-tabular files (a model folder)
-INGEST_STAGES = ("ingest_corpus", "ingest_benchmarks")
+from winnow.stages import FILES, INGEST_STAGES
+from winnow.stages import spec as stage_spec
 
 
 def parent_ref(fingerprint: str, table: str = "data") -> str:
@@ -49,6 +45,20 @@ def parent_ref(fingerprint: str, table: str = "data") -> str:
 def split_ref(ref: str) -> tuple[str, str]:
     fp, _, table = ref.partition("/")
     return fp, table or "data"
+
+
+def shard_ref(fingerprint: str, k: int, table: str = "data") -> str:
+    """How a map task names one shard of a table: ``FP/table@k``."""
+    return f"{fingerprint}/{table}@{k}"
+
+
+def ref_list(refs: list[str]) -> str:
+    """Several references as one hint value (a reduce reading every map task's entry)."""
+    return ",".join(refs)
+
+
+def _fps(value: str) -> list[str]:
+    return [split_ref(r)[0] for r in value.split(",")]
 
 
 @dataclass(frozen=True)
@@ -77,22 +87,21 @@ class StagePlan:
 
 def plan_stage(stage: str, parents: dict[str, str], params: Any, hints: dict[str, str] | None = None,
                store: DatasetStore | None = None) -> StagePlan:
-    """Plan a pipeline stage (``tasks.<stage>``) with a Params dataclass or a plain dict.
+    """Plan a registered stage (:mod:`winnow.stages`) with a Params dataclass or a plain dict.
 
     With ``store``, the fingerprint is made from the content of the input tables (see
     :func:`input_identity`); without it, from the parent references.
     """
-    module = stage_module(stage)
+    spec = stage_spec(stage)
     if not isinstance(params, dict):
         params = json.loads(json.dumps(_asdict(params)))
     parents = dict(sorted(parents.items()))
     identity = {k: input_identity(store, ref) for k, ref in parents.items()} if store is not None else {}
-    extra = getattr(module, "identity", None)  # content a stage reads besides its parents (a model file)
-    if extra is not None:
-        found = extra(module.Params(**_params_for(module.Params, params)))
+    if spec.identity:  # content a stage reads besides its parents (a model file)
+        found = spec.load().identity(spec.params_type(**_params_for(spec.params_type, params)))
         if found:
             identity = {**(identity or parents), **{f"@{k}": v for k, v in found.items()}}
-    return StagePlan(stage, parents, params, code_version(module.__name__), dict(hints or {}), identity)
+    return StagePlan(spec.name, parents, params, code_version(spec.module_name), dict(hints or {}), identity)
 
 
 def input_identity(store: DatasetStore, ref: str) -> str:
@@ -103,6 +112,9 @@ def input_identity(store: DatasetStore, ref: str) -> str:
     were recorded fall back to the parent reference, which is at worst a needless recompute.
     """
     fp, table = split_ref(ref)
+    if "@" in table:  # one shard: its file's digest names its content
+        name, k = table.split("@")
+        return f"shard:{store.manifest(fp).tables[name]['shards'][int(k)]['sha256']}"
     if table != FILES:
         content = store.manifest(fp).tables.get(table, {}).get("content")
         if content:
@@ -113,17 +125,17 @@ def input_identity(store: DatasetStore, ref: str) -> str:
 def cache_hints(store: DatasetStore, stage: str) -> dict[str, str]:
     """The cache hint for ``stage``: its newest earlier output that may seed this run, or nothing.
 
-    Only a stage whose module declares ``CACHE_HINT = (run argument, table)`` and a
-    ``reusable(params, metrics)`` test takes one (``embed``: vectors are a pure function of the
+    Only a stage whose spec declares ``cache_hint = (run argument, table)`` (its module then has a
+    ``reusable(params, metrics)`` test) takes one (``embed``: vectors are a pure function of the
     text and the model, so earlier vectors of the same model wheel are as good as new ones).
     """
-    module = stage_module(stage)
-    spec = getattr(module, "CACHE_HINT", None)
-    if spec is None:
+    spec = stage_spec(stage)
+    if spec.cache_hint is None:
         return {}
-    arg, table = spec
+    arg, table = spec.cache_hint
+    reusable = spec.load().reusable
     for m in reversed(store.entries()):  # newest first
-        if m.stage == stage and table in m.tables and module.reusable(m.params, m.metrics):
+        if m.stage == stage and table in m.tables and reusable(m.params, m.metrics):
             return {arg: parent_ref(m.fingerprint, table)}
     return {}
 
@@ -167,7 +179,7 @@ def execute(plan: StagePlan, store_root: str, force: bool = False, prepared: "Pr
         if store.exists(fp) and not force:  # computed by the run we waited for
             store.journal("reused_after_wait", fp, stage=plan.stage)
             return fp
-        started = time.perf_counter()
+        timings = Timings()
         if prepared is not None and prepared.result is not None:
             result, inputs, files_from, hints = prepared.result, prepared.inputs, None, {}
         else:
@@ -183,11 +195,11 @@ def execute(plan: StagePlan, store_root: str, force: bool = False, prepared: "Pr
             metrics=result.metrics,
             files_from=files_from,
             inputs=inputs,
-            hints={k: split_ref(v)[0] for k, v in hints.items()},
-            elapsed_s=time.perf_counter() - started,
+            hints={k: ",".join(_fps(v)) for k, v in hints.items()},
+            elapsed_s=timings.total(),
             replace=force,
         )
-        store.journal("computed", fp, stage=plan.stage, seconds=round(time.perf_counter() - started, 3))
+        store.journal("computed", fp, stage=plan.stage, seconds=round(timings.total(), 3))
         shutil.rmtree(store.checkpoint_dir(fp), ignore_errors=True)  # committed: nothing left to resume
     return fp
 
@@ -225,10 +237,10 @@ def commit(prepared: Prepared, store: DatasetStore) -> str:
 
 
 def precheck(stage: str, params: Any, **tables: pa.Table) -> None:
-    """Run ``tasks.<stage>.precheck`` (the stage's cheap input checks) if the stage has one."""
-    check = getattr(stage_module(stage), "precheck", None)
-    if check is not None:
-        check(**tables, params=params)
+    """Run the stage's cheap input checks (``precheck`` in its spec) if it declares them."""
+    spec = stage_spec(stage)
+    if spec.precheck:
+        spec.load().precheck(**tables, params=params)
 
 
 def _compute(plan: StagePlan, store: DatasetStore, force: bool
@@ -237,18 +249,18 @@ def _compute(plan: StagePlan, store: DatasetStore, force: bool
     if plan.stage in INGEST_STAGES:
         result, inputs = _ingest(plan)
         return result, inputs, None, {}
-    module = stage_module(plan.stage)
+    spec = stage_spec(plan.stage)
+    module = spec.load()
     kwargs = _load_inputs(store, plan.parents)
     # A hint whose entry has gone since planning is dropped: it was only ever a shortcut. A
     # forced recompute takes none, so it really recomputes (and never reads its own old copy).
-    hints = {} if force else {k: v for k, v in plan.hints.items() if store.exists(split_ref(v)[0])}
+    hints = {} if force else {k: v for k, v in plan.hints.items() if all(map(store.exists, _fps(v)))}
     kwargs.update(_load_inputs(store, hints))
-    params = module.Params(**_params_for(module.Params, plan.params))
-    wants = inspect.signature(module.run).parameters
-    files_from = store.scratch_dir() if "out_dir" in wants else None
+    params = spec.params_type(**_params_for(spec.params_type, plan.params))
+    files_from = store.scratch_dir() if spec.needs_out_dir else None
     if files_from is not None:
         kwargs["out_dir"] = files_from
-    if "checkpoint_dir" in wants:
+    if spec.checkpoints:
         # Keyed by the output fingerprint: a rerun after a crash resumes from here.
         kwargs["checkpoint_dir"] = store.checkpoint_dir(fingerprint_of(plan))
     try:
@@ -281,11 +293,23 @@ def _params_for(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_inputs(store: DatasetStore, parents: dict[str, str]) -> dict[str, Any]:
+    """Each ``run()`` argument's value: a table, one shard of one (``FP/t@k``), a model folder, or
+    a list of tables for a comma-separated list of references (see :func:`ref_list`)."""
     kwargs: dict[str, Any] = {}
-    for arg, ref in parents.items():
-        fp, table = split_ref(ref)
-        kwargs[arg] = store.files_dir(fp) if table == FILES else store.table(fp, table)
+    for arg, value in parents.items():
+        loaded = [_load(store, ref) for ref in value.split(",")]
+        kwargs[arg] = loaded if "," in value else loaded[0]
     return kwargs
+
+
+def _load(store: DatasetStore, ref: str) -> Any:
+    fp, table = split_ref(ref)
+    if table == FILES:
+        return store.files_dir(fp)
+    if "@" in table:
+        name, k = table.split("@")
+        return store.read_shard(fp, name, int(k))
+    return store.table(fp, table)
 
 
 def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:
@@ -421,11 +445,11 @@ def _publish_stage(stage: str, fp: str, store_root: str) -> None:
             description=f"{stage}: first {len(rows)} of {removed.num_rows} ledger rows (entry {short(fp)}). "
             f"`winnow why ID` explains any row.",
         )
-    module = stage_module(stage) if stage not in INGEST_STAGES else None
-    if module is not None and hasattr(module, "worst_rows") and "scores" in m.tables:
+    ranked = stage_spec(stage).worst_rows if stage not in INGEST_STAGES else None
+    if ranked is not None and ranked in m.tables:
         # A stage that ranks rows (label_noise) shows its worst ones, not just the first ledger rows.
         create_table_artifact(
-            module.worst_rows(store.table(fp, "scores"), store.table(fp)),
+            stage_spec(stage).load().worst_rows(store.table(fp, ranked), store.table(fp)),
             key=f"worst-rows-{stage.replace('_', '-')}",
             description=f"{stage}: the rows most likely mislabelled, worst first (entry {short(fp)}).",
         )

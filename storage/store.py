@@ -3,12 +3,14 @@
 Layout under the store root::
 
     objects/<fingerprint>/manifest.json      what, from what, by which code, with which parameters
-    objects/<fingerprint>/tables/<name>.parquet
+    objects/<fingerprint>/tables/<name>.parquet        a table, or its first shard;
+    objects/<fingerprint>/tables/<name>.NNNNN.parquet  its further shards (bounded size, own sha256)
     objects/<fingerprint>/removed.parquet    the per-row removal ledger of the stage that made it
     objects/<fingerprint>/files/...          non-tabular outputs (a trained model and tokenizer)
     runs/<run id>.json, runs/latest.json     which entry each stage of a pipeline run produced
     locks/<fingerprint>.lock                 held (flock) while that entry is being computed
     journal.jsonl                            one line per entry computed, reused or waited for
+    settings.json                            optional: shard_rows / shard_bytes for new tables
     tmp/                                     staging; never read
     checkpoints/<fingerprint>/               resumable training state of an entry being computed
 
@@ -34,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -48,9 +51,16 @@ from winnow.errors import WinnowError
 MANIFEST = "manifest.json"
 LEDGER_FILE = "removed.parquet"
 JOURNAL = "journal.jsonl"
+SETTINGS = "settings.json"  # store-wide choices that change files, never content (shard sizes)
 #: A staging folder whose owner cannot be checked (written on another host) is abandoned once it
 #: is this old; one whose owner ran here is abandoned as soon as that process is gone.
 STALE_STAGING_S = 3600.0
+#: A table is written as Parquet shards of at most this many rows, and about this many bytes in
+#: memory, each with row groups of ROW_GROUP_ROWS: a reader streams it a row group at a time, and a
+#: map task works one shard. Changing them changes files, never content hashes or fingerprints.
+SHARD_ROWS = 1 << 20
+SHARD_BYTES = 256 << 20
+ROW_GROUP_ROWS = 1 << 16
 
 
 @dataclass
@@ -90,12 +100,38 @@ class Manifest:
 class DatasetStore:
     """The on-disk store; see the module docstring for its layout and guarantees."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], shard_rows: int | None = None,
+                 shard_bytes: int | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
+        self._shard_rows, self._shard_bytes = shard_rows, shard_bytes
         self.objects = self.root / "objects"
         self.runs = self.root / "runs"
         self.staging = self.root / "tmp"
         self.locks = self.root / "locks"
+
+    @property
+    def shard_rows(self) -> int:
+        """Rows per table shard: the constructor's, else the store's ``settings.json``, else :data:`SHARD_ROWS`."""
+        return self._shard_rows or int(self._settings().get("shard_rows", SHARD_ROWS))
+
+    @property
+    def shard_bytes(self) -> int:
+        return self._shard_bytes or int(self._settings().get("shard_bytes", SHARD_BYTES))
+
+    def _settings(self) -> dict[str, Any]:
+        path = self.root / SETTINGS
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def configure(self, shard_rows: int | None = None, shard_bytes: int | None = None) -> None:
+        """Record this store's shard size, so every process writing to it (a Dask worker too) shards alike."""
+        settings = self._settings()
+        for key, value in (("shard_rows", shard_rows), ("shard_bytes", shard_bytes)):
+            if value is not None:
+                if value < 1:
+                    raise WinnowError(f"store {self.root}: {key} must be >= 1, got {value}")
+                settings[key] = int(value)
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(self.root / SETTINGS, settings)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -114,16 +150,51 @@ class DatasetStore:
         return Manifest.load(self.path(fingerprint) / MANIFEST)
 
     def table(self, fingerprint: str, name: str = "data") -> pa.Table:
-        """Read one named table of an entry."""
-        path = self.path(fingerprint) / "tables" / f"{name}.parquet"
-        if not path.is_file():
+        """Read one named table of an entry whole (all its shards, in order).
+
+        For a stage that truly needs the whole table; one that can work a piece at a time reads
+        :meth:`batches` or :meth:`dataset` instead and never holds it all.
+        """
+        paths = self.shard_paths(fingerprint, name)
+        if len(paths) == 1:
+            return read_parquet(paths[0])
+        return pa.concat_tables([read_parquet(p) for p in paths])
+
+    def shard_paths(self, fingerprint: str, name: str = "data") -> list[Path]:
+        """The Parquet shards of one table, in row order."""
+        folder = self.path(fingerprint) / "tables"
+        info = self.manifest(fingerprint).tables.get(name)
+        if info is None or not (folder / shard_file(name, 0)).is_file():
             have = ", ".join(self.manifest(fingerprint).tables) or "none"
             raise WinnowError(f"store entry {short(fingerprint)} has no table '{name}' (has: {have})")
-        return read_parquet(path)
+        return [folder / s["file"] for s in info.get("shards", [{"file": shard_file(name, 0)}])]
+
+    def read_shard(self, fingerprint: str, name: str, k: int) -> pa.Table:
+        """Shard ``k`` of a table (a map task's input)."""
+        return read_parquet(self.shard_paths(fingerprint, name)[k])
+
+    def batches(self, fingerprint: str, name: str = "data", columns: list[str] | None = None
+                ) -> Iterator[pa.RecordBatch]:
+        """Stream a table's rows shard by shard, one row group at a time (bounded memory)."""
+        for path in self.shard_paths(fingerprint, name):
+            with pq.ParquetFile(path) as f:
+                for k in range(f.num_row_groups):
+                    yield from f.read_row_group(k, columns=columns).to_batches()
+
+    def dataset(self, fingerprint: str, name: str = "data") -> Any:
+        """The table as a ``pyarrow.dataset.Dataset`` over its shards (scans, filters, projections)."""
+        import pyarrow.dataset as pads
+
+        return pads.dataset([str(p) for p in self.shard_paths(fingerprint, name)], format="parquet")
 
     def table_path(self, fingerprint: str, name: str = "data") -> Path:
-        """Path of a named table's Parquet file (for tools that read files, e.g. `datasets`)."""
-        return self.path(fingerprint) / "tables" / f"{name}.parquet"
+        """Path of a one-shard table's Parquet file (for tools that read one file, e.g. `datasets`)."""
+        paths = self.shard_paths(fingerprint, name) if self.exists(fingerprint) else [
+            self.objects / fingerprint / "tables" / shard_file(name, 0)]
+        if len(paths) > 1:
+            raise WinnowError(f"store entry {short(fingerprint)}: table '{name}' has {len(paths)} shards; "
+                              "read them with shard_paths() or dataset()")
+        return paths[0]
 
     def files_dir(self, fingerprint: str) -> Path:
         """Folder of an entry's non-tabular files (e.g. a model's weights and tokenizer)."""
@@ -246,28 +317,9 @@ class DatasetStore:
         tmp = self.staging / f"entry-{fingerprint[:16]}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            (tmp / "tables").mkdir()
-            table_info = {}
-            for name, table in tables.items():
-                path = tmp / "tables" / f"{name}.parquet"
-                pq.write_table(table, path, compression="zstd")
-                table_info[name] = {
-                    # What a stage reading this table is fingerprinted by (flows/stagetask.py).
-                    "content": table_fingerprint(table),
-                    "rows": table.num_rows,
-                    "bytes": path.stat().st_size,
-                    # The file's own digest, for `store verify` (the content hash above is of the
-                    # table as computed, which a Parquet round trip may re-spell, e.g. list types).
-                    "sha256": _sha256(path),
-                    "schema": {f.name: str(f.type) for f in table.schema},
-                }
+            table_info = self._write_tables(tmp / "tables", tables)
             pq.write_table(removed, tmp / LEDGER_FILE, compression="zstd")
-            files: list[str] = []
-            digests: dict[str, str] = {}
-            if files_from is not None:
-                os.rename(files_from, tmp / "files")
-                files = sorted(str(p.relative_to(tmp / "files")) for p in (tmp / "files").rglob("*") if p.is_file())
-                digests = {name: _sha256(tmp / "files" / name) for name in files}
+            files, digests = _adopt_files(tmp / "files", files_from)
             manifest = Manifest(
                 fingerprint=fingerprint,
                 stage=stage,
@@ -287,26 +339,54 @@ class DatasetStore:
             )
             _write_json(tmp / MANIFEST, asdict(manifest))
             _fsync_tree(tmp)
-            final = self.objects / fingerprint
-            if replace and final.exists():
-                old = self.staging / f"replaced-{fingerprint[:16]}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
-                os.rename(final, old)
-                os.rename(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-                _fsync_dir(self.objects)
-                return manifest
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if self.exists(fingerprint):  # a concurrent writer committed the same entry first
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return self.manifest(fingerprint)
-                raise
-            _fsync_dir(self.objects)
-            return manifest
+            return self._commit(tmp, manifest, replace)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _write_tables(self, folder: Path, tables: Mapping[str, pa.Table]) -> dict[str, dict[str, Any]]:
+        """Write each table as Parquet shards (see :func:`shard_bounds`); returns the manifest's ``tables``."""
+        folder.mkdir()
+        info = {}
+        for name, table in tables.items():
+            shards = []
+            for k, (start, rows) in enumerate(shard_bounds(table, self.shard_rows, self.shard_bytes)):
+                path = folder / shard_file(name, k)
+                pq.write_table(table.slice(start, rows), path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                shards.append({"file": path.name, "rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path)})
+            info[name] = {
+                # What a stage reading this table is fingerprinted by (flows/stagetask.py).
+                "content": table_fingerprint(table),
+                "rows": table.num_rows,
+                "bytes": sum(s["bytes"] for s in shards),
+                # Each file's own digest, for `store verify` (the content hash above is of the
+                # table as computed, which a Parquet round trip may re-spell, e.g. list types).
+                "sha256": shards[0]["sha256"],
+                "shards": shards,
+                "schema": {f.name: str(f.type) for f in table.schema},
+            }
+        return info
+
+    def _commit(self, tmp: Path, manifest: Manifest, replace: bool) -> Manifest:
+        """Rename a complete staged entry into ``objects/`` (swapping out the old one if ``replace``)."""
+        fingerprint = manifest.fingerprint
+        final = self.objects / fingerprint
+        if replace and final.exists():
+            old = self.staging / f"replaced-{fingerprint[:16]}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+            _fsync_dir(self.objects)
+            return manifest
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if self.exists(fingerprint):  # a concurrent writer committed the same entry first
+                shutil.rmtree(tmp, ignore_errors=True)
+                return self.manifest(fingerprint)
+            raise
+        _fsync_dir(self.objects)
+        return manifest
 
     def scratch_dir(self) -> Path:
         """A new empty folder inside the store for a stage to write files into before :meth:`put`."""
@@ -413,16 +493,11 @@ class DatasetStore:
         folder = self.objects / fingerprint
         problems = []
         for name, info in m.tables.items():
-            path = folder / "tables" / f"{name}.parquet"
-            try:
-                table = read_parquet(path)
-            except (OSError, pa.ArrowException) as e:
-                problems.append(f"table {name}: unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
-                continue
-            if table.num_rows != info["rows"]:
-                problems.append(f"table {name}: {table.num_rows} rows, manifest says {info['rows']}")
-            elif info.get("sha256") and _sha256(path) != info["sha256"]:
-                problems.append(f"table {name}: sha256 differs from the manifest")
+            # Entries written before sharding hold one file and a table-level digest.
+            shards = info.get("shards") or [{"file": shard_file(name, 0), "rows": info["rows"], "sha256": info.get("sha256")}]
+            for shard in shards:
+                problems += _verify_shard(folder / "tables" / shard["file"], shard, name if len(shards) == 1 else
+                                          f"{name} shard {shard['file']}")
         for rel in m.files:
             path = folder / "files" / rel
             if not path.is_file():
@@ -438,6 +513,65 @@ class DatasetStore:
         for m in self.entries():
             folder = self.objects / m.fingerprint
             yield m.fingerprint, sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def shard_bounds(table: pa.Table, max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
+    """(first row, rows) of each shard: at most ``max_rows`` rows and about ``max_bytes`` of values.
+
+    Cut greedily from the first row, by each row's own size, so the bounds of a table's prefix do
+    not depend on what follows it: a corpus that grows at the end keeps its earlier shards (and so
+    its per-shard map tasks' cache entries) byte for byte.
+    """
+    n = table.num_rows
+    if n == 0:
+        return [(0, 0)]
+    cum = np.cumsum(_row_sizes(table))
+    bounds, start = [], 0
+    while start < n:
+        base = int(cum[start - 1]) if start else 0
+        by_bytes = int(np.searchsorted(cum, base + max_bytes, side="right"))
+        end = min(n, start + max_rows, max(start + 1, by_bytes))
+        bounds.append((start, end - start))
+        start = end
+    return bounds
+
+
+def _row_sizes(table: pa.Table) -> np.ndarray:
+    """Approximate bytes of each row: strings and binaries by their length, other columns 8 bytes."""
+    sizes = np.full(table.num_rows, 8 * table.num_columns, np.int64)
+    for col in table.columns:
+        t = col.type
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            sizes += pc.fill_null(pc.binary_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return sizes
+
+
+def shard_file(name: str, k: int) -> str:
+    """File name of shard ``k`` of table ``name``: shard 0 keeps the one-file name of older entries."""
+    return f"{name}.parquet" if k == 0 else f"{name}.{k:05d}.parquet"
+
+
+def _verify_shard(path: Path, shard: Mapping[str, Any], what: str) -> list[str]:
+    try:
+        with pq.ParquetFile(path) as f:
+            rows = f.metadata.num_rows
+            f.read()  # decodes every page: a torn or bit-flipped file fails here
+    except (OSError, pa.ArrowException) as e:
+        return [f"table {what}: unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"]
+    if rows != shard["rows"]:
+        return [f"table {what}: {rows} rows, manifest says {shard['rows']}"]
+    if shard.get("sha256") and _sha256(path) != shard["sha256"]:
+        return [f"table {what}: sha256 differs from the manifest"]
+    return []
+
+
+def _adopt_files(dest: Path, files_from: Path | None) -> tuple[list[str], dict[str, str]]:
+    """Move a stage's scratch folder into the staged entry; its file list and their sha256 digests."""
+    if files_from is None:
+        return [], {}
+    os.rename(files_from, dest)
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    return files, {name: _sha256(dest / name) for name in files}
 
 
 def read_parquet(path: Path) -> pa.Table:

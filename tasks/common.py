@@ -17,11 +17,13 @@ Canonical columns (the CLI maps user column names onto these on the way in, and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -129,6 +131,139 @@ def require_columns(table: pa.Table, columns: dict[str, pa.DataType], what: str)
             raise WinnowError(f"{what}: column '{name}' has type {have}, expected {dtype}")
 
 
+class Timings:
+    """Wall seconds per named phase of a stage, and in total since creation.
+
+    One helper instead of hand-written ``perf_counter`` pairs::
+
+        timings = Timings()
+        with timings.phase("exact"):
+            ...
+        metrics["timings_s"] = timings.rounded()
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block; a phase entered twice accumulates."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+    def total(self) -> float:
+        """Seconds since this object was made."""
+        return time.perf_counter() - self._start
+
+    def rounded(self, digits: int = 4) -> dict[str, float]:
+        return {k: round(v, digits) for k, v in self.seconds.items()}
+
+
+@dataclass(frozen=True)
+class RowRules:
+    """What :func:`check_rows` demands of a stage's rows (one validator for every stage).
+
+    Attributes:
+        unique_ids: no id may repeat (False for chunks of a larger table checked one at a time).
+        texts: ``"present"`` (no null text) or ``"nonempty"`` (no null or empty text).
+        utf8: validate every text's UTF-8 in full (Parquet readers do not).
+        labels: a ``label`` column is required: strings (or integers, booleans), null = unlabelled,
+            never an empty string.
+        columns: further string columns that must exist with no nulls (``domain``).
+    """
+
+    unique_ids: bool = True
+    texts: str = "present"
+    utf8: bool = False
+    labels: bool = False
+    columns: tuple[str, ...] = ()
+
+
+def check_rows(table: pa.Table, where: str, rules: RowRules = RowRules()) -> None:
+    """Raise a :class:`WinnowError` naming the first row (its position and id) that breaks ``rules``.
+
+    Checks, in order: a table with ``id`` and ``text`` string columns (and the ``rules`` columns),
+    at least one row, no null id, unique ids, texts present (or non-empty), valid UTF-8, labels.
+    """
+    if not isinstance(table, pa.Table):
+        raise WinnowError(f"{where}: expected a pyarrow Table, got {type(table).__name__}")
+    require_columns(table, {c: pa.string() for c in ("id", "text", *rules.columns)}, where)
+    if table.num_rows == 0:
+        raise WinnowError(f"{where}: the table is empty (no rows)")
+    ids = table["id"]
+    if ids.null_count:
+        raise WinnowError(f"{where}: column 'id' has {ids.null_count} null value(s), first at row "
+                          f"{first_true(pc.is_null(ids))}")
+    if rules.unique_ids and pc.count_distinct(ids).as_py() != table.num_rows:
+        counts = pc.value_counts(ids).flatten()
+        dup = pc.filter(counts[0], pc.greater(counts[1], 1))
+        raise WinnowError(f"{where}: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once); "
+                          "ids must be unique")
+    for column in ("text", *rules.columns):
+        if table[column].null_count:
+            row = first_true(pc.is_null(table[column]))
+            raise WinnowError(f"{where}: column '{column}' is null in row {row} (id {ids[row].as_py()!r}); "
+                              "fill or drop those rows first")
+    if rules.texts == "nonempty":
+        empty = pc.equal(pc.binary_length(table["text"]), 0)
+        if pc.any(empty).as_py():
+            row = first_true(empty)
+            raise WinnowError(f"{where}: column 'text' is empty in row {row} (id {ids[row].as_py()!r})")
+    if rules.utf8:
+        _check_utf8(table["text"], ids, where)
+    if rules.labels:
+        _check_labels(table, where)
+
+
+def first_true(mask: pa.ChunkedArray | pa.Array) -> int:
+    """Position of the first true value of a boolean array (one is known to exist)."""
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
+def _check_utf8(texts: pa.ChunkedArray, ids: pa.ChunkedArray, where: str) -> None:
+    start = 0
+    for chunk in texts.chunks:
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid:
+            row = start + _first_invalid_utf8(chunk)
+            raise WinnowError(f"{where}: text of id {ids[row].as_py()!r} (row {row}) is not valid UTF-8; decode "
+                              "the source with the right encoding (or errors='replace') first") from None
+        start += len(chunk)
+
+
+def _first_invalid_utf8(chunk: pa.Array) -> int:
+    raw = chunk.cast(pa.large_binary()) if pa.types.is_large_string(chunk.type) else chunk.view(pa.binary())
+    for i, v in enumerate(raw.to_pylist()):
+        if v is None:
+            continue
+        try:
+            v.decode("utf-8")
+        except UnicodeDecodeError:
+            return i
+    return 0
+
+
+def _check_labels(table: pa.Table, where: str) -> None:
+    if "label" not in table.column_names:
+        raise WinnowError(f"{where}: missing column 'label' (have: {', '.join(table.column_names)})")
+    ltype = table.schema.field("label").type
+    if not (pa.types.is_string(ltype) or pa.types.is_large_string(ltype) or pa.types.is_integer(ltype)
+            or pa.types.is_boolean(ltype) or pa.types.is_null(ltype)
+            or (pa.types.is_dictionary(ltype) and pa.types.is_string(ltype.value_type))):
+        raise WinnowError(f"{where}: column 'label' has type {ltype}; expected strings (or integers)")
+    if pa.types.is_string(ltype) or pa.types.is_large_string(ltype):
+        blank = pc.equal(pc.utf8_trim_whitespace(table["label"]), "")
+        if pc.any(blank).as_py():
+            row = first_true(pc.fill_null(blank, False))
+            raise WinnowError(f"{where}: row id {table['id'][row].as_py()!r} has an empty label in column 'label'; "
+                              "use null for unlabelled rows")
+
+
 _PUNCT_RE = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE_RE = re.compile(r"\s+", re.UNICODE)
 
@@ -171,7 +306,7 @@ def params_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
 # a listener that mirrors the fraction done into a Prefect progress artifact.
 
 import contextvars  # noqa: E402  (kept beside the only code that uses it)
-from typing import Callable, Iterator, TypeVar  # noqa: E402
+from typing import Callable, TypeVar  # noqa: E402
 
 _T = TypeVar("_T")
 _progress_listener: contextvars.ContextVar[Callable[[str, float], None] | None] = contextvars.ContextVar(

@@ -52,7 +52,6 @@ Edge cases, by rule:
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +61,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from tasks import minhash as mh
-from tasks.common import Normalization, StageResult, concat_ledgers, ledger, require_columns, track
+from tasks.common import Normalization, RowRules, StageResult, Timings, check_rows, concat_ledgers, first_true, ledger, track
 from winnow.errors import WinnowError
 
 STAGE = "dedup"
@@ -293,36 +292,43 @@ def _featurize_batch(texts: pa.Array, params: Params, banding: mh.Banding, a: np
     return Features(h.exact, blank, h.num_units, h.sigs, keys, h.shingles, h.shingle_offsets)
 
 
+def features_table(feats: Features) -> pa.Table:
+    """``feats`` as an Arrow table (one row per document): the output of a per-shard map task."""
+    k, b = feats.sigs.shape[1], feats.bands.shape[1]
+    return pa.table({
+        "exact_hi": pa.array(feats.exact[:, 0]), "exact_lo": pa.array(feats.exact[:, 1]),
+        "blank": pa.array(feats.blank), "num_units": pa.array(feats.num_units.astype(np.int64)),
+        "sigs": pa.FixedSizeListArray.from_arrays(pa.array(feats.sigs.ravel(), pa.uint32()), k),
+        "bands": pa.FixedSizeListArray.from_arrays(pa.array(feats.bands.ravel(), pa.uint64()), b),
+        "shingles": pa.LargeListArray.from_arrays(pa.array(feats.shingle_offsets, pa.int64()),
+                                                  pa.array(feats.shingles, pa.uint32())),
+    })
+
+
+def features_from_tables(parts: list[pa.Table]) -> Features:
+    """The in-memory :class:`Features` of the shards' :func:`features_table` outputs, in row order:
+    the same arrays :func:`featurize` computes on the whole corpus (it is a per-row function)."""
+    t = pa.concat_tables(parts).combine_chunks()
+    col = lambda name: t.column(name).chunk(0) if t.num_rows else t.column(name).combine_chunks()  # noqa: E731
+    sigs, bands, shingles = col("sigs"), col("bands"), col("shingles")
+    n = t.num_rows
+    offsets = shingles.offsets.to_numpy() - (shingles.offsets[0].as_py() if n else 0)
+    return Features(
+        exact=np.stack([col("exact_hi").to_numpy(), col("exact_lo").to_numpy()], axis=1),
+        blank=col("blank").to_numpy(zero_copy_only=False),
+        num_units=col("num_units").to_numpy(),
+        sigs=sigs.flatten().to_numpy().reshape(n, sigs.type.list_size),
+        bands=bands.flatten().to_numpy().reshape(n, bands.type.list_size),
+        shingles=shingles.flatten().to_numpy(),
+        shingle_offsets=offsets.astype(np.int64),
+    )
+
+
 # --------------------------------------------------------------------------- input checks
 
 
 def _check_corpus(corpus: pa.Table, params: Params, where: str = "dedup corpus", check_ids: bool = True) -> None:
-    if not isinstance(corpus, pa.Table):
-        raise WinnowError(f"{where}: corpus must be a pyarrow Table, got {type(corpus).__name__}")
-    require_columns(corpus, {"id": pa.string(), "text": pa.string()}, where)
-    if corpus.num_rows == 0:
-        raise WinnowError(f"{where}: the table has no rows")
-    ids, texts = corpus.column("id"), corpus.column("text")
-    if ids.null_count:
-        raise WinnowError(f"{where}: column 'id' has {ids.null_count} null value(s), first at row "
-                          f"{_first_true(pc.is_null(ids))}")
-    if texts.null_count:
-        row = _first_true(pc.is_null(texts))
-        raise WinnowError(f"{where}: column 'text' is null for id {ids[row].as_py()!r} (row {row}); "
-                          "fill or drop null texts before dedup")
-    if check_ids:
-        counts = pc.value_counts(ids).flatten()
-        dup = pc.filter(counts[0], pc.greater(counts[1], 1))
-        if len(dup):
-            raise WinnowError(f"{where}: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once); "
-                              "ids must be unique")
-    for chunk_start, chunk in _chunks_with_start(texts):
-        try:
-            chunk.validate(full=True)
-        except pa.ArrowInvalid:
-            row = chunk_start + _first_invalid_utf8(chunk)
-            raise WinnowError(f"{where}: text of id {ids[row].as_py()!r} (row {row}) is not valid UTF-8; "
-                              "decode the source with the right encoding (or errors='replace') before dedup") from None
+    check_rows(corpus, where, RowRules(unique_ids=check_ids, utf8=True))
     if params.keep == "score":
         col = params.score_column
         if col not in corpus.column_names:
@@ -330,29 +336,6 @@ def _check_corpus(corpus: pa.Table, params: Params, where: str = "dedup corpus",
         t = corpus.schema.field(col).type
         if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
             raise WinnowError(f"dedup: score_column '{col}' has type {t}, expected a numeric type")
-
-
-def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
-    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
-
-
-def _chunks_with_start(arr: pa.ChunkedArray):
-    start = 0
-    for chunk in arr.chunks:
-        yield start, chunk
-        start += len(chunk)
-
-
-def _first_invalid_utf8(chunk: pa.Array) -> int:
-    raw = chunk.cast(pa.large_binary()) if pa.types.is_large_string(chunk.type) else chunk.view(pa.binary())
-    for i, v in enumerate(raw.to_pylist()):
-        if v is None:
-            continue
-        try:
-            v.decode("utf-8")
-        except UnicodeDecodeError:
-            return i
-    return 0
 
 
 # --------------------------------------------------------------------------- previous index
@@ -492,7 +475,8 @@ def _blank_error(blank: np.ndarray, id_list: list[str]) -> WinnowError:
                        "blank text(s) in all); set dedup.empty_text to 'keep' or 'drop', or remove them")
 
 
-def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = None) -> StageResult:
+def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = None,
+        features: list[pa.Table] | None = None) -> StageResult:
     """Drop exact, near and (optionally) semantic duplicates from ``corpus``.
 
     Args:
@@ -500,6 +484,9 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         params: see :class:`Params`.
         index: the ``tables["index"]`` of an earlier run, for incremental dedup: this corpus is
             checked against every document seen before, and earlier documents always survive.
+        features: the corpus's features already computed shard by shard (the ``dedup_map`` stage,
+            :func:`features_table`), in row order; without them they are computed here. The
+            result is the same either way, so they are a cache hint, not part of the fingerprint.
 
     Returns:
         ``tables["data"]`` (surviving rows, input order and schema), ``tables["index"]`` (every
@@ -508,8 +495,7 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         ``duplicate_of``, ``cluster_id``, ``cluster_size``, ``jaccard_estimated``,
         ``jaccard_verified``, ...), and metrics.
     """
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    timings = Timings()
     params.check()
     _check_corpus(corpus, params)
     banding = params.banding()
@@ -521,22 +507,23 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         # Probe the old ids against a hash set of the new ones (cheaper than the reverse).
         if pc.any(pc.is_in(prev.ids, value_set=ids.combine_chunks())).as_py():
             seen = pc.is_in(ids, value_set=prev.ids.combine_chunks())
-            row = _first_true(seen)
+            row = first_true(seen)
             raise WinnowError(f"dedup: id {id_list[row]!r} (row {row}) is already in the dedup index from an earlier run; "
                               "pass only new documents, or give re-ingested ones new ids")
     n_old = 0 if prev is None else prev.table.num_rows
     seq0 = 0 if prev is None else int(prev.seq.max()) + 1
 
-    t = time.perf_counter()
-    feats = featurize(corpus.column("text"), params, banding)
-    timings["featurize"] = time.perf_counter() - t
+    with timings.phase("featurize"):
+        feats = features_from_tables(features) if features else featurize(corpus.column("text"), params, banding)
+    if len(feats.blank) != n:
+        raise WinnowError(f"dedup: {len(feats.blank)} rows of shard features for {n} corpus rows")
 
     policy = _policy_key(corpus, params)
     texts = corpus.column("text")
     dec = decide(feats, id_list, policy, params, banding, prev, seq0,
                  texts_of=lambda rows: texts.take(pa.array(rows, pa.int64())).to_pylist())
     status, evidence = dec.status, dec.evidence
-    timings.update(dec.timings)
+    timings.seconds.update(dec.timings)
 
     keep_mask = status == "kept"
     if params.empty_text == "keep":
@@ -545,10 +532,9 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
     dropped = np.flatnonzero(~keep_mask)
     removed = ledger([id_list[i] for i in dropped], STAGE, "drop", [status[i] for i in dropped], [evidence[int(i)] for i in dropped])
 
-    t = time.perf_counter()
-    new_index = _index_table(prev, corpus, feats, status, params, banding, seq0)
-    timings["index"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_start
+    with timings.phase("index"):
+        new_index = _index_table(prev, corpus, feats, status, params, banding, seq0)
+    timings.seconds["total"] = timings.total()
 
     reasons = ("exact_duplicate", "near_duplicate", "semantic_duplicate", "empty_text")
     metrics = {
@@ -561,8 +547,8 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         "index": {"rows_before": n_old, "rows_after": new_index.num_rows,
                   "band_keys_recomputed": bool(prev is not None and prev.bands_recomputed)},
         "kernel": "numba" if mh.HAVE_NUMBA else "numpy",
-        "timings_s": {k: round(v, 4) for k, v in timings.items()},
-        "docs_per_s": round(n / max(timings["total"], 1e-9), 1),
+        "timings_s": timings.rounded(),
+        "docs_per_s": round(n / max(timings.seconds["total"], 1e-9), 1),
     }
     return StageResult(tables={"data": data, "index": new_index}, removed=concat_ledgers([removed]), metrics=metrics)
 
@@ -586,7 +572,7 @@ def decide(feats: Features, id_list: list[str], policy: np.ndarray, params: Para
     ``keep`` (smaller is preferred); ``texts_of(rows)`` returns texts (semantic pass only).
     """
     n = len(id_list)
-    timings: dict[str, float] = {}
+    timings = Timings()
     if params.empty_text == "error" and feats.blank.any():
         raise _blank_error(feats.blank, id_list)
     status = np.full(n, "kept", dtype=object)
@@ -597,28 +583,25 @@ def decide(feats: Features, id_list: list[str], policy: np.ndarray, params: Para
             evidence[int(i)] = {"rule": "text is empty or whitespace only"}
     active = ~feats.blank  # rows still in play
 
-    t = time.perf_counter()
     n_exact_clusters = 0
-    if params.exact:
-        n_exact_clusters = _exact_pass(feats, prev, active, policy, status, evidence, id_list, seq0)
-        active &= status == "kept"
-    timings["exact"] = time.perf_counter() - t
+    with timings.phase("exact"):
+        if params.exact:
+            n_exact_clusters = _exact_pass(feats, prev, active, policy, status, evidence, id_list, seq0)
+            active &= status == "kept"
 
     near_metrics: dict[str, Any] = {}
     if params.near:
-        t = time.perf_counter()
-        near_metrics = _near_pass(feats, prev, active, policy, status, evidence, id_list, params, banding, seq0)
-        active &= status == "kept"
-        timings["near"] = time.perf_counter() - t
+        with timings.phase("near"):
+            near_metrics = _near_pass(feats, prev, active, policy, status, evidence, id_list, params, banding, seq0)
+            active &= status == "kept"
 
     sem_metrics: dict[str, Any] = {}
     if params.semantic:
-        t = time.perf_counter()
-        sem_metrics = _semantic_pass(texts_of, active, policy, status, evidence, id_list, params)
-        timings["semantic"] = time.perf_counter() - t
+        with timings.phase("semantic"):
+            sem_metrics = _semantic_pass(texts_of, active, policy, status, evidence, id_list, params)
     metrics = {"blank_texts": int(feats.blank.sum()), "exact_clusters": n_exact_clusters, "near": near_metrics,
                "semantic": sem_metrics}
-    return Decisions(status, evidence, metrics, timings)
+    return Decisions(status, evidence, metrics, timings.seconds)
 
 
 def _policy_key(corpus: pa.Table, params: Params) -> np.ndarray:
@@ -693,41 +676,63 @@ def _cluster_numbers(labels: np.ndarray, order: np.ndarray, in_cluster: np.ndarr
 def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, policy: np.ndarray,
                status: np.ndarray, evidence: dict[int, dict[str, Any]], id_list: list[str], params: Params,
                banding: mh.Banding, seq0: int) -> dict[str, Any]:
-    """Mark near duplicates among active rows (and against the previous index)."""
+    """Mark near duplicates among active rows (and against the previous index), in four phases:
+    old documents that may match, candidate pairs by band key, pairs scored (verified), clusters
+    and their evidence."""
     rows = np.flatnonzero(active & (feats.num_shingles > 0))
-    # Old docs that share at least one band key with a new doc (hash-set scan per band, O(old)).
-    old_rows = np.zeros(0, np.int64)
-    old_bands = np.zeros((0, banding.bands), np.uint64)
-    if prev is not None and len(rows):
-        if prev.bands_recomputed:
-            cand = np.flatnonzero(prev.has_sig)
-            all_old = mh.band_keys(_fixed_list_rows(prev.table.column("signature"), cand, params.num_perm, np.uint32),
-                                   banding.bands, banding.rows)
-        else:  # zero-copy view; rows without a signature are masked out below
-            cand = np.arange(len(prev.has_sig))
-            all_old = _fixed_list_matrix(prev.table.column("band_keys"), banding.bands, np.uint64)
-        # All bands at once (a band key hashes its band number too, so keys of different bands
-        # never meet): a 2^22-bit table of the new keys' top bits rules out almost every old
-        # key with one gather, and only the few survivors are checked exactly.
-        new_keys = np.unique(np.concatenate([feats.band(band)[rows] for band in range(banding.bands)]))
-        table = np.zeros(1 << 22, bool)
-        table[new_keys >> np.uint64(42)] = True
-        flat = all_old.reshape(-1)
-        maybe = np.flatnonzero(table[flat >> np.uint64(42)])
-        hit = np.zeros(flat.shape[0], bool)
-        hit[maybe] = np.isin(flat[maybe], new_keys)
-        hit = hit.reshape(-1, banding.bands).any(axis=1) & prev.has_sig[cand]
-        old_rows = cand[hit]
-        old_bands = all_old[hit]
+    old_rows, old_bands = _old_candidates(feats, prev, rows, params, banding)
     m_old = len(old_rows)
     nw = m_old + len(rows)
     metrics: dict[str, Any] = {"candidate_pairs": 0, "verified_pairs": 0, "clusters": 0, "old_docs_matched": int(m_old)}
     if nw < 2:
         return metrics
+    left, right = _candidate_pairs(feats, rows, old_bands, m_old, params, banding)
+    metrics["candidate_pairs"] = int(len(left))
+    pf = _pair_features(feats, prev, rows, old_rows, left, right, params)
+    score = _pair_scores(pf, np.searchsorted(pf.inv, left), np.searchsorted(pf.inv, right), params)
+    edge = score >= params.threshold
+    metrics["verified_pairs"] = int(edge.sum())
+    if not edge.any():
+        return metrics
+    working = _Working(rows, old_rows, prev, id_list, seq0)
+    metrics["clusters"] = _mark_clusters(working, pf, left[edge], right[edge], score[edge], policy, status,
+                                         evidence, params)
+    return metrics
 
-    # Candidates: equal band keys, band by band, then distinct pairs; never old-old (settled
-    # earlier). Only one band's keys are in memory at a time.
-    docs = np.arange(nw)
+
+def _old_candidates(feats: Features, prev: _Previous | None, rows: np.ndarray, params: Params,
+                    banding: mh.Banding) -> tuple[np.ndarray, np.ndarray]:
+    """Old docs that share at least one band key with a new doc (hash-set scan per band, O(old))."""
+    old_rows = np.zeros(0, np.int64)
+    old_bands = np.zeros((0, banding.bands), np.uint64)
+    if prev is None or not len(rows):
+        return old_rows, old_bands
+    if prev.bands_recomputed:
+        cand = np.flatnonzero(prev.has_sig)
+        all_old = mh.band_keys(_fixed_list_rows(prev.table.column("signature"), cand, params.num_perm, np.uint32),
+                               banding.bands, banding.rows)
+    else:  # zero-copy view; rows without a signature are masked out below
+        cand = np.arange(len(prev.has_sig))
+        all_old = _fixed_list_matrix(prev.table.column("band_keys"), banding.bands, np.uint64)
+    # All bands at once (a band key hashes its band number too, so keys of different bands
+    # never meet): a 2^22-bit table of the new keys' top bits rules out almost every old
+    # key with one gather, and only the few survivors are checked exactly.
+    new_keys = np.unique(np.concatenate([feats.band(band)[rows] for band in range(banding.bands)]))
+    table = np.zeros(1 << 22, bool)
+    table[new_keys >> np.uint64(42)] = True
+    flat = all_old.reshape(-1)
+    maybe = np.flatnonzero(table[flat >> np.uint64(42)])
+    hit = np.zeros(flat.shape[0], bool)
+    hit[maybe] = np.isin(flat[maybe], new_keys)
+    hit = hit.reshape(-1, banding.bands).any(axis=1) & prev.has_sig[cand]
+    return cand[hit], all_old[hit]
+
+
+def _candidate_pairs(feats: Features, rows: np.ndarray, old_bands: np.ndarray, m_old: int, params: Params,
+                     banding: mh.Banding) -> tuple[np.ndarray, np.ndarray]:
+    """Equal band keys, band by band, then distinct pairs of working ids (old docs first); never
+    old-old (settled earlier). Only one band's keys are in memory at a time."""
+    docs = np.arange(m_old + len(rows))
     lefts, rights = [], []
     for band in range(banding.bands):
         keys = np.concatenate([old_bands[:, band], feats.band(band)[rows]])
@@ -735,10 +740,23 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
         keep = right >= m_old
         lefts.append(left[keep])
         rights.append(right[keep])
-    left, right = mh.unique_pairs(np.concatenate(lefts), np.concatenate(rights), nw)
-    metrics["candidate_pairs"] = int(len(left))
+    return mh.unique_pairs(np.concatenate(lefts), np.concatenate(rights), len(docs))
 
-    # Signatures and shingle sets of the documents in some candidate pair (old ones from the index).
+
+@dataclass
+class _PairFeatures:
+    """Signatures and shingle sets of the documents in some candidate pair (``inv``: their working ids)."""
+
+    inv: np.ndarray
+    sigs: np.ndarray
+    sets: np.ndarray
+    set_off: np.ndarray
+    verifiable: np.ndarray  # old documents indexed without shingles cannot be verified
+
+
+def _pair_features(feats: Features, prev: _Previous | None, rows: np.ndarray, old_rows: np.ndarray,
+                   left: np.ndarray, right: np.ndarray, params: Params) -> _PairFeatures:
+    m_old = len(old_rows)
     inv = np.unique(np.concatenate([left, right]))
     inv_old, inv_new = inv[inv < m_old], inv[inv >= m_old]
     new_rows = rows[inv_new - m_old]
@@ -749,43 +767,55 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
         old_sigs = np.zeros((0, params.num_perm), np.uint32)
         old_sets, old_off = np.zeros(0, np.uint32), np.zeros(1, np.int64)
     new_sets, new_off = mh.sort_unique(*feats.shingles_of(new_rows))
-    sigs = np.concatenate([old_sigs, feats.signatures_of(new_rows)])
-    sets = np.concatenate([old_sets, new_sets])
     set_off = np.concatenate([old_off, new_off[1:] + old_off[-1]])
-    # Old documents indexed without shingles (index_shingles=False) cannot be verified.
-    verifiable = np.diff(set_off) > 0
-    li, ri = np.searchsorted(inv, left), np.searchsorted(inv, right)
+    return _PairFeatures(inv, np.concatenate([old_sigs, feats.signatures_of(new_rows)]),
+                         np.concatenate([old_sets, new_sets]), set_off, np.diff(set_off) > 0)
 
-    est = mh.estimated_jaccard(sigs, li, ri)
-    if params.verify:
-        ver = mh.jaccard_of_pairs(sets, set_off, li, ri)
-        unver = ~(verifiable[li] & verifiable[ri])
-        score = np.where(unver, est, ver)
-    else:
-        score = est
-    edge = score >= params.threshold
-    metrics["verified_pairs"] = int(edge.sum())
-    el, er, ej = left[edge], right[edge], score[edge]
-    if len(el) == 0:
-        return metrics
 
+def _pair_scores(pf: _PairFeatures, li: np.ndarray, ri: np.ndarray, params: Params) -> np.ndarray:
+    """Jaccard of each pair (positions in ``pf``): exact where both sets are known, else estimated."""
+    est = mh.estimated_jaccard(pf.sigs, li, ri)
+    if not params.verify:
+        return est
+    ver = mh.jaccard_of_pairs(pf.sets, pf.set_off, li, ri)
+    return np.where(~(pf.verifiable[li] & pf.verifiable[ri]), est, ver)
+
+
+@dataclass
+class _Working:
+    """Working ids: the matched old documents first, then this corpus's active rows."""
+
+    rows: np.ndarray
+    old_rows: np.ndarray
+    prev: _Previous | None
+    id_list: list[str]
+    seq0: int
+
+    def id_of(self, w: int) -> str:
+        return _working_id(w, len(self.old_rows), self.old_rows, self.rows, self.prev, self.id_list)
+
+
+def _mark_clusters(wk: _Working, pf: _PairFeatures, el: np.ndarray, er: np.ndarray, ej: np.ndarray,
+                   policy: np.ndarray, status: np.ndarray, evidence: dict[int, dict[str, Any]],
+                   params: Params) -> int:
+    """Cluster the edges, keep one document per cluster, mark the rest; returns the cluster count."""
+    rows, old_rows, prev, m_old = wk.rows, wk.old_rows, wk.prev, len(wk.old_rows)
+    nw = m_old + len(rows)
     labels = _components(nw, el, er)
     sizes = np.bincount(labels)[labels]
     cls = np.concatenate([np.where(prev.kept[old_rows], 0, 1) if m_old else np.zeros(0, np.int64), np.full(len(rows), 2)])
     pol = np.concatenate([np.zeros(m_old), policy[rows]])
-    order = np.concatenate([prev.seq[old_rows] if m_old else np.zeros(0, np.int64), seq0 + rows])
+    order = np.concatenate([prev.seq[old_rows] if m_old else np.zeros(0, np.int64), wk.seq0 + rows])
     keeper = _keepers(labels, cls, pol, order)
     cluster_no = _cluster_numbers(labels, order, sizes > 1)
     losers = np.flatnonzero((keeper != np.arange(nw)) & (np.arange(nw) >= m_old))
-    metrics["clusters"] = int(np.unique(labels[sizes > 1]).size)
 
     # Evidence: Jaccard to the survivor (estimated and exact), and the strongest verified edge.
-    kl, kr = np.searchsorted(inv, losers), np.searchsorted(inv, keeper[losers])
-    est_k = mh.estimated_jaccard(sigs, kl, kr)
-    ver_k = mh.jaccard_of_pairs(sets, set_off, kl, kr) if params.verify else np.full(len(kl), np.nan)
-    ver_k = np.where(verifiable[kl] & verifiable[kr], ver_k, np.nan)
+    kl, kr = np.searchsorted(pf.inv, losers), np.searchsorted(pf.inv, keeper[losers])
+    est_k = mh.estimated_jaccard(pf.sigs, kl, kr)
+    ver_k = mh.jaccard_of_pairs(pf.sets, pf.set_off, kl, kr) if params.verify else np.full(len(kl), np.nan)
+    ver_k = np.round(np.where(pf.verifiable[kl] & pf.verifiable[kr], ver_k, np.nan), 4)
     best_nb, best_j = _strongest_edge(nw, el, er, ej)
-    ver_k = np.round(ver_k, 4)
     for w, k, nb, size, number, e_est, e_ver, e_best in zip(
         losers.tolist(), keeper[losers].tolist(), best_nb[losers].tolist(), sizes[losers].tolist(),
         cluster_no[losers].tolist(), np.round(est_k, 4).tolist(), ver_k.tolist(), np.round(best_j[losers], 4).tolist()
@@ -793,17 +823,17 @@ def _near_pass(feats: Features, prev: _Previous | None, active: np.ndarray, poli
         i = int(rows[w - m_old])
         status[i] = "near_duplicate"
         evidence[i] = {
-            "duplicate_of": _working_id(k, m_old, old_rows, rows, prev, id_list),
-            "cluster_id": f"near-{seq0}-{number}",
+            "duplicate_of": wk.id_of(k),
+            "cluster_id": f"near-{wk.seq0}-{number}",
             "cluster_size": size,
             "jaccard_estimated": e_est,
             "jaccard_verified": None if e_ver != e_ver else e_ver,  # NaN: not verifiable
-            "linked_to": _working_id(nb, m_old, old_rows, rows, prev, id_list),
+            "linked_to": wk.id_of(nb),
             "linked_jaccard": e_best,
             "threshold": params.threshold,
             "duplicate_of_earlier_run": k < m_old,
         }
-    return metrics
+    return int(np.unique(labels[sizes > 1]).size)
 
 
 def _working_id(w: int, m_old: int, old_rows: np.ndarray, rows: np.ndarray, prev: _Previous | None,

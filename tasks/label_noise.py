@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.common import StageResult, concat_ledgers, drop_rows, ledger, require_columns, track
+from tasks.common import RowRules, StageResult, check_rows, concat_ledgers, drop_rows, ledger, track
 from winnow.errors import WinnowError
 
 STAGE = "label_noise"
@@ -406,20 +406,7 @@ def resolve_detector(detector: str, n_classes: int) -> str:
 def _validated_rows(corpus: pa.Table, params: Params) -> dict[str, Any]:
     """Check the input and return the positions and string labels of the labelled rows."""
     what = "label_noise input"
-    require_columns(corpus, {"id": pa.string(), "text": pa.string()}, what)
-    if "label" not in corpus.column_names:
-        raise WinnowError(f"{what}: missing column 'label' (have: {', '.join(corpus.column_names)})")
-    ltype = corpus.schema.field("label").type
-    if not (pa.types.is_string(ltype) or pa.types.is_large_string(ltype) or pa.types.is_integer(ltype)
-            or pa.types.is_boolean(ltype) or pa.types.is_null(ltype)
-            or (pa.types.is_dictionary(ltype) and pa.types.is_string(ltype.value_type))):
-        raise WinnowError(f"{what}: column 'label' has type {ltype}; expected strings (or integers)")
-    if corpus["id"].null_count:
-        raise WinnowError(f"{what}: column 'id' has {corpus['id'].null_count} null value(s)")
-    if pc.count_distinct(corpus["id"]).as_py() != corpus.num_rows:
-        vc = pc.value_counts(corpus["id"]).to_pylist()
-        dup = next(v["values"] for v in vc if v["counts"] > 1)
-        raise WinnowError(f"{what}: duplicate id '{dup}' in column 'id'")
+    check_rows(corpus, what, RowRules(labels=True))
 
     raw = corpus["label"].to_pylist()
     ids = corpus["id"].to_pylist()

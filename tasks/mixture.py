@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from tasks.common import StageResult, require_columns
+from tasks.common import RowRules, StageResult, check_rows
 from winnow.errors import WinnowError
 
 STAGE = "mixture"
@@ -489,29 +489,13 @@ def split_into_chunks(text: str, chunk_bytes: int | None) -> list[str]:
 
 
 def _check(corpus: pa.Table) -> None:
-    if corpus.num_rows == 0:
-        raise WinnowError("mixture: the corpus is empty")
-    require_columns(corpus, {"id": pa.string(), "text": pa.string(), "domain": pa.string()}, "mixture")
-    for col in ("id", "text", "domain"):
-        nulls = pc.is_null(corpus[col])
-        if pc.any(nulls).as_py():
-            row = pc.index(nulls, True).as_py()
-            rid = corpus["id"][row].as_py()
-            raise WinnowError(f"mixture: column '{col}' is null in row {row} (id {rid!r})")
-    empty = pc.equal(pc.utf8_length(corpus["text"]), 0)
-    if pc.any(empty).as_py():
-        row = pc.index(empty, True).as_py()
-        raise WinnowError(f"mixture: column 'text' is empty in row {row} (id {corpus['id'][row].as_py()!r})")
+    check_rows(corpus, "mixture", RowRules(texts="nonempty", columns=("domain",)))
     if "label" in corpus.column_names and not (
         pa.types.is_string(corpus.schema.field("label").type)
         or pa.types.is_large_string(corpus.schema.field("label").type)
         or pa.types.is_null(corpus.schema.field("label").type)
     ):
         raise WinnowError(f"mixture: column 'label' has type {corpus.schema.field('label').type}, expected string")
-    counts = pc.value_counts(corpus["id"])
-    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
-    if len(dup):
-        raise WinnowError(f"mixture: duplicate id {dup[0]['values'].as_py()!r} in column 'id'")
 
 
 def _chunked_table(ids: list[str], texts: list[str], domains: list[str], keep: np.ndarray, chunk_bytes: int | None) -> pa.Table:

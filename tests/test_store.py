@@ -202,3 +202,40 @@ def test_import_scan_finds_what_the_parser_finds(tmp_path):
             assert _ast_imports(name, path) <= _project_imports(name, path), name
             checked += 1
     assert checked > 30
+def test_a_table_is_written_as_bounded_shards_each_verified(tmp_path):
+    """Shards of at most shard_rows rows, read back whole or streamed; `verify` checks each one."""
+    store = DatasetStore(tmp_path / "s", shard_rows=2)
+    table = _licences(5)
+    m = _put(store, table, "ab" * 32)
+    shards = m.tables["data"]["shards"]
+    assert [s["rows"] for s in shards] == [2, 2, 1] and len({s["sha256"] for s in shards}) == 3
+    assert [p.name for p in store.shard_paths("ab" * 32)] == ["data.parquet", "data.00001.parquet", "data.00002.parquet"]
+    assert store.table("ab" * 32).equals(table)
+    streamed = pa.Table.from_batches(list(store.batches("ab" * 32, columns=["id"])))
+    assert streamed["id"].to_pylist() == table["id"].to_pylist()
+    assert store.dataset("ab" * 32).to_table().equals(table)
+    # Sharding changes files, never what the table is: the content hash is the unsharded one's.
+    assert m.tables["data"]["content"] == _put(DatasetStore(tmp_path / "t"), table, "cd" * 32).tables["data"]["content"]
+    with pytest.raises(WinnowError, match="3 shards"):
+        store.table_path("ab" * 32)
+    assert store.verify("ab" * 32) == []
+    damaged = store.shard_paths("ab" * 32)[1]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(damaged, 0o644)
+    damaged.write_bytes(bytes(data))
+    problems = store.verify("ab" * 32)
+    assert len(problems) == 1 and "data.00001.parquet" in problems[0]
+
+
+def test_shard_bounds_follow_rows_and_bytes():
+    from storage.store import shard_bounds
+
+    t = pa.table({"text": ["x" * 992] * 10})  # 1000 bytes a row, counting 8 for the column
+    assert shard_bounds(t, 4, 1 << 30) == [(0, 4), (4, 4), (8, 2)]
+    assert shard_bounds(t, 100, 3000) == [(0, 3), (3, 3), (6, 3), (9, 1)]
+    assert shard_bounds(t.slice(0, 0), 4, 100) == [(0, 0)]
+    # A prefix shards the same whatever follows it (a grown corpus keeps its earlier shards).
+    grown = pa.table({"text": ["x" * 992] * 10 + ["y" * 50_000] * 3})
+    assert shard_bounds(grown, 4, 3000)[:3] == shard_bounds(t, 4, 3000)[:3]
+    assert shard_bounds(pa.table({"text": ["z" * 10_000]}), 4, 3000) == [(0, 1)]  # a huge row is a shard

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every later one")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
-    p = sub.add_parser("ablate", help="train with and without each curation stage; print the receipt with 95% intervals")
+    p = sub.add_parser("ablate", help="train with and without each curation stage; print the receipt with 95%% intervals")
     _add_config_args(p)
     p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (default 3)")
     p.add_argument("--stages", default="dedup,contamination,label_noise,mixture",
@@ -133,42 +133,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_stage_parsers(sub: Any) -> None:
-    """One subcommand per stage that runs on a user's file: `winnow STAGE IN --out OUT`."""
-    for stage, helptext in (
-        ("dedup", "remove exact and near-duplicate rows from IN"),
-        ("contamination", "find (and drop or mask) benchmark text inside IN"),
-        ("label-noise", "find mislabelled rows in IN"),
-        ("mixture", "choose domain weights for IN and write the weighted training mixture"),
-        ("train", "train a causal LM on IN (training rows) and save it to --out"),
-        ("evaluate", "evaluate a trained model (--model) on held-out rows IN and benchmarks"),
-    ):
-        p = sub.add_parser(stage, help=helptext)
+    """One subcommand per stage that runs on a user's file (`winnow STAGE IN --out OUT`), from the
+    stage registry: an input read from the benchmarks gets the benchmark flags, an input that names
+    a store entry gets its flag, and a stage's own flags come from its spec."""
+    from winnow.stages import BENCHMARKS, cli_specs
+
+    for spec in cli_specs():
+        p = sub.add_parser(spec.command, help=spec.cli)
         p.add_argument("input", metavar="IN", help="Parquet file/folder, JSONL(.gz) or a `datasets` folder")
         p.add_argument("--out", required=True, help="output Parquet (or .jsonl) file; a folder for `train`")
         p.add_argument("--removed", help="where to write the removal report (default: OUT stem + .removed.parquet)")
-        if stage in ("contamination", "evaluate"):
-            p.add_argument("--benchmark", action="append", default=[], metavar="B",
-                           help="benchmark file (repeatable; default: the bundled benchmarks)")
-            p.add_argument("--benchmark-format", metavar="FORMAT",
-                           help="benchmark format: auto (default: detected from the fields), mmlu, mmlu_prompt, "
-                                "arc, hellaswag, gsm8k, truthfulqa_mc or lm_eval")
-            p.add_argument("--benchmark-field", action="append", default=[], metavar="ROLE=COLUMN",
-                           help="read benchmark role ROLE (question, choices, answer, target, id, benchmark, "
-                                "context) from COLUMN (repeatable)")
-        if stage == "mixture":
-            p.add_argument("--method", choices=("temperature", "proportional", "uniform", "unimax", "manual", "regmix", "doremi"),
-                           help="how the domain weights are chosen (sets mixture.method; regmix and doremi run proxy models first)")
-        if stage == "dedup":
-            p.add_argument("--index", metavar="REF",
-                           help="incremental: check IN (new documents only) against this earlier dedup entry's index")
-        if stage == "evaluate":
-            p.add_argument("--model", required=True, help="the store entry `winnow train` printed (fingerprint prefix)")
-            p.add_argument("--contamination-report", metavar="REF",
-                           help="store entry of a contamination run, to score clean and contaminated subsets apart")
-            p.add_argument("--lm-eval", action="store_true",
-                           help="also score the same items with lm-evaluation-harness's hf model and compare (needs winnow[lmeval])")
+        if any(i.source == BENCHMARKS for i in spec.inputs):
+            _add_benchmark_args(p)
+        for inp in spec.inputs:
+            if inp.option:
+                p.add_argument(inp.option, dest=_dest(inp.option), metavar="REF", required=not inp.optional,
+                               help=inp.help)
+        for opt in spec.options:
+            if opt.switch:
+                p.add_argument(opt.flag, dest=_dest(opt.flag), action="store_true", help=opt.help)
+            else:
+                p.add_argument(opt.flag, dest=_dest(opt.flag), choices=opt.choices or None, help=opt.help)
         _add_column_args(p)
         _add_config_args(p)
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", action="append", default=[], metavar="B",
+                   help="benchmark file (repeatable; default: the bundled benchmarks)")
+    p.add_argument("--benchmark-format", metavar="FORMAT",
+                   help="benchmark format: auto (default: detected from the fields), mmlu, mmlu_prompt, "
+                        "arc, hellaswag, gsm8k, truthfulqa_mc or lm_eval")
+    p.add_argument("--benchmark-field", action="append", default=[], metavar="ROLE=COLUMN",
+                   help="read benchmark role ROLE (question, choices, answer, target, id, benchmark, "
+                        "context) from COLUMN (repeatable)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,19 +256,20 @@ def _writable_store(root: str | Path):
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the pipeline flow; print the receipt, mixture weights, metrics and output paths."""
-    from winnow.config import STAGES
+    from winnow.stages import pipeline_names
 
+    order = pipeline_names()
     cfg = _load(args)
     force: list[str] = []
     last = None
     for name in (args.only, args.from_stage):
-        if name and name.replace("-", "_") not in STAGES:
-            raise WinnowError(f"unknown stage '{name}'; stages are: {', '.join(STAGES)}")
+        if name and name.replace("-", "_") not in order:
+            raise WinnowError(f"unknown stage '{name}'; stages are: {', '.join(order)}")
     if args.only:
         force, last = [args.only.replace("-", "_")], args.only.replace("-", "_")
     elif args.from_stage:
-        start = STAGES.index(args.from_stage.replace("-", "_"))
-        force = list(STAGES[start:])
+        start = order.index(args.from_stage.replace("-", "_"))
+        force = list(order[start:])
     if last == "embed" and not cfg.params("label_noise").uses_minilm:
         raise WinnowError(
             f"--only embed: embed computes label_noise's MiniLM vectors, but label_noise.features is "
@@ -385,7 +388,9 @@ def _preflight(cfg: Any) -> None:
     resolved: a failure here leaves the store exactly as it was. Only then are the ingest entries
     written, which the flow finds in the store.
     """
+    from flows.graph import configured_refs
     from flows.stagetask import commit, plan_ingest, precheck, prepare_ingest
+    from winnow.stages import pipeline_specs
 
     cfg.check()  # model and tokenizer choices, before any data is read
     store = _writable_store(cfg.store.root)
@@ -394,40 +399,27 @@ def _preflight(cfg: Any) -> None:
                "domain": inputs.domain_column, "label": inputs.label_column}
     corpus = prepare_ingest(plan_ingest("corpus", [inputs.corpus], columns), store)
     benchmarks = prepare_ingest(plan_ingest("benchmarks", list(inputs.benchmarks), inputs.benchmark_columns()), store)
-    for stage in ("dedup", "label_noise", "mixture"):
-        precheck(stage, cfg.params(stage), corpus=corpus.table)
-    if inputs.dedup_index:
-        _dedup_index(store, inputs.dedup_index)
+    for spec in pipeline_specs():
+        precheck(spec.name, cfg.params(spec.name), corpus=corpus.table)
+        configured_refs(spec, cfg, store)  # an [inputs] key naming a store entry must name a fitting one
     commit(corpus, store)
     commit(benchmarks, store)
-
-
-def _dedup_index(store: Any, ref: str) -> str:
-    """The ``index`` table reference of an earlier dedup entry, named the way a user types it."""
-    from flows.stagetask import parent_ref
-
-    fp = store.resolve(ref)
-    if "index" not in store.manifest(fp).tables:
-        raise WinnowError(f"dedup index '{ref}': store entry {fp[:12]} is a {store.manifest(fp).stage} entry "
-                          "with no index table; give an earlier dedup output")
-    return parent_ref(fp, "index")
 
 
 # -- one stage on a user's file ------------------------------------------------------------------
 
 
-def _stage_outputs(args: argparse.Namespace, stage: str) -> dict[str, Path]:
-    """Every path `winnow STAGE` may write, by role, so all are checked before any is written."""
+def _stage_outputs(args: argparse.Namespace, spec: Any) -> dict[str, Path]:
+    """Every path `winnow STAGE` may write, by role, so all are checked before any is written:
+    OUT, the removal report of a stage that removes rows, and one file per further output table."""
     out = Path(args.out)
     stem = out.with_name(out.name.split(".")[0])
     paths = {"out": out}
-    if stage in ("dedup", "contamination", "label_noise"):
+    if spec.ledger:
         paths["removed"] = Path(args.removed) if args.removed else Path(f"{stem}.removed.parquet")
-    extra = {"contamination": ("report",), "label_noise": ("scores",), "mixture": ("heldout", "weights"),
-             "evaluate": ("benchmarks", "positions", "examples"), "dedup": ("index",)}
-    for name in extra.get(stage, ()):
+    for name in spec.outputs[1:]:
         paths[name] = Path(f"{stem}.{name}.parquet")
-    if stage == "evaluate" and args.lm_eval:
+    if getattr(args, "lm_eval", False):
         paths["lmeval"] = Path(f"{stem}.lmeval.parquet")  # per-item comparison; the tasks go in {stem}.lmeval/
     return paths
 
@@ -439,100 +431,79 @@ def cmd_stage(args: argparse.Namespace) -> int:
     output paths (never an input, a known format, a writable folder), the input files, the
     stage's own input checks and every store reference given. Then the ingest and the stage run.
     """
+    from flows.graph import cli_computes, cli_parents, configured_refs
     from flows.stagetask import commit, plan_ingest, precheck, prepare_ingest
     from winnow import io as wio
+    from winnow.stages import BENCHMARKS
+    from winnow.stages import spec as stage_spec
 
-    stage = args.command.replace("-", "_")
+    spec = stage_spec(args.command)
     if getattr(args, "lm_eval", False):
         from tasks.lmeval import require_lm_eval
 
         require_lm_eval()  # an optional extra: say so before anything is read or written
-    if getattr(args, "method", None):
-        args.overrides.append(f"mixture.method={args.method}")
+    for opt in spec.options:
+        if opt.sets and getattr(args, _dest(opt.flag), None):
+            args.overrides.append(f"{opt.sets}={getattr(args, _dest(opt.flag))}")
     cfg = _load(args)
     store = _writable_store(cfg.store.root)
     cols = wio.Columns(id=args.id_column, text=args.text_column, domain=args.domain_column, label=args.label_column)
     columns = {"split": args.split, "id": cols.id, "text": cols.text, "domain": cols.domain, "label": cols.label}
-    if stage == "train":
-        cfg.check(("tokenize", "train"))
-    if stage in ("train", "evaluate"):  # mixture rows: one document may repeat (epochs, chunks)
+    computes = cli_computes(spec, cfg)
+    cfg.check(computes)
+    if not spec.unique_ids:  # mixture rows: one document may repeat (epochs, chunks)
         columns["unique_ids"] = False
-    bench_paths = (args.benchmark or list(cfg.inputs.benchmarks)) if stage in ("contamination", "evaluate") else []
-    outputs = _stage_outputs(args, stage)
+    reads_benchmarks = any(i.source == BENCHMARKS for i in spec.inputs)
+    bench_paths = (args.benchmark or list(cfg.inputs.benchmarks)) if reads_benchmarks else []
+    outputs = _stage_outputs(args, spec)
     given = [Path(args.input), *map(Path, bench_paths)]
     for path in given:
         wio.check_exists(path)
     for role, path in outputs.items():
-        wio.check_output(path, given, folder=(stage == "train" and role == "out"))
-    if stage == "train" and outputs["out"].is_dir() and any(outputs["out"].iterdir()):
+        wio.check_output(path, given, folder=(spec.writes_folder and role == "out"))
+    if spec.writes_folder and outputs["out"].is_dir() and any(outputs["out"].iterdir()):
         raise WinnowError(f"{outputs['out']}: output folder exists and is not empty")
     corpus = prepare_ingest(plan_ingest("corpus", [args.input], columns), store)
     benchmarks = prepare_ingest(plan_ingest("benchmarks", bench_paths, _benchmark_columns(args, cfg)), store) if bench_paths else None
-    if stage == "label_noise" and "label" not in corpus.table.column_names:
-        raise WinnowError(f"{args.input}: missing label column '{cols.label}' (use --label-column)")
-    if stage in ("dedup", "label_noise", "mixture"):
-        precheck(stage, cfg.params(stage), corpus=corpus.table)
-    refs = _stage_refs(args, stage, store, cfg)
-    parents = _stage_parents(stage, commit(corpus, store), benchmarks and commit(benchmarks, store), refs, store, cfg)
-    return _run_and_export(args, stage, store, cfg, parents, corpus.fingerprint, cols, outputs)
+    for column in spec.requires:
+        if column not in corpus.table.column_names:
+            raise WinnowError(f"{args.input}: missing {column} column '{getattr(cols, column)}' (use --{column}-column)")
+    for name in computes:
+        precheck(name, cfg.params(name), corpus=corpus.table)
+    named = configured_refs(spec, cfg, store, {i.arg: getattr(args, _dest(i.option)) for i in spec.inputs if i.option})
+    parents = cli_parents(spec, commit(corpus, store), benchmarks and commit(benchmarks, store), named,
+                          _computer(store, cfg), cfg)
+    return _run_and_export(args, spec, store, cfg, parents, corpus.fingerprint, cols, outputs)
 
 
-def _stage_refs(args: argparse.Namespace, stage: str, store: Any, cfg: Any) -> dict[str, str]:
-    """Store references the user named (index, model, report), resolved before anything is written."""
-    from flows.stagetask import FILES, parent_ref
+def _computer(store: Any, cfg: Any):
+    """How `winnow STAGE` computes a stage in-process (no flow): its cached store entry, with the
+    stage's prepare hook (learned mixture weights: proxies in turn, each its own cached entry, so a
+    rerun after a crash computes only the missing ones) and cache hint (embed's earlier vectors)."""
+    from flows.graph import map_hints, prepared_inputs
+    from flows.search import run_in_turn
+    from flows.stagetask import cache_hints, execute, plan_stage
 
-    refs: dict[str, str] = {}
-    index = getattr(args, "index", None) or (cfg.inputs.dedup_index if stage == "dedup" else "")
-    if stage == "dedup" and index:
-        refs["index"] = _dedup_index(store, index)
-    if stage == "evaluate":
-        refs["model_dir"] = parent_ref(_model_ref(store, args.model), FILES)
-        if args.contamination_report:
-            fp = store.resolve(args.contamination_report)
-            if "report" not in store.manifest(fp).tables:
-                raise WinnowError(f"--contamination-report {args.contamination_report}: entry {fp[:12]} has no report table")
-            refs["contamination"] = parent_ref(fp, "report")
-    return refs
+    def compute(spec: Any, parents: dict[str, str]) -> str:
+        params = cfg.run_params(spec.name)
+        parents = {**parents, **prepared_inputs(spec, store, parents, params, run_in_turn(store))}
+        hints = cache_hints(store, spec.name) | map_hints(spec, store, parents, params, run_in_turn(store))
+        plan = plan_stage(spec.name, parents, params, hints=hints, store=store)
+        return execute(plan, str(store.root))
 
-
-def _stage_parents(stage: str, corpus: str, benchmarks: str | None, refs: dict[str, str], store: Any,
-                   cfg: Any) -> dict[str, str]:
-    """The stage's inputs by run() argument name (the embed stage runs first for MiniLM features)."""
-    from flows.search import learned_weights, run_in_turn
-    from flows.stagetask import FILES, cache_hints, execute, parent_ref, plan_stage
-    from tasks.mixture import LEARNED
-
-    if stage == "train":
-        tokens = execute(plan_stage("tokenize", {"train": corpus}, cfg.run_params("tokenize"), store=store), str(store.root))
-        return {"tokens": parent_ref(tokens, FILES)}
-    if stage == "evaluate":
-        return {"heldout": corpus, "benchmarks": benchmarks, **refs}
-    parents = {"corpus": corpus, **refs}
-    if stage == "mixture" and cfg.params("mixture").method in LEARNED:
-        # Proxies in turn, each its own cached entry: a rerun after a crash computes only the missing ones.
-        parents["weights"] = learned_weights(store, corpus, cfg.params("mixture"), run_in_turn(store))
-    if benchmarks is not None:
-        parents["benchmarks"] = benchmarks
-    if stage == "label_noise" and cfg.params(stage).uses_minilm:
-        # The vectors are a store entry of their own, as in the pipeline: a rerun with other
-        # label_noise settings, or on a file with a few new rows, embeds only what is new.
-        vectors = execute(plan_stage("embed", {"corpus": corpus}, cfg.params("embed"),
-                                     hints=cache_hints(store, "embed"), store=store), str(store.root))
-        parents["embeddings"] = parent_ref(vectors, "embeddings")
-    return parents
+    return compute
 
 
-def _run_and_export(args: argparse.Namespace, stage: str, store: Any, cfg: Any, parents: dict[str, str],
+def _run_and_export(args: argparse.Namespace, spec: Any, store: Any, cfg: Any, parents: dict[str, str],
                     corpus: str, cols: Any, outputs: dict[str, Path]) -> int:
     """Compute the stage entry, then write its tables where :func:`_stage_outputs` said."""
-    from flows.stagetask import execute, plan_stage
     from storage import short
     from winnow import io as wio
 
-    fp = execute(plan_stage(stage, parents, cfg.params(stage), store=store), str(store.root))
+    fp = _computer(store, cfg)(spec, parents)
     m = store.manifest(fp)
     out = outputs["out"]
-    if stage == "train":
+    if spec.writes_folder:
         _copy_folder(store.files_dir(fp), out)
     else:
         wio.export_table(store.table(fp), out, cols)
@@ -540,10 +511,10 @@ def _run_and_export(args: argparse.Namespace, stage: str, store: Any, cfg: Any, 
     if "removed" in outputs:
         wio.export_table(ledger, outputs["removed"])  # written even when empty: "nothing removed" is an answer
     for name in m.tables:
-        if name != "data" and stage != "train" and name not in outputs:  # a table this list does not know yet
+        if name != "data" and not spec.writes_folder and name not in outputs:  # a table the spec does not declare
             outputs[name] = out.with_name(out.name.split(".")[0] + f".{name}.parquet")
             wio.check_output(outputs[name], [Path(args.input)])
-        if name != "data" and stage != "train":
+        if name != "data" and not spec.writes_folder:
             # Held-out rows are the user's rows, so they get the user's names back; reports keep
             # winnow's names (a contamination report's `id` is a benchmark example's, not a row's).
             wio.export_table(store.table(fp, name), outputs[name], cols if name == "heldout" else None)
@@ -551,12 +522,12 @@ def _run_and_export(args: argparse.Namespace, stage: str, store: Any, cfg: Any, 
     if "removed" in outputs:
         print(f"removal report: {ledger.num_rows} rows -> {outputs['removed']}")
     print(f"store entry {short(fp)} (winnow lineage {short(fp)}); metrics: {json.dumps(m.metrics)[:600]}")
-    if stage == "evaluate":
+    if "benchmarks" in spec.outputs:
         from flows.receipt import benchmark_rows, format_table
 
         print(format_table(benchmark_rows(store.table(fp, "benchmarks").to_pylist())))
-        if "lmeval" in outputs:
-            _lm_eval_parity(store, fp, parents, cfg.params(stage), outputs["lmeval"])
+    if "lmeval" in outputs:
+        _lm_eval_parity(store, fp, parents, cfg.params(spec.name), outputs["lmeval"])
     return 0
 
 
@@ -608,14 +579,6 @@ def _benchmark_columns(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
             raise WinnowError(f"--benchmark-field {item!r}: expected ROLE=COLUMN, e.g. question=problem")
         fields[role.strip()] = column.strip()
     return benchmark_columns(args.split, args.benchmark_format or cfg.inputs.benchmark_format, fields)
-
-
-def _model_ref(store: Any, ref: str) -> str:
-    """A model is named by its store entry, so evaluation keeps its lineage back to the data."""
-    fp = store.resolve(ref)
-    if store.manifest(fp).kind != "model":
-        raise WinnowError(f"{ref}: store entry {fp[:12]} is a {store.manifest(fp).stage} dataset, not a model")
-    return fp
 
 
 # -- inspection ------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ type are errors that name the key, so a typo never silently falls back to a defa
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import tomllib
 import types
@@ -18,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from winnow import stages as stage_graph
 from winnow.errors import WinnowError
 
-#: The pipeline, in order. Each name is also the module ``tasks.<name>``.
-#: ``embed`` runs only when label_noise uses MiniLM features (it computes label_noise's vectors).
-STAGES: tuple[str, ...] = ("dedup", "contamination", "embed", "label_noise", "mixture", "tokenize", "train", "evaluate")
-#: Stages the flow runs around the pipeline, many times or on demand: proxy runs and the learned
-#: mixtures fitted on them. Store entries and Prefect tasks like any stage, with no config section.
-AUX_STAGES: tuple[str, ...] = ("proxy", "regmix", "doremi", "repeat", "ablation")
+#: The pipeline, in order, and the stages run around it (no config section): both declared in
+#: :mod:`winnow.stages`. ``embed`` runs only when label_noise uses MiniLM features.
+STAGES: tuple[str, ...] = stage_graph.pipeline_names()
+AUX_STAGES: tuple[str, ...] = stage_graph.aux_names()
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 SAMPLE_DIR = REPO_DIR / "data" / "sample"
@@ -129,12 +127,11 @@ class PipelineConfig:
             return stage_module("tokenize").resolve(self.params("tokenize"), self.params("train").init)
         return self.params(stage)
 
-    def check(self, stages: tuple[str, ...] = STAGES) -> None:
+    def check(self, stages: tuple[str, ...] | None = None) -> None:
         """Run each stage's ``preflight`` (model, tokenizer choices): bad ones fail before any data is read."""
-        for stage in stages:
-            check = getattr(stage_module(stage), "preflight", None)
-            if check is not None:
-                check(self.run_params(stage))
+        for stage in stage_graph.pipeline_names() if stages is None else stages:
+            if stage_graph.spec(stage).preflight:
+                stage_module(stage).preflight(self.run_params(stage))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (used as the Prefect flow parameter and in run records)."""
@@ -152,10 +149,8 @@ SECTIONS: dict[str, type] = {"store": StoreConfig, "inputs": InputsConfig, "run"
 
 
 def stage_module(stage: str) -> types.ModuleType:
-    """Import ``tasks.<stage>``; an unknown name is a user error listing the known stages."""
-    if stage not in STAGES and stage not in AUX_STAGES:
-        raise WinnowError(f"unknown stage '{stage}'; stages are: {', '.join(STAGES)}")
-    return importlib.import_module(f"tasks.{stage}")
+    """Import a registered stage's module; an unknown name is a user error listing the stages."""
+    return stage_graph.spec(stage).load()
 
 
 def load_config(
@@ -195,9 +190,9 @@ def load_config(
     merged: dict[str, dict[str, Any]] = {}
     for where, layer in layers:
         for section, values in layer.items():
-            if section not in SECTIONS and section not in STAGES:
+            if section not in SECTIONS and section not in stage_graph.pipeline_names():
                 raise WinnowError(
-                    f"{where}: unknown section [{section}]; sections are: {', '.join([*SECTIONS, *STAGES])}"
+                    f"{where}: unknown section [{section}]; sections are: {', '.join([*SECTIONS, *stage_graph.pipeline_names()])}"
                 )
             if not isinstance(values, dict):
                 raise WinnowError(f"{where}: [{section}] must be a table of keys")
@@ -210,11 +205,11 @@ def load_config(
 def config_from_dict(values: dict[str, Any], where: str = "flow parameter") -> PipelineConfig:
     """Rebuild a :class:`PipelineConfig` from :meth:`PipelineConfig.to_dict` output (validated)."""
     for section in values:
-        if section not in SECTIONS and section not in STAGES:
+        if section not in SECTIONS and section not in stage_graph.pipeline_names():
             raise WinnowError(f"{where}: unknown section [{section}]")
     pick = lambda name: {k: (where, v) for k, v in values.get(name, {}).items()}  # noqa: E731
     built = {name: _build(cls, name, pick(name)) for name, cls in SECTIONS.items()}
-    return PipelineConfig(stages=_Stages({s: pick(s) for s in STAGES if s in values}), **built)
+    return PipelineConfig(stages=_Stages({s: pick(s) for s in stage_graph.pipeline_names() if s in values}), **built)
 
 
 class _Stages(dict):
@@ -225,33 +220,33 @@ class _Stages(dict):
     def __init__(self, values: dict[str, dict[str, tuple[str, Any]]]) -> None:
         super().__init__()
         self._values = values
-        for s in STAGES:
+        for s in stage_graph.pipeline_names():
             if values.get(s):
                 self[s] = _build(stage_module(s).Params, s, values[s])
 
     def __missing__(self, stage: str) -> Any:
-        if stage not in STAGES:
+        if stage not in stage_graph.pipeline_names():
             raise KeyError(stage)
         self[stage] = _build(stage_module(stage).Params, stage, self._values.get(stage, {}))
         return self[stage]
 
     def _all(self) -> None:
-        for s in STAGES:
+        for s in stage_graph.pipeline_names():
             self[s]  # noqa: B018  (builds it)
 
     def __iter__(self):
         self._all()
-        return iter([s for s in STAGES])
+        return iter([s for s in stage_graph.pipeline_names()])
 
     def __len__(self) -> int:
-        return len(STAGES)
+        return len(stage_graph.pipeline_names())
 
     def items(self):  # noqa: D102
         self._all()
-        return [(s, dict.__getitem__(self, s)) for s in STAGES]
+        return [(s, dict.__getitem__(self, s)) for s in stage_graph.pipeline_names()]
 
     def keys(self):  # noqa: D102
-        return list(STAGES)
+        return list(stage_graph.pipeline_names())
 
     def values(self):  # noqa: D102
         return [v for _, v in self.items()]

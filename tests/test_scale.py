@@ -1,0 +1,157 @@
+"""Sharded store entries and dedup as map / reduce over shards, in process and on a Dask cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage import DatasetStore
+from tasks import dedup
+from winnow.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARD = 1000  # rows per shard in these stores: 3-4 shards per corpus
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory, sample_corpus) -> tuple[Path, Path]:
+    """3000 real rows of the bundled sample (with real exact and near duplicates), and the same
+    corpus grown by one shard's worth of new rows at the end (a nightly's new documents)."""
+    t = pq.read_table(sample_corpus).select(["id", "text", "domain"])
+    folder = tmp_path_factory.mktemp("corpora")
+    pq.write_table(t.slice(0, 3000), folder / "base.parquet")
+    pq.write_table(t.slice(0, 4000), folder / "grown.parquet")
+    return folder / "base.parquet", folder / "grown.parquet"
+
+
+def _sharded_store(root: Path) -> DatasetStore:
+    store = DatasetStore(root)
+    store.configure(shard_rows=SHARD)
+    return store
+
+
+def _computed(store: DatasetStore, since: int = 0) -> list[str]:
+    return sorted(e["stage"] for e in store.journal_events()[since:] if e["event"] == "computed")
+
+
+def _dedup(path: Path, store: Path, out: Path, capsys) -> str:
+    assert main(["dedup", str(path), "--out", str(out), "--store", str(store)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("store entry"))
+    return line.split()[2]
+
+
+def test_map_reduce_dedup_equals_one_process_and_a_grown_corpus_maps_only_its_new_shard(corpora, tmp_path, capsys):
+    base, grown = corpora
+    one = _dedup(base, tmp_path / "plain", tmp_path / "plain.parquet", capsys)
+    sharded = _sharded_store(tmp_path / "sharded")
+    assert _dedup(base, sharded.root, tmp_path / "sharded.parquet", capsys) == one  # the same entry name
+    assert _computed(sharded) == ["dedup", "dedup_map", "dedup_map", "dedup_map", "ingest_corpus"]
+    assert pq.read_table(tmp_path / "sharded.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
+    fp = next(m.fingerprint for m in sharded.entries() if m.stage == "dedup")
+    whole = dedup.run(pq.read_table(base), dedup.Params())  # the single-process keep-set
+    assert sharded.table(fp)["id"].equals(whole.tables["data"]["id"]) and whole.removed.num_rows > 100
+    assert sharded.removed(fp).equals(whole.removed) and sharded.table(fp, "index").equals(whole.tables["index"])
+    assert len(sharded.manifest(fp).hints["features"].split(",")) == 3
+
+    before = len(sharded.journal_events())
+    _dedup(grown, sharded.root, tmp_path / "grown.parquet", capsys)
+    assert _computed(sharded, before) == ["dedup", "dedup_map", "ingest_corpus"]  # one new shard, then the reduce
+    grown_whole = dedup.run(pq.read_table(grown), dedup.Params())
+    assert pq.read_table(tmp_path / "grown.parquet")["id"].equals(grown_whole.tables["data"]["id"])
+    assert main(["store", "verify", "--store", str(sharded.root)]) == 0
+
+
+def _start_cluster(tmp_path: Path) -> tuple[str, list[subprocess.Popen]]:
+    """A real local cluster: `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    dask = str(Path(sys.executable).with_name("dask"))
+    env = dict(os.environ, PYTHONPATH=str(REPO))  # as an installed winnow would be importable
+    info = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(info)], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    deadline = time.time() + 60
+    while not info.is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    address = json.loads(info.read_text())["address"]
+    for k in range(2):
+        procs.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                                       "--host", "127.0.0.1", "--name", f"w{k}"], env=env, cwd=tmp_path,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(2, timeout=90)
+    return address, procs
+
+
+def _run_dedup(store: Path, corpus: Path, tmp_path: Path, *runner: str) -> dict:
+    from prefect.settings import PREFECT_API_URL
+
+    cmd = [str(Path(sys.executable).with_name("winnow")), "run", "--profile", "smoke", "--store", str(store), "--json",
+           "--set", f"inputs.corpus={json.dumps(str(corpus))}", "--only", "dedup", *runner]
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow  # two `winnow run` processes and a cluster: ~4 min on the shared 2-core box
+def test_map_tasks_run_on_an_existing_dask_cluster_with_the_threaded_result(prefect_server, corpora, tmp_path):
+    pytest.importorskip("prefect_dask")
+    base, _ = corpora
+    threads = _sharded_store(tmp_path / "threads")
+    on_dask = _sharded_store(tmp_path / "dask")
+    address, procs = _start_cluster(tmp_path)
+    try:
+        mine = _run_dedup(on_dask.root, base, tmp_path, "--set", "run.task_runner=dask",
+                          "--set", f"run.runner_address={json.dumps(address)}")
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    theirs = _run_dedup(threads.root, base, tmp_path)
+    fp = mine["outputs"]["dedup"]
+    assert fp == theirs["outputs"]["dedup"]
+    assert on_dask.table(fp).equals(threads.table(fp)) and on_dask.removed(fp).equals(threads.removed(fp))
+    maps = {m.fingerprint for m in on_dask.entries() if m.stage == "dedup_map"}
+    assert len(maps) == 3 and maps == {m.fingerprint for m in threads.entries() if m.stage == "dedup_map"}
+    # The map tasks (and the reduce) ran in the workers' processes, not in the flow's, which
+    # committed the ingest.
+    pids = {e["stage"]: set() for e in on_dask.journal_events()}
+    for e in on_dask.journal_events():
+        if e["event"] == "computed":
+            pids[e["stage"]].add(e["pid"])
+    assert pids["dedup_map"] and not (pids["dedup_map"] | pids["dedup"]) & pids["ingest_corpus"]
+    assert pa.concat_tables([on_dask.table(m) for m in sorted(maps)]).num_rows == 3000
+
+
+def test_a_sharded_dedup_killed_midway_reruns_to_the_same_entries(corpora, tmp_path, capsys):
+    """kill -9 after the first map entry is committed; the rerun computes only what is missing."""
+    base, _ = corpora
+    reference = _dedup(base, tmp_path / "plain", tmp_path / "plain.parquet", capsys)
+    store = _sharded_store(tmp_path / "store")
+    cmd = [sys.executable, "-m", "winnow.cli", "dedup", str(base), "--out", str(tmp_path / "o.parquet"),
+           "--store", str(store.root)]
+    child = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any(m.stage == "dedup_map" for m in store.entries()) and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+    done = {m.fingerprint for m in store.entries() if m.stage == "dedup_map"}
+    assert 1 <= len(done) < 3 and not any(m.stage == "dedup" for m in store.entries()), "killed mid-map"
+    before = len(store.journal_events())
+    assert _dedup(base, store.root, tmp_path / "o.parquet", capsys) == reference
+    assert _computed(store, before) == ["dedup"] + ["dedup_map"] * (3 - len(done))
+    assert pq.read_table(tmp_path / "o.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
+    assert main(["store", "verify", "--store", str(store.root)]) == 0
