@@ -56,15 +56,15 @@ def test_registry_is_in_run_order_and_names_are_unique():
 
 
 def test_deployments_are_the_registrys_stages():
-    """Every pipeline stage has its deployment, named as its CLI command, running its flow."""
+    """Every pipeline stage has its deployment, named as the stage (the spelling `--only` takes),
+    running its flow ``stage_<name>``."""
     import flows.pipeline as pipeline
 
     deployments = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
     per_stage = {d["name"]: d["entrypoint"] for d in deployments if d["entrypoint"].endswith("_flow")}
-    assert per_stage == {s.command: f"flows/pipeline.py:{pipeline.flow_attr(s.name)}" for s in stages.pipeline_specs()}
-    for entrypoint in per_stage.values():
-        flow = getattr(pipeline, entrypoint.split(":")[1])
-        assert flow.name.startswith("stage-")
+    assert per_stage == {s.name: f"flows/pipeline.py:{pipeline.flow_attr(s.name)}" for s in stages.pipeline_specs()}
+    for name, entrypoint in per_stage.items():
+        assert getattr(pipeline, entrypoint.split(":")[1]).name == f"stage_{name}"
 
 
 def test_readme_stage_table_is_the_registry():
