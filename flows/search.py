@@ -46,7 +46,7 @@ def check(corpus: pa.Table, params: mixture.Params) -> mixture.DomainStats:
 def proxy_params(params: mixture.Params, weights: dict[str, float], keep_model: bool = False) -> proxy.Params:
     """One proxy of the configured shape and budget on ``weights``, scored on the main held-out split."""
     return proxy.Params(weights=weights, split=mixture.split_settings(params), train_bytes=params.proxy_train_bytes,
-                        max_tokens=params.proxy_tokens, d_model=params.proxy_d_model, n_layers=params.proxy_n_layers,
+                        max_tokens=params.proxy_tokens, tokenizer=params.proxy_tokenizer, d_model=params.proxy_d_model, n_layers=params.proxy_n_layers,
                         n_heads=max(1, params.proxy_d_model // 32), seq_len=mixture.PROXY_SEQ_LEN,
                         batch_size=mixture.PROXY_BATCH, seed=params.proxy_seed, keep_model=keep_model)
 

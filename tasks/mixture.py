@@ -113,6 +113,9 @@ class Params:
         proxy_tokens, proxy_train_bytes, proxy_d_model, proxy_n_layers, proxy_seed: each proxy's
             token budget, sampled text, model width and depth (a d=64, 2-layer Llama, ~0.14M
             parameters: seconds of training) and seed.
+        proxy_tokenizer: ``"bpe"`` (each proxy fits its own 512-token BPE) or a tokenizer folder
+            every proxy shares (set it to the main run's tokenizer so the proxies rank mixtures
+            and not the tokenizers fitted to them).
         regression: ``"auto"`` (LightGBM or linear, whichever predicts held-out proxies better),
             ``"lightgbm"`` or ``"linear"``.
         concentration: Dirichlet spread of the RegMix mixtures around the prior (1: alpha = k·prior).
@@ -142,6 +145,7 @@ class Params:
     proxy_d_model: int = 64
     proxy_n_layers: int = 2
     proxy_seed: int = 0
+    proxy_tokenizer: str = "bpe"
     regression: Literal["auto", "lightgbm", "linear"] = "auto"
     concentration: float = 1.0
     doremi_reference: Literal["uniform", "proportional"] = "proportional"

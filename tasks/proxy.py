@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks import evaluate, mixture, tokenize, train
+from tasks import compare, evaluate, mixture, tokenize, train
 from tasks.common import BENCHMARK_SCHEMA, StageResult
 from winnow.errors import WinnowError
 
@@ -53,6 +53,11 @@ class Params:
         max_tokens: training budget in tokens (steps = ceil(max_tokens / (batch_size x seq_len))).
             Default 30,720 = 60 steps of 8 x 64: a few seconds on one CPU thread.
         vocab_size: the proxy's BPE size. 512 keeps the embedding small for a d=64 model.
+        tokenizer: ``"bpe"`` (fit ``vocab_size`` on the proxy's own mixture) or a tokenizer
+            folder (any :class:`tasks.tokenize.Params` choice) shared by every proxy and main run,
+            so a mixture's score does not also measure the tokenizer fitted to it.
+        eval_half: the held-out half scored (:func:`tasks.compare.heldout_half`): ``"dev"``
+            (default) keeps the ``test`` half unseen by any method tuned on proxies; None: all.
         d_model, n_layers, n_heads, seq_len, batch_size, lr, warmup_steps: the proxy model and
             optimiser (a Llama; defaults: 64 x 2 layers, about 0.1M parameters plus embeddings).
         seed: seeds sampling order, model init and batch order.
@@ -67,6 +72,8 @@ class Params:
     train_bytes: int = 300_000
     max_tokens: int = 30_720
     vocab_size: int = 512
+    tokenizer: str = "bpe"
+    eval_half: str | None = "dev"
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 2
@@ -95,6 +102,8 @@ class Params:
                               f"(batch_size x seq_len = {self.batch_size} x {self.seq_len} = {per_step} tokens)")
         if self.train_bytes < 1:
             raise WinnowError(f"proxy: train_bytes must be >= 1, got {self.train_bytes}")
+        if self.eval_half not in (None, *compare.HALVES):
+            raise WinnowError(f"proxy: eval_half must be 'dev', 'test' or None, got {self.eval_half!r}")
         unknown = sorted(set(self.split) - set(mixture.SPLIT_FIELDS))
         if unknown:
             raise WinnowError(f"proxy: split has unknown key(s) {', '.join(unknown)}; known: {', '.join(mixture.SPLIT_FIELDS)}")
@@ -103,6 +112,11 @@ class Params:
     def steps(self) -> int:
         """Optimizer steps the budget gives."""
         return math.ceil(self.max_tokens / (self.batch_size * self.seq_len))
+
+
+def identity(params: Params) -> dict[str, str]:
+    """A shared tokenizer folder's content, for the fingerprint (the tokenize stage's rule)."""
+    return tokenize.identity(tokenize.Params(tokenizer=params.tokenizer, vocab_size=params.vocab_size))
 
 
 def preload() -> None:
@@ -148,9 +162,10 @@ def run(corpus: pa.Table, params: Params, out_dir: Path | None = None) -> StageR
     mix = mixture.run(corpus, mixture.Params(method="manual", manual_weights=dict(params.weights),
                                              train_bytes=params.train_bytes, seed=params.seed, **params.split))
     tokens_dir, model_dir = out_dir / "tokens", out_dir / MODEL_DIR
-    tokenize.run(mix.tables["data"], tokenize.Params(tokenizer="bpe", vocab_size=params.vocab_size), tokens_dir)
+    tokenize.run(mix.tables["data"], tokenize.Params(tokenizer=params.tokenizer, vocab_size=params.vocab_size), tokens_dir)
     trained = train.run(tokens_dir, _train_params(params), model_dir)
-    scored = evaluate.run(model_dir, mix.tables["heldout"], BENCHMARK_SCHEMA.empty_table(), evaluate.Params(
+    heldout = compare.heldout_half(mix.tables["heldout"], params.eval_half)
+    scored = evaluate.run(model_dir, heldout, BENCHMARK_SCHEMA.empty_table(), evaluate.Params(
         max_docs_per_domain=params.eval_docs_per_domain, max_bytes_per_domain=params.eval_bytes_per_domain,
         num_threads=params.num_threads, device="cpu"))
     shutil.rmtree(tokens_dir, ignore_errors=True)

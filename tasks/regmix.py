@@ -207,6 +207,29 @@ def _floor(draws: np.ndarray, min_weight: float) -> np.ndarray:
     return min_weight + (1 - min_weight * k) * draws
 
 
+def predict(models: pa.Table, weights: dict[str, float]) -> dict[str, float]:
+    """Per-domain bits/byte that a fitted entry's ``models`` table predicts for ``weights``.
+
+    This is how a proxy search ranks mixtures it never trained on (the transfer check compares
+    that ranking with main-size runs).
+    """
+    domains = models["domain"].to_pylist()
+    missing = sorted(set(domains) - set(weights))
+    if missing:
+        raise WinnowError(f"regmix: no weight for domain(s) {', '.join(missing)}")
+    x = np.array([[weights[d] for d in domains]])
+    out = {}
+    for d, kind, text in zip(domains, models["model"].to_pylist(), models["fitted"].to_pylist()):
+        if kind == "linear":
+            coef = json.loads(text)
+            out[d] = float(x[0] @ np.array(coef["coef"]) + coef["intercept"])
+        else:
+            import lightgbm as lgb
+
+            out[d] = float(lgb.Booster(model_str=text).predict(x)[0])
+    return out
+
+
 def _serialise(model: Any) -> str:
     """The fitted regression as text: LightGBM's model string, or the linear coefficients as JSON."""
     if isinstance(model, _Linear):

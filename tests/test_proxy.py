@@ -109,6 +109,19 @@ def test_regmix_finds_a_known_optimum_and_keeps_the_fitted_regression():
     assert result.tables["models"].num_rows == 3 and all(result.tables["models"]["fitted"].to_pylist())
 
 
+@pytest.mark.parametrize("kind", ["linear", "lightgbm"])
+def test_regmix_predict_reads_the_stored_regression_back(kind):
+    proxies = _synthetic_proxies(24, np.array([0.5, 0.3, 0.2]))
+    result = regmix.run(regmix.Params(target="mean", regression=kind), **proxies)
+    chosen = dict(zip(DOMAINS, result.tables["data"]["weight"].to_pylist()))
+    predicted = regmix.predict(result.tables["models"], chosen)
+    assert list(predicted.values()) == pytest.approx(result.tables["data"]["predicted_bits_per_byte"].to_pylist(), abs=1e-9)
+    far = regmix.predict(result.tables["models"], {"docs": 0.05, "prose": 0.05, "web": 0.9})
+    assert np.mean(list(far.values())) > np.mean(list(predicted.values()))  # the optimum is predicted better
+    with pytest.raises(WinnowError, match="no weight for domain"):
+        regmix.predict(result.tables["models"], {"docs": 1.0})
+
+
 def test_regmix_respects_the_minimum_weight_and_the_epoch_cap():
     optimum = np.array([0.9, 0.05, 0.05])
     params = regmix.Params(target="mean", prior=dict(zip(DOMAINS, [1 / 3] * 3)), min_weight=0.1, max_epochs=2.0,
