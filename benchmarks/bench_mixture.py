@@ -29,9 +29,9 @@ from flows import search
 from flows.stagetask import FILES, execute, parent_ref, plan_ingest, plan_stage
 from storage import DatasetStore
 from tasks import compare, mixture, proxy, regmix, tokenize, train
-from winnow.config import SAMPLE_DIR
+from winnow.config import SAMPLE_DIR, benchmark_columns
 
-METHODS = ("uniform", "proportional", "temperature", "regmix", "regmix:worst", "doremi")
+METHODS = ("uniform", "proportional", "regmix", "regmix:worst", "regmix:benchmark:humaneval", "doremi")
 
 
 def parallel(store: DatasetStore, workers: int) -> search.Submit:
@@ -57,8 +57,9 @@ def shared_tokenizer(store: DatasetStore, corpus: str, args: argparse.Namespace)
     return str(store.files_dir(tok))
 
 
-def main_run(store: DatasetStore, mix_fp: str, args: argparse.Namespace, seed: int) -> tuple[str, pa.Table]:
-    """Tokenize + train the main model on one mixture and seed; per-document bits on the test half (cached)."""
+def main_run(store: DatasetStore, mix_fp: str, args: argparse.Namespace, seed: int) -> tuple[str, pa.Table, pa.Table]:
+    """Tokenize + train the main model on one mixture and seed; per-document bits on the test half
+    of the held-out text and per-item gold-answer bits on the test half of the benchmarks (cached)."""
     root = str(store.root)
     tok = execute(plan_stage("tokenize", {"train": mix_fp}, tokenize.Params(tokenizer=args.tokenizer), store=store), root)
     params = train.Params(d_model=args.d_model, n_layers=args.n_layers, n_heads=max(1, args.d_model // 32),
@@ -72,7 +73,11 @@ def main_run(store: DatasetStore, mix_fp: str, args: argparse.Namespace, seed: i
         test = compare.heldout_half(store.table(mix_fp, "heldout"), "test")
         docs = compare.document_bits(store.files_dir(model), test, None, max_bytes_per_domain=args.eval_bytes or None)
         pq.write_table(docs, cache)
-    return model, pq.read_table(cache)
+    bench_cache = store.root / "bench-mixture" / f"{model}-benchmarks-test-{args.bench_items}.parquet"
+    if not bench_cache.is_file():
+        items = compare.heldout_half(store.table(args.benchmarks), "test", "benchmark")
+        pq.write_table(compare.benchmark_bits(store.files_dir(model), items, args.bench_items), bench_cache)
+    return model, pq.read_table(cache), pq.read_table(bench_cache)
 
 
 def search_flops(store: DatasetStore, fit: str) -> float:
@@ -112,14 +117,15 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--heldout-fraction", type=float, default=0.2,
                     help="share of each domain's documents held out (dev half for proxies, test half scored)")
-    ap.add_argument("--eval-bytes", type=int, default=60_000, help="test-half bytes scored per domain (0: all)")
+    ap.add_argument("--eval-bytes", type=int, default=30_000, help="test-half bytes scored per domain (0: all)")
+    ap.add_argument("--bench-items", type=int, default=25, help="test-half benchmark items scored per benchmark")
     ap.add_argument("--workers", type=int, default=2)
     return ap.parse_args()
 
 
 def method_params(method: str, args: argparse.Namespace) -> mixture.Params:
     """The mixture settings of one bench method; ``regmix:worst`` is RegMix with target ``worst``."""
-    name, _, target = method.partition(":")
+    name, _, target = method.partition(":")  # "regmix:benchmark:humaneval" -> target "benchmark:humaneval"
     learned = name in mixture.LEARNED
     return mixture.Params(method=name, train_bytes=args.train_bytes, heldout_fraction=args.heldout_fraction,
                           max_heldout_docs=None, target=target or args.target, proxies=args.proxies,
@@ -135,6 +141,8 @@ def main() -> None:
     store = DatasetStore(args.store)
     cols = {"split": None, "id": "id", "text": "text", "domain": "domain", "label": "label"}
     corpus = execute(plan_ingest("corpus", [str(SAMPLE_DIR / "corpus.parquet")], cols), str(store.root))
+    args.benchmarks = execute(plan_ingest("benchmarks", [str(SAMPLE_DIR / "benchmarks.parquet")], benchmark_columns(None)),
+                              str(store.root))
     args.tokenizer = shared_tokenizer(store, corpus, args)
     mixes, weights, flops, fits = {}, {}, {}, {}
     t0 = time.perf_counter()
@@ -142,7 +150,7 @@ def main() -> None:
         params = method_params(method, args)
         parents = {"corpus": corpus}
         if params.method in mixture.LEARNED:
-            fit = search.learned_weights(store, corpus, params, parallel(store, args.workers))
+            fit = search.learned_weights(store, corpus, params, parallel(store, args.workers), args.benchmarks)
             parents["weights"], fits[method] = fit, fit
             flops[method] = search_flops(store, fit)
         mixes[method] = execute(plan_stage("mixture", parents, params, store=store), str(store.root))
@@ -156,6 +164,9 @@ def main() -> None:
     results = {m: [runs[(m, seed)][1] for seed in range(args.seeds)] for m in mixes}
     first = store.manifest(runs[jobs[0]][0]).metrics
     report(results, weights, flops, first["flops_per_token"] * first["tokens_seen"], args)
+    print("\n## benchmarks: bits/byte of the gold answer given the question (test half of the items)")
+    report({m: [runs[(m, seed)][2] for seed in range(args.seeds)] for m in mixes}, weights, flops,
+           first["flops_per_token"] * first["tokens_seen"], args)
     fit = next((f for m, f in fits.items() if m.startswith("regmix")), None)
     if fit is not None:
         for target in ("mean", "worst"):

@@ -29,8 +29,10 @@ HALVES = ("dev", "test")
 _HALF_SALT = b"winnow-dev-test\x00"
 
 
-def heldout_half(heldout: pa.Table, half: str | None) -> pa.Table:
+def heldout_half(heldout: pa.Table, half: str | None, group: str = "domain") -> pa.Table:
     """The ``dev`` or ``test`` half of the mixture's held-out split (``None``: all of it).
+
+    ``group = "benchmark"`` splits a benchmark table's items the same way (per benchmark).
 
     Whole documents go to one half (all parts of a chunked document together): per domain, the
     distinct ids in order of a salted hash alternate between ``dev`` and ``test``, so the halves
@@ -42,7 +44,7 @@ def heldout_half(heldout: pa.Table, half: str | None) -> pa.Table:
         return heldout
     if half not in HALVES:
         raise WinnowError(f"held-out half {half!r}: use 'dev', 'test' or none")
-    ids, domains = [str(i) for i in heldout["id"].to_pylist()], heldout["domain"].to_pylist()
+    ids, domains = [str(i) for i in heldout["id"].to_pylist()], heldout[group].to_pylist()
     side: dict[tuple[str, str], int] = {}
     for d in set(domains):
         distinct = sorted({i for i, dd in zip(ids, domains) if dd == d},
@@ -74,6 +76,35 @@ def document_bits(model_dir: Path, heldout: pa.Table, max_docs_per_domain: int |
     domain_of = dict(zip(picked_keys, picked["domain"].to_pylist()))
     rows = [{"key": k, "domain": domain_of[k], "bits": per[k]["bits_per_byte"] * per[k]["bytes"], "bytes": per[k]["bytes"]}
             for k in sorted(picked_keys)]
+    return pa.Table.from_pylist(rows, schema=DOCS_SCHEMA)
+
+
+def benchmark_bits(model_dir: Path, benchmarks: pa.Table, max_per_benchmark: int | None = 100,
+                   num_threads: int | None = 1) -> pa.Table:
+    """Bits and UTF-8 bytes of each benchmark item's gold answer given its question (:data:`DOCS_SCHEMA`).
+
+    A continuous benchmark score that moves long before accuracy leaves chance: the negative
+    log-likelihood of the right choice (multiple choice) or of the target, as the evaluate stage
+    scores it. ``domain`` is the benchmark, so :func:`bootstrap_difference` compares benchmarks
+    as it compares domains (items resampled within each benchmark).
+    """
+    if benchmarks.num_rows == 0:
+        return DOCS_SCHEMA.empty_table()
+    one_doc = pa.table({"id": ["-"], "part": [0], "text": ["-"], "domain": ["-"]})  # evaluate needs a held-out row
+    scored = evaluate.run(model_dir, one_doc, benchmarks, evaluate.Params(
+        max_docs_per_domain=None, max_bytes_per_domain=None, max_examples_per_benchmark=max_per_benchmark,
+        num_threads=num_threads)).tables["examples"]
+    gold = {(r["benchmark"], r["id"]): r for r in benchmarks.to_pylist()}
+    rows = []
+    for ex in scored.to_pylist():
+        item = gold[(ex["benchmark"], ex["id"])]
+        if ex["kind"] == "multiple_choice":
+            nll, text = -ex["logliks"][ex["answer"]], item["choices"][ex["answer"]]
+        else:
+            nll, text = -ex["logliks"][0], item["target"]
+        rows.append({"key": str(ex["id"]), "domain": ex["benchmark"], "bits": nll / math.log(2),
+                     "bytes": max(1, len(text.encode("utf-8")))})
+    rows.sort(key=lambda r: (r["domain"], r["key"]))
     return pa.Table.from_pylist(rows, schema=DOCS_SCHEMA)
 
 

@@ -105,7 +105,8 @@ class Params:
 
     Learned methods (``regmix``, ``doremi``; see :mod:`tasks.proxy` for what a proxy is):
         target: what the learned weights minimise: ``"mean"`` held-out bits/byte over domains,
-            ``"worst"`` domain, or ``"domain:NAME"``.
+            ``"worst"`` domain, ``"domain:NAME"``, or ``"benchmark:NAME"`` (RegMix only: bits/byte
+            of that benchmark's gold answers; the proxies score the dev half of its items).
         min_weight: every domain gets at least this weight (0: a domain may be dropped).
         proxies: RegMix proxy runs (mixtures drawn around the pool's byte distribution); at least
             domains + 2 for the regression. 16 on the 6-domain sample: a minute or two per
@@ -173,8 +174,9 @@ class Params:
             raise ValueError(f"chunk_bytes must be >= 16 or none, got {self.chunk_bytes}")
         if self.template is not None and "{text}" not in self.template:
             raise ValueError(f"template must contain {{text}}, got {self.template!r}")
-        if not (self.target in ("mean", "worst") or (self.target.startswith("domain:") and len(self.target) > 7)):
-            raise ValueError(f"target must be 'mean', 'worst' or 'domain:NAME', got {self.target!r}")
+        named = any(self.target.startswith(p) and len(self.target) > len(p) for p in ("domain:", "benchmark:"))
+        if not (self.target in ("mean", "worst") or named):
+            raise ValueError(f"target must be 'mean', 'worst', 'domain:NAME' or 'benchmark:NAME', got {self.target!r}")
         if not 0 <= self.min_weight < 1:
             raise ValueError(f"min_weight must be in [0, 1), got {self.min_weight}")
         if self.proxies < 1 or self.proxy_train_bytes < 1 or self.proxy_d_model < 2 or self.proxy_n_layers < 1:

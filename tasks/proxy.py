@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from tasks import compare, evaluate, mixture, tokenize, train
 from tasks.common import BENCHMARK_SCHEMA, StageResult
@@ -37,6 +38,9 @@ MODEL_DIR = "model"  # inside the entry's files, when keep_model
 RESULT_SCHEMA = pa.schema(
     [("domain", pa.string()), ("weight", pa.float64()), ("bits_per_byte", pa.float64()), ("heldout_bytes", pa.int64())]
 )
+#: Table ``benchmarks`` of a proxy given benchmark items: bits/byte of the gold answers (dev half).
+BENCHMARK_RESULT_SCHEMA = pa.schema([("benchmark", pa.string()), ("bits_per_byte", pa.float64()), ("items", pa.int64())])
+BENCHMARK_PREFIX = "benchmark:"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ class Params:
         seed: seeds sampling order, model init and batch order.
         eval_docs_per_domain, eval_bytes_per_domain: held-out documents / bytes scored per
             domain (the hash-ordered subset of the evaluate stage, the same for every proxy).
+        benchmark_items: with benchmark items given, gold answers scored per benchmark (their
+            ``eval_half``; hash-ordered subset), for a ``benchmark:NAME`` target.
+        benchmarks: the benchmarks scored (empty: every one in the items given).
         keep_model: keep the trained model in the entry (a DoReMi reference model).
         num_threads: torch threads. 1: proxies run in parallel, one per core.
     """
@@ -84,6 +91,8 @@ class Params:
     seed: int = 0
     eval_docs_per_domain: int = 20
     eval_bytes_per_domain: int = 20_000
+    benchmark_items: int = 50
+    benchmarks: tuple[str, ...] = ()
     keep_model: bool = False
     num_threads: int = 1
 
@@ -144,11 +153,13 @@ def check_domains(weights: dict[str, float], domains: list[str], where: str = "p
         raise WinnowError(f"{where}: no weight for domain(s) {', '.join(missing)}; weights must cover every domain")
 
 
-def run(corpus: pa.Table, params: Params, out_dir: Path | None = None) -> StageResult:
+def run(corpus: pa.Table, params: Params, out_dir: Path | None = None, benchmarks: pa.Table | None = None) -> StageResult:
     """Train and score one proxy on ``corpus`` (the curated corpus: id, text, domain[, label]).
 
     Returns table ``data`` (:data:`RESULT_SCHEMA`: one row per domain, its weight and held-out
-    bits/byte) and metrics (mean and worst bits/byte, parameters, tokens, seconds).
+    bits/byte), with ``benchmarks`` (benchmark items) also table ``benchmarks``
+    (:data:`BENCHMARK_RESULT_SCHEMA`), and metrics (mean and worst bits/byte, parameters, tokens,
+    seconds).
 
     Raises:
         WinnowError: weights that do not cover the corpus domains, or a training error (too
@@ -168,6 +179,7 @@ def run(corpus: pa.Table, params: Params, out_dir: Path | None = None) -> StageR
     scored = evaluate.run(model_dir, heldout, BENCHMARK_SCHEMA.empty_table(), evaluate.Params(
         max_docs_per_domain=params.eval_docs_per_domain, max_bytes_per_domain=params.eval_bytes_per_domain,
         num_threads=params.num_threads, device="cpu"))
+    tables = {"benchmarks": _benchmarks(model_dir, benchmarks, params)} if benchmarks is not None else {}
     shutil.rmtree(tokens_dir, ignore_errors=True)
     if not params.keep_model:
         shutil.rmtree(model_dir, ignore_errors=True)
@@ -182,7 +194,25 @@ def run(corpus: pa.Table, params: Params, out_dir: Path | None = None) -> StageR
                "worst_domain": domains[int(values.argmax())], "params": trained.metrics["params"],
                "tokens_seen": trained.metrics["tokens_seen"], "flops_per_token": trained.metrics["flops_per_token"],
                "train_s": trained.metrics["train_s"], "weights": {d: round(params.weights[d], 6) for d in domains}}
-    return StageResult(tables={"data": table}, metrics=metrics)
+    return StageResult(tables={"data": table, **tables}, metrics=metrics)
+
+
+def _benchmarks(model_dir: Path, benchmarks: pa.Table, params: Params) -> pa.Table:
+    """Bits/byte of the gold answers per benchmark, on the ``eval_half`` of the items."""
+    if params.benchmarks:
+        absent = sorted(set(params.benchmarks) - set(benchmarks["benchmark"].to_pylist()))
+        if absent:
+            raise WinnowError(f"proxy: benchmark(s) {', '.join(absent)} not in the benchmark items")
+        benchmarks = benchmarks.filter(pa.compute.is_in(benchmarks["benchmark"], pa.array(list(params.benchmarks))))
+    items = compare.benchmark_bits(model_dir, compare.heldout_half(benchmarks, params.eval_half, "benchmark"),
+                                   params.benchmark_items, params.num_threads)
+    names = sorted(set(items["domain"].to_pylist()))
+    rows = []
+    for b in names:
+        sel = [r for r in items.to_pylist() if r["domain"] == b]
+        rows.append({"benchmark": b, "bits_per_byte": sum(r["bits"] for r in sel) / sum(r["bytes"] for r in sel),
+                     "items": len(sel)})
+    return pa.Table.from_pylist(rows, schema=BENCHMARK_RESULT_SCHEMA)
 
 
 def _train_params(params: Params) -> train.Params:
@@ -200,14 +230,24 @@ def score(table: pa.Table, target: str) -> float:
 
 
 def target_value(bpb: dict[str, float], target: str) -> float:
-    """Aggregate per-domain bits/byte by ``target`` (see :func:`score`)."""
+    """Aggregate per-domain bits/byte by ``target`` (see :func:`score`).
+
+    Keys starting with :data:`BENCHMARK_PREFIX` are benchmarks' gold-answer bits/byte: only the
+    target ``benchmark:NAME`` reads them; ``mean`` and ``worst`` are over domains.
+    """
+    domains = [v for k, v in bpb.items() if not k.startswith(BENCHMARK_PREFIX)]
     if target == "mean":
-        return float(np.mean(list(bpb.values())))
+        return float(np.mean(domains))
     if target == "worst":
-        return float(max(bpb.values()))
+        return float(max(domains))
+    if target.startswith(BENCHMARK_PREFIX):
+        if target not in bpb:
+            known = sorted(k.removeprefix(BENCHMARK_PREFIX) for k in bpb if k.startswith(BENCHMARK_PREFIX))
+            raise WinnowError(f"target {target!r}: no such benchmark among the proxies' ({', '.join(known) or 'none given'})")
+        return float(bpb[target])
     if target.startswith("domain:"):
         name = target.removeprefix("domain:")
         if name not in bpb:
             raise WinnowError(f"target {target!r}: domain '{name}' not in the data ({', '.join(sorted(bpb))})")
         return float(bpb[name])
-    raise WinnowError(f"target {target!r}: use 'mean', 'worst' or 'domain:NAME'")
+    raise WinnowError(f"target {target!r}: use 'mean', 'worst', 'domain:NAME' or 'benchmark:NAME'")
