@@ -88,12 +88,13 @@ class PipelineRun:
                           hints=cache_hints(self.store, stage), store=self.store)
         return self._call(plan, name=stage)
 
-    def mixture(self, corpus: str | None) -> str | None:
-        """The mixture stage; a learned method first runs its proxies and fit (:mod:`flows.search`)."""
+    def mixture(self, corpus: str | None, benchmarks: str | None = None) -> str | None:
+        """The mixture stage; a learned method first runs its proxies and fit (:mod:`flows.search`),
+        scoring them on ``benchmarks`` too for a ``benchmark:NAME`` target."""
         params = self.config.params("mixture")
         if params.method not in LEARNED or corpus is None or not self.wanted("mixture"):
             return self.stage("mixture", corpus=corpus)
-        fit = learned_weights(self.store, corpus, params, self.submit_all)
+        fit = learned_weights(self.store, corpus, params, self.submit_all, benchmarks)
         return self.stage("mixture", corpus=corpus, weights=fit)
 
     def submit_all(self, name: str, plans: list[StagePlan]) -> list[str]:
@@ -169,7 +170,7 @@ def _curate(run: PipelineRun) -> dict[str, str | None]:
 
 
 def _train_and_evaluate(run: PipelineRun, curated: dict[str, str | None]) -> None:
-    mixture = run.mixture(curated["curated"])
+    mixture = run.mixture(curated["curated"], curated["benchmarks"])
     tokens = run.stage("tokenize", train=mixture)
     model = run.stage("train", tokens=tokens and parent_ref(tokens, FILES))
     run.stage(

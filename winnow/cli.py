@@ -497,7 +497,7 @@ def _stage_parents(stage: str, corpus: str, benchmarks: str | None, refs: dict[s
     parents = {"corpus": corpus, **refs}
     if stage == "mixture" and cfg.params("mixture").method in LEARNED:
         # Proxies in turn, each its own cached entry: a rerun after a crash computes only the missing ones.
-        parents["weights"] = learned_weights(store, corpus, cfg.params("mixture"), run_in_turn(store))
+        parents["weights"] = learned_weights(store, corpus, cfg.params("mixture"), run_in_turn(store), benchmarks)
     if benchmarks is not None:
         parents["benchmarks"] = benchmarks
     if stage == "label_noise" and cfg.params(stage).uses_minilm:
