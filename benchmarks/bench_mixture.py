@@ -1,16 +1,22 @@
-"""Mixture methods compared at a fixed token budget: uniform, proportional, temperature, RegMix, DoReMi.
+"""Mixture methods compared at a fixed token budget: uniform, proportional, RegMix (mean, worst and
+benchmark targets), DoReMi (temperature on request).
 
-On the bundled sample (uncurated: the comparison is about weights), each method's mixture trains
-the same "main" model with ``--seeds`` seeds for the same number of tokens; every model is scored
-on the same held-out documents per domain (:func:`tasks.compare.document_bits`), and each method
-is compared with uniform and with proportional by a paired bootstrap (documents within domains,
-seeds per recipe). Search compute = training FLOPs of all proxies (6N + attention per token x
-tokens; DoReMi's reference forward passes are counted too) / the FLOPs of one main run.
+On the bundled sample (uncurated: the comparison is about weights), one BPE is fitted once and
+read by every proxy and main run; each method's mixture trains the same "main" model with
+``--seeds`` seeds for the same number of tokens. The held-out split is cut into dev and test
+halves (:func:`tasks.compare.heldout_half`): proxies are scored on dev, every main model on the
+test documents (:func:`tasks.compare.document_bits`) and the test half of the benchmark items
+(:func:`tasks.compare.benchmark_bits`: gold-answer bits/byte). Each method is compared with uniform
+and with proportional by a paired bootstrap (documents within domains, seeds per recipe), and the
+RegMix regression's predictions for every mixture are ranked against the main runs (Spearman
+with a bootstrap interval: the transfer check). Search compute = training FLOPs of all proxies
+(6N + attention per token x tokens; DoReMi's reference forward passes are counted too) / the
+FLOPs of one main run.
 
 Everything goes through the store (``--store``), so a rerun reuses every mixture, proxy, model and
 score already computed.
 
-    PYTHONPATH=$PWD nice -n 5 .venv/bin/python benchmarks/bench_mixture.py --store /tmp/bench-mixture
+    PYTHONPATH=$PWD nice -n 5 .venv/bin/python benchmarks/bench_mixture.py --store /tmp/bench-mixture2
 """
 
 from __future__ import annotations
@@ -67,10 +73,12 @@ def main_run(store: DatasetStore, mix_fp: str, args: argparse.Namespace, seed: i
                           warmup_steps=max(1, args.steps // 10), seed=seed, num_threads=1, device="cpu",
                           checkpoint_every=0)
     model = execute(plan_stage("train", {"tokens": parent_ref(tok, FILES)}, params, store=store), root)
-    cache = store.root / "bench-mixture" / f"{model}-test-{args.eval_bytes}.parquet"
+    cache = store.root / "bench-mixture" / f"{model}-test-{args.eval_bytes}-{args.doc_bytes}.parquet"
     if not cache.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
         test = compare.heldout_half(store.table(mix_fp, "heldout"), "test")
+        if args.doc_bytes:
+            test = compare.document_prefixes(test, args.doc_bytes)
         docs = compare.document_bits(store.files_dir(model), test, None, max_bytes_per_domain=args.eval_bytes or None)
         pq.write_table(docs, cache)
     bench_cache = store.root / "bench-mixture" / f"{model}-benchmarks-test-{args.bench_items}.parquet"
@@ -84,7 +92,7 @@ def search_flops(store: DatasetStore, fit: str) -> float:
     """Training FLOPs of the proxies behind a regmix / doremi entry."""
     m = store.manifest(fit)
     total = 0.0
-    for name, parent in m.parents.items():
+    for parent in {ref.partition("/")[0] for ref in m.parents.values()}:  # a proxy named twice (data, benchmarks) counts once
         pm = store.manifest(parent)
         if pm.stage == "proxy":
             total += pm.metrics["flops_per_token"] * pm.metrics["tokens_seen"]
@@ -118,6 +126,8 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--heldout-fraction", type=float, default=0.2,
                     help="share of each domain's documents held out (dev half for proxies, test half scored)")
     ap.add_argument("--eval-bytes", type=int, default=30_000, help="test-half bytes scored per domain (0: all)")
+    ap.add_argument("--doc-bytes", type=int, default=2_000,
+                    help="score each test document's first N bytes, so a domain's bytes span many documents (0: whole)")
     ap.add_argument("--bench-items", type=int, default=25, help="test-half benchmark items scored per benchmark")
     ap.add_argument("--workers", type=int, default=2)
     return ap.parse_args()

@@ -56,6 +56,22 @@ def heldout_half(heldout: pa.Table, half: str | None, group: str = "domain") -> 
     return heldout.take(pa.array(keep, pa.int64()))
 
 
+def document_prefixes(heldout: pa.Table, max_bytes: int) -> pa.Table:
+    """One row per held-out document: its first part cut to at most ``max_bytes`` UTF-8 bytes.
+
+    A byte cap per domain over chunked documents (8 kB parts) lets two or three long documents
+    fill a domain; with every document's prefix instead, a domain's bytes come from as many
+    documents as fit, so its interval (documents resampled) rests on many documents.
+    """
+    first = {}
+    for j, (i, p) in enumerate(zip(heldout["id"].to_pylist(), heldout["part"].to_pylist())):
+        if i not in first or p < heldout["part"][first[i]].as_py():
+            first[i] = j
+    rows = heldout.take(pa.array(sorted(first.values()), pa.int64()))
+    cut = [t.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore") for t in rows["text"].to_pylist()]
+    return rows.set_column(rows.schema.get_field_index("text"), "text", pa.array(cut, pa.string()))
+
+
 def document_bits(model_dir: Path, heldout: pa.Table, max_docs_per_domain: int | None = 20,
                   num_threads: int | None = 1, max_bytes_per_domain: int | None = None) -> pa.Table:
     """Total bits and UTF-8 bytes of each held-out row (:data:`DOCS_SCHEMA`), in a fixed order.

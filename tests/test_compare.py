@@ -63,3 +63,12 @@ def test_spearman_transfer_agrees_with_a_true_ranking_and_flags_a_reversed_one()
     assert rho == pytest.approx(1.0) and lo > 0.8 and np.all(np.diff(measured) > 0)
     rho, lo, hi, _ = compare.bootstrap_spearman([0.5, 0.4, 0.3, 0.2, 0.1], recipes, "worst", n_boot=300)
     assert rho == pytest.approx(-1.0) and hi < -0.8
+
+
+def test_document_prefixes_keep_one_cut_row_per_document():
+    heldout = pa.table({"id": ["a", "a", "b", "c"], "part": [1, 0, 0, 0], "domain": ["x", "x", "x", "y"],
+                        "text": ["second part", "héllo wörld", "short", "ééé"]})
+    out = compare.document_prefixes(heldout, 5)
+    assert out["id"].to_pylist() == ["a", "b", "c"] and out["part"].to_pylist() == [0, 0, 0]
+    assert out["text"].to_pylist() == ["héll", "short", "éé"]  # cut inside a character drops it
+    assert all(len(t.encode("utf-8")) <= 5 for t in out["text"].to_pylist())
