@@ -121,11 +121,15 @@ def cli_computes(stage: StageSpec, config: Any) -> tuple[str, ...]:
 
 
 def prepared_inputs(stage: StageSpec, store: DatasetStore, parents: Mapping[str, str], params: Any,
-                    submit: Submit) -> dict[str, str]:
-    """Extra inputs the stage's ``prepare`` hook computes first (none for most stages)."""
+                    submit: Submit, benchmarks: str | None = None) -> dict[str, str]:
+    """Extra inputs the stage's ``prepare`` hook computes first (none for most stages).
+
+    ``benchmarks`` (the ingested benchmark items, where the run has them) reaches the hook for
+    targets that score them (mixture's ``benchmark:NAME``).
+    """
     if stage.prepare is None:
         return {}
-    return resolve_hook(stage.prepare)(store, parents, params, submit)
+    return resolve_hook(stage.prepare)(store, parents, params, submit, benchmarks)
 
 
 def map_hints(stage: StageSpec, store: DatasetStore, parents: Mapping[str, str], params: Any,
@@ -147,11 +151,12 @@ def map_hints(stage: StageSpec, store: DatasetStore, parents: Mapping[str, str],
     return {arg: ref_list(submit(map_stage, plans))}
 
 
-def learned_weights(store: DatasetStore, parents: Mapping[str, str], params: Any, submit: Submit) -> dict[str, str]:
+def learned_weights(store: DatasetStore, parents: Mapping[str, str], params: Any, submit: Submit,
+                    benchmarks: str | None = None) -> dict[str, str]:
     """mixture's ``prepare`` hook: a learned method (RegMix, DoReMi) runs its proxies and fit first."""
     from flows.search import learned_weights as fit
     from tasks.mixture import LEARNED
 
     if params.method not in LEARNED:
         return {}
-    return {"weights": fit(store, parents["corpus"], params, submit)}
+    return {"weights": fit(store, parents["corpus"], params, submit, benchmarks)}

@@ -85,7 +85,7 @@ class PipelineRun:
         if parents is None:
             return None
         params = self.config.run_params(stage)
-        parents |= prepared_inputs(spec, self.store, parents, params, self.submit_all)
+        parents |= prepared_inputs(spec, self.store, parents, params, self.submit_all, outputs.get(BENCHMARKS))
         maps = lambda name, plans: submit_plans(self.store, name, plans)[0]  # noqa: E731
         hints = cache_hints(self.store, stage) | map_hints(spec, self.store, parents, params, maps)
         plan = plan_stage(stage, parents, params, hints=hints, store=self.store)

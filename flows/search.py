@@ -44,31 +44,60 @@ def check(corpus: pa.Table, params: mixture.Params) -> mixture.DomainStats:
 
 
 def proxy_params(params: mixture.Params, weights: dict[str, float], keep_model: bool = False) -> proxy.Params:
-    """One proxy of the configured shape and budget on ``weights``, scored on the main held-out split."""
-    return proxy.Params(weights=weights, split=mixture.split_settings(params), train_bytes=params.proxy_train_bytes,
-                        max_tokens=params.proxy_tokens, d_model=params.proxy_d_model, n_layers=params.proxy_n_layers,
+    """One proxy of the configured shape and budget on ``weights``, scored on the main held-out split
+    (and on the target benchmark's items, for a ``benchmark:NAME`` target)."""
+    bench = params.target.removeprefix(proxy.BENCHMARK_PREFIX) if params.target.startswith(proxy.BENCHMARK_PREFIX) else None
+    return proxy.Params(benchmarks=(bench,) if bench else (), weights=weights, split=mixture.split_settings(params), train_bytes=params.proxy_train_bytes,
+                        max_tokens=params.proxy_tokens, tokenizer=params.proxy_tokenizer, d_model=params.proxy_d_model,
+                        n_layers=params.proxy_n_layers,
                         n_heads=max(1, params.proxy_d_model // 32), seq_len=mixture.PROXY_SEQ_LEN,
                         batch_size=mixture.PROXY_BATCH, seed=params.proxy_seed, keep_model=keep_model)
 
 
-def regmix_plans(store: DatasetStore, corpus_ref: str, params: mixture.Params, stats: mixture.DomainStats) -> list[StagePlan]:
-    """The RegMix proxies: ``params.proxies`` seeded Dirichlet mixtures around the byte distribution."""
+def regmix_plans(store: DatasetStore, corpus_ref: str, params: mixture.Params, stats: mixture.DomainStats,
+                 benchmarks_ref: str | None = None) -> list[StagePlan]:
+    """The RegMix proxies: ``params.proxies`` seeded Dirichlet mixtures around the byte distribution
+    (each also scoring the benchmark items in ``benchmarks_ref``, if given)."""
     mixtures = regmix.draw_mixtures(_prior(stats), params.proxies, params.proxy_seed, params.concentration,
                                     params.min_weight)
-    return [plan_stage("proxy", {"corpus": corpus_ref}, proxy_params(params, w), store=store) for w in mixtures]
+    inputs = {"corpus": corpus_ref, **({"benchmarks": benchmarks_ref} if benchmarks_ref else {})}
+    return [plan_stage("proxy", inputs, proxy_params(params, w), store=store) for w in mixtures]
 
 
-def learned_weights(store: DatasetStore, corpus_ref: str, params: mixture.Params, submit: Submit) -> str:
-    """Run the proxies of ``params.method`` and the fit; returns the fit entry's fingerprint."""
+def check_benchmark_target(store: DatasetStore, params: mixture.Params, benchmarks_ref: str | None) -> None:
+    """A ``benchmark:NAME`` target needs RegMix, benchmark items and that benchmark among them."""
+    if not params.target.startswith(proxy.BENCHMARK_PREFIX):
+        return
+    if params.method != "regmix":
+        raise WinnowError(f"mixture.target = '{params.target}': a benchmark target is RegMix's (method = 'regmix')")
+    if benchmarks_ref is None:
+        raise WinnowError(f"mixture.target = '{params.target}': no benchmark items were given to score the proxies on")
+    name = params.target.removeprefix(proxy.BENCHMARK_PREFIX)
+    present = sorted(set(store.table(benchmarks_ref)["benchmark"].to_pylist()))
+    if name not in present:
+        raise WinnowError(f"mixture.target = '{params.target}': benchmark '{name}' not in the benchmark items ({', '.join(present)})")
+
+
+def learned_weights(store: DatasetStore, corpus_ref: str, params: mixture.Params, submit: Submit,
+                    benchmarks_ref: str | None = None) -> str:
+    """Run the proxies of ``params.method`` and the fit; returns the fit entry's fingerprint.
+
+    ``benchmarks_ref`` (benchmark items) is read only by a ``benchmark:NAME`` target.
+    """
     corpus = store.table(corpus_ref)
     stats = check(corpus, params)
+    check_benchmark_target(store, params, benchmarks_ref)
+    if not params.target.startswith(proxy.BENCHMARK_PREFIX):
+        benchmarks_ref = None  # proxies of the other targets do not score benchmarks (and keep their fingerprints)
     if params.method == "regmix":
-        fps = submit("proxy", regmix_plans(store, corpus_ref, params, stats))
+        fps = submit("proxy", regmix_plans(store, corpus_ref, params, stats, benchmarks_ref))
         fit = regmix.Params(target=params.target, regression=params.regression, prior=_prior(stats),
                             pool_bytes={d: int(b) for d, b in zip(stats.domains, stats.bytes)},
                             train_bytes=params.train_bytes, min_weight=params.min_weight, max_epochs=params.max_epochs,
                             concentration=params.concentration, seed=params.proxy_seed)
         parents = {f"proxy_{i:03d}": fp for i, fp in enumerate(fps)}
+        if benchmarks_ref:
+            parents.update({f"{regmix.BENCH_KEY}proxy_{i:03d}": parent_ref(fp, "benchmarks") for i, fp in enumerate(fps)})
         return submit("regmix", [plan_stage("regmix", parents, fit, store=store)])[0]
     if params.method == "doremi":
         base = mixture.Params(method=params.doremi_reference)

@@ -41,12 +41,17 @@ class Params:
     """Parameters of the receipt.
 
     Attributes:
-        eval_docs: held-out rows scored per domain (hash-ordered, the same for every model).
+        eval_docs: held-out rows scored per domain (hash-ordered, the same for every model), or
+            None for all of them.
+        eval_bytes: stop adding a domain's rows once this many UTF-8 bytes are scored (None: no
+            cap). By bytes rather than a few documents: 20 documents per domain gave intervals as
+            wide as the effects (BENCHMARKS.md ``## mixture``).
         n_boot: bootstrap resamples; seed: seeds them.
         num_threads: torch threads for scoring.
     """
 
-    eval_docs: int = 20
+    eval_docs: int | None = None
+    eval_bytes: int | None = 30_000
     n_boot: int = 2000
     seed: int = 0
     num_threads: int = 1
@@ -62,7 +67,7 @@ def run(heldout: pa.Table, params: Params = Params(), **inputs: Any) -> StageRes
     runs = _group(inputs)
     if "full" not in runs or len(runs) < 2:
         raise WinnowError(f"ablation: needs the full pipeline and at least one ablated variant, got {sorted(runs)}")
-    docs = {v: [compare.document_bits(Path(m), heldout, params.eval_docs, params.num_threads) for m, _ in seeds]
+    docs = {v: [compare.document_bits(Path(m), heldout, params.eval_docs, params.num_threads, params.eval_bytes) for m, _ in seeds]
             for v, seeds in runs.items()}
     rows = []
     for variant in sorted(v for v in runs if v != "full"):

@@ -531,7 +531,7 @@ def _evaluate_heldout(heldout: pa.Table, params: Params, encoder: Encoder, score
     domains = heldout["domain"].to_pylist()
     texts = heldout["text"].to_pylist()
     sizes = [len(t.encode("utf-8")) for t in texts]
-    chosen = _capped(keys, domains, params.max_docs_per_domain, params.sample_salt, sizes, params.max_bytes_per_domain)
+    chosen = capped(keys, domains, params.max_docs_per_domain, params.sample_salt, sizes, params.max_bytes_per_domain)
     enc = encoder.tokenizer([texts[i] for i in chosen], add_special_tokens=False)["input_ids"]
     nll = score([([encoder.prefix_id, *ids], 1) for ids in enc])
     rows, metrics = [], {}
@@ -617,7 +617,7 @@ def _evaluate_benchmarks(
 def select_examples(benchmarks: pa.Table, params: Params) -> list[dict[str, Any]]:
     """The benchmark rows evaluate scores (the hash-ordered capped subset), as dicts."""
     rows = benchmarks.select(list(BENCHMARK_SCHEMA.names)).to_pylist()
-    keep = _capped([r["id"] for r in rows], [r["benchmark"] for r in rows], params.max_examples_per_benchmark, params.sample_salt)
+    keep = capped([r["id"] for r in rows], [r["benchmark"] for r in rows], params.max_examples_per_benchmark, params.sample_salt)
     return [rows[i] for i in keep]
 
 
@@ -784,7 +784,7 @@ def _position_rows(bench: str, mc: list[dict], params: Params) -> list[dict[str,
     return out
 
 
-def _capped(
+def capped(
     keys: list[str],
     groups: list[str],
     cap: int | None,

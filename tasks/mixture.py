@@ -105,7 +105,8 @@ class Params:
 
     Learned methods (``regmix``, ``doremi``; see :mod:`tasks.proxy` for what a proxy is):
         target: what the learned weights minimise: ``"mean"`` held-out bits/byte over domains,
-            ``"worst"`` domain, or ``"domain:NAME"``.
+            ``"worst"`` domain, ``"domain:NAME"``, or ``"benchmark:NAME"`` (RegMix only: bits/byte
+            of that benchmark's gold answers; the proxies score the dev half of its items).
         min_weight: every domain gets at least this weight (0: a domain may be dropped).
         proxies: RegMix proxy runs (mixtures drawn around the pool's byte distribution); at least
             domains + 2 for the regression. 16 on the 6-domain sample: a minute or two per
@@ -113,6 +114,9 @@ class Params:
         proxy_tokens, proxy_train_bytes, proxy_d_model, proxy_n_layers, proxy_seed: each proxy's
             token budget, sampled text, model width and depth (a d=64, 2-layer Llama, ~0.14M
             parameters: seconds of training) and seed.
+        proxy_tokenizer: ``"bpe"`` (each proxy fits its own 512-token BPE) or a tokenizer folder
+            every proxy shares (set it to the main run's tokenizer so the proxies rank mixtures
+            and not the tokenizers fitted to them).
         regression: ``"auto"`` (LightGBM or linear, whichever predicts held-out proxies better),
             ``"lightgbm"`` or ``"linear"``.
         concentration: Dirichlet spread of the RegMix mixtures around the prior (1: alpha = k·prior).
@@ -142,6 +146,7 @@ class Params:
     proxy_d_model: int = 64
     proxy_n_layers: int = 2
     proxy_seed: int = 0
+    proxy_tokenizer: str = "bpe"
     regression: Literal["auto", "lightgbm", "linear"] = "auto"
     concentration: float = 1.0
     doremi_reference: Literal["uniform", "proportional"] = "proportional"
@@ -169,8 +174,9 @@ class Params:
             raise ValueError(f"chunk_bytes must be >= 16 or none, got {self.chunk_bytes}")
         if self.template is not None and "{text}" not in self.template:
             raise ValueError(f"template must contain {{text}}, got {self.template!r}")
-        if not (self.target in ("mean", "worst") or (self.target.startswith("domain:") and len(self.target) > 7)):
-            raise ValueError(f"target must be 'mean', 'worst' or 'domain:NAME', got {self.target!r}")
+        named = any(self.target.startswith(p) and len(self.target) > len(p) for p in ("domain:", "benchmark:"))
+        if not (self.target in ("mean", "worst") or named):
+            raise ValueError(f"target must be 'mean', 'worst', 'domain:NAME' or 'benchmark:NAME', got {self.target!r}")
         if not 0 <= self.min_weight < 1:
             raise ValueError(f"min_weight must be in [0, 1), got {self.min_weight}")
         if self.proxies < 1 or self.proxy_train_bytes < 1 or self.proxy_d_model < 2 or self.proxy_n_layers < 1:

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from tasks import evaluate, mixture, tokenize, train
+from tasks import compare, evaluate, mixture, tokenize, train
 from tasks.common import BENCHMARK_SCHEMA, StageResult
 from winnow.errors import WinnowError
 
@@ -37,6 +38,9 @@ MODEL_DIR = "model"  # inside the entry's files, when keep_model
 RESULT_SCHEMA = pa.schema(
     [("domain", pa.string()), ("weight", pa.float64()), ("bits_per_byte", pa.float64()), ("heldout_bytes", pa.int64())]
 )
+#: Table ``benchmarks`` of a proxy given benchmark items: bits/byte of the gold answers (dev half).
+BENCHMARK_RESULT_SCHEMA = pa.schema([("benchmark", pa.string()), ("bits_per_byte", pa.float64()), ("items", pa.int64())])
+BENCHMARK_PREFIX = "benchmark:"
 
 
 @dataclass(frozen=True)
@@ -53,11 +57,19 @@ class Params:
         max_tokens: training budget in tokens (steps = ceil(max_tokens / (batch_size x seq_len))).
             Default 30,720 = 60 steps of 8 x 64: a few seconds on one CPU thread.
         vocab_size: the proxy's BPE size. 512 keeps the embedding small for a d=64 model.
+        tokenizer: ``"bpe"`` (fit ``vocab_size`` on the proxy's own mixture) or a tokenizer
+            folder (any :class:`tasks.tokenize.Params` choice) shared by every proxy and main run,
+            so a mixture's score does not also measure the tokenizer fitted to it.
+        eval_half: the held-out half scored (:func:`tasks.compare.heldout_half`): ``"dev"``
+            (default) keeps the ``test`` half unseen by any method tuned on proxies; None: all.
         d_model, n_layers, n_heads, seq_len, batch_size, lr, warmup_steps: the proxy model and
             optimiser (a Llama; defaults: 64 x 2 layers, about 0.1M parameters plus embeddings).
         seed: seeds sampling order, model init and batch order.
         eval_docs_per_domain, eval_bytes_per_domain: held-out documents / bytes scored per
             domain (the hash-ordered subset of the evaluate stage, the same for every proxy).
+        benchmark_items: with benchmark items given, gold answers scored per benchmark (their
+            ``eval_half``; hash-ordered subset), for a ``benchmark:NAME`` target.
+        benchmarks: the benchmarks scored (empty: every one in the items given).
         keep_model: keep the trained model in the entry (a DoReMi reference model).
         num_threads: torch threads. 1: proxies run in parallel, one per core.
     """
@@ -67,6 +79,8 @@ class Params:
     train_bytes: int = 300_000
     max_tokens: int = 30_720
     vocab_size: int = 512
+    tokenizer: str = "bpe"
+    eval_half: str | None = "dev"
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 2
@@ -77,6 +91,8 @@ class Params:
     seed: int = 0
     eval_docs_per_domain: int = 20
     eval_bytes_per_domain: int = 20_000
+    benchmark_items: int = 50
+    benchmarks: tuple[str, ...] = ()
     keep_model: bool = False
     num_threads: int = 1
 
@@ -95,6 +111,8 @@ class Params:
                               f"(batch_size x seq_len = {self.batch_size} x {self.seq_len} = {per_step} tokens)")
         if self.train_bytes < 1:
             raise WinnowError(f"proxy: train_bytes must be >= 1, got {self.train_bytes}")
+        if self.eval_half not in (None, *compare.HALVES):
+            raise WinnowError(f"proxy: eval_half must be 'dev', 'test' or None, got {self.eval_half!r}")
         unknown = sorted(set(self.split) - set(mixture.SPLIT_FIELDS))
         if unknown:
             raise WinnowError(f"proxy: split has unknown key(s) {', '.join(unknown)}; known: {', '.join(mixture.SPLIT_FIELDS)}")
@@ -103,6 +121,11 @@ class Params:
     def steps(self) -> int:
         """Optimizer steps the budget gives."""
         return math.ceil(self.max_tokens / (self.batch_size * self.seq_len))
+
+
+def identity(params: Params) -> dict[str, str]:
+    """A shared tokenizer folder's content, for the fingerprint (the tokenize stage's rule)."""
+    return tokenize.identity(tokenize.Params(tokenizer=params.tokenizer, vocab_size=params.vocab_size))
 
 
 def preload() -> None:
@@ -130,11 +153,13 @@ def check_domains(weights: dict[str, float], domains: list[str], where: str = "p
         raise WinnowError(f"{where}: no weight for domain(s) {', '.join(missing)}; weights must cover every domain")
 
 
-def run(corpus: pa.Table, params: Params, out_dir: Path | None = None) -> StageResult:
+def run(corpus: pa.Table, params: Params, out_dir: Path | None = None, benchmarks: pa.Table | None = None) -> StageResult:
     """Train and score one proxy on ``corpus`` (the curated corpus: id, text, domain[, label]).
 
     Returns table ``data`` (:data:`RESULT_SCHEMA`: one row per domain, its weight and held-out
-    bits/byte) and metrics (mean and worst bits/byte, parameters, tokens, seconds).
+    bits/byte), with ``benchmarks`` (benchmark items) also table ``benchmarks``
+    (:data:`BENCHMARK_RESULT_SCHEMA`), and metrics (mean and worst bits/byte, parameters, tokens,
+    seconds).
 
     Raises:
         WinnowError: weights that do not cover the corpus domains, or a training error (too
@@ -148,11 +173,13 @@ def run(corpus: pa.Table, params: Params, out_dir: Path | None = None) -> StageR
     mix = mixture.run(corpus, mixture.Params(method="manual", manual_weights=dict(params.weights),
                                              train_bytes=params.train_bytes, seed=params.seed, **params.split))
     tokens_dir, model_dir = out_dir / "tokens", out_dir / MODEL_DIR
-    tokenize.run(mix.tables["data"], tokenize.Params(tokenizer="bpe", vocab_size=params.vocab_size), tokens_dir)
+    tokenize.run(mix.tables["data"], tokenize.Params(tokenizer=params.tokenizer, vocab_size=params.vocab_size), tokens_dir)
     trained = train.run(tokens_dir, _train_params(params), model_dir)
-    scored = evaluate.run(model_dir, mix.tables["heldout"], BENCHMARK_SCHEMA.empty_table(), evaluate.Params(
+    heldout = compare.heldout_half(mix.tables["heldout"], params.eval_half)
+    scored = evaluate.run(model_dir, heldout, BENCHMARK_SCHEMA.empty_table(), evaluate.Params(
         max_docs_per_domain=params.eval_docs_per_domain, max_bytes_per_domain=params.eval_bytes_per_domain,
         num_threads=params.num_threads, device="cpu"))
+    tables = {"benchmarks": _benchmarks(model_dir, benchmarks, params)} if benchmarks is not None else {}
     shutil.rmtree(tokens_dir, ignore_errors=True)
     if not params.keep_model:
         shutil.rmtree(model_dir, ignore_errors=True)
@@ -167,7 +194,25 @@ def run(corpus: pa.Table, params: Params, out_dir: Path | None = None) -> StageR
                "worst_domain": domains[int(values.argmax())], "params": trained.metrics["params"],
                "tokens_seen": trained.metrics["tokens_seen"], "flops_per_token": trained.metrics["flops_per_token"],
                "train_s": trained.metrics["train_s"], "weights": {d: round(params.weights[d], 6) for d in domains}}
-    return StageResult(tables={"data": table}, metrics=metrics)
+    return StageResult(tables={"data": table, **tables}, metrics=metrics)
+
+
+def _benchmarks(model_dir: Path, benchmarks: pa.Table, params: Params) -> pa.Table:
+    """Bits/byte of the gold answers per benchmark, on the ``eval_half`` of the items."""
+    if params.benchmarks:
+        absent = sorted(set(params.benchmarks) - set(benchmarks["benchmark"].to_pylist()))
+        if absent:
+            raise WinnowError(f"proxy: benchmark(s) {', '.join(absent)} not in the benchmark items")
+        benchmarks = benchmarks.filter(pa.compute.is_in(benchmarks["benchmark"], pa.array(list(params.benchmarks))))
+    items = compare.benchmark_bits(model_dir, compare.heldout_half(benchmarks, params.eval_half, "benchmark"),
+                                   params.benchmark_items, params.num_threads)
+    names = sorted(set(items["domain"].to_pylist()))
+    rows = []
+    for b in names:
+        sel = [r for r in items.to_pylist() if r["domain"] == b]
+        rows.append({"benchmark": b, "bits_per_byte": sum(r["bits"] for r in sel) / sum(r["bytes"] for r in sel),
+                     "items": len(sel)})
+    return pa.Table.from_pylist(rows, schema=BENCHMARK_RESULT_SCHEMA)
 
 
 def _train_params(params: Params) -> train.Params:
@@ -185,14 +230,24 @@ def score(table: pa.Table, target: str) -> float:
 
 
 def target_value(bpb: dict[str, float], target: str) -> float:
-    """Aggregate per-domain bits/byte by ``target`` (see :func:`score`)."""
+    """Aggregate per-domain bits/byte by ``target`` (see :func:`score`).
+
+    Keys starting with :data:`BENCHMARK_PREFIX` are benchmarks' gold-answer bits/byte: only the
+    target ``benchmark:NAME`` reads them; ``mean`` and ``worst`` are over domains.
+    """
+    domains = [v for k, v in bpb.items() if not k.startswith(BENCHMARK_PREFIX)]
     if target == "mean":
-        return float(np.mean(list(bpb.values())))
+        return float(np.mean(domains))
     if target == "worst":
-        return float(max(bpb.values()))
+        return float(max(domains))
+    if target.startswith(BENCHMARK_PREFIX):
+        if target not in bpb:
+            known = sorted(k.removeprefix(BENCHMARK_PREFIX) for k in bpb if k.startswith(BENCHMARK_PREFIX))
+            raise WinnowError(f"target {target!r}: no such benchmark among the proxies' ({', '.join(known) or 'none given'})")
+        return float(bpb[target])
     if target.startswith("domain:"):
         name = target.removeprefix("domain:")
         if name not in bpb:
             raise WinnowError(f"target {target!r}: domain '{name}' not in the data ({', '.join(sorted(bpb))})")
         return float(bpb[name])
-    raise WinnowError(f"target {target!r}: use 'mean', 'worst' or 'domain:NAME'")
+    raise WinnowError(f"target {target!r}: use 'mean', 'worst', 'domain:NAME' or 'benchmark:NAME'")

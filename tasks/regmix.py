@@ -13,8 +13,11 @@
    passes over a domain at the main run's ``train_bytes``), the target predicted for each, and the
    mean of the ``top_k`` best. The constraints are linear, so that mean satisfies them too.
 
-Targets (``target``): ``mean`` bits/byte over domains, ``worst`` (the highest domain), or
-``domain:NAME``. Per-domain regressions make all three one aggregation of the same predictions.
+Targets (``target``): ``mean`` bits/byte over domains, ``worst`` (the highest domain),
+``domain:NAME``, or ``benchmark:NAME`` (bits/byte of a benchmark's gold answers given the
+question: a continuous score that moves long before a small model's accuracy leaves chance; one
+more regression over the proxies' ``benchmarks`` tables). Per-domain regressions make the first
+three one aggregation of the same predictions.
 """
 
 from __future__ import annotations
@@ -85,43 +88,72 @@ def min_proxies(n_domains: int) -> int:
     return n_domains + 2
 
 
+#: Prefix of a proxy's ``benchmarks`` table among :func:`run`'s inputs: ``bench_<proxy name>``.
+BENCH_KEY = "bench_"
+
+
 def run(params: Params, **proxies: pa.Table) -> StageResult:
     """Fit the regressions on the proxy results and return the optimal weights.
 
     Args:
         params: see :class:`Params`.
-        proxies: the proxies' ``data`` tables (:data:`tasks.proxy.RESULT_SCHEMA`), by any names.
+        proxies: the proxies' ``data`` tables (:data:`tasks.proxy.RESULT_SCHEMA`), by any names;
+            for a ``benchmark:NAME`` target also each proxy's ``benchmarks`` table
+            (:data:`tasks.proxy.BENCHMARK_RESULT_SCHEMA`) as ``bench_<its name>``.
 
     Returns:
         tables ``data`` (:data:`WEIGHTS_SCHEMA`), ``fit`` (cross-validated error per model and which
-        was chosen), ``models`` (the fitted regression per domain, as text) and ``proxies`` (every proxy's weights, per-domain bits/byte and target value).
+        was chosen), ``models`` (the fitted regression per domain and benchmark, as text) and
+        ``proxies`` (every proxy's weights, per-domain bits/byte and target value).
     """
+    benches = {k.removeprefix(BENCH_KEY): t for k, t in proxies.items() if k.startswith(BENCH_KEY)}
+    proxies = {k: t for k, t in proxies.items() if not k.startswith(BENCH_KEY)}
     names = sorted(proxies)
     domains = sorted(proxies[names[0]]["domain"].to_pylist()) if names else []
     if len(names) < min_proxies(len(domains)):
         raise WinnowError(f"regmix: {len(names)} proxies, but {len(domains)} domains need at least {min_proxies(len(domains))}")
     X, Y = _matrix(proxies, names, domains)
-    y = np.array([proxy.target_value(dict(zip(domains, row)), params.target) for row in Y])
-    errors = {kind: _cv_error(kind, X, Y, domains, params) for kind in ("linear", "lightgbm")}
+    B, bench_names = _benchmark_matrix(benches, names)
+    outputs = domains + [proxy.BENCHMARK_PREFIX + b for b in bench_names]
+    Y = np.hstack([Y, B])
+    y = np.array([proxy.target_value(dict(zip(outputs, row)), params.target) for row in Y])
+    errors = {kind: _cv_error(kind, X, Y, outputs, params) for kind in ("linear", "lightgbm")}
     kind = min(errors, key=errors.get) if params.regression == "auto" else params.regression
-    models = [_fit(kind, X, Y[:, j], params.seed) for j in range(len(domains))]
+    models = [_fit(kind, X, Y[:, j], params.seed) for j in range(len(outputs))]
     prior = np.array([(params.prior or {}).get(d, 1.0 / len(domains)) for d in domains])
     prior = prior / prior.sum()
-    weights, predicted = _optimum(models, prior, domains, params)
+    weights, predicted = _optimum(models, prior, domains, outputs, params)
     fit = pa.table({"model": list(errors), "cv_mae": [errors[k] for k in errors], "chosen": [k == kind for k in errors]})
     rows = [{"proxy": n, **{f"w_{d}": float(X[i, j]) for j, d in enumerate(domains)},
-             **{f"bpb_{d}": float(Y[i, j]) for j, d in enumerate(domains)}, "target": float(y[i])} for i, n in enumerate(names)]
-    table = pa.table({"domain": domains, "weight": weights, "prior": prior, "predicted_bits_per_byte": predicted},
-                     schema=WEIGHTS_SCHEMA)
+             **{f"bpb_{d}": float(Y[i, j]) for j, d in enumerate(outputs)}, "target": float(y[i])} for i, n in enumerate(names)]
+    table = pa.table({"domain": domains, "weight": weights, "prior": prior,
+                      "predicted_bits_per_byte": predicted[: len(domains)]}, schema=WEIGHTS_SCHEMA)
     best = int(np.argmin(y))
     metrics = {"method": "regmix", "target": params.target, "regression": kind, "proxies": len(names),
                "cv_mae": {k: round(v, 5) for k, v in errors.items()},
-               "predicted_target": round(float(proxy.target_value(dict(zip(domains, predicted)), params.target)), 5),
+               "predicted_target": round(float(proxy.target_value(dict(zip(outputs, predicted)), params.target)), 5),
                "best_proxy_target": round(float(y[best]), 5), "target_spread": round(float(y.max() - y.min()), 5),
                "weights": {d: round(float(w), 6) for d, w in zip(domains, weights)}}
-    fitted = pa.table({"domain": domains, "model": [kind] * len(domains), "fitted": [_serialise(m) for m in models]})
+    fitted = pa.table({"domain": outputs, "model": [kind] * len(outputs), "fitted": [_serialise(m) for m in models]})
     return StageResult(tables={"data": table, "fit": fit, "models": fitted, "proxies": pa.Table.from_pylist(rows)},
                        metrics=metrics)
+
+
+def _benchmark_matrix(benches: dict[str, pa.Table], names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """``[proxies, benchmarks]`` gold-answer bits/byte; every proxy must have scored the same benchmarks."""
+    if not benches:
+        return np.zeros((len(names), 0)), []
+    missing = sorted(set(names) - set(benches))
+    if missing:
+        raise WinnowError(f"regmix: no benchmarks table for proxy(s) {', '.join(missing)}")
+    bench_names = sorted(benches[names[0]]["benchmark"].to_pylist())
+    B = np.zeros((len(names), len(bench_names)))
+    for i, n in enumerate(names):
+        row = dict(zip(benches[n]["benchmark"].to_pylist(), benches[n]["bits_per_byte"].to_pylist()))
+        if sorted(row) != bench_names:
+            raise WinnowError(f"regmix: proxy {n} scored benchmarks {sorted(row)}, expected {bench_names}")
+        B[i] = [row[b] for b in bench_names]
+    return B, bench_names
 
 
 def _matrix(proxies: dict[str, pa.Table], names: list[str], domains: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +206,8 @@ def _cv_error(kind: str, X: np.ndarray, Y: np.ndarray, domains: list[str], param
     return float(np.mean(errors))
 
 
-def _optimum(models: list[Any], prior: np.ndarray, domains: list[str], params: Params) -> tuple[np.ndarray, np.ndarray]:
+def _optimum(models: list[Any], prior: np.ndarray, domains: list[str], outputs: list[str],
+             params: Params) -> tuple[np.ndarray, np.ndarray]:
     cand = _floor(_dirichlet(prior, params.candidates, params.seed + 1, params.concentration), params.min_weight)
     if params.max_epochs is not None and params.pool_bytes:
         cap = params.max_epochs * np.array([params.pool_bytes[d] for d in domains], dtype=np.float64) / params.train_bytes
@@ -183,7 +216,7 @@ def _optimum(models: list[Any], prior: np.ndarray, domains: list[str], params: P
             raise WinnowError(f"regmix: no mixture meets max_epochs = {params.max_epochs} at train_bytes = {params.train_bytes}; "
                               "raise max_epochs or lower mixture.train_bytes")
     pred = np.column_stack([m.predict(cand) for m in models])
-    score = np.array([proxy.target_value(dict(zip(domains, p)), params.target) for p in pred])
+    score = np.array([proxy.target_value(dict(zip(outputs, p)), params.target) for p in pred])
     best = np.argsort(score, kind="stable")[: params.top_k]
     weights = cand[best].mean(axis=0)
     weights = weights / weights.sum()
@@ -205,6 +238,30 @@ def _floor(draws: np.ndarray, min_weight: float) -> np.ndarray:
     if min_weight * k > 1:
         raise WinnowError(f"min_weight = {min_weight} x {k} domains exceeds 1")
     return min_weight + (1 - min_weight * k) * draws
+
+
+def predict(models: pa.Table, weights: dict[str, float]) -> dict[str, float]:
+    """Per-domain bits/byte that a fitted entry's ``models`` table predicts for ``weights``.
+
+    This is how a proxy search ranks mixtures it never trained on (the transfer check compares
+    that ranking with main-size runs).
+    """
+    outputs = models["domain"].to_pylist()
+    domains = [d for d in outputs if not d.startswith(proxy.BENCHMARK_PREFIX)]
+    missing = sorted(set(domains) - set(weights))
+    if missing:
+        raise WinnowError(f"regmix: no weight for domain(s) {', '.join(missing)}")
+    x = np.array([[weights[d] for d in domains]])
+    out = {}
+    for d, kind, text in zip(outputs, models["model"].to_pylist(), models["fitted"].to_pylist()):
+        if kind == "linear":
+            coef = json.loads(text)
+            out[d] = float(x[0] @ np.array(coef["coef"]) + coef["intercept"])
+        else:
+            import lightgbm as lgb
+
+            out[d] = float(lgb.Booster(model_str=text).predict(x)[0])
+    return out
 
 
 def _serialise(model: Any) -> str:

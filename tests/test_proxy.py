@@ -109,6 +109,38 @@ def test_regmix_finds_a_known_optimum_and_keeps_the_fitted_regression():
     assert result.tables["models"].num_rows == 3 and all(result.tables["models"]["fitted"].to_pylist())
 
 
+@pytest.mark.parametrize("kind", ["linear", "lightgbm"])
+def test_regmix_predict_reads_the_stored_regression_back(kind):
+    proxies = _synthetic_proxies(24, np.array([0.5, 0.3, 0.2]))
+    result = regmix.run(regmix.Params(target="mean", regression=kind), **proxies)
+    chosen = dict(zip(DOMAINS, result.tables["data"]["weight"].to_pylist()))
+    predicted = regmix.predict(result.tables["models"], chosen)
+    assert list(predicted.values()) == pytest.approx(result.tables["data"]["predicted_bits_per_byte"].to_pylist(), abs=1e-9)
+    far = regmix.predict(result.tables["models"], {"docs": 0.05, "prose": 0.05, "web": 0.9})
+    assert np.mean(list(far.values())) > np.mean(list(predicted.values()))  # the optimum is predicted better
+    with pytest.raises(WinnowError, match="no weight for domain"):
+        regmix.predict(result.tables["models"], {"docs": 1.0})
+
+
+def test_regmix_benchmark_target_fits_the_proxies_benchmark_scores():
+    proxies = _synthetic_proxies(24, np.array([1 / 3] * 3))
+    # A benchmark whose gold answers get easier the more "web" a proxy read: the optimum is web-heavy,
+    # although the domains' own losses favour the balanced mixture.
+    benches = {f"bench_{n}": pa.table({"benchmark": ["quiz"], "bits_per_byte": [5.0 - 2.0 * t["weight"].to_pylist()[2]],
+                                       "items": [10]}, schema=proxy.BENCHMARK_RESULT_SCHEMA) for n, t in proxies.items()}
+    result = regmix.run(regmix.Params(target="benchmark:quiz", regression="linear"), **proxies, **benches)
+    w = dict(zip(DOMAINS, result.tables["data"]["weight"].to_pylist()))
+    assert w["web"] > 0.6, w
+    assert result.tables["models"]["domain"].to_pylist() == [*DOMAINS, "benchmark:quiz"]
+    assert regmix.predict(result.tables["models"], w)["benchmark:quiz"] == pytest.approx(5.0 - 2.0 * w["web"], abs=0.05)
+    with pytest.raises(WinnowError, match="no such benchmark"):
+        regmix.run(regmix.Params(target="benchmark:mmlu"), **proxies, **benches)
+    with pytest.raises(WinnowError, match="no benchmarks table for proxy"):
+        regmix.run(regmix.Params(target="benchmark:quiz"), **proxies, **dict(list(benches.items())[1:]))
+    with pytest.raises(ValueError, match="benchmark:NAME"):
+        mixture.Params(method="regmix", target="benchmark:")
+
+
 def test_regmix_respects_the_minimum_weight_and_the_epoch_cap():
     optimum = np.array([0.9, 0.05, 0.05])
     params = regmix.Params(target="mean", prior=dict(zip(DOMAINS, [1 / 3] * 3)), min_weight=0.1, max_epochs=2.0,
@@ -245,3 +277,93 @@ def test_flow_runs_each_proxy_as_a_cached_task_and_mixes_with_the_learned_weight
     capsys.readouterr()
     new = [e["stage"] for e in s.journal_events()[before:] if e["event"] == "computed"]
     assert sorted(new) == ["mixture", "proxy", "regmix"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real local Dask cluster: `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    pytest.importorskip("prefect_dask")
+    dask = Path(sys.executable).parent / "dask"
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", "127.0.0.1:0"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    address = f"tcp://127.0.0.1:{port}"
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([str(dask), "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                           "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+                                           "--local-directory", str(tmp_path)], env=env, cwd=tmp_path,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_proxies_run_on_a_real_dask_cluster_and_a_rerun_computes_only_the_missing_ones(small_corpus, tmp_path, capsys,
+                                                                                      dask_cluster):
+    store = tmp_path / "store"
+    sets = [f"--set=mixture.{k}={v}" for k, v in SMALL.items()]
+    argv = ["run", "--profile", "smoke", "--store", str(store), "--set", f"inputs.corpus={json.dumps(str(small_corpus))}",
+            "--set", "mixture.method=regmix", *sets, "--set", "run.task_runner=dask",
+            "--set", f"run.runner_address={json.dumps(dask_cluster)}", "--only", "mixture", "--json"]
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    s = DatasetStore(store)
+    proxies = [e for e in s.journal_events() if e["event"] == "computed" and e["stage"] == "proxy"]
+    assert len(proxies) == SMALL["proxies"]
+    assert os.getpid() not in {e["pid"] for e in proxies}  # computed by the Dask workers, not in this process
+    fit = summary["outputs"]["regmix"]
+    assert set(s.manifest(fit).parents.values()) == {e["fingerprint"] for e in proxies}
+    before = len(s.journal_events())
+    argv[argv.index("--set=mixture.proxies=5")] = "--set=mixture.proxies=7"
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    new = [e["stage"] for e in s.journal_events()[before:] if e["event"] == "computed"]
+    assert sorted(new) == ["mixture", "proxy", "proxy", "regmix"]  # the 5 cached proxies are not recomputed
+
+
+def test_a_proxy_scores_the_dev_half_of_its_target_benchmark_and_bad_targets_fail_first(small_corpus, tmp_path):
+    from winnow.config import benchmark_columns
+
+    store, corpus = _store_with_corpus(tmp_path / "store", small_corpus)
+    bench = execute(plan_ingest("benchmarks", [str(REPO / "data" / "sample" / "benchmarks.parquet")],
+                                benchmark_columns(None)), str(store.root))
+    items = store.table(bench)
+    out = proxy.run(pq.read_table(small_corpus), _proxy_params(benchmarks=("quiz",), benchmark_items=6), tmp_path / "p",
+                    benchmarks=items)
+    table = out.tables["benchmarks"]
+    assert table["benchmark"].to_pylist() == ["quiz"] and table["items"].to_pylist() == [6]
+    assert 0 < table["bits_per_byte"][0].as_py() < 20
+    for target, message in (("benchmark:nope", "benchmark 'nope' not in the benchmark items"),):
+        with pytest.raises(WinnowError, match=message):
+            search.learned_weights(store, corpus, mixture.Params(method="regmix", target=target, **SMALL),
+                                   search.run_in_turn(store), bench)
+    with pytest.raises(WinnowError, match="no benchmark items were given"):
+        search.learned_weights(store, corpus, mixture.Params(method="regmix", target="benchmark:quiz", **SMALL),
+                               search.run_in_turn(store))
+    with pytest.raises(WinnowError, match="a benchmark target is RegMix's"):
+        search.learned_weights(store, corpus, mixture.Params(method="doremi", target="benchmark:quiz", **SMALL),
+                               search.run_in_turn(store), bench)
+    assert not [m for m in store.entries() if m.stage == "proxy"]  # every refusal came before any proxy ran
