@@ -729,8 +729,8 @@ def _leak_gaps(rows: list[dict[str, Any]], heldout: pa.Table, params: Params,
         target = r["target"] or (r["choices"][r["answer"]] if r["answer"] >= 0 else "")
         texts.append(leakcheck.item_text(r["question"], target) or " ".join(r["choices"] or []) or r["id"])
     words = max(2, int(np.median([len(t.split()) for t in texts])))
-    keep = _capped(heldout["id"].to_pylist(), ["reference"] * heldout.num_rows, params.leak_reference_docs,
-                   params.sample_salt + "/leak-reference")
+    keep = capped(heldout["id"].to_pylist(), ["reference"] * heldout.num_rows, params.leak_reference_docs,
+                  params.sample_salt + "/leak-reference")
     reference = leakcheck.reference_texts(heldout.take(keep), params.leak_reference_docs, words)
     keys = [r["id"] for r in rows] + [f"reference/{i}" for i in range(len(reference))]
     orig, pert = leakcheck.score_gaps(keys, texts + reference, bpb, params.leak_perturbations,
