@@ -234,7 +234,8 @@ REGISTRY: tuple[StageSpec, ...] = (
     # Run around the pipeline (proxies and learned mixtures, ablations): store entries and Prefect
     # tasks like any stage, with no config section; flows/search.py and flows/ablate.py wire them.
     StageSpec("dedup_map", (Input("shard", CORPUS),), pipeline=False),
-    StageSpec("proxy", (Input("corpus", "label_noise"),), ("data", FILES), pipeline=False, needs_out_dir=True),
+    StageSpec("proxy", (Input("corpus", "label_noise"), Input("benchmarks", BENCHMARKS, optional=True)),
+              ("data", "benchmarks", FILES), pipeline=False, needs_out_dir=True, identity=True),
     StageSpec("regmix", (), pipeline=False),
     StageSpec("doremi", (Input("corpus", "label_noise"), Input("reference", "proxy", FILES)), pipeline=False),
     StageSpec("repeat", (Input("corpus", CORPUS),), pipeline=False),
