@@ -138,12 +138,14 @@ def bench_set(name: str, max_rows: int, seed: int) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    """The BENCHMARKS.md table: one line per set x noise, peers and winnow side by side."""
+def table(rows: list[dict], before: list[dict] = ()) -> str:
+    """The BENCHMARKS.md table: one line per set x noise, peers and winnow side by side; ``before``:
+    an earlier run's rows (another ``--tag``), whose ``winnow`` F1 is shown as the "before" column."""
+    prior = {(r["dataset"], r["noise"]): r for r in before if r["method"] == "winnow"}
     out = ["| set | rows / classes | noise | true errors | OOF acc (TF-IDF / MiniLM, true labels) | peer TF-IDF F1 (P / R, flagged) "
-           "| peer MiniLM F1 (P / R, flagged) | winnow F1 (P / R, flagged) | winnow estimate [90% interval] | F1 - better peer "
-           "| acc noisy / cleaned (TF-IDF peer, MiniLM peer, winnow) / true |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| peer MiniLM F1 (P / R, flagged) | winnow before F1 (P / R, flagged) | winnow F1 (P / R, flagged) "
+           "| winnow estimate [90% interval] | F1 - better peer | acc noisy / cleaned (TF-IDF peer, MiniLM peer, winnow) / true |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     cells: dict[tuple, dict] = {}
     for r in rows:
         cells.setdefault((r["dataset"], r["noise"]), {})[r["method"]] = r
@@ -156,7 +158,8 @@ def table(rows: list[dict]) -> str:
         est = (f"{w['estimated_errors']} [{w['estimated_errors_low']}, {w['estimated_errors_high']}]"
                if "estimated_errors" in w else "")
         out.append(f"| {d} | {w['rows']} / {w['classes']} | {noise} | {w['true_errors']} | "
-                   f"{pt['oof_accuracy_true']:.3f} / {pm['oof_accuracy_true']:.3f} | {f(pt)} | {f(pm)} | {f(w)} | {est} | "
+                   f"{pt['oof_accuracy_true']:.3f} / {pm['oof_accuracy_true']:.3f} | {f(pt)} | {f(pm)} | "
+                   f"{f(prior[(d, noise)]) if (d, noise) in prior else ''} | {f(w)} | {est} | "
                    f"{w['f1'] - max(pt['f1'], pm['f1']):+.2f} | {w['acc_noisy']:.3f} / {pt['acc_cleaned']:.3f}, "
                    f"{pm['acc_cleaned']:.3f}, {w['acc_cleaned']:.3f} / {w['acc_true']:.3f} |")
     return "\n".join(out)
@@ -169,6 +172,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="hard", help="results go to benchmarks/out/label_noise_<tag>_<set>.json")
     ap.add_argument("--report", action="store_true", help="only print the table from earlier results")
+    ap.add_argument("--before", default=None, help="tag of an earlier run whose winnow rows are shown as 'before'")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.report:
@@ -177,7 +181,9 @@ def main() -> None:
             (OUT / f"label_noise_{args.tag}_{name}.json").write_text(json.dumps(rows, indent=1))
     rows = [r for name in args.datasets if (f := OUT / f"label_noise_{args.tag}_{name}.json").exists()
             for r in json.loads(f.read_text())]
-    print(table(rows))
+    before = [r for name in args.datasets if args.before and (f := OUT / f"label_noise_{args.before}_{name}.json").exists()
+              for r in json.loads(f.read_text())]
+    print(table(rows, before))
 
 
 if __name__ == "__main__":

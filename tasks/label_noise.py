@@ -8,14 +8,17 @@ Method (confident learning, Northcutt et al., JAIR 2021, via ``cleanlab``):
 2. Get **out-of-sample** class probabilities by stratified K-fold cross-validation of a logistic
    regression: every row is scored by a model that never saw it. In-sample probabilities would
    memorise the wrong labels and hide them.
-3. ``cleanlab.filter.find_label_issues`` estimates the joint of given vs. true labels from those
-   probabilities and picks the rows to prune (``filter_by``); ``cleanlab.rank`` scores each row's
-   label quality (probability of the given label, 0 = surely wrong, 1 = surely right).
-4. A second opinion from training dynamics: the area under the margin (AUM) of each row while a
-   softmax regression trains on all rows. By default (``detector="auto"``) a row is an issue when
-   either signal says so for three or more classes, and by confident learning alone for two (the
-   measured best, see ``Params.detector``). cleanlab Datalab's outlier and near-duplicate checks
-   on the same features are optional (``datalab``, reported only).
+3. Estimate how many labels are wrong and flag that many of the worst-ranked rows
+   (:mod:`tasks.noise_rate`; ``Params.cutoff``): where classes overlap, cleanlab's own filter
+   (``cleanlab.filter.find_label_issues``) flags every row the classifier doubts, 1.5-2.9x the
+   mislabelled ones on the hard sets of BENCHMARKS.md. cleanlab's flag stays a signal in each
+   row's evidence; ``cleanlab.rank`` scores each row's label quality (probability of the given
+   label, 0 = surely wrong, 1 = surely right).
+4. With ``cutoff="detector"``, the earlier rule: confident learning, or'ed (``detector="auto"``,
+   three or more classes) with the area under the margin (AUM) of each row while a softmax
+   regression trains on all rows. cleanlab Datalab's outlier and near-duplicate checks on the same
+   features are optional (``datalab``, reported only). Each issue's evidence lists the signals
+   that flagged it and its nearest unflagged neighbours of both classes (:mod:`tasks.noise_explain`).
 5. Apply the configured action to the issues: ``flag`` (report only), ``drop`` or ``relabel`` to the
    model's suggestion when it is confident enough. Every action is one ledger row with its evidence.
 
@@ -129,7 +132,7 @@ class Params:
         relabel_min_confidence: with ``action="relabel"``, the least out-of-sample probability of the
             suggested label for a relabel; lower-confidence issues are flagged. 0.9 keeps relabels to
             rows where the classifier is sure; lower it for easy, well-separated label sets.
-        detector: which signal decides ``is_issue``. ``"cl"``: confident learning alone.
+        detector: with ``cutoff="detector"``, which signal decides ``is_issue``. ``"cl"``: confident learning alone.
             ``"aum"``: area under the margin (Pleiss et al., NeurIPS 2020) of a softmax regression
             trained on the same features, cut at ``aum_percentile`` of rows deliberately moved to a
             fake class. ``"cl_and_aum"``: both must agree (higher precision); ``"cl_or_aum"``: either
