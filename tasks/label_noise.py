@@ -8,14 +8,17 @@ Method (confident learning, Northcutt et al., JAIR 2021, via ``cleanlab``):
 2. Get **out-of-sample** class probabilities by stratified K-fold cross-validation of a logistic
    regression: every row is scored by a model that never saw it. In-sample probabilities would
    memorise the wrong labels and hide them.
-3. ``cleanlab.filter.find_label_issues`` estimates the joint of given vs. true labels from those
-   probabilities and picks the rows to prune (``filter_by``); ``cleanlab.rank`` scores each row's
-   label quality (probability of the given label, 0 = surely wrong, 1 = surely right).
-4. A second opinion from training dynamics: the area under the margin (AUM) of each row while a
-   softmax regression trains on all rows. By default (``detector="auto"``) a row is an issue when
-   either signal says so for three or more classes, and by confident learning alone for two (the
-   measured best, see ``Params.detector``). cleanlab Datalab's outlier and near-duplicate checks
-   on the same features are optional (``datalab``, reported only).
+3. Estimate how many labels are wrong and flag that many of the worst-ranked rows
+   (:mod:`tasks.noise_rate`; ``Params.cutoff``): where classes overlap, cleanlab's own filter
+   (``cleanlab.filter.find_label_issues``) flags every row the classifier doubts, 1.5-2.9x the
+   mislabelled ones on the hard sets of BENCHMARKS.md. cleanlab's flag stays a signal in each
+   row's evidence; ``cleanlab.rank`` scores each row's label quality (probability of the given
+   label, 0 = surely wrong, 1 = surely right).
+4. With ``cutoff="detector"``, the earlier rule: confident learning, or'ed (``detector="auto"``,
+   three or more classes) with the area under the margin (AUM) of each row while a softmax
+   regression trains on all rows. cleanlab Datalab's outlier and near-duplicate checks on the same
+   features are optional (``datalab``, reported only). Each issue's evidence lists the signals
+   that flagged it and its nearest unflagged neighbours of both classes (:mod:`tasks.noise_explain`).
 5. Apply the configured action to the issues: ``flag`` (report only), ``drop`` or ``relabel`` to the
    model's suggestion when it is confident enough. Every action is one ledger row with its evidence.
 
@@ -79,6 +82,20 @@ def minilm_available() -> bool:
     return importlib.util.find_spec(MINILM_PACKAGE) is not None
 
 
+def _check_cutoff(p: "Params") -> None:
+    """The cut-off settings' errors (one line each, naming the key)."""
+    from tasks.noise_rate import CUTOFFS, ESTIMATORS, RANKINGS
+
+    for key, allowed in (("cutoff", CUTOFFS), ("ranking", RANKINGS), ("noise_estimator", ESTIMATORS)):
+        if getattr(p, key) not in allowed:
+            raise WinnowError(f"label_noise.{key}: '{getattr(p, key)}' is not one of {', '.join(allowed)}")
+    if not 0.0 <= p.flag_fraction <= 1.0:
+        raise WinnowError(f"label_noise.flag_fraction: must be within [0, 1], got {p.flag_fraction!r}")
+    if not isinstance(p.bootstrap, int) or p.bootstrap < 0 or not isinstance(p.explain_neighbours, int) \
+            or p.explain_neighbours < 0:
+        raise WinnowError("label_noise.bootstrap and explain_neighbours must be integers >= 0")
+
+
 @dataclass(frozen=True)
 class Params:
     """Settings of the label-noise stage.
@@ -115,7 +132,7 @@ class Params:
         relabel_min_confidence: with ``action="relabel"``, the least out-of-sample probability of the
             suggested label for a relabel; lower-confidence issues are flagged. 0.9 keeps relabels to
             rows where the classifier is sure; lower it for easy, well-separated label sets.
-        detector: which signal decides ``is_issue``. ``"cl"``: confident learning alone.
+        detector: with ``cutoff="detector"``, which signal decides ``is_issue``. ``"cl"``: confident learning alone.
             ``"aum"``: area under the margin (Pleiss et al., NeurIPS 2020) of a softmax regression
             trained on the same features, cut at ``aum_percentile`` of rows deliberately moved to a
             fake class. ``"cl_and_aum"``: both must agree (higher precision); ``"cl_or_aum"``: either
@@ -143,6 +160,26 @@ class Params:
             C=1); calibrated probabilities are what confident learning needs.
         embedding_batch_size: texts per MiniLM forward pass (CPU memory grows with it).
         seed: seeds the fold split and any other randomness, so runs are repeatable.
+        cutoff: how many rows are issues. ``"estimate"`` (default): the estimated number of wrong
+            labels (``noise_estimator``, reported with its bootstrap interval in
+            ``metrics["estimated_errors"]``), taken from the top of ``ranking``. ``"fraction"``:
+            ``flag_fraction`` of the checked rows, worst first. ``"detector"``: the earlier rule,
+            cleanlab's ``filter_by`` and ``detector`` (AUM); it flagged 1.5-2.5x as many rows as
+            were mislabelled on the hard sets of BENCHMARKS.md ``## label_noise``.
+        flag_fraction: with ``cutoff="fraction"``, the share of checked rows flagged (0-1).
+        ranking: which rows are worst (:data:`tasks.noise_rate.RANKINGS`); the estimate and the
+            cleanlab / AUM signals do not change it. ``auto`` (default): ``self_confidence`` (1 -
+            probability of the given label) when the wrong labels look uniform and
+            ``confident_joint`` (probability of being wrong under cleanlab's calibrated noise
+            matrix) when they look structured, the test of :func:`tasks.noise_rate.mpe_parts`;
+            each was the better one at the true error count in its case on the tuning sets.
+        noise_estimator: :data:`tasks.noise_rate.ESTIMATORS`: ``mpe`` (default), the
+            mixture-proportion estimate of :mod:`tasks.noise_rate`; ``posterior`` sums each row's
+            probability of being wrong; ``cleanlab``, its calibrated confident joint (1.5-2.9x the
+            true count on the hard sets).
+        bootstrap: resamples for the estimate's 90% interval (0: none).
+        explain_neighbours: for each issue, this many nearest unflagged rows of the given and of
+            the suggested class go into its ledger evidence (``winnow why ROW``); 0 skips it.
     """
 
     features: str = "auto"
@@ -160,6 +197,12 @@ class Params:
     C: float | None = None
     embedding_batch_size: int = 64
     seed: int = 0
+    cutoff: str = "estimate"
+    flag_fraction: float = 0.1
+    ranking: str = "auto"
+    noise_estimator: str = "mpe"
+    bootstrap: int = 200
+    explain_neighbours: int = 3
 
     def __post_init__(self) -> None:
         if self.features not in FEATURES:
@@ -192,6 +235,7 @@ class Params:
             object.__setattr__(self, "C", DEFAULT_C[self.features])
         if self.C is not None and self.C <= 0:
             raise WinnowError(f"label_noise.C: must be > 0, got {self.C!r}")
+        _check_cutoff(self)
         if self.tfidf_max_features < 1 or self.embedding_batch_size < 1:
             raise WinnowError("label_noise.tfidf_max_features and embedding_batch_size must be >= 1")
         # Lists from a TOML/JSON config become tuples so the frozen params stay hashable.
@@ -280,14 +324,17 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
     X = feats[X_kind]
 
     t = time.perf_counter()
-    probs = np.mean(
-        [
-            out_of_sample_probs(feats[k], y, len(classes), params.folds, params.C if params.C is not None else DEFAULT_C[k],
-                                params.seed, dense=k != "tfidf")
-            for k in kinds
-        ],
-        axis=0,
-    )
+    from tasks.noise_rate import blend
+
+    members = {
+        k: out_of_sample_probs(feats[k], y, len(classes), params.folds, params.C if params.C is not None else DEFAULT_C[k],
+                               params.seed, dense=k != "tfidf")
+        for k in kinds
+    }
+    # Weights by out-of-fold log-loss against the given labels (never the true ones, which no
+    # one has): on the hard sets TF-IDF got 0.3-0.5 of the weight.
+    probs, weights = blend(members, y)
+    metrics["blend_weights"] = weights
     metrics["seconds_cv"] = round(time.perf_counter() - t, 3)
     metrics["cv_accuracy"] = round(float((probs.argmax(1) == y).mean()), 4)
 
@@ -297,9 +344,11 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
     metrics["cl_issues"] = int(cl_issue.sum())
 
     extra: dict[str, np.ndarray] = {}
-    is_issue = cl_issue
-    detector = resolve_detector(params.detector, len(classes))
-    metrics["detector"] = detector
+    is_issue, order_key, signals = cl_issue, quality, {"cleanlab": cl_issue}
+    detector = resolve_detector(params.detector, len(classes)) if params.cutoff == "detector" else "cl"
+    metrics["detector"] = detector if params.cutoff == "detector" else None
+    if params.cutoff != "detector":
+        is_issue, order_key = _estimated_cut(probs, y, params, metrics, signals)
     if detector != "cl":
         t = time.perf_counter()
         aum, threshold = area_under_margin(
@@ -308,6 +357,7 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         )
         aum_issue = aum < threshold
         extra["aum"] = aum
+        signals["aum"] = aum_issue
         is_issue = {"aum": aum_issue, "cl_and_aum": cl_issue & aum_issue, "cl_or_aum": cl_issue | aum_issue}[detector]
         metrics.update(seconds_aum=round(time.perf_counter() - t, 3), aum_threshold=round(threshold, 4),
                        aum_issues=int(aum_issue.sum()))
@@ -330,15 +380,20 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         action[ok] = "relabel"
 
     method = {
-        "cl": f"confident_learning/{params.filter_by}",
+        "cl": f"confident_learning/{params.filter_by}" if params.cutoff == "detector" else
+              f"{params.cutoff}/{params.noise_estimator}/{metrics.get('ranking')}",
         "aum": f"aum/p{params.aum_percentile:g}",
         "cl_and_aum": f"confident_learning/{params.filter_by}+aum/p{params.aum_percentile:g}",
         "cl_or_aum": f"confident_learning/{params.filter_by}|aum/p{params.aum_percentile:g}",
     }[detector]
     method = f"{method}/{params.features}+logreg/{params.folds}fold"
     checked_ids = [ids[i] for i in sel]
-    scores = _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, suggested_conf, quality, is_issue, action, extra)
-    removed = _ledger(checked_ids, classes, y, suggested, suggested_conf, quality, action, method, extra.get("aum"))
+    scores = _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, suggested_conf, quality, is_issue,
+                           action, extra, order_key)
+    t = time.perf_counter()
+    why = _explanations(X, y, is_issue, suggested, checked_ids, signals, params.explain_neighbours)
+    metrics["seconds_explain"] = round(time.perf_counter() - t, 3)
+    removed = _ledger(checked_ids, classes, y, suggested, suggested_conf, quality, action, method, extra.get("aum"), why)
     data = _apply(corpus, checked_ids, classes, suggested, action)
 
     issue_classes = Counter(classes[k] for k in y[is_issue])
@@ -597,11 +652,45 @@ def datalab_checks(X: Any, y: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
     }
 
 
+def _estimated_cut(probs: np.ndarray, y: np.ndarray, params: Params, metrics: dict[str, Any],
+                   signals: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(is_issue, order_key)`` for ``cutoff`` ``estimate`` / ``fraction`` (see :mod:`tasks.noise_rate`);
+    the estimate and its interval go into ``metrics``, the flags into ``signals``."""
+    from tasks.noise_rate import cut
+
+    t = time.perf_counter()
+    d = cut(probs, y, cutoff=params.cutoff, ranking=params.ranking, estimator=params.noise_estimator,
+            fraction=params.flag_fraction, n_boot=params.bootstrap, seed=params.seed)
+    est = d["estimate"]
+    metrics.update(cutoff=params.cutoff, ranking=params.ranking, noise_estimator=params.noise_estimator,
+                   estimated_errors=est["estimate"], estimated_errors_low=est["low"], estimated_errors_high=est["high"],
+                   estimated_noise_rate=est["rate"], seconds_estimate=round(time.perf_counter() - t, 3))
+    metrics.update(ranking=d["ranking"], noise_looks_structured=d["structured"])
+    signals[f"{params.cutoff}/{d['ranking']}"] = d["is_issue"]
+    return d["is_issue"], -d["score"]
+
+
+def _explanations(X: Any, y: np.ndarray, is_issue: np.ndarray, suggested: np.ndarray, ids: list[str],
+                  signals: dict[str, np.ndarray], k: int) -> dict[int, dict[str, Any]]:
+    """Ledger evidence per issue position: which signals flagged it and its nearest unflagged
+    neighbours of the given and the suggested class (:mod:`tasks.noise_explain`)."""
+    from tasks.noise_explain import nearest_by_class, neighbour_lists
+
+    pos = np.flatnonzero(is_issue)
+    why: dict[int, dict[str, Any]] = {int(i): {"signals": [n for n, m in signals.items() if m[i]]} for i in pos}
+    if k and len(pos):
+        gi, gs, si, ss = nearest_by_class(X, y, is_issue, suggested, k)
+        for i, g, s_ in zip(pos, neighbour_lists(ids, gi, gs), neighbour_lists(ids, si, ss)):
+            why[int(i)].update(neighbours_given_label=g, neighbours_suggested_label=s_)
+    return why
+
+
 # ---------------------------------------------------------------------------------------------
 # Outputs
 
 
-def _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, conf, quality, is_issue, action, extra) -> pa.Table:
+def _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, conf, quality, is_issue, action, extra,
+                  order_key) -> pa.Table:
     n = len(labelled_idx)
     sugg = [None] * n
     sconf = [None] * n
@@ -609,7 +698,7 @@ def _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, con
     issue = [False] * n
     act = [None] * n
     rank: list[int | None] = [None] * n
-    order = np.lexsort((np.arange(len(y)), quality))  # worst first, ties by input order
+    order = np.lexsort((np.arange(len(y)), order_key))  # worst first, ties by input order
     rank_of = np.empty(len(y), dtype=np.int64)
     rank_of[order] = np.arange(1, len(y) + 1)
     pos = np.flatnonzero(checked)
@@ -643,7 +732,7 @@ def _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, con
     return table.take(np.argsort(key, kind="stable"))
 
 
-def _ledger(ids, classes, y, suggested, conf, quality, action, method, aum=None) -> pa.Table:
+def _ledger(ids, classes, y, suggested, conf, quality, action, method, aum=None, why=None) -> pa.Table:
     parts = []
     for act in ACTIONS:
         idx = np.flatnonzero(action == act)
@@ -656,6 +745,7 @@ def _ledger(ids, classes, y, suggested, conf, quality, action, method, aum=None)
                 "label_quality": float(f"{quality[i]:.6g}"),
                 "method": method,
                 **({"aum": float(f"{aum[i]:.6g}")} if aum is not None else {}),
+                **(why.get(int(i), {}) if why else {}),
             }
             for i in idx
         ]

@@ -238,9 +238,19 @@ def test_minilm_without_wheel_names_the_install_command(monkeypatch):
 # --- second opinions and extra checks ---------------------------------------------------------
 
 
-def test_aum_is_lower_on_flipped_labels_and_and_combination_is_a_subset(noisy, flagged):
+DETECTOR = ln.Params(features="tfidf", cutoff="detector")
+
+
+@pytest.fixture(scope="module")
+def detected(noisy):
+    """The earlier cut-off: cleanlab's filter or'ed with AUM (``detector="auto"``, 4 classes)."""
+    return ln.run(noisy[0], DETECTOR)
+
+
+def test_aum_is_lower_on_flipped_labels_and_and_combination_is_a_subset(noisy, detected):
     table, truth = noisy
-    res = ln.run(table, ln.Params(features="tfidf", detector="cl_and_aum"))
+    flagged = detected
+    res = ln.run(table, ln.Params(features="tfidf", cutoff="detector", detector="cl_and_aum"))
     s = res.tables["scores"].to_pylist()
     aum_flipped = np.mean([r["aum"] for r in s if r["id"] in truth])
     aum_clean = np.mean([r["aum"] for r in s if r["id"] not in truth])
@@ -250,16 +260,17 @@ def test_aum_is_lower_on_flipped_labels_and_and_combination_is_a_subset(noisy, f
     assert "aum" in json.loads(res.removed["evidence"][0].as_py())
 
 
-def test_auto_detector_is_the_union_for_multiclass_and_confident_learning_for_binary(noisy, flagged):
+def test_auto_detector_is_the_union_for_multiclass_and_confident_learning_for_binary(noisy, detected):
+    flagged = detected
     s = flagged.tables["scores"]
     assert flagged.metrics["detector"] == "cl_or_aum"
-    cl_only = ln.run(noisy[0], ln.Params(features="tfidf", detector="cl"))
+    cl_only = ln.run(noisy[0], ln.Params(features="tfidf", cutoff="detector", detector="cl"))
     assert flagged.metrics["issues"] >= cl_only.metrics["issues"]
     assert set(cl_only.removed["id"].to_pylist()) <= set(flagged.removed["id"].to_pylist())
     assert "aum" in s.column_names
     assert json.loads(flagged.removed["evidence"][0].as_py())["method"].startswith("confident_learning/prune_by_noise_rate|aum")
     binary = noisy[0].filter(pa.compute.is_in(noisy[0]["label"], value_set=pa.array(list(CATS[:2]))))
-    res = ln.run(binary, ln.Params(features="tfidf"))
+    res = ln.run(binary, DETECTOR)
     assert res.metrics["detector"] == "cl"
     assert "aum" not in res.tables["scores"].column_names
     assert ln.resolve_detector("cl_and_aum", 2) == "cl_and_aum"
