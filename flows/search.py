@@ -19,18 +19,14 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from flows.stagetask import FILES, StagePlan, execute, parent_ref, plan_stage
+from flows.stagetask import FILES, StagePlan, parent_ref, plan_stage
+from flows.stagetask import run_in_turn  # noqa: F401  (re-exported: callers and tests use search.run_in_turn)
 from storage import DatasetStore
 from tasks import doremi, mixture, proxy, regmix
 from winnow.errors import WinnowError
 
 #: ``submit(task name, plans) -> fingerprints``, in the plans' order.
 Submit = Callable[[str, list[StagePlan]], list[str]]
-
-
-def run_in_turn(store: DatasetStore) -> Submit:
-    """A submit that computes the plans one after another in this process (no Prefect)."""
-    return lambda name, plans: [execute(p, str(store.root)) for p in plans]
 
 
 def check(corpus: pa.Table, params: mixture.Params) -> mixture.DomainStats:

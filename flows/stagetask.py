@@ -26,7 +26,7 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -160,6 +160,12 @@ def fingerprint_of(plan: StagePlan) -> str:
         parents = {k.split(":", 1)[0]: v for k, v in plan.parents.items()}
         return derive_fingerprint(plan.stage, plan.code_version, slim, parents)
     return plan.fingerprint
+
+
+def run_in_turn(store: DatasetStore) -> Callable[[str, list[StagePlan]], list[str]]:
+    """A submit (``(task name, plans) -> fingerprints``) that computes the plans one after another
+    in this process, without Prefect: what ``winnow STAGE`` uses for map tasks and proxies."""
+    return lambda name, plans: [execute(p, str(store.root)) for p in plans]
 
 
 def execute(plan: StagePlan, store_root: str, force: bool = False, prepared: "Prepared | None" = None) -> str:

@@ -481,8 +481,8 @@ def _computer(store: Any, cfg: Any):
     stage's prepare hook (learned mixture weights: proxies in turn, each its own cached entry, so a
     rerun after a crash computes only the missing ones) and cache hint (embed's earlier vectors)."""
     from flows.graph import map_hints, prepared_inputs
-    from flows.search import run_in_turn
-    from flows.stagetask import cache_hints, execute, plan_stage
+    # not flows.search: it imports the proxy, RegMix and DoReMi modules, which only mixture needs
+    from flows.stagetask import cache_hints, execute, plan_stage, run_in_turn
 
     def compute(spec: Any, parents: dict[str, str]) -> str:
         params = cfg.run_params(spec.name)
