@@ -576,11 +576,14 @@ def _evaluate_benchmarks(
         _example(r, -nll[start : start + k], texts, rot, bool(f), c)
         for r, (start, k, texts), rot, f, c in zip(rows, spans, rotated, fit, contaminated)
     ]
-    reference_gap = None
+    reference: tuple[float, np.ndarray] | None = None  # the reference's mean gap and bootstrap means
     if leak_of is not None:
         item_gap, reference_gap = leak_of(rows)
         for e, g in zip(examples, item_gap):
             e["leak_gap"] = float(g)
+        if reference_gap.size:  # resampled once: the same draw serves every benchmark and subset
+            ridx = resamples(reference_gap.size, params.bootstrap_iters, f"{params.bootstrap_seed}|leak-reference")
+            reference = (float(reference_gap.mean()), reference_gap[ridx].mean(axis=1))
 
     table_rows, position_rows, metrics = [], [], {}
     subsets = SUBSETS if contaminated_of is not None else ("all",)
@@ -592,8 +595,8 @@ def _evaluate_benchmarks(
         for subset in subsets:
             sel = [e for e in mine if subset == "all" or e["contaminated"] == (subset == "contaminated")]
             row = _subset_metrics(bench, subset, sel, params, temperature)
-            if reference_gap is not None and sel:
-                _leak_metrics(row, sel, reference_gap, params)
+            if leak_of is not None and sel:
+                _leak_metrics(row, sel, reference, params)
             table_rows.append(row)
             suffix = "" if subset == "all" else f"/{subset}"
             for name in (*BENCHMARK_METRICS, "temperature"):
@@ -739,17 +742,18 @@ def _leak_gaps(rows: list[dict[str, Any]], heldout: pa.Table, params: Params,
     return gap[: len(texts)], gap[len(texts):]
 
 
-def _leak_metrics(row: dict[str, Any], sel: list[dict], reference_gap: np.ndarray, params: Params) -> None:
-    """``leak_gap`` of the subset's items and ``leak_excess`` over the reference, with intervals
-    (items and reference texts resampled independently)."""
+def _leak_metrics(row: dict[str, Any], sel: list[dict], reference: tuple[float, np.ndarray] | None,
+                  params: Params) -> None:
+    """``leak_gap`` of the subset's items and ``leak_excess`` over the reference (its mean gap and
+    bootstrap means; None when no reference text), with intervals: items and reference texts
+    resampled independently."""
     gap = np.array([e["leak_gap"] for e in sel], dtype=np.float64)
     key = f"{params.bootstrap_seed}|{row['benchmark']}|{row['subset']}|leak"
     idx = resamples(gap.size, params.bootstrap_iters, key)
     _put(row, "leak_gap", mean_with_interval(gap, idx))
-    if reference_gap.size:
-        ridx = resamples(reference_gap.size, params.bootstrap_iters, f"{params.bootstrap_seed}|leak-reference")
-        diffs = gap[idx].mean(axis=1) - reference_gap[ridx].mean(axis=1)
-        _put(row, "leak_excess", (float(gap.mean() - reference_gap.mean()), *percentile_interval(diffs)))
+    if reference is not None:
+        mean, means = reference
+        _put(row, "leak_excess", (float(gap.mean() - mean), *percentile_interval(gap[idx].mean(axis=1) - means)))
 
 
 def _ece_with_interval(
