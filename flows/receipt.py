@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 
 from storage import DatasetStore, Manifest, short
+from tasks.eval_metrics import at_upper_bound
 
 
 def _removed_text(m: Manifest) -> str:
@@ -98,9 +99,7 @@ def benchmark_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         ece = with_interval(r, "ece")
         if r.get("ece_after") is not None:
-            # fit_temperature searches T up to e^9: there, softmax(ll / T) is uniform, i.e. the
-            # choices' log-likelihoods carried no usable information.
-            t = "uniform (T at its bound)" if r["temperature"] > 8000 else f"T={r['temperature']:.2f}"
+            t = "uniform (T at its bound)" if at_upper_bound(r["temperature"]) else f"T={r['temperature']:.2f}"
             ece = f"{ece}; split {r['ece_before']:.3f} -> {r['ece_after']:.3f} at {t}"
         out.append({"benchmark": r["benchmark"], "subset": r["subset"], "n": r["n"],
                     "accuracy": with_interval(r, "accuracy"), "acc_norm": with_interval(r, "accuracy_norm"),

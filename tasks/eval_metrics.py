@@ -21,6 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 import xxhash
 
+#: The interval of log T that :func:`fit_temperature` searches.
+LOG_TEMPERATURE_BOUNDS = (-6.0, 9.0)
+
 
 def softmax(logliks: Sequence[float], temperature: float = 1.0) -> np.ndarray:
     """Probabilities from log-likelihoods divided by ``temperature`` (numerically stable)."""
@@ -116,7 +119,14 @@ def fit_temperature(logliks: Sequence[Sequence[float]], answers: Sequence[int]) 
         m = s.max(axis=1)
         return float(np.mean(m + np.log(np.exp(s - m[:, None]).sum(axis=1)) - gold / math.exp(log_t)))
 
-    return float(math.exp(minimize_scalar(nll, bounds=(-6.0, 9.0), method="bounded", options={"xatol": 1e-6}).x))
+    found = minimize_scalar(nll, bounds=LOG_TEMPERATURE_BOUNDS, method="bounded", options={"xatol": 1e-6})
+    return float(math.exp(found.x))
+
+
+def at_upper_bound(temperature: float) -> bool:
+    """True when a fitted T sits at the top of the search: softmax(ll / T) is then uniform, i.e.
+    the choices' log-likelihoods carried no usable information."""
+    return math.log(temperature) >= LOG_TEMPERATURE_BOUNDS[1] - 1e-3
 
 
 def in_fit_split(ids: Sequence[str], salt: str, fraction: float = 0.5) -> np.ndarray:

@@ -390,3 +390,22 @@ def test_leak_check_is_per_item_and_per_subset_and_can_be_turned_off(models):
     assert not any(k.startswith("leak_") for k in off.metrics)
     # same accuracy with and without the check: it only adds scoring
     assert off.metrics["accuracy/toy"] == result.metrics["accuracy/toy"]
+
+
+def test_an_uninformative_model_fits_the_temperature_bound_and_the_receipt_says_uniform():
+    from flows.receipt import benchmark_rows
+    from tasks.eval_metrics import at_upper_bound, fit_temperature
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(200, 4))
+    answers = rng.integers(0, 4, size=200)
+    misled = noise.copy()
+    misled[np.arange(200), answers] -= 0.5  # worse than chance: any sharpening costs, uniform is best
+    flat = fit_temperature(misled.tolist(), answers.tolist())
+    informed = noise.copy()
+    informed[np.arange(200), answers] += 1.0  # the right choice usually scores higher
+    sharp = fit_temperature(informed.tolist(), answers.tolist())
+    assert at_upper_bound(flat) and not at_upper_bound(sharp)
+    row = {"benchmark": "b", "subset": "all", "n": 200, "ece": 0.5, "ece_before": 0.5, "ece_after": 0.01}
+    assert "uniform (T at its bound)" in benchmark_rows([{**row, "temperature": flat}])[0]["ece"]
+    assert f"T={sharp:.2f}" in benchmark_rows([{**row, "temperature": sharp}])[0]["ece"]
