@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks import lm, mixture, proxy, tokenize, train
+from tasks import lm, mixture, pretrained, proxy, tokenize, train
 from tasks.common import StageResult, track
 from winnow.errors import WinnowError
 
@@ -72,7 +72,7 @@ def run(corpus: pa.Table, reference: Path, params: Params = Params()) -> StageRe
         table ``data`` (:data:`WEIGHTS_SCHEMA`), ``history`` (α per logged step) and metrics.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     model_dir = Path(reference) / proxy.MODEL_DIR
     if not (model_dir / "config.json").is_file():
@@ -84,7 +84,7 @@ def run(corpus: pa.Table, reference: Path, params: Params = Params()) -> StageRe
     threads = torch.get_num_threads()
     torch.set_num_threads(params.num_threads)
     try:
-        ref = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+        ref = pretrained.load_model(model_dir).eval()
         model = lm.build(AutoConfig.from_pretrained(model_dir, local_files_only=True), params.seed, "sdpa")
         alphas, excess = _group_dro(model, ref, blocks, steps, params)
     finally:

@@ -513,11 +513,13 @@ def _check_model(model_dir: Path, params: Params) -> int:
 def _load(model_dir: Path, device: str) -> tuple[Any, Any]:
     """Model (eval mode, on ``device``) and tokenizer; any load failure is one line naming the folder."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from tasks import pretrained
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+        model = pretrained.load_model(model_dir, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001  safetensors, torch and transformers each raise their own types
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WinnowError(f"evaluate: the model in {model_dir} does not load: {msg}") from None

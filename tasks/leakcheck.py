@@ -93,12 +93,13 @@ def _interval(values: np.ndarray, params: Params, rng: np.random.Generator) -> t
 
 def _bits_per_byte(model_dir: Path, texts: list[str], params: Params) -> np.ndarray:
     """Bits per byte of each text under the model, scored after its end-of-text token."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from tasks.evaluate import score_requests
+    from tasks.pretrained import load_model
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).to(params.device).eval()
+    model = load_model(model_dir).to(params.device).eval()
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     ctx = int(getattr(model.config, "max_position_embeddings", 1024))
     enc = [tokenizer(t, add_special_tokens=False)["input_ids"][: ctx - 1] for t in texts]

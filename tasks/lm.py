@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage import file_fingerprint
+from tasks.pretrained import MODEL_LOCK
 from winnow.errors import WinnowError
 
 if TYPE_CHECKING:
@@ -121,9 +122,10 @@ def build(config: "PretrainedConfig", seed: int, attn_implementation: str) -> "P
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(seed)
     try:
-        return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+        with MODEL_LOCK:  # the seed and the init it drives, with no other thread's draws in between
+            torch.manual_seed(seed)
+            return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     except ValueError as e:  # e.g. an architecture without SDPA support
         raise WinnowError(f"train: cannot build a {config.model_type} model ({str(e).splitlines()[0]})") from None
 

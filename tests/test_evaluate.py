@@ -409,3 +409,24 @@ def test_an_uninformative_model_fits_the_temperature_bound_and_the_receipt_says_
     row = {"benchmark": "b", "subset": "all", "n": 200, "ece": 0.5, "ece_before": 0.5, "ece_after": 0.01}
     assert "uniform (T at its bound)" in benchmark_rows([{**row, "temperature": flat}])[0]["ece"]
     assert f"T={sharp:.2f}" in benchmark_rows([{**row, "temperature": sharp}])[0]["ece"]
+
+
+def test_models_load_whole_when_threads_load_them_at_once(models):
+    # Proxies are scored side by side on the thread runner; unguarded, two concurrent
+    # from_pretrained calls left the tied lm_head on the meta device in every load (measured).
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from tasks.evaluate import _load
+
+    trained, _, _ = models
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        want = _load(trained, "cpu")[0](input_ids=x).logits
+    with ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(lambda _: _load(trained, "cpu")[0], range(8)))
+    for model in loaded:
+        assert not any(p.is_meta for p in model.parameters())
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=x).logits, want)
