@@ -6,7 +6,8 @@ budget and for the same seeds, on the pipeline's output with that stage and with
 model on the *same* held-out rows (the full pipeline's held-out split) with
 :func:`tasks.compare.document_bits`, and compares with / without by a paired bootstrap
 (:func:`tasks.compare.bootstrap_difference`) for held-out bits/byte per domain, the mean and the
-worst domain, and for each benchmark's accuracy (examples paired, seeds resampled). A difference
+worst domain, and for each benchmark's accuracy (examples paired, and seeds: a variant's seed
+``s`` and full's seed ``s`` are one seeded initialisation and batch order). A difference
 whose interval contains zero is reported as "no measurable effect" with its interval.
 
 Inputs are named ``model__<variant>__<seed>`` (a train entry's folder) and
@@ -102,7 +103,7 @@ def _group(inputs: dict[str, Any]) -> dict[str, list[tuple[Any, pa.Table]]]:
 
 
 def _accuracy_rows(stage: str, full: list[pa.Table], without: list[pa.Table], params: Params) -> list[dict[str, Any]]:
-    """Accuracy with - without per benchmark; examples paired, seeds resampled per recipe."""
+    """Accuracy with - without per benchmark; examples and seeds paired (:func:`tasks.compare.seed_draws`)."""
     rows = []
     keyed = lambda t: {(r["benchmark"], r["id"]): r["correct"] for r in t.to_pylist() if r["kind"] == "multiple_choice"}  # noqa: E731
     a, b = [keyed(t) for t in full], [keyed(t) for t in without]
@@ -117,7 +118,8 @@ def _accuracy_rows(stage: str, full: list[pa.Table], without: list[pa.Table], pa
         boots = np.empty(params.n_boot)
         for i in range(params.n_boot):
             idx = rng.integers(len(keys), size=len(keys))
-            boots[i] = A[rng.integers(len(A), size=len(A))][:, idx].mean() - B[rng.integers(len(B), size=len(B))][:, idx].mean()
+            sa, sb = compare.seed_draws(rng, [len(A), len(B)])
+            boots[i] = A[sa][:, idx].mean() - B[sb][:, idx].mean()
         lo, hi = np.percentile(boots, [2.5, 97.5])
         # Higher accuracy is better: the verdict of "without minus with" bits-style is flipped.
         v = compare.verdict(-hi, -lo)

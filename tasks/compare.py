@@ -4,10 +4,14 @@ Two training recipes (two mixtures, a curation stage on or off) are compared on 
 held-out documents, each recipe trained with several seeds. :func:`document_bits` scores every
 held-out document (or chunk) of a model on its own, through :func:`tasks.evaluate.run`, so the
 numbers are the evaluate stage's. :func:`bootstrap_difference` then resamples documents within
-each domain (the same draw for both recipes: paired) and seeds (independently per recipe), and
-reports the difference in bits/byte per domain, of the mean over domains and of the worst domain,
+each domain (the same draw for both recipes: paired) and seeds, and reports the difference in bits/byte per domain, of the mean over domains and of the worst domain,
 with a percentile 95% interval. An interval that contains 0 is reported as "no measurable effect",
 never as a bare number.
+
+Seeds are paired too when both recipes ran the same seeds (:func:`seed_draws`): seed ``s`` of
+every recipe starts from the same initialisation (same shape and tokenizer) and reads its
+batches in the same seeded order, so a resample draws seed indices once for all recipes and the
+init's luck, shared, cancels from the difference instead of widening its interval.
 """
 
 from __future__ import annotations
@@ -124,8 +128,24 @@ def benchmark_bits(model_dir: Path, benchmarks: pa.Table, max_per_benchmark: int
     return pa.Table.from_pylist(rows, schema=DOCS_SCHEMA)
 
 
-def bootstrap_difference(a: list[pa.Table], b: list[pa.Table], n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+def seed_draws(rng: np.random.Generator, counts: list[int], paired: bool = True) -> list[np.ndarray]:
+    """One bootstrap draw of seed indices per recipe (``counts``: seeds of each recipe).
+
+    ``paired`` (and every recipe ran as many seeds): one draw shared by all recipes, so the
+    ``j``-th seed of each is resampled together; otherwise an independent draw per recipe.
+    """
+    if paired and len(set(counts)) == 1:
+        draw = rng.integers(counts[0], size=counts[0])
+        return [draw] * len(counts)
+    return [rng.integers(n, size=n) for n in counts]
+
+
+def bootstrap_difference(a: list[pa.Table], b: list[pa.Table], n_boot: int = 2000, seed: int = 0,
+                         pair_seeds: bool = True) -> list[dict[str, Any]]:
     """Bits/byte of recipe ``a`` minus recipe ``b`` (one :func:`document_bits` table per seed).
+
+    ``a[j]`` and ``b[j]`` must be the same training seed when ``pair_seeds`` (:func:`seed_draws`);
+    ``pair_seeds = False`` resamples each recipe's seeds on their own.
 
     Returns one row per domain plus ``mean`` (macro over domains) and ``worst`` (the highest
     domain): ``a``, ``b``, ``difference`` (negative: ``a`` is better), ``lo``, ``hi`` (95%
@@ -145,7 +165,7 @@ def bootstrap_difference(a: list[pa.Table], b: list[pa.Table], n_boot: int = 200
     boots = np.empty((n_boot, len(domains) + 2))
     for k in range(n_boot):
         idx = [r[rng.integers(len(r), size=len(r))] for r in rows_of]  # paired: same documents for a and b
-        s = stats(rng.integers(len(a), size=len(a)), rng.integers(len(b), size=len(b)), idx)
+        s = stats(*seed_draws(rng, [len(a), len(b)], pair_seeds), idx)
         boots[k] = s[:, 0] - s[:, 1]
     lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
     out = []
@@ -181,12 +201,12 @@ def _documents(recipes: list[list[pa.Table]]) -> tuple[list[str], np.ndarray, np
 
 
 def bootstrap_spearman(predicted: list[float], recipes: list[list[pa.Table]], target: str = "mean",
-                       n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float, list[float]]:
+                       n_boot: int = 2000, seed: int = 0, pair_seeds: bool = True) -> tuple[float, float, float, list[float]]:
     """Rank agreement of ``predicted`` values with the measured ``target`` bits/byte of each recipe.
 
     ``recipes`` holds per recipe its :func:`document_bits` tables (one per seed). Returns
-    Spearman's rho, its 95% percentile interval (documents resampled within domains, the same
-    draw for every recipe; seeds resampled per recipe) and the measured values.
+    Spearman's rho, its 95% percentile interval (documents resampled within domains and seeds by
+    :func:`seed_draws`, each the same draw for every recipe) and the measured values.
     """
     from scipy.stats import spearmanr
 
@@ -205,7 +225,7 @@ def bootstrap_spearman(predicted: list[float], recipes: list[list[pa.Table]], ta
     boots = []
     for _ in range(n_boot):
         idx = [r[rng.integers(len(r), size=len(r))] for r in rows_of]
-        boots.append(spearmanr(predicted, measured(idx, [rng.integers(len(b), size=len(b)) for b in bits])).statistic)
+        boots.append(spearmanr(predicted, measured(idx, seed_draws(rng, [len(b) for b in bits], pair_seeds))).statistic)
     lo, hi = np.nanpercentile(np.array(boots, dtype=np.float64), [2.5, 97.5])
     return rho, float(lo), float(hi), actual
 

@@ -72,3 +72,24 @@ def test_document_prefixes_keep_one_cut_row_per_document():
     assert out["id"].to_pylist() == ["a", "b", "c"] and out["part"].to_pylist() == [0, 0, 0]
     assert out["text"].to_pylist() == ["héll", "short", "éé"]  # cut inside a character drops it
     assert all(len(t.encode("utf-8")) <= 5 for t in out["text"].to_pylist())
+
+
+def test_paired_seeds_cancel_a_shared_seed_effect():
+    # Recipe a is 2% better on every document under every seed, but seeds differ by +-10%, and
+    # seed j of both recipes shares its luck (same init): pairing cancels it, resampling each
+    # recipe's seeds on its own cannot tell the 2% from the seed noise.
+    keys, domains = [f"k{i}" for i in range(40)], ["x"] * 20 + ["y"] * 20
+    base = np.random.default_rng(1).normal(400, 5, 40)
+    luck = [0.9, 1.0, 1.1]
+    a = [_docs(base * 0.98 * l, keys, domains) for l in luck]
+    b = [_docs(base * l, keys, domains) for l in luck]
+    paired = {r["domain"]: r for r in compare.bootstrap_difference(a, b, n_boot=400)}["mean"]
+    apart = {r["domain"]: r for r in compare.bootstrap_difference(a, b, n_boot=400, pair_seeds=False)}["mean"]
+    assert paired["difference"] == pytest.approx(apart["difference"]) == pytest.approx(-0.08, rel=1e-3)
+    assert paired["verdict"] == "better" and paired["hi"] - paired["lo"] < 0.05
+    assert apart["verdict"] == "no measurable effect"
+    rng = np.random.default_rng(0)
+    first, second = compare.seed_draws(rng, [3, 3])
+    assert first is second  # one draw for both recipes
+    uneven = compare.seed_draws(rng, [3, 2])  # unequal seed counts cannot pair: one draw each
+    assert [len(d) for d in uneven] == [3, 2]
