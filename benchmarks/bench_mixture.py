@@ -7,7 +7,8 @@ read by every proxy and main run; each method's mixture trains the same "main" m
 halves (:func:`tasks.compare.heldout_half`): proxies are scored on dev, every main model on the
 test documents (:func:`tasks.compare.document_bits`) and the test half of the benchmark items
 (:func:`tasks.compare.benchmark_bits`: gold-answer bits/byte). Each method is compared with uniform
-and with proportional by a paired bootstrap (documents within domains, seeds per recipe), and the
+and with proportional by a paired bootstrap (documents within domains; seeds paired, seed s of
+every method being one initialisation and batch order; the unpaired intervals printed too), and the
 RegMix regression's predictions for every mixture are ranked against the main runs (Spearman
 with a bootstrap interval: the transfer check). Search compute = training FLOPs of all proxies
 (6N + attention per token x tokens; DoReMi's reference forward passes are counted too) / the
@@ -22,12 +23,13 @@ score already computed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -37,7 +39,8 @@ from storage import DatasetStore
 from tasks import compare, mixture, proxy, regmix, tokenize, train
 from winnow.config import SAMPLE_DIR, benchmark_columns
 
-METHODS = ("uniform", "proportional", "regmix", "regmix:worst", "regmix:benchmark:humaneval", "doremi")
+METHODS = ("uniform", "proportional", "regmix", "regmix:worst", "regmix:benchmark:humaneval", "doremi",
+           "doremi@64x2x30720")
 
 
 def parallel(store: DatasetStore, workers: int) -> search.Submit:
@@ -130,17 +133,32 @@ def arguments() -> argparse.Namespace:
                     help="score each test document's first N bytes, so a domain's bytes span many documents (0: whole)")
     ap.add_argument("--bench-items", type=int, default=25, help="test-half benchmark items scored per benchmark")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--transfer-sizes", default="",
+                    help="comma-separated proxy sizes DxLxTOKENS: train one proxy per method's mixture at each size, "
+                         "scored on the dev half, and rank them against the main runs (Spearman)")
+    ap.add_argument("--transfer-seeds", type=int, default=1, help="proxy seeds averaged per mixture and size")
     return ap.parse_args()
 
 
+def proxy_size(spec: str) -> tuple[int, int, int]:
+    """``"64x2x30720"`` -> (d_model, n_layers, tokens) of a proxy."""
+    d, layers, tokens = (int(x) for x in spec.split("x"))
+    return d, layers, tokens
+
+
 def method_params(method: str, args: argparse.Namespace) -> mixture.Params:
-    """The mixture settings of one bench method; ``regmix:worst`` is RegMix with target ``worst``."""
+    """The mixture settings of one bench method: ``NAME[:TARGET][@DxLxTOKENS]``.
+
+    ``regmix:worst`` is RegMix with target ``worst``; ``doremi@64x2x30720`` is DoReMi with proxies
+    of the mixture stage's default shape and budget instead of the bench's ``--proxy-*`` sizes.
+    """
+    method, _, size = method.partition("@")
     name, _, target = method.partition(":")  # "regmix:benchmark:humaneval" -> target "benchmark:humaneval"
+    d, layers, tokens = proxy_size(size) if size else (args.proxy_d_model, args.proxy_layers, args.proxy_tokens)
     learned = name in mixture.LEARNED
     return mixture.Params(method=name, train_bytes=args.train_bytes, heldout_fraction=args.heldout_fraction,
                           max_heldout_docs=None, target=target or args.target, proxies=args.proxies,
-                          proxy_tokens=args.proxy_tokens, proxy_d_model=args.proxy_d_model,
-                          proxy_n_layers=args.proxy_layers, proxy_tokenizer=args.tokenizer,
+                          proxy_tokens=tokens, proxy_d_model=d, proxy_n_layers=layers, proxy_tokenizer=args.tokenizer,
                           min_weight=args.min_weight if learned else 0.0,
                           max_epochs=args.max_epochs if name == "regmix" else None)
 
@@ -181,6 +199,9 @@ def main() -> None:
     if fit is not None:
         for target in ("mean", "worst"):
             transfer(store, fit, results, weights, target)
+    main_flops = first["flops_per_token"] * first["tokens_seen"]
+    for size in filter(None, args.transfer_sizes.split(",")):
+        proxy_transfer(store, corpus, size, results, weights, main_flops, args)
 
 
 def transfer(store: DatasetStore, fit: str, results: dict, weights: dict, target: str) -> None:
@@ -194,6 +215,35 @@ def transfer(store: DatasetStore, fit: str, results: dict, weights: dict, target
     for m, p, a in zip(methods, predicted, actual):
         print(f"| {m} | {p:.4f} | {a:.4f} |")
     print(f"\nSpearman over {len(methods)} mixtures: {rho:+.3f} [{lo:+.3f}, {hi:+.3f}] (95% bootstrap: documents and seeds)")
+
+
+def proxy_transfer(store: DatasetStore, corpus: str, size: str, results: dict, weights: dict, main_flops: float,
+                   args: argparse.Namespace) -> None:
+    """Proxies of one size trained on each method's mixture (dev half) ranked against the main runs.
+
+    This is RegMix's claim without its regression: does the order of mixtures at proxy size hold
+    at the main size? The interval resamples the main runs' test documents and seeds; the proxies'
+    own seed noise is not in it (``--transfer-seeds`` averages it down instead).
+    """
+    d, layers, tokens = proxy_size(size)
+    methods = sorted(results)
+    base = dataclasses.replace(method_params("uniform", args), proxy_d_model=d, proxy_n_layers=layers, proxy_tokens=tokens)
+    plans = [plan_stage("proxy", {"corpus": corpus}, dataclasses.replace(search.proxy_params(base, search._exact(weights[m])), seed=s),
+                        store=store) for m in methods for s in range(args.transfer_seeds)]
+    fps = parallel(store, args.workers)("proxy", plans)
+    tables = [store.table(fp) for fp in fps]
+    per_proxy = store.manifest(fps[0]).metrics["flops_per_token"] * store.manifest(fps[0]).metrics["tokens_seen"]
+    print(f"\ntransfer of proxies d={d} x {layers}, {tokens} tokens ({per_proxy / main_flops:.4f} of a main run each; "
+          f"a {args.proxies}-proxy RegMix search {args.proxies * per_proxy / main_flops:.2f}, DoReMi ~{(14 / 6) * per_proxy / main_flops:.2f}), "
+          f"{args.transfer_seeds} seed(s) per mixture, scored on the dev half\n")
+    print("| target | mixture | proxy (dev) | main (test) |\n|---|---|---|---|")
+    for target in ("mean", "worst"):
+        k = args.transfer_seeds
+        predicted = [float(np.mean([proxy.score(t, target) for t in tables[i * k:(i + 1) * k]])) for i in range(len(methods))]
+        rho, lo, hi, actual = compare.bootstrap_spearman(predicted, [results[m] for m in methods], target)
+        for m, p, a in zip(methods, predicted, actual):
+            print(f"| {target} | {m} | {p:.4f} | {a:.4f} |")
+        print(f"| {target} | **Spearman** | {rho:+.3f} [{lo:+.3f}, {hi:+.3f}] | |")
 
 
 def report(results: dict, weights: dict, flops: dict, main_flops: float, args: argparse.Namespace) -> None:
@@ -223,6 +273,11 @@ def report(results: dict, weights: dict, flops: dict, main_flops: float, args: a
             improved = sum(rows[d]["verdict"] == "better" for d in domains)
             print(f"| {method} | {fmt(rows['mean'])} | {fmt(rows['worst'])} | {improved}/{len(domains)} | "
                   + " | ".join(fmt(rows[d]) for d in domains) + " |")
+        print("\nthe same, seeds resampled on their own per method (pair_seeds=False): mean | worst\n")
+        for method, docs in results.items():
+            if method != base:
+                rows = {r["domain"]: r for r in compare.bootstrap_difference(docs, results[base], pair_seeds=False)}
+                print(f"- {method}: {fmt(rows['mean'])} {rows['mean']['verdict']} | {fmt(rows['worst'])} {rows['worst']['verdict']}")
     print("\nweights:", json.dumps(weights))
 
 

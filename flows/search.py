@@ -62,16 +62,24 @@ def regmix_plans(store: DatasetStore, corpus_ref: str, params: mixture.Params, s
 
 def check_benchmark_target(store: DatasetStore, params: mixture.Params, benchmarks_ref: str | None) -> None:
     """A ``benchmark:NAME`` target needs RegMix, benchmark items and that benchmark among them."""
+    items = store.table(benchmarks_ref) if benchmarks_ref is not None else None
+    check_benchmark_items(params, items)
+
+
+def check_benchmark_items(params: mixture.Params, items: pa.Table | None, given: str = "") -> None:
+    """:func:`check_benchmark_target` on benchmark items in memory (None: none given), so the CLI
+    refuses before it writes anything; ``given`` names the files in the messages."""
     if not params.target.startswith(proxy.BENCHMARK_PREFIX):
         return
     if params.method != "regmix":
         raise WinnowError(f"mixture.target = '{params.target}': a benchmark target is RegMix's (method = 'regmix')")
-    if benchmarks_ref is None:
+    if items is None:
         raise WinnowError(f"mixture.target = '{params.target}': no benchmark items were given to score the proxies on")
     name = params.target.removeprefix(proxy.BENCHMARK_PREFIX)
-    present = sorted(set(store.table(benchmarks_ref)["benchmark"].to_pylist()))
+    present = sorted(set(items["benchmark"].to_pylist()))
     if name not in present:
-        raise WinnowError(f"mixture.target = '{params.target}': benchmark '{name}' not in the benchmark items ({', '.join(present)})")
+        raise WinnowError(f"mixture.target = '{params.target}': benchmark '{name}' not in the benchmark items"
+                          f"{' of ' + given if given else ''} ({', '.join(present) or 'none'})")
 
 
 def learned_weights(store: DatasetStore, corpus_ref: str, params: mixture.Params, submit: Submit,

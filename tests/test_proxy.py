@@ -241,6 +241,33 @@ def test_cli_bad_search_setting_exits_2_before_any_proxy(small_corpus, tmp_path,
     assert not (tmp_path / "s").exists() or not [m for m in DatasetStore(tmp_path / "s").entries()]
 
 
+def test_cli_mixture_benchmark_target_scores_the_given_benchmark_file(small_corpus, tmp_path, capsys):
+    bench = REPO / "data" / "sample" / "benchmarks.parquet"
+    sets = [f"--set=mixture.{k}={v}" for k, v in SMALL.items()]
+    out, store_dir = tmp_path / "mix.parquet", tmp_path / "s"
+    base = ["mixture", str(small_corpus), "--out", str(out), "--store", str(store_dir), *sets]
+    # Refusals first, each before anything is written: a --benchmark nothing would read, a
+    # benchmark absent from the file, a benchmark target for DoReMi.
+    for extra, message in (
+            (["--method", "regmix", "--benchmark", str(bench)], "--benchmark: mixture reads benchmark items only for a benchmark target"),
+            (["--method", "regmix", "--set", "mixture.target=benchmark:nope", "--benchmark", str(bench)],
+             f"benchmark 'nope' not in the benchmark items of {bench} (humaneval, mmlu, quiz, socialiqa)"),
+            (["--method", "doremi", "--set", "mixture.target=benchmark:quiz", "--benchmark", str(bench)],
+             "a benchmark target is RegMix's")):
+        assert main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert not store_dir.exists() or not DatasetStore(store_dir).entries()
+    code = main([*base, "--method", "regmix", "--set", "mixture.target=benchmark:quiz", "--set", "mixture.proxies=5",
+                 "--benchmark", str(bench)])
+    assert code == 0, capsys.readouterr().err
+    store = DatasetStore(store_dir)
+    (fit,) = [m for m in store.entries() if m.stage == "regmix"]
+    assert fit.metrics["target"] == "benchmark:quiz"
+    benches = [ref for name, ref in fit.parents.items() if name.startswith(regmix.BENCH_KEY)]
+    assert len(benches) == SMALL["proxies"] and all(store.manifest(ref).stage == "proxy" for ref in benches)
+    assert store.table(benches[0], "benchmarks")["benchmark"].to_pylist() == ["quiz"]
+
+
 def test_doremi_weights_come_from_a_reference_proxy_and_are_deterministic(small_corpus, tmp_path):
     store, corpus = _store_with_corpus(tmp_path / "store", small_corpus)
     params = mixture.Params(method="doremi", **SMALL)

@@ -143,8 +143,8 @@ def _add_stage_parsers(sub: Any) -> None:
         p.add_argument("input", metavar="IN", help="Parquet file/folder, JSONL(.gz) or a `datasets` folder")
         p.add_argument("--out", required=True, help="output Parquet (or .jsonl) file; a folder for `train`")
         p.add_argument("--removed", help="where to write the removal report (default: OUT stem + .removed.parquet)")
-        if any(i.source == BENCHMARKS for i in spec.inputs):
-            _add_benchmark_args(p)
+        if any(i.source == BENCHMARKS for i in spec.inputs) or spec.prepare:
+            _add_benchmark_args(p)  # a prepare hook reads them for a benchmark target (mixture's)
         for inp in spec.inputs:
             if inp.option:
                 p.add_argument(inp.option, dest=_dest(inp.option), metavar="REF", required=not inp.optional,
@@ -453,7 +453,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     cfg.check(computes)
     if not spec.unique_ids:  # mixture rows: one document may repeat (epochs, chunks)
         columns["unique_ids"] = False
-    reads_benchmarks = any(i.source == BENCHMARKS for i in spec.inputs)
+    reads_benchmarks = any(i.source == BENCHMARKS for i in spec.inputs) or _benchmark_target(spec, cfg, args)
     bench_paths = (args.benchmark or list(cfg.inputs.benchmarks)) if reads_benchmarks else []
     outputs = _stage_outputs(args, spec)
     given = [Path(args.input), *map(Path, bench_paths)]
@@ -470,23 +470,40 @@ def cmd_stage(args: argparse.Namespace) -> int:
             raise WinnowError(f"{args.input}: missing {column} column '{getattr(cols, column)}' (use --{column}-column)")
     for name in computes:
         precheck(name, cfg.params(name), corpus=corpus.table)
+    if spec.prepare and benchmarks is not None:
+        from flows.search import check_benchmark_items
+
+        check_benchmark_items(cfg.params(spec.name), benchmarks.table, ", ".join(bench_paths))
     named = configured_refs(spec, cfg, store, {i.arg: getattr(args, _dest(i.option)) for i in spec.inputs if i.option})
-    parents = cli_parents(spec, commit(corpus, store), benchmarks and commit(benchmarks, store), named,
-                          _computer(store, cfg), cfg)
-    return _run_and_export(args, spec, store, cfg, parents, corpus.fingerprint, cols, outputs)
+    bench_fp = benchmarks and commit(benchmarks, store)
+    parents = cli_parents(spec, commit(corpus, store), bench_fp, named, _computer(store, cfg, bench_fp), cfg)
+    return _run_and_export(args, spec, store, cfg, parents, corpus.fingerprint, cols, outputs, bench_fp)
 
 
-def _computer(store: Any, cfg: Any):
+def _benchmark_target(spec: Any, cfg: Any, args: argparse.Namespace) -> bool:
+    """Whether `winnow STAGE` reads benchmark files for its prepare hook: a ``benchmark:NAME``
+    target (mixture's RegMix). ``--benchmark`` with any other target would be silently unread."""
+    target = getattr(cfg.params(spec.name), "target", "") if spec.prepare else ""
+    if target.startswith("benchmark:"):
+        return True
+    if spec.prepare and getattr(args, "benchmark", None):
+        raise WinnowError(f"--benchmark: {spec.name} reads benchmark items only for a benchmark target "
+                          f"(--set {spec.name}.target=benchmark:NAME); {spec.name}.target is '{target}'")
+    return False
+
+
+def _computer(store: Any, cfg: Any, benchmarks: str | None = None):
     """How `winnow STAGE` computes a stage in-process (no flow): its cached store entry, with the
     stage's prepare hook (learned mixture weights: proxies in turn, each its own cached entry, so a
-    rerun after a crash computes only the missing ones) and cache hint (embed's earlier vectors)."""
+    rerun after a crash computes only the missing ones; ``benchmarks``, the ingested items, for a
+    benchmark target) and cache hint (embed's earlier vectors)."""
     from flows.graph import map_hints, prepared_inputs
     # not flows.search: it imports the proxy, RegMix and DoReMi modules, which only mixture needs
     from flows.stagetask import cache_hints, execute, plan_stage, run_in_turn
 
     def compute(spec: Any, parents: dict[str, str]) -> str:
         params = cfg.run_params(spec.name)
-        parents = {**parents, **prepared_inputs(spec, store, parents, params, run_in_turn(store))}
+        parents = {**parents, **prepared_inputs(spec, store, parents, params, run_in_turn(store), benchmarks)}
         hints = cache_hints(store, spec.name) | map_hints(spec, store, parents, params, run_in_turn(store))
         plan = plan_stage(spec.name, parents, params, hints=hints, store=store)
         return execute(plan, str(store.root))
@@ -495,12 +512,12 @@ def _computer(store: Any, cfg: Any):
 
 
 def _run_and_export(args: argparse.Namespace, spec: Any, store: Any, cfg: Any, parents: dict[str, str],
-                    corpus: str, cols: Any, outputs: dict[str, Path]) -> int:
+                    corpus: str, cols: Any, outputs: dict[str, Path], benchmarks: str | None = None) -> int:
     """Compute the stage entry, then write its tables where :func:`_stage_outputs` said."""
     from storage import short
     from winnow import io as wio
 
-    fp = _computer(store, cfg)(spec, parents)
+    fp = _computer(store, cfg, benchmarks)(spec, parents)
     m = store.manifest(fp)
     out = outputs["out"]
     if spec.writes_folder:
