@@ -1,5 +1,6 @@
 """Mixture methods compared at a fixed token budget: uniform, proportional, RegMix (mean, worst and
-benchmark targets), DoReMi (temperature on request).
+benchmark targets), DoReMi at the bench's proxy size and at the stage's default one (temperature on
+request).
 
 On the bundled sample (uncurated: the comparison is about weights), one BPE is fitted once and
 read by every proxy and main run; each method's mixture trains the same "main" model with
@@ -10,14 +11,16 @@ test documents (:func:`tasks.compare.document_bits`) and the test half of the be
 and with proportional by a paired bootstrap (documents within domains; seeds paired, seed s of
 every method being one initialisation and batch order; the unpaired intervals printed too), and the
 RegMix regression's predictions for every mixture are ranked against the main runs (Spearman
-with a bootstrap interval: the transfer check). Search compute = training FLOPs of all proxies
+with a bootstrap interval: the transfer check); ``--transfer-sizes`` also trains proxies of each
+given size directly on every method's mixture and ranks them the same way. Search compute = training FLOPs of all proxies
 (6N + attention per token x tokens; DoReMi's reference forward passes are counted too) / the
 FLOPs of one main run.
 
 Everything goes through the store (``--store``), so a rerun reuses every mixture, proxy, model and
 score already computed.
 
-    PYTHONPATH=$PWD nice -n 5 .venv/bin/python benchmarks/bench_mixture.py --store /tmp/bench-mixture2
+    PYTHONPATH=$PWD nice -n 5 .venv/bin/python benchmarks/bench_mixture.py --store /tmp/bench-mixture2 \
+        --transfer-sizes 32x1x15360,32x1x30720,64x2x30720,128x3x25600
 """
 
 from __future__ import annotations
