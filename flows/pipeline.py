@@ -102,7 +102,8 @@ class PipelineRun:
             self.proxies.extend(fps)
         else:
             self.outcomes[name] = Outcome(name, fps[0], cached=states[0].name == "Cached")
-            publish_search(self.store, fps[0], self.proxies)
+            if name != "contamination_index":  # the others are a learned mixture's fit
+                publish_search(self.store, fps[0], self.proxies)
         return fps
 
     def embeds(self) -> bool:
