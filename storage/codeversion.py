@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import re
 from pathlib import Path
@@ -85,12 +86,10 @@ def code_version(module_name: str) -> str:
     for name in sorted(seen):
         h.update(name.encode() + b"\0" + seen[name].read_bytes() + b"\0")
     libraries = getattr(importlib.import_module(module_name), "LIBRARIES", ())
-    if libraries:
-        from importlib import metadata  # only here: its import is a tenth of a short command's start
     for lib in sorted(libraries):
         try:
-            version = metadata.version(lib)
-        except metadata.PackageNotFoundError:
+            version = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
             version = "absent"
         h.update(f"{lib}=={version}\0".encode())
     return h.hexdigest()
