@@ -160,3 +160,17 @@ def learned_weights(store: DatasetStore, parents: Mapping[str, str], params: Any
     if params.method not in LEARNED:
         return {}
     return {"weights": fit(store, parents["corpus"], params, submit, benchmarks)}
+
+
+def benchmark_index(store: DatasetStore, parents: Mapping[str, str], params: Any, submit: Submit,
+                    benchmarks: str | None = None) -> dict[str, str]:
+    """contamination's ``prepare`` hook: the benchmark n-gram index as its own cached entry
+    (``contamination_index``), keyed by the benchmarks' content and the index settings, so a run
+    whose benchmarks did not change reads it instead of building it."""
+    from flows.stagetask import plan_stage
+    from tasks.contamination import index_params
+
+    if "benchmarks" not in parents:
+        return {}
+    plan = plan_stage("contamination_index", {"benchmarks": parents["benchmarks"]}, index_params(params), store=store)
+    return {"index": submit("contamination_index", [plan])[0]}

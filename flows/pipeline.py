@@ -100,7 +100,7 @@ class PipelineRun:
         fps, states = submit_plans(self.store, name, plans)
         if name == "proxy":
             self.proxies.extend(fps)
-        else:
+        elif name != "contamination_index":  # that one is contamination's parent, in its lineage
             self.outcomes[name] = Outcome(name, fps[0], cached=states[0].name == "Cached")
             publish_search(self.store, fps[0], self.proxies)
         return fps

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage import DatasetStore, code_version, derive_fingerprint, file_fingerprint, short
 from tasks.common import StageResult, Timings, concat_ledgers, set_progress_listener
@@ -336,10 +337,10 @@ def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:
     if len(tables) > 1 and unique_ids:
         wio.check_unique_ids(table["id"], where=" + ".join(plan.params["paths"]), column="id")
     metrics = {"rows_out": table.num_rows}
-    if "domain" in table.column_names:
-        metrics["rows_by_domain"] = dict(zip(*table.group_by("domain").aggregate([("id", "count")]).to_pydict().values()))
-    if "benchmark" in table.column_names:
-        metrics["rows_by_benchmark"] = dict(zip(*table.group_by("benchmark").aggregate([("id", "count")]).to_pydict().values()))
+    for column in ("domain", "benchmark"):
+        if column in table.column_names:  # value_counts, not group_by: that imports acero (~30 ms a command)
+            counts = pc.value_counts(table[column])
+            metrics[f"rows_by_{column}"] = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
     return StageResult(tables={"data": table}, metrics=metrics), inputs
 
 

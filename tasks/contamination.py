@@ -76,6 +76,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as dataclasses_replace
 from typing import Any
 
 import numpy as np
@@ -575,14 +576,20 @@ def _assemble(parts: dict[int, list[tuple[np.ndarray, ...]]], n_holders: dict[in
         if L in n_holders:
             gk, gc = n_holders[L]
             holders[L] = gc[np.searchsorted(gk, uk)]
+    bitmap, shift = _bitmap(keys)
+    return _Index(sorted(parts), keys, ptr, occ_e, occ_q, occ_s, cap, holders, occ_t, key_t, occ_f, own,
+                  all_template, bitmap, shift)
+
+
+def _bitmap(keys: dict[int, np.ndarray]) -> tuple[np.ndarray, int]:
+    """The scan's prefilter: one bit per top-``bits`` prefix of any key, and the shift to it."""
     total = int(sum(k.size for k in keys.values()))
     bits = int(min(27, max(16, np.ceil(np.log2(max(total, 1))) + 5)))
     bitmap = np.zeros(1 << bits, dtype=bool)
     shift = 64 - bits
     for k in keys.values():
         bitmap[k >> np.uint64(shift)] = True
-    return _Index(sorted(parts), keys, ptr, occ_e, occ_q, occ_s, cap, holders, occ_t, key_t, occ_f, own,
-                  all_template, bitmap, shift)
+    return bitmap, shift
 
 
 # --------------------------------------------------------------------------------------------------
@@ -952,18 +959,40 @@ class _Prepared:
     content_cum: np.ndarray
 
 
-def _prepare(benchmarks: pa.Table, params: Params) -> _Prepared:
-    """Validate the benchmarks, fold and hash every example, and build the n-gram index."""
+def _prepare(benchmarks: pa.Table, params: Params, index: pa.Table | None = None) -> _Prepared:
+    """Validate the benchmarks, fold and hash every example, and build the n-gram index (or take
+    it from ``index``, a :func:`build_index` table of the same examples and settings)."""
     ex = _examples(benchmarks, params)
     folder = Folder(params.normalization)
+    rules = _rules(ex, params)
+    col = lambda key, dtype: np.array([r[key] for r in rules], dtype)  # noqa: E731
+    if index is None:
+        ex_bounds, ex_hash, idx, content_cum = _index_of(ex, folder, rules, params)
+    else:
+        ex_bounds, ex_hash, idx, content_cum = _index_from_table(index, _built_for(ex, params))
+    ex_len = np.diff(ex_bounds)
+    own_cum = np.concatenate(([0], np.cumsum(idx.own)))
+    own_len = own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]]
+    checked = (ex_len >= col("ngram_n", np.int64)) | (ex_len >= params.min_example_tokens)
+    return _Prepared(ex, folder, Vocab(ex_hash), ex_bounds, ex_hash, ex_len, rules, col("min_coverage", np.float64),
+                     col("min_longest_match", np.int64), col("short_min_content", np.int64),
+                     col("short_max_docs", np.int64), checked, idx, own_cum, own_len, params.min_own_tokens, content_cum)
+
+
+def _rules(ex: _Examples, params: Params) -> list[dict[str, Any]]:
+    """The fields and thresholds in force for each example (its benchmark's)."""
+    of = {b: params.rules_for(b) for b in set(ex.benchmarks)}
+    return [of[b] for b in ex.benchmarks]
+
+
+def _index_of(ex: _Examples, folder: Folder, rules: list[dict[str, Any]], params: Params
+              ) -> tuple[np.ndarray, np.ndarray, _Index, np.ndarray]:
+    """Token bounds and hashes of every example, its n-gram index and its content-token prefix sums."""
     ex_bounds, ex_hash = folder.hashed(pa.array(ex.texts, pa.string()))
     ex_len = np.diff(ex_bounds)
-    rules_of = {b: params.rules_for(b) for b in set(ex.benchmarks)}
-    rules = [rules_of[b] for b in ex.benchmarks]
     col = lambda key, dtype: np.array([r[key] for r in rules], dtype)  # noqa: E731
     ex_n, ex_k, ex_cap, thr_cov = (col("ngram_n", np.int64), col("short_ngram_n", np.int64),
                                    col("short_max_docs", np.int64), col("min_coverage", np.float64))
-    ex_fk = col("fuzzy_ngram_n", np.int64)
     # short_span is for examples with n-grams (shorter ones are matched whole) where a run long
     # enough for min_coverage can still hold none (run_min < n); their k is that shortest run, so
     # one k-gram is enough and a longer example is matched on longer, rarer k-grams
@@ -971,13 +1000,99 @@ def _prepare(benchmarks: pa.Table, params: Params) -> _Prepared:
     run_min += run_min / np.maximum(ex_len, 1) < thr_cov  # the coverage rule's own test: tokens / len
     ex_k = np.where((ex_k > 0) & (ex_k < ex_n) & (ex_len >= ex_n) & (run_min < ex_n), np.maximum(ex_k, run_min), 0)
     index = _build_index(ex_hash, ex_bounds, ex_n, params.min_example_tokens, params.template_examples,
-                         ex_k, ex_cap, ex_fk, params.fuzzy_max_docs, params.fuzzy_min_tokens, params.template_span)
-    own_cum = np.concatenate(([0], np.cumsum(index.own)))
-    own_len = own_cum[ex_bounds[1:]] - own_cum[ex_bounds[:-1]]
-    checked = (ex_len >= ex_n) | (ex_len >= params.min_example_tokens)
-    return _Prepared(ex, folder, Vocab(ex_hash), ex_bounds, ex_hash, ex_len, rules, thr_cov,
-                     col("min_longest_match", np.int64), col("short_min_content", np.int64), ex_cap, checked,
-                     index, own_cum, own_len, params.min_own_tokens, _content_tokens(ex_hash, ex_bounds))
+                         ex_k, ex_cap, col("fuzzy_ngram_n", np.int64), params.fuzzy_max_docs,
+                         params.fuzzy_min_tokens, params.template_span)
+    return ex_bounds, ex_hash, index, _content_tokens(ex_hash, ex_bounds)
+
+
+# --------------------------------------------------------------------------------------------------
+# the index as a table (a store entry of its own: see build_index)
+
+#: Params that only the scan, the rules or the action read: the index does not depend on them, so
+#: index_params() resets them and one index entry serves every value. Overrides in per_benchmark
+#: are kept whole (a conservative key: some of them do change the index).
+_NOT_INDEX = ("min_longest_match", "min_docs", "short_min_content", "fuzzy_min_aligned", "fuzzy_min_grams",
+              "min_own_tokens", "action", "mask_text", "max_hits", "batch_mb", "workers")
+#: _Index fields held per n-gram length, and the ones over all example tokens
+_PER_LENGTH = ("keys", "ptr", "occ_example", "occ_pos", "occ_short", "key_cap", "key_examples", "occ_template",
+               "key_template", "occ_fuzzy")
+
+
+def index_params(params: Params) -> Params:
+    """``params`` with every setting the benchmark index does not depend on at its default: the
+    index entry's parameters, so changing a threshold or the action reuses the index."""
+    defaults = Params()
+    return dataclasses_replace(params, **{k: getattr(defaults, k) for k in _NOT_INDEX})
+
+
+def _built_for(ex: _Examples, params: Params) -> str:
+    """What an index was built from: the index settings and a digest of every example's checked
+    text, id and benchmark (so an index is never applied to other examples)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in (ex.ids, ex.benchmarks, ex.texts):
+        h.update("\0".join(part).encode("utf-8") + b"\1")
+    return json.dumps({"params": asdict(index_params(params)), "examples": h.hexdigest()}, sort_keys=True, default=list)
+
+
+def build_index(benchmarks: pa.Table, params: Params = Params()) -> StageResult:
+    """The benchmark side of :func:`run` (validated examples, token hashes, n-gram index,
+    content-token counts) as a one-row table, each array's bytes in a binary column (``dtypes``
+    says how to read them): the ``contamination_index`` stage,
+    a store entry keyed by the benchmarks' content and :func:`index_params`, so a nightly run whose
+    benchmarks did not change skips building it."""
+    t0 = time.perf_counter()
+    ex = _examples(benchmarks, params)
+    ex_bounds, ex_hash, index, content_cum = _index_of(ex, Folder(params.normalization), _rules(ex, params), params)
+    arrays = {"ex_bounds": ex_bounds, "ex_hash": ex_hash, "content_cum": content_cum, "own": index.own,
+              "all_template": index.all_template}
+    for L in index.lengths:
+        arrays.update({f"{name}_{L}": getattr(index, name)[L] for name in _PER_LENGTH})
+    # each array as one binary value: Parquet writes a list column element by element (levels,
+    # a dictionary tried on 300k random keys), 4x the time of the raw bytes (measured); integers
+    # in the narrowest type that holds them (the file is half the size), widened again on reading
+    packed = {name: _narrowest(a) for name, a in arrays.items()}
+    cols = {name: pa.array([a.tobytes()], pa.large_binary()) for name, a in packed.items()}
+    cols["dtypes"] = pa.array([json.dumps({name: [packed[name].dtype.str, a.dtype.str] for name, a in arrays.items()})],
+                              pa.string())
+    cols["built_for"] = pa.array([_built_for(ex, params)], pa.string())
+    cols["lengths"] = pa.array([json.dumps(index.lengths)], pa.string())
+    return StageResult(tables={"data": pa.table(cols)},
+                       metrics={"examples": len(ex.ids), "index_ngrams": index.size,
+                                "seconds": round(time.perf_counter() - t0, 3)})
+
+
+def _narrowest(a: np.ndarray) -> np.ndarray:
+    """A signed integer array in the narrowest signed type that holds its values (others as they are)."""
+    a = np.ascontiguousarray(a)
+    if a.dtype.kind != "i" or a.size == 0:
+        return a
+    lo, hi = int(a.min()), int(a.max())
+    for t in (np.int8, np.int16, np.int32):
+        if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max:
+            return a.astype(t)
+    return a
+
+
+def _index_from_table(table: pa.Table, built_for: str) -> tuple[np.ndarray, np.ndarray, _Index, np.ndarray]:
+    """The arrays of a :func:`build_index` table, after checking it was built for these examples."""
+    if table.num_rows != 1 or "built_for" not in table.column_names or table["built_for"][0].as_py() != built_for:
+        raise ValueError("contamination: the index table was built for other benchmark examples or settings")
+
+    dtypes = json.loads(table["dtypes"][0].as_py())
+
+    def arr(name: str) -> np.ndarray:
+        stored, wide = dtypes[name]
+        return np.frombuffer(table[name][0].as_buffer(), np.dtype(stored)).astype(wide, copy=False)
+
+    lengths = json.loads(table["lengths"][0].as_py())
+    per = {name: {L: arr(f"{name}_{L}") for L in lengths} for name in _PER_LENGTH}
+    bitmap, shift = _bitmap(per["keys"])
+    index = _Index(lengths, per["keys"], per["ptr"], per["occ_example"], per["occ_pos"], per["occ_short"],
+                   per["key_cap"], per["key_examples"], per["occ_template"], per["key_template"], per["occ_fuzzy"],
+                   arr("own"), arr("all_template"), bitmap, shift)
+    return arr("ex_bounds"), arr("ex_hash"), index, arr("content_cum")
 
 
 def _scan_corpus(text: pa.ChunkedArray, p: _Prepared, params: Params) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -1122,8 +1237,12 @@ def _template_docs(index: _Index, tmpl_hits: np.ndarray, n_ex: int, n_rows: int)
     return np.bincount(np.unique(xt["e"] * n_rows + xt["row"]) // n_rows, minlength=n_ex)
 
 
-def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> StageResult:
+def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params(), index: pa.Table | None = None
+        ) -> StageResult:
     """Check every benchmark example against the corpus, then mask/drop contaminated text.
+
+    ``index`` is the :func:`build_index` table of these benchmarks and settings (the pipeline's
+    cached ``contamination_index`` entry); without it the index is built here. Same result either way.
 
     Returns ``tables={"data": corpus after the action (same schema), "report": one row per benchmark
     example (REPORT_SCHEMA)}``, the ledger of masked/dropped documents and metrics (rows in/out,
@@ -1132,7 +1251,7 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params()) -> St
     timings = Timings()
     with timings.phase("index"):
         _check_corpus(corpus)
-        p = _prepare(benchmarks, params)
+        p = _prepare(benchmarks, params, index)
     hits, df_rows, timing = _scan_corpus(corpus["text"], p, params)
 
     # score each example: the n-gram rules on n-grams alone, template n-grams aside

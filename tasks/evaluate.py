@@ -39,11 +39,12 @@ the metric math lives in :mod:`tasks.eval_metrics`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -447,7 +448,38 @@ def run(
     _check_heldout(heldout)
     _check_benchmarks(benchmarks, params)
     contaminated_of = _contamination_lookup(contamination) if contamination is not None else None
-    model_dir = Path(model_dir)
+    with loaded_scorer(Path(model_dir), params) as s:
+        leak_of = (lambda rows: _leak_gaps(rows, heldout, params, s.bpb)) if params.leak_perturbations else None
+        domain_table, domain_metrics = _evaluate_heldout(heldout, params, s.encoder, s.score)
+        bench_tables, bench_metrics = _evaluate_benchmarks(benchmarks, params, s.encoder, s.score, contaminated_of, leak_of)
+    metrics = {**domain_metrics, **bench_metrics, "context_len": s.context_len, "stride": s.stride, "device": s.device,
+               "dtype": s.dtype}
+    return StageResult(tables={"data": domain_table, **bench_tables}, metrics=metrics)
+
+
+@dataclass
+class Scorer:
+    """A loaded model's scoring functions (see :func:`loaded_scorer`)."""
+
+    encoder: "Encoder"
+    score: Callable[[list[tuple[list[int], int]]], np.ndarray]  # NLL per (tokens, first scored index) item
+    context_len: int
+    stride: int
+    device: str
+    dtype: str
+
+    def bpb(self, texts: list[str]) -> np.ndarray:
+        """Bits per UTF-8 byte of each whole text, scored after the prefix token (BOS, else EOS);
+        a text longer than the context is scored in windows."""
+        nll = self.score([([self.encoder.prefix_id, *self.encoder.encode(t, add_special_tokens=False)], 1) for t in texts])
+        return nll / (math.log(2) * np.array([max(1, len(t.encode("utf-8"))) for t in texts], dtype=np.float64))
+
+
+@contextlib.contextmanager
+def loaded_scorer(model_dir: Path, params: Params) -> Iterator[Scorer]:
+    """Load the model in ``model_dir`` once and yield its scorer: how evaluate scores everything
+    (held-out bits/byte, benchmark log-likelihoods, the leak check), and what
+    :func:`tasks.leakcheck.run` calls. Torch's thread count is restored afterwards."""
     ctx = _check_model(model_dir, params)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -460,7 +492,6 @@ def run(
     try:
         model, tokenizer = _load(model_dir, device)
         stride = params.stride or max(1, ctx // 2)
-        encoder = Encoder(tokenizer)
         real_vocab = len(tokenizer) if params.mask_padded_vocab else None
 
         def score(items: list[tuple[list[int], int]]) -> np.ndarray:
@@ -473,19 +504,9 @@ def run(
             nll = score_requests(model, reqs, params.batch_size, device, dtype, real_vocab)
             return np.bincount(np.array(owner, dtype=np.int64), weights=nll, minlength=len(items))
 
-        def bpb(texts: list[str]) -> np.ndarray:
-            """Bits per UTF-8 byte of each whole text, scored after the prefix token."""
-            nll = score([([encoder.prefix_id, *encoder.encode(t, add_special_tokens=False)], 1) for t in texts])
-            return nll / (math.log(2) * np.array([max(1, len(t.encode("utf-8"))) for t in texts], dtype=np.float64))
-
-        leak_of = (lambda rows: _leak_gaps(rows, heldout, params, bpb)) if params.leak_perturbations else None
-        domain_table, domain_metrics = _evaluate_heldout(heldout, params, encoder, score)
-        bench_tables, bench_metrics = _evaluate_benchmarks(benchmarks, params, encoder, score, contaminated_of, leak_of)
+        yield Scorer(Encoder(tokenizer), score, ctx, stride, device, dtype)
     finally:
         torch.set_num_threads(threads_before)
-
-    metrics = {**domain_metrics, **bench_metrics, "context_len": ctx, "stride": stride, "device": device, "dtype": dtype}
-    return StageResult(tables={"data": domain_table, **bench_tables}, metrics=metrics)
 
 
 def _check_model(model_dir: Path, params: Params) -> int:
@@ -583,9 +604,7 @@ def _evaluate_benchmarks(
         item_gap, reference_gap = leak_of(rows)
         for e, g in zip(examples, item_gap):
             e["leak_gap"] = float(g)
-        if reference_gap.size:  # resampled once: the same draw serves every benchmark and subset
-            ridx = resamples(reference_gap.size, params.bootstrap_iters, f"{params.bootstrap_seed}|leak-reference")
-            reference = (float(reference_gap.mean()), reference_gap[ridx].mean(axis=1))
+        reference = leak_reference(reference_gap, params)
 
     table_rows, position_rows, metrics = [], [], {}
     subsets = SUBSETS if contaminated_of is not None else ("all",)
@@ -598,7 +617,7 @@ def _evaluate_benchmarks(
             sel = [e for e in mine if subset == "all" or e["contaminated"] == (subset == "contaminated")]
             row = _subset_metrics(bench, subset, sel, params, temperature)
             if leak_of is not None and sel:
-                _leak_metrics(row, sel, reference, params)
+                leak_metrics(row, np.array([e["leak_gap"] for e in sel], dtype=np.float64), reference, params)
             table_rows.append(row)
             suffix = "" if subset == "all" else f"/{subset}"
             for name in (*BENCHMARK_METRICS, "temperature"):
@@ -744,12 +763,20 @@ def _leak_gaps(rows: list[dict[str, Any]], heldout: pa.Table, params: Params,
     return gap[: len(texts)], gap[len(texts):]
 
 
-def _leak_metrics(row: dict[str, Any], sel: list[dict], reference: tuple[float, np.ndarray] | None,
-                  params: Params) -> None:
-    """``leak_gap`` of the subset's items and ``leak_excess`` over the reference (its mean gap and
-    bootstrap means; None when no reference text), with intervals: items and reference texts
-    resampled independently."""
-    gap = np.array([e["leak_gap"] for e in sel], dtype=np.float64)
+def leak_reference(reference_gap: np.ndarray, params: Params) -> tuple[float, np.ndarray] | None:
+    """The reference texts' mean gap and bootstrap means (None without reference texts), resampled
+    once: the same draw serves every benchmark and subset."""
+    if reference_gap.size == 0:
+        return None
+    ridx = resamples(reference_gap.size, params.bootstrap_iters, f"{params.bootstrap_seed}|leak-reference")
+    return float(reference_gap.mean()), reference_gap[ridx].mean(axis=1)
+
+
+def leak_metrics(row: dict[str, Any], gap: np.ndarray, reference: tuple[float, np.ndarray] | None,
+                 params: Params) -> None:
+    """Put ``leak_gap`` (the mean of the items' ``gap``) and ``leak_excess`` over the reference
+    (:func:`leak_reference`; None when no reference text), with intervals, into ``row`` (which
+    names its ``benchmark`` and ``subset``): items and reference texts resampled independently."""
     key = f"{params.bootstrap_seed}|{row['benchmark']}|{row['subset']}|leak"
     idx = resamples(gap.size, params.bootstrap_iters, key)
     _put(row, "leak_gap", mean_with_interval(gap, idx))

@@ -6,16 +6,19 @@ reordering too, but less (the idea of "Benchmarking Benchmark Leakage in Large L
 arXiv 2404.18824, with word-order perturbations instead of model-written paraphrases). For each item
 (question + target, the text contamination searches):
 
-* ``bpb_original``: bits per UTF-8 byte of the item's text, scored after an end-of-text token;
+* ``bpb_original``: bits per UTF-8 byte of the item's text, scored as ``evaluate`` scores text
+  (:func:`tasks.evaluate.loaded_scorer`: after the prefix token, in windows past the context);
 * ``bpb_perturbed``: the mean over ``perturbations`` copies, each with about ``swap_share`` of its
   adjacent word pairs swapped (same words, same bytes, seeded by the item id);
 * ``gap = bpb_perturbed - bpb_original``.
 
-Per benchmark: the mean gap with a percentile bootstrap interval, and, when ``reference`` texts are
-given (rows of the same style known to be unseen, e.g. held-out items or the held-out split), the
-same for them and the *excess gap* (benchmark minus reference) with its interval: an interval above
-0 says the model knows these items better than text it never saw. The gap alone also rises with how
-well a model knows the language, so compare models on the same items, or use a reference.
+Per benchmark, by evaluate's own metrics (:func:`tasks.evaluate.leak_metrics`, the columns of
+evaluate's benchmarks table): ``leak_gap``, the mean gap with a bootstrap interval, and, when
+``reference`` texts are given (rows of the same style known to be unseen, e.g. held-out items or
+the held-out split), ``reference_gap`` and ``leak_excess`` (benchmark minus reference) with its
+interval: an interval above 0 says the model knows these items better than text it never saw. The
+gap alone also rises with how well a model knows the language, so compare models on the same
+items, or use a reference.
 
 Pure function over a model folder (``save_pretrained`` layout, as written by ``tasks.train``) and a
 benchmark table; no Prefect, nothing written.
@@ -24,10 +27,9 @@ benchmark table; no Prefect, nothing written.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -35,39 +37,50 @@ import pyarrow as pa
 from tasks.common import StageResult
 from winnow.errors import WinnowError
 
+if TYPE_CHECKING:
+    from tasks import evaluate
+
 ITEMS_SCHEMA = pa.schema([("id", pa.string()), ("benchmark", pa.string()), ("bytes", pa.int64()),
                           ("bpb_original", pa.float64()), ("bpb_perturbed", pa.float64()), ("gap", pa.float64())])
-SUMMARY_SCHEMA = pa.schema([("benchmark", pa.string()), ("items", pa.int64()), ("mean_gap", pa.float64()),
-                            ("gap_low", pa.float64()), ("gap_high", pa.float64()), ("reference_gap", pa.float64()),
-                            ("excess_gap", pa.float64()), ("excess_low", pa.float64()), ("excess_high", pa.float64())])
+SUMMARY_SCHEMA = pa.schema([("benchmark", pa.string()), ("items", pa.int64()), ("leak_gap", pa.float64()),
+                            ("leak_gap_lo", pa.float64()), ("leak_gap_hi", pa.float64()),
+                            ("reference_gap", pa.float64()), ("leak_excess", pa.float64()),
+                            ("leak_excess_lo", pa.float64()), ("leak_excess_hi", pa.float64())])
 
 
 @dataclass(frozen=True)
 class Params:
-    """Settings of the leak check.
+    """Settings of the leak check (each one evaluate's setting of the same role).
 
     Attributes:
         perturbations: perturbed copies per item; their mean bits/byte is compared.
         swap_share: share of adjacent word pairs swapped in a copy (at least one swap).
-        bootstrap: resamples for the intervals; ``confidence`` their coverage.
+        bootstrap: resamples for the 95% intervals.
         seed: seeds the perturbations (with each item's id) and the bootstrap.
         batch_size: scoring batch size.
-        device: ``cpu`` or ``cuda``.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        num_threads: CPU threads for torch; None = the CPUs this process may use.
     """
 
     perturbations: int = 3
     swap_share: float = 0.15
     bootstrap: int = 2000
-    confidence: float = 0.95
     seed: int = 0
     batch_size: int = 16
     device: str = "cpu"
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.perturbations < 1 or not 0 < self.swap_share <= 0.5 or self.bootstrap < 1 \
-                or not 0 < self.confidence < 1:
-            raise WinnowError("leakcheck: perturbations and bootstrap must be >= 1, swap_share in (0, 0.5], "
-                              "confidence in (0, 1)")
+        if self.perturbations < 1 or not 0 < self.swap_share <= 0.5 or self.bootstrap < 1:
+            raise WinnowError("leakcheck: perturbations and bootstrap must be >= 1, swap_share in (0, 0.5]")
+
+    def evaluate_params(self) -> "evaluate.Params":
+        """The same settings as evaluate's parameters."""
+        from tasks import evaluate
+
+        return evaluate.Params(leak_perturbations=self.perturbations, leak_swap_share=self.swap_share,
+                               bootstrap_iters=self.bootstrap, bootstrap_seed=str(self.seed),
+                               batch_size=self.batch_size, device=self.device, num_threads=self.num_threads)
 
 
 def perturb(text: str, share: float, rng: np.random.Generator) -> str:
@@ -81,32 +94,6 @@ def perturb(text: str, share: float, rng: np.random.Generator) -> str:
         if words[i] != words[i + 1]:
             words[i], words[i + 1] = words[i + 1], words[i]
     return " ".join(words)
-
-
-def _interval(values: np.ndarray, params: Params, rng: np.random.Generator) -> tuple[float, float]:
-    if values.size == 0:
-        return math.nan, math.nan
-    means = values[rng.integers(0, values.size, (params.bootstrap, values.size))].mean(axis=1)
-    a = (1 - params.confidence) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
-def _bits_per_byte(model_dir: Path, texts: list[str], params: Params) -> np.ndarray:
-    """Bits per byte of each text under the model, scored after its end-of-text token."""
-    from transformers import AutoTokenizer
-
-    from tasks.evaluate import score_requests
-    from tasks.pretrained import load_model
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = load_model(model_dir).to(params.device).eval()
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    ctx = int(getattr(model.config, "max_position_embeddings", 1024))
-    enc = [tokenizer(t, add_special_tokens=False)["input_ids"][: ctx - 1] for t in texts]
-    nll = score_requests(model, [([eos, *ids], 1) for ids in enc], params.batch_size, params.device, "float32",
-                         real_vocab=len(tokenizer))
-    n_bytes = np.array([len(tokenizer.decode(ids).encode("utf-8")) or 1 for ids in enc], dtype=np.float64)
-    return nll / (math.log(2) * n_bytes)
 
 
 def item_text(question: str | None, target: str | None) -> str:
@@ -169,31 +156,23 @@ def run(model_dir: str | Path, benchmarks: pa.Table, params: Params = Params(),
         raise WinnowError(f"leakcheck benchmarks: item(s) with no text: {empty[:5]}")
     ref_texts = [" ".join(str(t).split()) for t in reference["text"].to_pylist()] if reference is not None else []
     keys = ids + [f"reference/{i}" for i in range(len(ref_texts))]
-    orig, pert = score_gaps(keys, texts + ref_texts, lambda ts: _bits_per_byte(model_dir, ts, params),
-                            params.perturbations, params.swap_share, params.seed)
+    from tasks import evaluate
+
+    eparams = params.evaluate_params()
+    with evaluate.loaded_scorer(model_dir, eparams) as scorer:
+        orig, pert = score_gaps(keys, texts + ref_texts, scorer.bpb, params.perturbations, params.swap_share,
+                                params.seed)
     gap = pert - orig
+    n = len(texts)
     items = pa.table({"id": ids, "benchmark": names, "bytes": [len(t.encode()) for t in texts],
-                      "bpb_original": orig[: len(texts)], "bpb_perturbed": pert[: len(texts)],
-                      "gap": gap[: len(texts)]}, schema=ITEMS_SCHEMA)
-    return StageResult(tables={"items": items, "benchmarks": _summary(names, gap, len(texts), params)},
-                       metrics={"items": len(texts), "reference_texts": len(ref_texts)})
-
-
-def _summary(names: list[str], gap: np.ndarray, n_items: int, params: Params) -> pa.Table:
-    rng = np.random.default_rng(params.seed)
-    ref = gap[n_items:]
+                      "bpb_original": orig[:n], "bpb_perturbed": pert[:n], "gap": gap[:n]}, schema=ITEMS_SCHEMA)
+    reference_gap = evaluate.leak_reference(gap[n:], eparams)
     rows = []
     for b in sorted(set(names)):
-        g = gap[:n_items][np.array(names) == b]
-        lo, hi = _interval(g, params, rng)
-        row = {"benchmark": b, "items": int(g.size), "mean_gap": float(g.mean()), "gap_low": lo, "gap_high": hi,
-               "reference_gap": None, "excess_gap": None, "excess_low": None, "excess_high": None}
-        if ref.size:
-            # the difference of two means, each resampled on its own
-            diffs = (g[rng.integers(0, g.size, (params.bootstrap, g.size))].mean(axis=1)
-                     - ref[rng.integers(0, ref.size, (params.bootstrap, ref.size))].mean(axis=1))
-            a = (1 - params.confidence) / 2
-            row.update(reference_gap=float(ref.mean()), excess_gap=float(g.mean() - ref.mean()),
-                       excess_low=float(np.quantile(diffs, a)), excess_high=float(np.quantile(diffs, 1 - a)))
+        row: dict = {"benchmark": b, "subset": "all", "items": names.count(b),
+                     "reference_gap": reference_gap[0] if reference_gap else None}
+        evaluate.leak_metrics(row, gap[:n][np.array(names) == b], reference_gap, eparams)
         rows.append(row)
-    return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
+    summary = pa.Table.from_pylist([{k: r.get(k) for k in SUMMARY_SCHEMA.names} for r in rows], schema=SUMMARY_SCHEMA)
+    return StageResult(tables={"items": items, "benchmarks": summary},
+                       metrics={"items": n, "reference_texts": len(ref_texts)})

@@ -279,3 +279,66 @@ def test_inputs_dedup_index_is_honoured_by_the_dedup_command(small, capsys):
     # Without the index these 5 copies are unique; against it every one is a duplicate of an old row.
     reasons = {r["reason"] for r in pq.read_table(small / "b.removed.parquet").to_pylist()}
     assert reasons == {"exact_duplicate"} and pq.read_table(small / "b.parquet").num_rows == 0
+
+
+def test_contamination_reuses_the_benchmark_index_and_keeps_pandas_out(user_file, tmp_path):
+    """A second corpus checked against unchanged benchmarks reads the contamination_index entry
+    instead of building it; the command never imports pandas (a fresh process, as a user runs it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in open(user_file, encoding="utf-8")]
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"id": "q1", "question": rows[0]["body"][:400], "target": ""}) + "\n")
+    half = tmp_path / "half.jsonl"
+    half.write_text("".join(json.dumps(r) + "\n" for r in rows[: len(rows) // 2]))
+    store = tmp_path / "s"
+    probe = ("import sys; from winnow.cli import main; code = main(sys.argv[1:]); "
+             "print('pandas' in sys.modules); sys.exit(code)")
+    repo = Path(__file__).resolve().parents[1]
+    for corpus, out in ((user_file, "a.parquet"), (half, "b.parquet")):
+        done = subprocess.run([sys.executable, "-c", probe, "contamination", str(corpus), "--benchmark", str(bench),
+                               "--out", str(tmp_path / out), "--id-column", "doc", "--text-column", "body",
+                               "--label-column", "topic", "--store", str(store)],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == "False"  # pandas was never imported
+    events = DatasetStore(store).journal_events()
+    index_fps = {m.fingerprint for m in DatasetStore(store).entries() if m.stage == "contamination_index"}
+    assert len(index_fps) == 1  # built once, read by the second run
+    assert [e["event"] for e in events if e["fingerprint"] in index_fps] == ["computed"]
+    first, second = (pq.read_table(tmp_path / f"{k}.report.parquet") for k in "ab")
+    assert first["contaminated"].to_pylist() == second["contaminated"].to_pylist() == [True]
+
+
+def test_pandas_kept_out_still_converts_pandas_objects_once_imported(tmp_path):
+    """After a command that kept pandas out, pyarrow still knows pandas objects when something
+    imports pandas later (tests and notebooks run commands in one process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pyarrow as pa\n"
+            "from winnow import pandas_guard\n"
+            "with pandas_guard.kept_out():\n"
+            "    pa.array(['a', None]); pa.scalar(1)\n"
+            "    try:\n"
+            "        import pandas\n"
+            "        raise SystemExit('pandas imported')\n"
+            "    except ModuleNotFoundError:\n"
+            "        pass\n"
+            "    with pandas_guard.allowed():\n"
+            "        import pandas as pd\n"
+            "assert pa.array(pd.Series(['x', 'y'], dtype='category')).type.index_type == pa.int8()\n"
+            "assert pa.table(pd.DataFrame({'a': [1, 2]})).num_rows == 2\n")
+    late = ("import sys, pyarrow as pa\n"
+            "from winnow import pandas_guard\n"
+            "with pandas_guard.kept_out():\n"
+            "    pa.array(['a', None]); pa.scalar(1)\n"
+            "import pandas as pd\n"
+            "assert pa.table(pd.DataFrame({'a': [1, 2]})).num_rows == 2\n"
+            "assert pa.array(pd.Series(['x', 'y'], dtype='category')).type.index_type == pa.int8()\n")
+    for script in (code, late):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[1])})
+        assert done.returncode == 0, done.stderr

@@ -520,3 +520,29 @@ def test_planted_benchmark_items_meet_the_recall_and_precision_targets(tmp_path)
     assert s["light_paraphrase"]["recall"] >= 0.8
     assert min(s["precision"], s["pair_precision"], s["doc_precision"]) >= 0.99
     assert s["decoy_docs_listed"] == {"decoy": 0, "template_decoy": 0}
+
+
+def test_a_prebuilt_index_gives_the_same_result_and_is_checked():
+    """The benchmark index as a table (the contamination_index entry) changes nothing in the
+    result, serves other thresholds and actions, and is refused for other examples or settings."""
+    from dataclasses import replace
+
+    from tasks.contamination import build_index, index_params
+
+    q, a = ITEMS[0]
+    docs, _ = _planted(f"{q}? {a}.")
+    corpus, bench = _corpus(docs), _bench()
+    for params in (Params(), Params(action="drop", min_longest_match=20, min_coverage=0.4)):
+        index = build_index(bench, index_params(params)).tables["data"]
+        assert index.num_rows == 1
+        direct, via = run(corpus, bench, params), run(corpus, bench, params, index=index)
+        for name in ("data", "report"):
+            assert via.tables[name].equals(direct.tables[name])
+        assert via.removed.equals(direct.removed)
+    assert index_params(Params(action="drop", max_hits=3)) == index_params(Params())
+    assert index_params(Params(ngram_n=13)) != index_params(Params())
+    index = build_index(bench, Params()).tables["data"]
+    with pytest.raises(ValueError, match="built for other benchmark examples or settings"):
+        run(corpus, _bench(ITEMS[:2]), Params(), index=index)
+    with pytest.raises(ValueError, match="built for other benchmark examples or settings"):
+        run(corpus, bench, replace(Params(), ngram_n=13), index=index)

@@ -47,9 +47,11 @@ def test_items_seen_in_training_have_an_excess_gap_above_zero(tmp_path):
     untrained = _train(corpus, tmp_path, 0)
     params = leakcheck.Params(bootstrap=500)
     leaky = leakcheck.run(trained, seen, params, reference=reference).tables["benchmarks"].to_pylist()[0]
-    assert leaky["items"] == 20 and leaky["excess_low"] > 0  # the interval is above 0
+    assert leaky["items"] == 20 and leaky["leak_excess_lo"] > 0  # the interval is above 0
     fresh = leakcheck.run(untrained, seen, params, reference=reference).tables["benchmarks"].to_pylist()[0]
-    assert fresh["excess_low"] <= 0 <= fresh["excess_high"]  # an untrained model knows neither
+    assert fresh["leak_excess_lo"] <= 0 <= fresh["leak_excess_hi"]  # an untrained model knows neither
+    print(f"trained: excess {leaky['leak_excess']:.3f} ({leaky['leak_excess_lo']:.3f}-{leaky['leak_excess_hi']:.3f}); "
+          f"untrained: {fresh['leak_excess']:.3f} ({fresh['leak_excess_lo']:.3f}-{fresh['leak_excess_hi']:.3f})")
 
 
 def test_perturbation_keeps_the_words_and_bad_input_is_named(tmp_path):

@@ -8,15 +8,17 @@ every check failure names the file, the column and, where there is one, the row.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import io
 import json
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -98,7 +100,10 @@ def read_table(path: str | Path, split: str | None = None) -> pa.Table:
 
 
 def _read_hf_dataset(path: Path, split: str | None) -> pa.Table:
-    import datasets  # imported lazily: it is slow to import and only needed for this format
+    from winnow import pandas_guard
+
+    with pandas_guard.allowed():  # datasets needs pandas
+        import datasets  # imported lazily: it is slow to import and only needed for this format
 
     try:
         ds = datasets.load_from_disk(str(path))
@@ -395,17 +400,36 @@ def export_table(table: pa.Table, out: str | Path, cols: Columns | None = None) 
     if cols is not None:
         back = {canon: user for canon, user in cols.renames().items() if canon in table.column_names}
         table = table.rename_columns([back.get(c, c) for c in table.column_names])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with _atomic_output(out) as tmp:
         if fmt == "jsonl":
             with open(tmp, "w", encoding="utf-8") as f:
                 for row in table.to_pylist():
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
             pq.write_table(table, tmp, compression="zstd")
+    return out
+
+
+def export_parquet_file(src: Path, out: str | Path) -> Path:
+    """Copy a Parquet file that already holds the result as the user should get it (a store shard
+    whose columns need no renaming) to ``out``: the bytes, not a decode and re-encode of the table.
+    Whole or not at all, like :func:`export_table`."""
+    out = Path(out)
+    if output_format(out) != "parquet":
+        raise ValueError(f"{out}: export_parquet_file writes Parquet only")
+    with _atomic_output(out) as tmp:
+        shutil.copyfile(src, tmp)
+    return out
+
+
+@contextlib.contextmanager
+def _atomic_output(out: Path) -> Iterator[Path]:
+    """A temporary path beside ``out``, renamed over it when the block succeeds, removed if not."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
         tmp.replace(out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return out

@@ -95,7 +95,8 @@ class StageSpec:
         precheck: the module has ``precheck(corpus, params)``, run before anything is written.
         preflight: the module has ``preflight(params)`` (model, tokenizer choices).
         identity: the module has ``identity(params)``: content it reads besides its inputs.
-        prepare: ``"module:function"`` computing extra inputs first (mixture's learned weights).
+        prepare: ``"module:function"`` computing extra inputs first (mixture's learned weights,
+            contamination's benchmark index).
         shard_map: ``(map stage, run() argument)``: when the main input has several shards, one
             cached map task per shard runs first (on the task runner's workers) and ``run()`` gets
             their outputs, in shard order, as a cache hint (dedup's per-shard features).
@@ -188,7 +189,8 @@ REGISTRY: tuple[StageSpec, ...] = (
         help="exact (normalised-text hash) and MinHash-LSH near-duplicate removal, candidates verified with exact "
              "Jaccard, clusters by union-find"),
     StageSpec(
-        "contamination", (Input("corpus", "dedup"), _BENCH), ("data", "report"), ledger=True,
+        "contamination", (Input("corpus", "dedup"), _BENCH, Input("index", PREPARED, optional=True)),
+        ("data", "report"), ledger=True, prepare="flows.graph:benchmark_index",
         cli="find (and drop or mask) benchmark text inside IN",
         help="finds evaluation-benchmark text inside the training data, per benchmark example (where, how much, "
              "longest matched span); drops or masks it"),
@@ -234,6 +236,7 @@ REGISTRY: tuple[StageSpec, ...] = (
     # Run around the pipeline (proxies and learned mixtures, ablations): store entries and Prefect
     # tasks like any stage, with no config section; flows/search.py and flows/ablate.py wire them.
     StageSpec("dedup_map", (Input("shard", CORPUS),), pipeline=False),
+    StageSpec("contamination_index", (_BENCH,), pipeline=False),
     StageSpec("proxy", (Input("corpus", "label_noise"), Input("benchmarks", BENCHMARKS, optional=True)),
               ("data", "benchmarks", FILES), pipeline=False, needs_out_dir=True, identity=True),
     StageSpec("regmix", (), pipeline=False),
