@@ -204,6 +204,7 @@ def execute(plan: StagePlan, store_root: str, force: bool = False, prepared: "Pr
             hints={k: ",".join(_fps(v)) for k, v in hints.items()},
             elapsed_s=timings.total(),
             replace=force,
+            segments=result.segments,
         )
         store.journal("computed", fp, stage=plan.stage, seconds=round(timings.total(), 3))
         shutil.rmtree(store.checkpoint_dir(fp), ignore_errors=True)  # committed: nothing left to resume
@@ -335,12 +336,16 @@ def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     if len(tables) > 1 and unique_ids:
         wio.check_unique_ids(table["id"], where=" + ".join(plan.params["paths"]), column="id")
-    metrics = {"rows_out": table.num_rows}
-    if "domain" in table.column_names:
-        metrics["rows_by_domain"] = dict(zip(*table.group_by("domain").aggregate([("id", "count")]).to_pydict().values()))
-    if "benchmark" in table.column_names:
-        metrics["rows_by_benchmark"] = dict(zip(*table.group_by("benchmark").aggregate([("id", "count")]).to_pydict().values()))
-    return StageResult(tables={"data": table}, metrics=metrics), inputs
+    return StageResult(tables={"data": table}, metrics=ingest_metrics(table)), inputs
+
+
+def ingest_metrics(table: pa.Table) -> dict[str, Any]:
+    """An ingest entry's receipt metrics: rows, and rows per domain or benchmark."""
+    metrics: dict[str, Any] = {"rows_out": table.num_rows}
+    for column, key in (("domain", "rows_by_domain"), ("benchmark", "rows_by_benchmark")):
+        if column in table.column_names:
+            metrics[key] = dict(zip(*table.group_by(column).aggregate([("id", "count")]).to_pydict().values()))
+    return metrics
 
 
 def _stem(path: str) -> str:
