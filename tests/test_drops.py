@@ -30,8 +30,8 @@ def days(sample_corpus) -> list[list[dict]]:
     """Three days of real sample rows (every domain, labelled quotes among them); day 3 repeats a
     day-1 text under a new id (an exact duplicate) and a day-2 text with one word changed (a near one)."""
     t = pq.read_table(sample_corpus).select(["id", "text", "domain", "label"])
-    rows = t.take(list(range(0, t.num_rows, 97))).to_pylist()
-    out = [rows[0:81], rows[81:162], rows[162:]]
+    rows = t.take(list(range(0, t.num_rows, 150))).to_pylist()
+    out = [rows[0:52], rows[52:104], rows[104:]]
     long2 = max(out[1], key=lambda r: len(r["text"]))
     out[2] += [{**out[0][5], "id": "day3-copy"},
                {**long2, "id": "day3-near", "text": long2["text"].replace(" the ", " a ", 1)}]
