@@ -220,3 +220,16 @@ def test_a_nightly_killed_in_ingest_or_dedup_reruns_to_the_same_fingerprints(day
     reference = _run(tmp_path / "uninterrupted", str(reference_drop), capsys, *only)["outputs"]
     assert done == reference
     assert main(["store", "verify", "--store", str(store.root)]) == 0
+
+
+def test_lineage_diagram_takes_a_reduce_over_many_shards(tmp_path):
+    """A reduce's hint lists one map entry per shard; from 4 shards the joined list is longer
+    than a file name may be, and drawing the lineage raised OSError (ten daily files did)."""
+    from flows.receipt import lineage_mermaid
+
+    store = DatasetStore(tmp_path / "store")
+    maps = [store.put(fingerprint=f"{k:064x}", stage="dedup_map", params={}, code_version="c", parents={},
+                      tables={"data": pa.table({"x": [k]})}).fingerprint for k in range(10)]
+    reduce = store.put(fingerprint="f" * 64, stage="dedup", params={}, code_version="c", parents={},
+                       tables={"data": pa.table({"x": [1]})}, hints={"features": ",".join(maps)})
+    assert f"dedup@{'f' * 12}" in lineage_mermaid(store, {"dedup": reduce.fingerprint})
