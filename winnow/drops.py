@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from flows.stagetask import Prepared, StagePlan, commit, fingerprint_of, ingest_metrics, plan_ingest, prepare_ingest
 from storage import DatasetStore, code_version
@@ -110,7 +111,9 @@ def prepare(store: DatasetStore, files: list[Path], columns: dict[str, Any]) -> 
     if store.exists(fp):
         return Drops(Prepared(plan, store.table(fp)))
     days = [prepare_ingest(p, store) for p in day_plans]
-    tables = [d.table for d in days]
+    # A new file's rows as a later night will read them back from its entry: a Parquet round
+    # trip may re-spell types (nested lists), and the day's shards must be the same every night.
+    tables = [d.table if d.result is None else _as_stored(d.table) for d in days]
     _check_unique_across(tables, files)
     table = _concat(tables, files)
     result = StageResult(tables={"data": table}, metrics={**ingest_metrics(table), "files": len(files)},
@@ -131,6 +134,13 @@ def ingest(store: DatasetStore, files: list[Path], columns: dict[str, Any]) -> t
     """Prepare and commit a drops corpus; returns its fingerprint and whether it was in the store."""
     drops = prepare(store, files, columns)
     return commit_drops(drops, store), drops.cached
+
+
+def _as_stored(table: pa.Table) -> pa.Table:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    with pq.ParquetFile(pa.BufferReader(sink.getvalue())) as f:
+        return f.read()
 
 
 def _check_unique_across(tables: list[pa.Table], files: list[Path]) -> None:
