@@ -91,7 +91,7 @@ class Browser:
                 value = None
             if value:
                 return value
-            time.sleep(0.1)  # one evaluate is a local round trip of a few ms
+            time.sleep(0.5)
         return value
 
     def close(self) -> None:
