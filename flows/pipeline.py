@@ -19,9 +19,11 @@ import dataclasses
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from flows.graph import configured_refs, map_hints, prepared_inputs, run_parents
 from flows.receipt import publish_run, receipt_rows
@@ -29,6 +31,7 @@ from flows.search import publish_search
 from flows.stagetask import StagePlan, cache_hints, fingerprint_of, plan_ingest, plan_stage, stage_task
 from storage import DatasetStore, heads
 from tasks.proxy import preload
+from winnow import drops
 from winnow.config import PipelineConfig, load_config
 from winnow.errors import WinnowError
 from winnow.stages import BENCHMARKS, CORPUS, pipeline_names, pipeline_specs
@@ -68,8 +71,17 @@ class PipelineRun:
         if kind == "corpus":
             columns |= {"id": inputs.id_column, "text": inputs.text_column,
                         "domain": inputs.domain_column, "label": inputs.label_column}
+        if kind == "corpus" and len(paths) == 1 and (files := drops.drop_files(paths[0])) is not None:
+            return self._ingest_drops(files, columns)
         plan = plan_ingest(kind, paths, columns)
         return self._call(plan, name=f"ingest_{kind}")
+
+    def _ingest_drops(self, files: list[Path], columns: dict[str, Any]) -> str:
+        """A corpus of daily files (:mod:`winnow.drops`): only files without an entry are read."""
+        future = ingest_drops_task.submit(str(self.store.root), [str(f) for f in files], columns)
+        fp, cached = future.result()
+        self.outcomes[CORPUS] = Outcome(CORPUS, fp, cached=cached)
+        return fp
 
     def stage(self, stage: str, outputs: dict[str, str | None]) -> str | None:
         """Run one stage on its upstream stages' ``outputs``; None if the run stops before it,
@@ -122,6 +134,12 @@ class PipelineRun:
         fp = state.result()
         self.outcomes[name] = Outcome(name, fp, cached=state.name == "Cached")
         return fp
+
+
+@task(name=CORPUS, cache_policy=NO_CACHE)
+def ingest_drops_task(store_root: str, files: list[str], columns: dict[str, Any]) -> tuple[str, bool]:
+    """Ingest the daily files not seen yet and combine all of them (the store is the cache)."""
+    return drops.ingest(DatasetStore(store_root), [Path(f) for f in files], columns)
 
 
 def submit_plans(store: DatasetStore, name: str, plans: list[StagePlan]) -> tuple[list[str], list[Any]]:

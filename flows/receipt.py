@@ -150,7 +150,10 @@ def lineage_mermaid(store: DatasetStore, outputs: Mapping[str, str]) -> str:
         for name, hint in sorted(m.hints.items()):
             # Dotted: an earlier entry read as a cache, not an input of the fingerprint. Its
             # own ancestors are not drawn (each nightly embed would pull in the last night's).
-            if not store.exists(hint):
+            # A list of entries (dedup's map tasks, one per shard) is not drawn either: one node
+            # per shard would bury the stages; and the joined list is no folder name (from 4
+            # shards it is longer than a file name may be, and exists() raised).
+            if "," in hint or not store.exists(hint):
                 continue
             if hint not in seen:
                 lines.append(f'    n{hint[:12]}["{store.manifest(hint).stage}@{short(hint)}"]')

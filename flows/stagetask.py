@@ -205,6 +205,7 @@ def execute(plan: StagePlan, store_root: str, force: bool = False, prepared: "Pr
             hints={k: ",".join(_fps(v)) for k, v in hints.items()},
             elapsed_s=timings.total(),
             replace=force,
+            segments=result.segments,
         )
         store.journal("computed", fp, stage=plan.stage, seconds=round(timings.total(), 3))
         shutil.rmtree(store.checkpoint_dir(fp), ignore_errors=True)  # committed: nothing left to resume
@@ -336,12 +337,17 @@ def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     if len(tables) > 1 and unique_ids:
         wio.check_unique_ids(table["id"], where=" + ".join(plan.params["paths"]), column="id")
-    metrics = {"rows_out": table.num_rows}
+    return StageResult(tables={"data": table}, metrics=ingest_metrics(table)), inputs
+
+
+def ingest_metrics(table: pa.Table) -> dict[str, Any]:
+    """An ingest entry's receipt metrics: rows, and rows per domain or benchmark."""
+    metrics: dict[str, Any] = {"rows_out": table.num_rows}
     for column in ("domain", "benchmark"):
         if column in table.column_names:  # value_counts, not group_by: that imports acero (~30 ms a command)
             counts = pc.value_counts(table[column])
             metrics[f"rows_by_{column}"] = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
-    return StageResult(tables={"data": table}, metrics=metrics), inputs
+    return metrics
 
 
 def _stem(path: str) -> str:

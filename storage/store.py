@@ -295,6 +295,7 @@ class DatasetStore:
         hints: Mapping[str, str] | None = None,
         elapsed_s: float = 0.0,
         replace: bool = False,
+        segments: Mapping[str, list[int]] | None = None,
     ) -> Manifest:
         """Write one entry atomically and return its manifest.
 
@@ -302,7 +303,9 @@ class DatasetStore:
         (a model's files); it is moved into the entry, whose kind is then ``"model"``. If the entry already exists (another writer won the
         race) the existing manifest is returned and the new copy is discarded, unless ``replace``
         (a forced recompute), which swaps the new copy in with two renames. ``hints`` names
-        earlier entries the stage read only as a cache (see ``StagePlan.hints``).
+        earlier entries the stage read only as a cache (see ``StagePlan.hints``). ``segments``
+        gives, per table, the row counts of consecutive parts no shard may straddle (a corpus
+        ingested from daily files: one part per file, see :func:`segment_bounds`).
         """
         if self.exists(fingerprint) and not replace:
             return self.manifest(fingerprint)
@@ -317,7 +320,7 @@ class DatasetStore:
         tmp = self.staging / f"entry-{fingerprint[:16]}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            table_info = self._write_tables(tmp / "tables", tables)
+            table_info = self._write_tables(tmp / "tables", tables, segments or {})
             pq.write_table(removed, tmp / LEDGER_FILE, compression="zstd")
             files, digests = _adopt_files(tmp / "files", files_from)
             manifest = Manifest(
@@ -344,13 +347,15 @@ class DatasetStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _write_tables(self, folder: Path, tables: Mapping[str, pa.Table]) -> dict[str, dict[str, Any]]:
-        """Write each table as Parquet shards (see :func:`shard_bounds`); returns the manifest's ``tables``."""
+    def _write_tables(self, folder: Path, tables: Mapping[str, pa.Table],
+                      segments: Mapping[str, list[int]]) -> dict[str, dict[str, Any]]:
+        """Write each table as Parquet shards (see :func:`segment_bounds`); returns the manifest's ``tables``."""
         folder.mkdir()
         info = {}
         for name, table in tables.items():
             shards = []
-            for k, (start, rows) in enumerate(shard_bounds(table, self.shard_rows, self.shard_bytes)):
+            bounds = segment_bounds(table, segments.get(name), self.shard_rows, self.shard_bytes)
+            for k, (start, rows) in enumerate(bounds):
                 path = folder / shard_file(name, k)
                 pq.write_table(table.slice(start, rows), path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
                 shards.append({"file": path.name, "rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path)})
@@ -533,6 +538,20 @@ def shard_bounds(table: pa.Table, max_rows: int, max_bytes: int) -> list[tuple[i
         end = min(n, start + max_rows, max(start + 1, by_bytes))
         bounds.append((start, end - start))
         start = end
+    return bounds
+
+
+def segment_bounds(table: pa.Table, parts: list[int] | None, max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
+    """:func:`shard_bounds` cut within each of ``parts`` (consecutive row counts), so a shard
+    boundary falls on every part boundary: each part's shards are those it would have alone."""
+    if not parts:
+        return shard_bounds(table, max_rows, max_bytes)
+    if sum(parts) != table.num_rows or min(parts) < 1:
+        raise ValueError(f"segments {parts} do not split a table of {table.num_rows} rows into non-empty parts")
+    bounds, start = [], 0
+    for rows in parts:
+        bounds += [(start + s, n) for s, n in shard_bounds(table.slice(start, rows), max_rows, max_bytes)]
+        start += rows
     return bounds
 
 

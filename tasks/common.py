@@ -67,11 +67,15 @@ class StageResult:
             others are reports (e.g. contamination's per-example report).
         removed: the per-row ledger, in :data:`LEDGER_SCHEMA`.
         metrics: a small JSON-serialisable summary shown in the run receipt.
+        segments: per table, row counts of consecutive parts the store must not put in one
+            shard (a corpus of daily files: one part per file, so a day's shards, and the map
+            tasks keyed by them, stay the same as the corpus grows).
     """
 
     tables: dict[str, pa.Table]
     removed: pa.Table = field(default_factory=lambda: LEDGER_SCHEMA.empty_table())
     metrics: dict[str, Any] = field(default_factory=dict)
+    segments: dict[str, list[int]] = field(default_factory=dict)
 
 
 def ledger(

@@ -397,6 +397,7 @@ def _preflight(cfg: Any) -> None:
     """
     from flows.graph import configured_refs
     from flows.stagetask import commit, plan_ingest, precheck, prepare_ingest
+    from winnow import drops
     from winnow.stages import pipeline_specs
 
     cfg.check()  # model and tokenizer choices, before any data is read
@@ -404,12 +405,19 @@ def _preflight(cfg: Any) -> None:
     inputs = cfg.inputs
     columns = {"split": inputs.split, "id": inputs.id_column, "text": inputs.text_column,
                "domain": inputs.domain_column, "label": inputs.label_column}
-    corpus = prepare_ingest(plan_ingest("corpus", [inputs.corpus], columns), store)
+    files = drops.drop_files(inputs.corpus)  # a folder or glob of daily files (winnow/drops.py)
+    if files is not None:
+        corpus: Any = drops.prepare(store, files, columns)
+    else:
+        corpus = prepare_ingest(plan_ingest("corpus", [inputs.corpus], columns), store)
     benchmarks = prepare_ingest(plan_ingest("benchmarks", list(inputs.benchmarks), inputs.benchmark_columns()), store)
     for spec in pipeline_specs():
         precheck(spec.name, cfg.params(spec.name), corpus=corpus.table)
         configured_refs(spec, cfg, store)  # an [inputs] key naming a store entry must name a fitting one
-    commit(corpus, store)
+    if files is not None:
+        drops.commit_drops(corpus, store)
+    else:
+        commit(corpus, store)
     commit(benchmarks, store)
 
 

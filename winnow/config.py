@@ -47,9 +47,11 @@ class InputsConfig:
     """What the pipeline reads.
 
     Attributes:
-        corpus: the training corpus (Parquet, JSONL or a `datasets` folder). Rows need an id and a
-            text; a domain column splits it into mixture domains; a label column marks labelled rows
-            for the label-noise stage. Default: the bundled real sample.
+        corpus: the training corpus (Parquet, JSONL or a `datasets` folder), or daily drops: a
+            folder or glob (``drops/2026-12-*.jsonl``) of Parquet / JSONL files, read one file at a
+            time in file-name order, each ingested once (``winnow/drops.py``). Rows need an id
+            (unique across all files) and a text; a domain column splits it into mixture domains; a
+            label column marks labelled rows for the label-noise stage. Default: the bundled real sample.
         benchmarks: evaluation benchmarks checked for contamination and scored by evaluate.
         id_column, text_column, domain_column, label_column: the user's column names for each role.
         split: the split to read when an input is a saved `datasets` DatasetDict.
