@@ -42,9 +42,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage import heads
-from storage.fingerprint import canonical_json, short, table_fingerprint
+from storage.fingerprint import TableHasher, canonical_json, short, table_fingerprint
 from storage.locks import EntryLock, entry_lock, owner_alive, owner_tag, remove_free_locks
-from tasks.common import LEDGER_SCHEMA
+from tasks.common import LEDGER_SCHEMA, TableStream
 from winnow import __version__
 from winnow.errors import WinnowError
 
@@ -95,6 +95,48 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> "Manifest":
         return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+@dataclass(frozen=True)
+class ShardedTable:
+    """A stored table not read yet: its shards, in row order. What a stage that declares an input
+    as streamed (``StageSpec.streams``) receives instead of a ``pa.Table``, so it can read one
+    shard (or one row group) at a time and never hold the whole table."""
+
+    paths: tuple[Path, ...]
+    shard_rows: tuple[int, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.shard_rows)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.paths)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pq.read_schema(self.paths[0])
+
+    def starts(self) -> np.ndarray:
+        """First row of each shard, plus the row count at the end (int64[num_shards + 1])."""
+        return np.concatenate([[0], np.cumsum(self.shard_rows, dtype=np.int64)])
+
+    def shard(self, k: int, columns: list[str] | None = None) -> pa.Table:
+        """Shard ``k`` (optionally only some columns)."""
+        with pq.ParquetFile(self.paths[k]) as f:
+            return f.read(columns=columns)
+
+    def batches(self, k: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """Shard ``k`` one row group at a time."""
+        with pq.ParquetFile(self.paths[k]) as f:
+            for g in range(f.num_row_groups):
+                yield f.read_row_group(g, columns=columns)
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """The whole table (for a stage that truly needs it)."""
+        parts = [self.shard(k, columns) for k in range(self.num_shards)]
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
 
 class DatasetStore:
@@ -172,6 +214,13 @@ class DatasetStore:
     def read_shard(self, fingerprint: str, name: str, k: int) -> pa.Table:
         """Shard ``k`` of a table (a map task's input)."""
         return read_parquet(self.shard_paths(fingerprint, name)[k])
+
+    def sharded(self, fingerprint: str, name: str = "data") -> ShardedTable:
+        """A table as a :class:`ShardedTable` handle (nothing is read yet)."""
+        info = self.manifest(fingerprint).tables.get(name, {})
+        paths = self.shard_paths(fingerprint, name)
+        rows = [s["rows"] for s in info.get("shards", [])] or [pq.read_metadata(paths[0]).num_rows]
+        return ShardedTable(tuple(paths), tuple(int(r) for r in rows))
 
     def batches(self, fingerprint: str, name: str = "data", columns: list[str] | None = None
                 ) -> Iterator[pa.RecordBatch]:
@@ -344,28 +393,54 @@ class DatasetStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _write_tables(self, folder: Path, tables: Mapping[str, pa.Table]) -> dict[str, dict[str, Any]]:
+    def _write_tables(self, folder: Path, tables: Mapping[str, pa.Table | TableStream]) -> dict[str, dict[str, Any]]:
         """Write each table as Parquet shards (see :func:`shard_bounds`); returns the manifest's ``tables``."""
         folder.mkdir()
         info = {}
         for name, table in tables.items():
-            shards = []
-            for k, (start, rows) in enumerate(shard_bounds(table, self.shard_rows, self.shard_bytes)):
-                path = folder / shard_file(name, k)
-                pq.write_table(table.slice(start, rows), path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-                shards.append({"file": path.name, "rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path)})
+            if isinstance(table, TableStream):
+                content, schema, shards = self._write_stream(folder, name, table)
+            else:
+                content, schema, shards = table_fingerprint(table), table.schema, []
+                for k, (start, rows) in enumerate(shard_bounds(table, self.shard_rows, self.shard_bytes)):
+                    path = folder / shard_file(name, k)
+                    pq.write_table(table.slice(start, rows), path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                    shards.append(_shard_info(path, rows))
             info[name] = {
                 # What a stage reading this table is fingerprinted by (flows/stagetask.py).
-                "content": table_fingerprint(table),
-                "rows": table.num_rows,
+                "content": content,
+                "rows": sum(s["rows"] for s in shards),
                 "bytes": sum(s["bytes"] for s in shards),
                 # Each file's own digest, for `store verify` (the content hash above is of the
                 # table as computed, which a Parquet round trip may re-spell, e.g. list types).
                 "sha256": shards[0]["sha256"],
                 "shards": shards,
-                "schema": {f.name: str(f.type) for f in table.schema},
+                "schema": {f.name: str(f.type) for f in schema},
             }
         return info
+
+    def _write_stream(self, folder: Path, name: str, stream: TableStream) -> tuple[str, pa.Schema, list[dict[str, Any]]]:
+        """Write a :class:`TableStream` shard by shard as it arrives (cut like :func:`shard_bounds`:
+        the same shards as the same rows written whole); returns (content hash, schema, shards)."""
+        hasher = TableHasher(stream.schema)
+        shards: list[dict[str, Any]] = []
+        cut = _ShardCutter(self.shard_rows, self.shard_bytes)
+        writer: _ShardWriter | None = None
+        for piece in stream.batches():
+            piece = pa.Table.from_batches([piece]) if isinstance(piece, pa.RecordBatch) else piece
+            if not piece.schema.equals(stream.schema):
+                raise ValueError(f"table {name!r}: a streamed piece has schema {piece.schema}, not {stream.schema}")
+            hasher.update(piece)
+            for start, rows, new_shard in cut.split(_row_sizes(piece)):
+                if writer is None or new_shard:
+                    if writer is not None:
+                        shards.append(writer.close())
+                    writer = _ShardWriter(folder / shard_file(name, len(shards)), stream.schema)
+                writer.write(piece.slice(start, rows))
+        if writer is None:  # no rows: one empty shard, as for an empty in-memory table
+            writer = _ShardWriter(folder / shard_file(name, 0), stream.schema)
+        shards.append(writer.close())
+        return hasher.hexdigest(), stream.schema, shards
 
     def _commit(self, tmp: Path, manifest: Manifest, replace: bool) -> Manifest:
         """Rename a complete staged entry into ``objects/`` (swapping out the old one if ``replace``)."""
@@ -534,6 +609,71 @@ def shard_bounds(table: pa.Table, max_rows: int, max_bytes: int) -> list[tuple[i
         bounds.append((start, end - start))
         start = end
     return bounds
+
+
+class _ShardCutter:
+    """:func:`shard_bounds`' greedy cut, applied to rows as they arrive."""
+
+    def __init__(self, max_rows: int, max_bytes: int) -> None:
+        self.max_rows, self.max_bytes = max_rows, max_bytes
+        self.rows, self.bytes = 0, 0  # in the shard being filled
+        self.started = False
+
+    def split(self, sizes: np.ndarray) -> Iterator[tuple[int, int, bool]]:
+        """(first row, rows, starts a new shard) runs of a piece whose rows have ``sizes``: a row
+        joins the open shard if it has room for one more row and, unless it is the shard's first,
+        for the row's bytes."""
+        i, n = 0, len(sizes)
+        cum = np.cumsum(sizes)
+        while i < n:
+            new = not self.started or self.rows >= self.max_rows or (
+                self.rows > 0 and self.bytes + int(sizes[i]) > self.max_bytes)
+            if new:
+                self.rows, self.bytes, self.started = 0, 0, True
+            base = int(cum[i - 1]) if i else 0
+            fit = int(np.searchsorted(cum, base + self.max_bytes - self.bytes, side="right")) - i
+            take = min(n - i, self.max_rows - self.rows, max(fit, 1))
+            yield i, take, new
+            self.rows += take
+            self.bytes += int(cum[i + take - 1]) - base
+            i += take
+
+
+class _ShardWriter:
+    """One shard file written a row group at a time (row groups of :data:`ROW_GROUP_ROWS` rows)."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.pending: list[pa.Table] = []
+        self.buffered = 0
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.buffered += table.num_rows
+        if self.buffered >= ROW_GROUP_ROWS:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        full = table.num_rows if final else table.num_rows - table.num_rows % ROW_GROUP_ROWS
+        if full:
+            self.writer.write_table(table.slice(0, full), row_group_size=ROW_GROUP_ROWS)
+            self.rows += full
+        rest = table.slice(full)
+        self.pending, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> dict[str, Any]:
+        self._flush(final=True)
+        self.writer.close()
+        return _shard_info(self.path, self.rows)
+
+
+def _shard_info(path: Path, rows: int) -> dict[str, Any]:
+    return {"file": path.name, "rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
 def _row_sizes(table: pa.Table) -> np.ndarray:

@@ -810,7 +810,9 @@ def pairs_sharing_keys(keys: np.ndarray, docs: np.ndarray, max_bucket: int = 32)
     """
     if len(keys) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    order = np.argsort(keys)  # not stable, but deterministic: ties only reorder big buckets
+    # Stable, so a bucket lists its documents in the order given (ascending): the pairs of a big
+    # bucket then do not depend on what else is sorted with it (dedup's partitioned reduce).
+    order = np.argsort(keys, kind="stable")
     sk, sd = keys[order], docs[order]
     starts = np.concatenate([[0], np.flatnonzero(sk[1:] != sk[:-1]) + 1])
     sizes = np.diff(np.concatenate([starts, [len(sk)]]))

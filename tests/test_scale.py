@@ -16,6 +16,7 @@ import pytest
 from storage import DatasetStore
 from tasks import dedup
 from winnow.cli import main
+from winnow.errors import WinnowError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARD = 1000  # rows per shard in these stores: 3-4 shards per corpus
@@ -60,6 +61,7 @@ def test_map_reduce_dedup_equals_one_process_and_a_grown_corpus_maps_only_its_ne
     assert sharded.table(fp)["id"].equals(whole.tables["data"]["id"]) and whole.removed.num_rows > 100
     assert sharded.removed(fp).equals(whole.removed) and sharded.table(fp, "index").equals(whole.tables["index"])
     assert len(sharded.manifest(fp).hints["features"].split(",")) == 3
+    assert sharded.manifest(fp).metrics["reduce"]["shards"] == 3  # the bounded-memory reduce ran
 
     before = len(sharded.journal_events())
     _dedup(grown, sharded.root, tmp_path / "grown.parquet", capsys)
@@ -67,6 +69,75 @@ def test_map_reduce_dedup_equals_one_process_and_a_grown_corpus_maps_only_its_ne
     grown_whole = dedup.run(pq.read_table(grown), dedup.Params())
     assert pq.read_table(tmp_path / "grown.parquet")["id"].equals(grown_whole.tables["data"]["id"])
     assert main(["store", "verify", "--store", str(sharded.root)]) == 0
+
+
+def _map_entries(store: DatasetStore, corpus_path: Path, params: dedup.Params) -> tuple[str, list[str]]:
+    """Ingest ``corpus_path`` into ``store`` and compute each shard's dedup_map entry."""
+    from flows.graph import map_hints
+    from flows.stagetask import execute, plan_ingest, run_in_turn
+    from winnow.stages import spec
+
+    corpus = execute(plan_ingest("corpus", [str(corpus_path)], {"split": None, "id": "id", "text": "text",
+                                                                 "domain": "domain", "label": "label"}), str(store.root))
+    hints = map_hints(spec("dedup"), store, {"corpus": corpus}, params, run_in_turn(store))
+    return corpus, [r.split("/")[0] for r in hints["features"].split(",")]
+
+
+def _whole(table) -> pa.Table:
+    return table if isinstance(table, pa.Table) else pa.concat_tables(list(table.batches()))
+
+
+@pytest.mark.parametrize("keep, max_bucket", [("first", 32), ("longest", 2)])
+def test_bounded_reduce_equals_one_process_whatever_the_partition_count(corpora, tmp_path, keep, max_bucket):
+    """The reduce over map entries, its band keys cut into 1, several or very many partitions on
+    disk, gives the in-memory run's tables and ledger; max_bucket=2 makes every bucket of 3+ a
+    star and chain, whose pairs depend on the order of its members."""
+    from tasks import dedup_reduce
+
+    base, _ = corpora
+    params = dedup.Params(keep=keep, max_bucket=max_bucket)
+    store = _sharded_store(tmp_path / "s")
+    corpus, maps = _map_entries(store, base, params)
+    whole = dedup.run(pq.read_table(base), params)
+    assert whole.metrics["near"]["candidate_pairs"] > 50
+    seen = set()
+    for budget in (1 << 30, 200_000, 20_000):
+        spill = tmp_path / f"spill-{budget}"
+        spill.mkdir()
+        got = dedup_reduce.run(store.sharded(corpus), [store.sharded(m) for m in maps], params, spill, budget)
+        seen.add(got.metrics["reduce"]["partitions"])
+        assert _whole(got.tables["data"]).equals(whole.tables["data"])
+        assert _whole(got.tables["index"]).equals(whole.tables["index"])
+        assert got.removed.equals(whole.removed)
+        assert got.metrics["near"] == whole.metrics["near"] and not list(spill.iterdir())
+    assert len(seen) == 3 and 1 in seen and max(seen) > 50
+
+
+def test_bounded_reduce_rejects_a_duplicate_id_across_shards(tmp_path):
+    """Each map task checks its own shard; an id repeated in two shards is the reduce's to name."""
+    from tasks import dedup_reduce
+
+    t = pa.table({"id": [f"d{i}" for i in range(1500)] + ["d7"], "text": [f"text number {i} here" for i in range(1501)]})
+    path = tmp_path / "dup.parquet"
+    pq.write_table(t, path)
+    store = _sharded_store(tmp_path / "s")
+    from flows.stagetask import execute, plan_ingest
+
+    with pytest.raises(Exception, match="d7"):  # the ingest already refuses it ...
+        execute(plan_ingest("corpus", [str(path)], {"split": None, "id": "id", "text": "text", "domain": "domain",
+                                                    "label": "label"}), str(store.root))
+    parts = [store.put(fingerprint=c * 64, stage="x", params={}, code_version="c", parents={},
+                       tables={"data": t.slice(s, n)}).fingerprint for c, (s, n) in zip("ab", ((0, 1000), (1000, 501)))]
+    feats = [store.put(fingerprint=c * 64, stage="x", params={}, code_version="c", parents={},
+                       tables={"data": dedup.features_table(dedup.featurize(store.table(p)["text"], dedup.Params(),
+                                                                            dedup.Params().banding()))}).fingerprint
+             for c, p in zip("cd", parts)]
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    sharded = store.sharded(parts[0])
+    both = type(sharded)(sharded.paths + store.sharded(parts[1]).paths, (1000, 501))
+    with pytest.raises(WinnowError, match="duplicate id 'd7'"):  # ... and so does the reduce
+        dedup_reduce.run(both, [store.sharded(f) for f in feats], dedup.Params(), spill)
 
 
 def _start_cluster(tmp_path: Path) -> tuple[str, list[subprocess.Popen]]:

@@ -99,6 +99,10 @@ class StageSpec:
         shard_map: ``(map stage, run() argument)``: when the main input has several shards, one
             cached map task per shard runs first (on the task runner's workers) and ``run()`` gets
             their outputs, in shard order, as a cache hint (dedup's per-shard features).
+        streams: ``run()`` arguments handed over as :class:`storage.store.ShardedTable` handles
+            (read a shard or row group at a time) instead of whole tables (dedup's reduce).
+        spill: ``run()`` takes ``spill_dir``, a scratch folder in the store for temporary files,
+            deleted after the run (dedup's band-key partitions).
         module: the module name, if not ``tasks.<name>``.
     """
 
@@ -124,6 +128,8 @@ class StageSpec:
     identity: bool = False
     prepare: str | None = None
     shard_map: tuple[str, str] | None = None
+    streams: tuple[str, ...] = ()
+    spill: bool = False
     module: str = ""
 
     @property
@@ -183,7 +189,7 @@ _LM_EVAL = Option("--lm-eval", "also score the same items with lm-evaluation-har
 REGISTRY: tuple[StageSpec, ...] = (
     StageSpec(
         "dedup", (Input("corpus", CORPUS), _INDEX), ("data", "index"), ledger=True, precheck=True,
-        shard_map=("dedup_map", "features"),
+        shard_map=("dedup_map", "features"), streams=("corpus", "features"), spill=True,
         cli="remove exact and near-duplicate rows from IN",
         help="exact (normalised-text hash) and MinHash-LSH near-duplicate removal, candidates verified with exact "
              "Jaccard, clusters by union-find"),
