@@ -105,6 +105,8 @@ class ShardedTable:
 
     paths: tuple[Path, ...]
     shard_rows: tuple[int, ...]
+    # The same rows already in this process's memory (a table it just wrote), or None.
+    in_memory: pa.Table | None = field(default=None, compare=False, repr=False)
 
     @property
     def num_rows(self) -> int:
@@ -135,6 +137,8 @@ class ShardedTable:
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """The whole table (for a stage that truly needs it)."""
+        if self.in_memory is not None:
+            return self.in_memory if columns is None else self.in_memory.select(columns)
         parts = [self.shard(k, columns) for k in range(self.num_shards)]
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
@@ -197,6 +201,9 @@ class DatasetStore:
         For a stage that truly needs the whole table; one that can work a piece at a time reads
         :meth:`batches` or :meth:`dataset` instead and never holds it all.
         """
+        recent = _RECENT.get((str(self.root), fingerprint, name))
+        if recent is not None and self.exists(fingerprint):
+            return recent
         paths = self.shard_paths(fingerprint, name)
         if len(paths) == 1:
             return read_parquet(paths[0])
@@ -220,7 +227,7 @@ class DatasetStore:
         info = self.manifest(fingerprint).tables.get(name, {})
         paths = self.shard_paths(fingerprint, name)
         rows = [s["rows"] for s in info.get("shards", [])] or [pq.read_metadata(paths[0]).num_rows]
-        return ShardedTable(tuple(paths), tuple(int(r) for r in rows))
+        return ShardedTable(tuple(paths), tuple(int(r) for r in rows), _RECENT.get((str(self.root), fingerprint, name)))
 
     def batches(self, fingerprint: str, name: str = "data", columns: list[str] | None = None
                 ) -> Iterator[pa.RecordBatch]:
@@ -388,7 +395,9 @@ class DatasetStore:
             )
             _write_json(tmp / MANIFEST, asdict(manifest))
             _fsync_tree(tmp)
-            return self._commit(tmp, manifest, replace)
+            committed = self._commit(tmp, manifest, replace)
+            _remember(self.root, fingerprint, tables)
+            return committed
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -588,6 +597,21 @@ class DatasetStore:
         for m in self.entries():
             folder = self.objects / m.fingerprint
             yield m.fingerprint, sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+#: Tables this process wrote last, by (store root, fingerprint, table): a one-stage command reads
+#: back what it just wrote (the ingest, then the stage's output to export), and entries are
+#: immutable, so the copy in memory is the entry. Small tables only, newest few.
+_RECENT: dict[tuple[str, str, str], pa.Table] = {}
+_RECENT_BYTES = 256 << 20
+
+
+def _remember(root: Path, fingerprint: str, tables: Mapping[str, Any]) -> None:
+    for name, table in tables.items():
+        if isinstance(table, pa.Table) and table.nbytes <= _RECENT_BYTES // 4:
+            _RECENT[(str(root), fingerprint, name)] = table
+    while sum(t.nbytes for t in _RECENT.values()) > _RECENT_BYTES:
+        del _RECENT[next(iter(_RECENT))]  # oldest first (dicts keep insertion order)
 
 
 def shard_bounds(table: pa.Table, max_rows: int, max_bytes: int) -> list[tuple[int, int]]:

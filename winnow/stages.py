@@ -99,6 +99,8 @@ class StageSpec:
         shard_map: ``(map stage, run() argument)``: when the main input has several shards, one
             cached map task per shard runs first (on the task runner's workers) and ``run()`` gets
             their outputs, in shard order, as a cache hint (dedup's per-shard features).
+        internal: output tables the stage's own later runs read and ``winnow STAGE`` does not
+            export beside OUT (dedup's index: ``--index REF`` names it in the store).
         streams: ``run()`` arguments handed over as :class:`storage.store.ShardedTable` handles
             (read a shard or row group at a time) instead of whole tables (dedup's reduce).
         spill: ``run()`` takes ``spill_dir``, a scratch folder in the store for temporary files,
@@ -128,6 +130,7 @@ class StageSpec:
     identity: bool = False
     prepare: str | None = None
     shard_map: tuple[str, str] | None = None
+    internal: tuple[str, ...] = ()
     streams: tuple[str, ...] = ()
     spill: bool = False
     module: str = ""
@@ -190,6 +193,7 @@ REGISTRY: tuple[StageSpec, ...] = (
     StageSpec(
         "dedup", (Input("corpus", CORPUS), _INDEX), ("data", "index"), ledger=True, precheck=True,
         shard_map=("dedup_map", "features"), streams=("corpus", "features"), spill=True,
+        internal=("index",),
         cli="remove exact and near-duplicate rows from IN",
         help="exact (normalised-text hash) and MinHash-LSH near-duplicate removal, candidates verified with exact "
              "Jaccard, clusters by union-find"),
