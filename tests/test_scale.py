@@ -226,3 +226,27 @@ def test_a_sharded_dedup_killed_midway_reruns_to_the_same_entries(corpora, tmp_p
     assert _computed(store, before) == ["dedup"] + ["dedup_map"] * (3 - len(done))
     assert pq.read_table(tmp_path / "o.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
     assert main(["store", "verify", "--store", str(store.root)]) == 0
+
+
+def test_a_dedup_killed_in_its_reduce_reruns_to_the_same_entry(corpora, tmp_path, capsys):
+    """kill -9 once every map entry is committed and the reduce has made its spill folder; the
+    rerun computes only the reduce, names the same entry, and `store clean` sweeps the dead folder."""
+    base, _ = corpora
+    reference = _dedup(base, tmp_path / "plain", tmp_path / "plain.parquet", capsys)
+    store = _sharded_store(tmp_path / "store")
+    cmd = [sys.executable, "-m", "winnow.cli", "dedup", str(base), "--out", str(tmp_path / "o.parquet"),
+           "--store", str(store.root)]
+    child = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not list(store.staging.glob("scratch-*")) and child.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    child.kill()
+    assert child.wait() == -9, "the command ended before its reduce could be killed"
+    assert sum(m.stage == "dedup_map" for m in store.entries()) == 3
+    assert not any(m.stage == "dedup" for m in store.entries())
+    before = len(store.journal_events())
+    assert _dedup(base, store.root, tmp_path / "o.parquet", capsys) == reference
+    assert _computed(store, before) == ["dedup"]
+    assert pq.read_table(tmp_path / "o.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
+    assert [p.name.startswith("scratch-") for p in store.clean()["staging"]] == [True]
