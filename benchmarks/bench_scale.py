@@ -5,6 +5,7 @@ Run from the repository root::
 
     python -m benchmarks.bench_scale --docs 1000000 --shards 16   # real text resampled, 1 and 2 workers
     python -m benchmarks.bench_scale --end-to-end                  # `time winnow dedup` vs datasketch, ~23k real docs
+    python -m benchmarks.bench_scale --contamination --docs 1000000  # contamination (one process) on the same corpus
 
 **Corpus** (:func:`resampled_corpus`): documents of the bundled sample (``data/sample``, 23,483
 real texts) drawn with replacement and edited, vectorised in Arrow: each word replaced by a random
@@ -229,25 +230,47 @@ def bench_end_to_end(corpus: Path) -> dict:
             "kept_winnow_datasketch": kept}
 
 
+def bench_contamination(docs: int, work: Path) -> dict:
+    """contamination as it is today (one process, the whole corpus in memory: no map tasks yet) on
+    the same resampled corpus, against the bundled benchmarks."""
+    from tasks import contamination
+    from winnow import io as wio
+
+    src = resampled_corpus(docs, work / "corpus.parquet")
+    bench_path = REPO / "data" / "sample" / "benchmarks.parquet"
+    items = wio.canonical_benchmarks(pq.read_table(bench_path), where=str(bench_path), default_name="benchmarks")
+    t = time.perf_counter()
+    corpus = pq.read_table(src)
+    result = contamination.run(corpus, items, contamination.Params())
+    wall = time.perf_counter() - t
+    return {"docs": docs, "items": items.num_rows, "text_mb": round(corpus.column("text").nbytes / 1e6),
+            "wall_s": round(wall, 1), "docs_per_s": round(docs / wall), "peak_rss_mb": round(_peak_rss_mb()),
+            "removed": result.removed.num_rows}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2")
     ap.add_argument("--end-to-end", action="store_true", help="only the `winnow dedup` vs datasketch timing")
+    ap.add_argument("--contamination", action="store_true", help="only contamination (one process) on --docs")
     ap.add_argument("--corpus", default=str(SAMPLE))
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     result = {"machine": MACHINE, "load_before": os.getloadavg()}
     if args.end_to_end:
         result["end_to_end"] = bench_end_to_end(Path(args.corpus))
+    elif args.contamination:
+        with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+            result["contamination"] = bench_contamination(args.docs, Path(tmp))
     else:
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
             result["map_reduce"] = bench_map_reduce(args.docs, args.shards, [int(w) for w in args.workers.split(",")],
                                                     Path(tmp))
     result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
-    name = "scale-e2e" if args.end_to_end else f"scale-{args.docs}"
+    name = "scale-e2e" if args.end_to_end else f"scale-{'contamination-' if args.contamination else ''}{args.docs}"
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
 
 

@@ -112,9 +112,10 @@ def input_identity(store: DatasetStore, ref: str) -> str:
     were recorded fall back to the parent reference, which is at worst a needless recompute.
     """
     fp, table = split_ref(ref)
-    if "@" in table:  # one shard: its file's digest names its content
+    if "@" in table:  # one shard: its rows' content hash (older entries: its file's digest)
         name, k = table.split("@")
-        return f"shard:{store.manifest(fp).tables[name]['shards'][int(k)]['sha256']}"
+        shard = store.manifest(fp).tables[name]["shards"][int(k)]
+        return f"shard:{shard.get('content') or shard['sha256']}"
     if table != FILES:
         content = store.manifest(fp).tables.get(table, {}).get("content")
         if content:

@@ -112,7 +112,7 @@ class TableHasher:
         table = pa.concat_tables(self._pending).combine_chunks() if self._pending else self._schema.empty_table()
         full = table.num_rows if final else table.num_rows - table.num_rows % self.BATCH_ROWS
         for batch in table.slice(0, full).to_batches(max_chunksize=self.BATCH_ROWS):
-            self._writer.write_batch(batch)
+            self._writer.write_batch(_unsliced(batch))
         rest = table.slice(full)
         self._pending, self._rows = ([rest] if rest.num_rows else []), rest.num_rows
 
@@ -121,6 +121,18 @@ class TableHasher:
         self._flush(final=True)
         self._writer.close()
         return self._h.hexdigest()
+
+
+def _unsliced(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with every column that is a slice of a larger array (an offset into its buffers)
+    copied to buffers of its own: the IPC writer spells a sliced variable-width array in other
+    bytes than the same values unsliced, which would make the digest depend on where a table was
+    cut (a store shard of a table is a slice)."""
+    columns = [c for c in batch.columns]
+    if not any(c.offset for c in columns):
+        return batch
+    fresh = [pa.concat_arrays([c, pa.array([], c.type)]) if c.offset else c for c in columns]
+    return pa.RecordBatch.from_arrays(fresh, schema=batch.schema)
 
 
 class _HashSink:

@@ -413,8 +413,9 @@ class DatasetStore:
                 content, schema, shards = table_fingerprint(table), table.schema, []
                 for k, (start, rows) in enumerate(shard_bounds(table, self.shard_rows, self.shard_bytes)):
                     path = folder / shard_file(name, k)
-                    pq.write_table(table.slice(start, rows), path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-                    shards.append(_shard_info(path, rows))
+                    piece = table.slice(start, rows)
+                    pq.write_table(piece, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                    shards.append(_shard_info(path, rows, table_fingerprint(piece)))
             info[name] = {
                 # What a stage reading this table is fingerprinted by (flows/stagetask.py).
                 "content": content,
@@ -668,12 +669,14 @@ class _ShardWriter:
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
+        self.hasher = TableHasher(schema)
         self.writer = pq.ParquetWriter(path, schema, compression="zstd")
         self.pending: list[pa.Table] = []
         self.buffered = 0
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
+        self.hasher.update(table)
         self.pending.append(table)
         self.buffered += table.num_rows
         if self.buffered >= ROW_GROUP_ROWS:
@@ -693,11 +696,14 @@ class _ShardWriter:
     def close(self) -> dict[str, Any]:
         self._flush(final=True)
         self.writer.close()
-        return _shard_info(self.path, self.rows)
+        return _shard_info(self.path, self.rows, self.hasher.hexdigest())
 
 
-def _shard_info(path: Path, rows: int) -> dict[str, Any]:
-    return {"file": path.name, "rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+def _shard_info(path: Path, rows: int, content: str) -> dict[str, Any]:
+    """A shard's manifest record: its file's digest (for `store verify`) and its rows' content hash,
+    which names it to a map task: equal rows may be spelled in different bytes (Parquet pages are
+    cut by how the rows were chunked in memory), and must still hit the same cache entry."""
+    return {"file": path.name, "rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path), "content": content}
 
 
 def _row_sizes(table: pa.Table) -> np.ndarray:

@@ -205,20 +205,25 @@ def test_map_tasks_run_on_an_existing_dask_cluster_with_the_threaded_result(pref
     assert pa.concat_tables([on_dask.table(m) for m in sorted(maps)]).num_rows == 3000
 
 
+def _kill_dedup_when(base: Path, store: DatasetStore, tmp_path: Path, ready) -> bool:
+    """Start `winnow dedup` in a child process and kill -9 it once ``ready()``; True if it was killed."""
+    cmd = [sys.executable, "-m", "winnow.cli", "dedup", str(base), "--out", str(tmp_path / "o.parquet"),
+           "--store", str(store.root)]
+    child = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not ready() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    child.kill()
+    return child.wait() == -9
+
+
 def test_a_sharded_dedup_killed_midway_reruns_to_the_same_entries(corpora, tmp_path, capsys):
     """kill -9 after the first map entry is committed; the rerun computes only what is missing."""
     base, _ = corpora
     reference = _dedup(base, tmp_path / "plain", tmp_path / "plain.parquet", capsys)
     store = _sharded_store(tmp_path / "store")
-    cmd = [sys.executable, "-m", "winnow.cli", "dedup", str(base), "--out", str(tmp_path / "o.parquet"),
-           "--store", str(store.root)]
-    child = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not any(m.stage == "dedup_map" for m in store.entries()) and child.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    child.kill()
-    child.wait()
+    _kill_dedup_when(base, store, tmp_path, lambda: any(m.stage == "dedup_map" for m in store.entries()))
     done = {m.fingerprint for m in store.entries() if m.stage == "dedup_map"}
     assert 1 <= len(done) < 3 and not any(m.stage == "dedup" for m in store.entries()), "killed mid-map"
     before = len(store.journal_events())
@@ -234,15 +239,8 @@ def test_a_dedup_killed_in_its_reduce_reruns_to_the_same_entry(corpora, tmp_path
     base, _ = corpora
     reference = _dedup(base, tmp_path / "plain", tmp_path / "plain.parquet", capsys)
     store = _sharded_store(tmp_path / "store")
-    cmd = [sys.executable, "-m", "winnow.cli", "dedup", str(base), "--out", str(tmp_path / "o.parquet"),
-           "--store", str(store.root)]
-    child = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while not list(store.staging.glob("scratch-*")) and child.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    child.kill()
-    assert child.wait() == -9, "the command ended before its reduce could be killed"
+    killed = _kill_dedup_when(base, store, tmp_path, lambda: bool(list(store.staging.glob("scratch-*"))))
+    assert killed, "the command ended before its reduce could be killed"
     assert sum(m.stage == "dedup_map" for m in store.entries()) == 3
     assert not any(m.stage == "dedup" for m in store.entries())
     before = len(store.journal_events())
@@ -250,3 +248,25 @@ def test_a_dedup_killed_in_its_reduce_reruns_to_the_same_entry(corpora, tmp_path
     assert _computed(store, before) == ["dedup"]
     assert pq.read_table(tmp_path / "o.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
     assert [p.name.startswith("scratch-") for p in store.clean()["staging"]] == [True]
+
+
+def test_a_shard_is_named_by_its_rows_not_by_how_its_file_was_spelled(corpora, tmp_path):
+    """The same rows ingested from one file or from two (a chunk boundary inside a shard, so the
+    Parquet pages differ) give the same map-task fingerprints: a nightly whose corpus is a folder
+    of daily files recomputes only its new shard."""
+    from flows.stagetask import plan_stage, shard_ref
+
+    base, _ = corpora
+    t = pq.read_table(base)
+    folder = tmp_path / "days"
+    folder.mkdir()
+    pq.write_table(t.slice(0, 1500), folder / "a.parquet")
+    pq.write_table(t.slice(1500), folder / "b.parquet")
+    fingerprints = []
+    for name, source in (("one", base), ("two", folder)):
+        store = _sharded_store(tmp_path / name)
+        corpus, _ = _map_entries(store, source, dedup.Params())
+        shards = store.manifest(corpus).tables["data"]["shards"]
+        fingerprints.append([plan_stage("dedup_map", {"shard": shard_ref(corpus, k)}, dedup.Params(), store=store)
+                             .fingerprint for k in range(len(shards))])
+    assert fingerprints[0] == fingerprints[1] and len(fingerprints[0]) == 3
