@@ -3,24 +3,33 @@ end-to-end `winnow dedup` command against a datasketch MinHashLSH script.
 
 Run from the repository root::
 
-    python -m benchmarks.bench_scale                      # 100k synthetic docs, 1 and 2 workers
-    python -m benchmarks.bench_scale --docs 400000 --shards 16
-    python -m benchmarks.bench_scale --end-to-end         # `time winnow dedup` vs datasketch, ~23k real docs
+    python -m benchmarks.bench_scale --docs 1000000 --shards 16   # real text resampled, 1 and 2 workers
+    python -m benchmarks.bench_scale --end-to-end                  # `time winnow dedup` vs datasketch, ~23k real docs
+    python -m benchmarks.bench_scale --contamination --docs 1000000  # contamination (one process) on the same corpus
 
-**Map / reduce**: the synthetic corpus of ``benchmarks.bench_dedup`` (Zipf words, 10% planted near
-duplicates, 2% exact copies) is ingested once into a store whose tables are ``--shards`` Parquet
-shards. Each shard's ``dedup_map`` entry is computed by :func:`flows.stagetask.execute` (what the
-Prefect task runs) on a ``distributed.LocalCluster`` of 1 or 2 single-threaded worker processes;
-the reduce (:func:`tasks.dedup.run` with the shards' features) runs in this process. Reported:
-map wall time (workers warmed up first: imports and Numba kernels loaded), docs/s of the map
-phase and of map + reduce, peak RSS of each worker, and whether
-the keep-set (ids kept, ledger) equals one process running ``tasks.dedup.run`` on the whole table.
+**Corpus** (:func:`resampled_corpus`): documents of the bundled sample (``data/sample``, 23,483
+real texts) drawn with replacement and edited, vectorised in Arrow: each word replaced by a random
+word of the same batch of 100k with probability 35% (a new text: J ~ 0.1 with its source or another
+copy of it); then one document in ten is instead a light edit (2% of words replaced, J ~ 0.9) of
+another document of its batch, and one in a hundred an unedited copy (an exact duplicate). Ids are
+``r<row>``; the incremental run's new 1% (another seed) ``n<row>``.
+
+**Map / reduce** on a real cluster: ``dask scheduler`` and ``--workers`` ``dask worker`` processes
+(one thread each) on 127.0.0.1, as a user would start them. The corpus is ingested once into a
+store with ``--shards`` shards; each shard's ``dedup_map`` entry and then the reduce (dedup itself,
+the bounded-memory :mod:`tasks.dedup_reduce`) are computed by :func:`flows.stagetask.execute`, the
+function the Prefect task runs, submitted to the cluster. Reported per worker count: map and
+reduce wall time, docs/s, each worker's peak RSS (VmHWM: the map tasks and the reduce ran in the
+workers), and whether the kept ids and ledger equal one process running ``tasks.dedup.run`` on the
+whole table in memory. Then **incremental**: the corpus grown by one new shard of 1% through the
+same path (ingest, the new shard's map task, the reduce), against the full run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,22 +37,74 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from benchmarks.bench_dedup import MACHINE, OUT, _rss_mb, method_datasketch, synthetic_corpus
+from benchmarks.bench_dedup import MACHINE, OUT, _rss_mb, method_datasketch
 from flows.graph import map_hints
-from flows.stagetask import execute, plan_ingest, split_ref
+from flows.stagetask import execute, plan_ingest, plan_stage
 from storage import DatasetStore
 from tasks import dedup
 from winnow.stages import spec
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample" / "corpus.parquet"
+
+
+def _edit(lists: pa.ListArray, rate: np.ndarray, rng: np.random.Generator) -> pa.ListArray:
+    """Each word of document ``d`` replaced, with probability ``rate[d]``, by a random word of the batch."""
+    flat = lists.flatten()
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    swap = rng.random(len(flat)) < np.repeat(rate, lengths)
+    index = np.arange(len(flat))
+    index[swap] = rng.integers(0, max(len(flat), 1), int(swap.sum()))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), flat.take(pa.array(index)))
+
+
+def resampled_corpus(n: int, path: Path, seed: int = 0, batch: int = 100_000, prefix: str = "r") -> Path:
+    """Write ``n`` resampled, lightly edited real documents to ``path`` (see the module docstring)."""
+    src = pq.read_table(SAMPLE, columns=["text", "domain"])
+    words = pc.utf8_split_whitespace(src.column("text").combine_chunks())
+    rng = np.random.default_rng(seed)
+    with pq.ParquetWriter(path, pa.schema([("id", pa.string()), ("text", pa.string()), ("domain", pa.string())])) as w:
+        for start in range(0, n, batch):
+            m = min(batch, n - start)
+            pick = rng.integers(0, len(src), m)
+            base = _edit(words.take(pa.array(pick)), np.full(m, 0.35), rng)  # new texts
+            near, exact = rng.random(m) < 0.1, rng.random(m) < 0.01
+            copy_of = np.arange(m)
+            copy_of[near | exact] = rng.integers(0, m, int((near | exact).sum()))
+            final = _edit(base.take(pa.array(copy_of)), np.where(near & ~exact, 0.02, 0.0), rng)
+            text = pc.binary_join(final, " ")
+            text = pc.if_else(pc.equal(pc.utf8_length(text), 0), pa.scalar("empty"), text)
+            w.write_table(pa.table({"id": pa.array([f"{prefix}{i}" for i in range(start, start + m)]), "text": text,
+                                    "domain": src.column("domain").take(pa.array(pick))}))
+    return path
 
 
 def _peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM), in MB."""
     return _rss_mb("VmHWM")
+
+
+def _start_cluster(folder: Path, workers: int, env: dict) -> tuple[str, list[subprocess.Popen]]:
+    """``dask scheduler`` + ``workers`` ``dask worker`` processes on 127.0.0.1 (one thread each)."""
+    dask = str(Path(sys.executable).with_name("dask"))
+    info = folder / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": folder, "env": env}
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(info)], **quiet)]
+    deadline = time.time() + 120
+    while not info.is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    address = json.loads(info.read_text())["address"]
+    for k in range(workers):
+        procs.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                                       "--host", "127.0.0.1", "--name", f"w{k}", "--memory-limit", "0"], **quiet))
+    return address, procs
 
 
 def _warm_up() -> None:
@@ -57,56 +118,76 @@ def _ingest(store: DatasetStore, path: Path) -> str:
     return execute(plan, str(store.root))
 
 
-def map_reduce(store: DatasetStore, corpus: str, workers: int) -> dict:
-    """Map tasks on a fresh local cluster of ``workers`` processes, then the reduce here."""
-    from distributed import Client, LocalCluster
-
+def dedup_on_cluster(client, store: DatasetStore, corpus: str) -> dict:
+    """The map tasks, then the reduce, each an :func:`execute` on the cluster's workers."""
     params = dedup.Params()
-    timings: dict[str, float] = {}
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        client.run(lambda: sys.path.insert(0, str(REPO)))
-        client.run(_warm_up)  # import and kernel load outside the timing: each worker pays it once
-        root = str(store.root)
+    root = str(store.root)
 
-        def submit(name: str, plans: list) -> list[str]:
-            return client.gather(client.map(execute, plans, [root] * len(plans), pure=False))
+    def submit(name: str, plans: list) -> list[str]:
+        return client.gather(client.map(execute, plans, [root] * len(plans), pure=False))
 
-        t = time.perf_counter()
-        hints = map_hints(spec("dedup"), store, {"corpus": corpus}, params, submit)
-        timings["map_s"] = time.perf_counter() - t
-        rss = client.run(_peak_rss_mb)
     t = time.perf_counter()
-    feats = [store.table(split_ref(r)[0]) for r in hints["features"].split(",")]
-    result = dedup.run(store.table(corpus), params, features=feats)
-    timings["reduce_s"] = time.perf_counter() - t
-    return {"workers": workers, **{k: round(v, 2) for k, v in timings.items()},
-            "peak_rss_worker_mb": sorted(round(v) for v in rss.values()), "result": result}
+    hints = map_hints(spec("dedup"), store, {"corpus": corpus}, params, submit)
+    map_s = time.perf_counter() - t
+    plan = plan_stage("dedup", {"corpus": corpus}, params, hints=hints, store=store)
+    t = time.perf_counter()
+    fp = client.submit(execute, plan, root, pure=False).result()
+    reduce_s = time.perf_counter() - t
+    return {"fingerprint": fp, "map_s": round(map_s, 1), "reduce_s": round(reduce_s, 1),
+            "reduce_partitions": store.manifest(fp).metrics.get("reduce", {}).get("partitions")}
 
 
-def bench_map_reduce(docs: int, shards: int) -> dict:
-    table = synthetic_corpus(docs)
-    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-        src = Path(tmp) / "corpus.parquet"
-        pq.write_table(table, src)
-        t = time.perf_counter()
-        whole = dedup.run(table, dedup.Params())
-        one_process_s = time.perf_counter() - t
-        rows = []
-        for workers in (1, 2):
-            store = DatasetStore(Path(tmp) / f"store-{workers}")
-            store.configure(shard_rows=-(-docs // shards))
-            corpus = _ingest(store, src)
-            r = map_reduce(store, corpus, workers)
-            res = r.pop("result")
-            r["keep_set_equal"] = res.tables["data"]["id"].equals(whole.tables["data"]["id"]) and res.removed.equals(whole.removed)
-            r["map_docs_per_s"] = round(docs / r["map_s"])
-            r["docs_per_s"] = round(docs / (r["map_s"] + r["reduce_s"]))
-            rows.append(r)
-            shutil.rmtree(store.root)
-    return {"docs": docs, "shards": shards, "one_process_s": round(one_process_s, 2),
-            "one_process_docs_per_s": round(docs / one_process_s), "removed": whole.removed.num_rows,
-            "runs": rows, "map_speedup_2_over_1": round(rows[0]["map_s"] / rows[1]["map_s"], 2)}
+def bench_map_reduce(docs: int, shards: int, workers_list: list[int], work: Path) -> dict:
+    from distributed import Client
+
+    src = resampled_corpus(docs, work / "corpus.parquet")
+    grown = work / "grown"
+    grown.mkdir()
+    shutil.copy(src, grown / "a.parquet")
+    resampled_corpus(max(1, docs // 100), grown / "b.parquet", seed=1, prefix="n")  # the nightly's new 1%
+    out: dict = {"docs": docs, "shards": shards, "text_mb": round(pq.read_table(src, columns=["text"]).nbytes / 1e6)}
+    t = time.perf_counter()
+    whole = dedup.run(pq.read_table(src), dedup.Params())
+    out["one_process_in_memory_s"] = round(time.perf_counter() - t, 1)
+    out["one_process_peak_rss_mb"] = round(_peak_rss_mb())
+    out["removed"] = whole.metrics["removed"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    runs = []
+    for workers in workers_list:
+        store = DatasetStore(work / f"store-{workers}")
+        store.configure(shard_rows=-(-docs // shards))
+        corpus = _ingest(store, src)
+        address, procs = _start_cluster(work, workers, env)
+        try:
+            with Client(address, timeout=120) as client:
+                client.wait_for_workers(workers, timeout=180)
+                client.run(_warm_up)  # imports and Numba's kernel load, once per worker, outside the timing
+                r = {"workers": workers, **dedup_on_cluster(client, store, corpus)}
+                fp = r.pop("fingerprint")
+                r["keep_set_equal"] = (store.table(fp)["id"].equals(whole.tables["data"]["id"])
+                                       and store.removed(fp).equals(whole.removed))
+                r["docs_per_s"] = round(docs / (r["map_s"] + r["reduce_s"]))
+                if workers == max(workers_list):
+                    grown_corpus = _ingest(store, grown)
+                    inc = dedup_on_cluster(client, store, grown_corpus)
+                    inc.pop("fingerprint")
+                    r["incremental_1pct"] = {**inc, "fraction_of_full": round(
+                        (inc["map_s"] + inc["reduce_s"]) / (r["map_s"] + r["reduce_s"]), 3)}
+                r["peak_rss_worker_mb"] = sorted(round(v) for v in client.run(_peak_rss_mb).values())
+        finally:
+            for p in procs[::-1]:
+                p.terminate()
+            for p in procs:
+                p.wait(timeout=60)
+        runs.append(r)
+        shutil.rmtree(store.root)
+        print(json.dumps(r), flush=True)
+    out["runs"] = runs
+    if len(runs) > 1:
+        full = [r["map_s"] + r["reduce_s"] for r in runs]
+        out["speedup_map"] = round(runs[0]["map_s"] / runs[-1]["map_s"], 2)
+        out["speedup_total"] = round(full[0] / full[-1], 2)
+    return out
 
 
 DATASKETCH_SCRIPT = """
@@ -119,14 +200,21 @@ pq.write_table(t.filter(pa.array(keep)), sys.argv[2])
 """
 
 
-def _timed(cmd: list[str]) -> float:
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the child) of one command."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def bench_end_to_end(corpus: Path) -> dict:
-    """Wall time of the `winnow dedup` command (fresh store: ingest, dedup, export) vs the script."""
+    """Wall and CPU time of the `winnow dedup` command (fresh store: ingest, dedup, export; then
+    the same command again, all cached) vs the datasketch script, one after another."""
     assert method_datasketch  # the script imports it: same shingles and settings as bench_dedup
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
         winnow = str(Path(sys.executable).with_name("winnow"))
@@ -134,26 +222,55 @@ def bench_end_to_end(corpus: Path) -> dict:
         cached = _timed([winnow, "dedup", str(corpus), "--out", f"{tmp}/o2.parquet", "--store", f"{tmp}/s"])
         theirs = _timed([sys.executable, "-c", DATASKETCH_SCRIPT, str(corpus), f"{tmp}/d.parquet"])
         kept = (pq.read_metadata(f"{tmp}/o.parquet").num_rows, pq.read_metadata(f"{tmp}/d.parquet").num_rows)
-    return {"docs": pq.read_metadata(corpus).num_rows, "winnow_dedup_s": round(ours, 2),
-            "winnow_dedup_cached_s": round(cached, 2), "datasketch_script_s": round(theirs, 2),
-            "speedup": round(theirs / ours, 2), "kept_winnow_datasketch": kept}
+    return {"docs": pq.read_metadata(corpus).num_rows,
+            "winnow_dedup_s": round(ours[0], 2), "winnow_dedup_cpu_s": round(ours[1], 2),
+            "winnow_dedup_cached_s": round(cached[0], 2), "winnow_dedup_cached_cpu_s": round(cached[1], 2),
+            "datasketch_script_s": round(theirs[0], 2), "datasketch_script_cpu_s": round(theirs[1], 2),
+            "speedup_wall": round(theirs[0] / ours[0], 2), "speedup_cpu": round(theirs[1] / ours[1], 2),
+            "kept_winnow_datasketch": kept}
+
+
+def bench_contamination(docs: int, work: Path) -> dict:
+    """contamination as it is today (one process, the whole corpus in memory: no map tasks yet) on
+    the same resampled corpus, against the bundled benchmarks."""
+    from tasks import contamination
+    from winnow import io as wio
+
+    src = resampled_corpus(docs, work / "corpus.parquet")
+    bench_path = REPO / "data" / "sample" / "benchmarks.parquet"
+    items = wio.canonical_benchmarks(pq.read_table(bench_path), where=str(bench_path), default_name="benchmarks")
+    t = time.perf_counter()
+    corpus = pq.read_table(src)
+    result = contamination.run(corpus, items, contamination.Params())
+    wall = time.perf_counter() - t
+    return {"docs": docs, "items": items.num_rows, "text_mb": round(corpus.column("text").nbytes / 1e6),
+            "wall_s": round(wall, 1), "docs_per_s": round(docs / wall), "peak_rss_mb": round(_peak_rss_mb()),
+            "removed": result.removed.num_rows}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2")
     ap.add_argument("--end-to-end", action="store_true", help="only the `winnow dedup` vs datasketch timing")
-    ap.add_argument("--corpus", default=str(REPO / "data" / "sample" / "corpus.parquet"))
+    ap.add_argument("--contamination", action="store_true", help="only contamination (one process) on --docs")
+    ap.add_argument("--corpus", default=str(SAMPLE))
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    result = {"machine": MACHINE}
+    result = {"machine": MACHINE, "load_before": os.getloadavg()}
     if args.end_to_end:
         result["end_to_end"] = bench_end_to_end(Path(args.corpus))
+    elif args.contamination:
+        with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+            result["contamination"] = bench_contamination(args.docs, Path(tmp))
     else:
-        result["map_reduce"] = bench_map_reduce(args.docs, args.shards)
+        with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+            result["map_reduce"] = bench_map_reduce(args.docs, args.shards, [int(w) for w in args.workers.split(",")],
+                                                    Path(tmp))
+    result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
-    name = "scale-e2e" if args.end_to_end else f"scale-{args.docs}"
+    name = "scale-e2e" if args.end_to_end else f"scale-{'contamination-' if args.contamination else ''}{args.docs}"
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
 
 

@@ -113,9 +113,10 @@ def input_identity(store: DatasetStore, ref: str) -> str:
     were recorded fall back to the parent reference, which is at worst a needless recompute.
     """
     fp, table = split_ref(ref)
-    if "@" in table:  # one shard: its file's digest names its content
+    if "@" in table:  # one shard: its rows' content hash (older entries: its file's digest)
         name, k = table.split("@")
-        return f"shard:{store.manifest(fp).tables[name]['shards'][int(k)]['sha256']}"
+        shard = store.manifest(fp).tables[name]["shards"][int(k)]
+        return f"shard:{shard.get('content') or shard['sha256']}"
     if table != FILES:
         content = store.manifest(fp).tables.get(table, {}).get("content")
         if content:
@@ -259,11 +260,11 @@ def _compute(plan: StagePlan, store: DatasetStore, force: bool
         return result, inputs, None, {}
     spec = stage_spec(plan.stage)
     module = spec.load()
-    kwargs = _load_inputs(store, plan.parents)
+    kwargs = _load_inputs(store, plan.parents, spec.streams)
     # A hint whose entry has gone since planning is dropped: it was only ever a shortcut. A
     # forced recompute takes none, so it really recomputes (and never reads its own old copy).
     hints = {} if force else {k: v for k, v in plan.hints.items() if all(map(store.exists, _fps(v)))}
-    kwargs.update(_load_inputs(store, hints))
+    kwargs.update(_load_inputs(store, hints, spec.streams))
     params = spec.params_type(**_params_for(spec.params_type, plan.params))
     files_from = store.scratch_dir() if spec.needs_out_dir else None
     if files_from is not None:
@@ -271,12 +272,18 @@ def _compute(plan: StagePlan, store: DatasetStore, force: bool
     if spec.checkpoints:
         # Keyed by the output fingerprint: a rerun after a crash resumes from here.
         kwargs["checkpoint_dir"] = store.checkpoint_dir(fingerprint_of(plan))
+    spill = store.scratch_dir() if spec.spill else None
+    if spill is not None:
+        kwargs["spill_dir"] = spill
     try:
         result = module.run(**kwargs, params=params)
     except BaseException:
         if files_from is not None:
             shutil.rmtree(files_from, ignore_errors=True)
         raise
+    finally:
+        if spill is not None:  # a killed run's folder is swept by `store clean` (its owner is gone)
+            shutil.rmtree(spill, ignore_errors=True)
     if not isinstance(result, StageResult):
         raise TypeError(f"tasks.{plan.stage}.run returned {type(result).__name__}, not StageResult")
     return result, [], files_from, hints
@@ -300,24 +307,25 @@ def _params_for(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load_inputs(store: DatasetStore, parents: dict[str, str]) -> dict[str, Any]:
+def _load_inputs(store: DatasetStore, parents: dict[str, str], streams: tuple[str, ...] = ()) -> dict[str, Any]:
     """Each ``run()`` argument's value: a table, one shard of one (``FP/t@k``), a model folder, or
-    a list of tables for a comma-separated list of references (see :func:`ref_list`)."""
+    a list of tables for a comma-separated list of references (see :func:`ref_list`). Arguments in
+    ``streams`` get :class:`~storage.store.ShardedTable` handles instead of tables."""
     kwargs: dict[str, Any] = {}
     for arg, value in parents.items():
-        loaded = [_load(store, ref) for ref in value.split(",")]
+        loaded = [_load(store, ref, arg in streams) for ref in value.split(",")]
         kwargs[arg] = loaded if "," in value else loaded[0]
     return kwargs
 
 
-def _load(store: DatasetStore, ref: str) -> Any:
+def _load(store: DatasetStore, ref: str, lazy: bool = False) -> Any:
     fp, table = split_ref(ref)
     if table == FILES:
         return store.files_dir(fp)
     if "@" in table:
         name, k = table.split("@")
         return store.read_shard(fp, name, int(k))
-    return store.table(fp, table)
+    return store.sharded(fp, table) if lazy else store.table(fp, table)
 
 
 def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:

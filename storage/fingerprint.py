@@ -74,17 +74,65 @@ def table_fingerprint(table: pa.Table) -> str:
     """Hash an Arrow table's schema (without metadata) and values, independent of chunking.
 
     Values are streamed as Arrow IPC record batches of a fixed size, so two tables with equal
-    content but different chunk layouts hash the same.
+    content but different chunk layouts hash the same; :class:`TableHasher` gives the same digest
+    for the table fed piece by piece.
     """
-    h = hashlib.sha256()
-    schema = table.schema.remove_metadata()
-    h.update(str(schema).encode())
-    table = table.replace_schema_metadata(None).combine_chunks()
-    sink = _HashSink(h)
-    with pa.ipc.new_stream(sink, schema) as writer:
-        for batch in table.to_batches(max_chunksize=65536):
-            writer.write_batch(batch)
-    return h.hexdigest()
+    hasher = TableHasher(table.schema)
+    hasher.update(table)
+    return hasher.hexdigest()
+
+
+class TableHasher:
+    """:func:`table_fingerprint` of a table that arrives in pieces (a streamed store output).
+
+    Pieces are re-cut into the fixed-size record batches the digest is defined over, so the
+    result does not depend on how the rows were split.
+    """
+
+    BATCH_ROWS = 65536
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self._h = hashlib.sha256()
+        self._schema = schema.remove_metadata()
+        self._h.update(str(self._schema).encode())
+        self._writer = pa.ipc.new_stream(_HashSink(self._h), self._schema)
+        self._pending: list[pa.Table] = []
+        self._rows = 0
+
+    def update(self, piece: pa.Table | pa.RecordBatch) -> None:
+        """Add the next rows (in the hasher's schema, metadata aside)."""
+        if isinstance(piece, pa.RecordBatch):
+            piece = pa.Table.from_batches([piece])
+        self._pending.append(piece.replace_schema_metadata(None))
+        self._rows += piece.num_rows
+        if self._rows >= self.BATCH_ROWS:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        table = pa.concat_tables(self._pending).combine_chunks() if self._pending else self._schema.empty_table()
+        full = table.num_rows if final else table.num_rows - table.num_rows % self.BATCH_ROWS
+        for batch in table.slice(0, full).to_batches(max_chunksize=self.BATCH_ROWS):
+            self._writer.write_batch(_unsliced(batch))
+        rest = table.slice(full)
+        self._pending, self._rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def hexdigest(self) -> str:
+        """The digest of every row added so far (call once, at the end)."""
+        self._flush(final=True)
+        self._writer.close()
+        return self._h.hexdigest()
+
+
+def _unsliced(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with every column that is a slice of a larger array (an offset into its buffers)
+    copied to buffers of its own: the IPC writer spells a sliced variable-width array in other
+    bytes than the same values unsliced, which would make the digest depend on where a table was
+    cut (a store shard of a table is a slice)."""
+    columns = [c for c in batch.columns]
+    if not any(c.offset for c in columns):
+        return batch
+    fresh = [pa.concat_arrays([c, pa.array([], c.type)]) if c.offset else c for c in columns]
+    return pa.RecordBatch.from_arrays(fresh, schema=batch.schema)
 
 
 class _HashSink:

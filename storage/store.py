@@ -42,9 +42,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage import heads
-from storage.fingerprint import canonical_json, short, table_fingerprint
+from storage.fingerprint import TableHasher, canonical_json, short, table_fingerprint
 from storage.locks import EntryLock, entry_lock, owner_alive, owner_tag, remove_free_locks
-from tasks.common import LEDGER_SCHEMA
+from tasks.common import LEDGER_SCHEMA, TableStream
 from winnow import __version__
 from winnow.errors import WinnowError
 
@@ -95,6 +95,52 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> "Manifest":
         return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+@dataclass(frozen=True)
+class ShardedTable:
+    """A stored table not read yet: its shards, in row order. What a stage that declares an input
+    as streamed (``StageSpec.streams``) receives instead of a ``pa.Table``, so it can read one
+    shard (or one row group) at a time and never hold the whole table."""
+
+    paths: tuple[Path, ...]
+    shard_rows: tuple[int, ...]
+    # The same rows already in this process's memory (a table it just wrote), or None.
+    in_memory: pa.Table | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.shard_rows)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.paths)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pq.read_schema(self.paths[0])
+
+    def starts(self) -> np.ndarray:
+        """First row of each shard, plus the row count at the end (int64[num_shards + 1])."""
+        return np.concatenate([[0], np.cumsum(self.shard_rows, dtype=np.int64)])
+
+    def shard(self, k: int, columns: list[str] | None = None) -> pa.Table:
+        """Shard ``k`` (optionally only some columns)."""
+        with pq.ParquetFile(self.paths[k]) as f:
+            return f.read(columns=columns)
+
+    def batches(self, k: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """Shard ``k`` one row group at a time."""
+        with pq.ParquetFile(self.paths[k]) as f:
+            for g in range(f.num_row_groups):
+                yield f.read_row_group(g, columns=columns)
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """The whole table (for a stage that truly needs it)."""
+        if self.in_memory is not None:
+            return self.in_memory if columns is None else self.in_memory.select(columns)
+        parts = [self.shard(k, columns) for k in range(self.num_shards)]
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
 
 class DatasetStore:
@@ -155,6 +201,9 @@ class DatasetStore:
         For a stage that truly needs the whole table; one that can work a piece at a time reads
         :meth:`batches` or :meth:`dataset` instead and never holds it all.
         """
+        recent = _RECENT.get((str(self.root), fingerprint, name))
+        if recent is not None and self.exists(fingerprint):
+            return recent
         paths = self.shard_paths(fingerprint, name)
         if len(paths) == 1:
             return read_parquet(paths[0])
@@ -172,6 +221,13 @@ class DatasetStore:
     def read_shard(self, fingerprint: str, name: str, k: int) -> pa.Table:
         """Shard ``k`` of a table (a map task's input)."""
         return read_parquet(self.shard_paths(fingerprint, name)[k])
+
+    def sharded(self, fingerprint: str, name: str = "data") -> ShardedTable:
+        """A table as a :class:`ShardedTable` handle (nothing is read yet)."""
+        info = self.manifest(fingerprint).tables.get(name, {})
+        paths = self.shard_paths(fingerprint, name)
+        rows = [s["rows"] for s in info.get("shards", [])] or [pq.read_metadata(paths[0]).num_rows]
+        return ShardedTable(tuple(paths), tuple(int(r) for r in rows), _RECENT.get((str(self.root), fingerprint, name)))
 
     def batches(self, fingerprint: str, name: str = "data", columns: list[str] | None = None
                 ) -> Iterator[pa.RecordBatch]:
@@ -342,35 +398,65 @@ class DatasetStore:
             )
             _write_json(tmp / MANIFEST, asdict(manifest))
             _fsync_tree(tmp)
-            return self._commit(tmp, manifest, replace)
+            committed = self._commit(tmp, manifest, replace)
+            _remember(self.root, fingerprint, tables)
+            return committed
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _write_tables(self, folder: Path, tables: Mapping[str, pa.Table],
+    def _write_tables(self, folder: Path, tables: Mapping[str, pa.Table | TableStream],
                       segments: Mapping[str, list[int]]) -> dict[str, dict[str, Any]]:
-        """Write each table as Parquet shards (see :func:`segment_bounds`); returns the manifest's ``tables``."""
+        """Write each table as Parquet shards (see :func:`segment_bounds`; a stream is cut as it
+        arrives); returns the manifest's ``tables``."""
         folder.mkdir()
         info = {}
         for name, table in tables.items():
-            shards = []
-            bounds = segment_bounds(table, segments.get(name), self.shard_rows, self.shard_bytes)
-            for k, (start, rows) in enumerate(bounds):
-                path = folder / shard_file(name, k)
-                pq.write_table(table.slice(start, rows), path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-                shards.append({"file": path.name, "rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path)})
+            if isinstance(table, TableStream):
+                content, schema, shards = self._write_stream(folder, name, table)
+            else:
+                content, schema, shards = table_fingerprint(table), table.schema, []
+                bounds = segment_bounds(table, segments.get(name), self.shard_rows, self.shard_bytes)
+                for k, (start, rows) in enumerate(bounds):
+                    path = folder / shard_file(name, k)
+                    piece = table.slice(start, rows)
+                    pq.write_table(piece, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                    shards.append(_shard_info(path, rows, table_fingerprint(piece)))
             info[name] = {
                 # What a stage reading this table is fingerprinted by (flows/stagetask.py).
-                "content": table_fingerprint(table),
-                "rows": table.num_rows,
+                "content": content,
+                "rows": sum(s["rows"] for s in shards),
                 "bytes": sum(s["bytes"] for s in shards),
                 # Each file's own digest, for `store verify` (the content hash above is of the
                 # table as computed, which a Parquet round trip may re-spell, e.g. list types).
                 "sha256": shards[0]["sha256"],
                 "shards": shards,
-                "schema": {f.name: str(f.type) for f in table.schema},
+                "schema": {f.name: str(f.type) for f in schema},
             }
         return info
+
+    def _write_stream(self, folder: Path, name: str, stream: TableStream) -> tuple[str, pa.Schema, list[dict[str, Any]]]:
+        """Write a :class:`TableStream` shard by shard as it arrives (cut like :func:`shard_bounds`:
+        the same shards as the same rows written whole); returns (content hash, schema, shards)."""
+        hasher = TableHasher(stream.schema)
+        shards: list[dict[str, Any]] = []
+        cut = _ShardCutter(self.shard_rows, self.shard_bytes)
+        writer: _ShardWriter | None = None
+        for piece in stream.batches():
+            piece = pa.Table.from_batches([piece]) if isinstance(piece, pa.RecordBatch) else piece
+            if not piece.schema.equals(stream.schema):
+                raise ValueError(f"table {name!r}: a streamed piece has schema {piece.schema}, not {stream.schema}")
+            hasher.update(piece)
+            for start, rows, new_shard in cut.split(_row_sizes(piece)):
+                if writer is None or new_shard:
+                    if writer is not None:
+                        shards.append(writer.close())
+                    writer = _ShardWriter(folder / shard_file(name, len(shards)), stream.schema)
+                writer.write(piece.slice(start, rows))
+        if writer is None:  # no rows: one empty shard, as for an empty in-memory table
+            writer = _ShardWriter(folder / shard_file(name, 0), stream.schema)
+        shards.append(writer.close())
+        return hasher.hexdigest(), stream.schema, shards
 
     def _commit(self, tmp: Path, manifest: Manifest, replace: bool) -> Manifest:
         """Rename a complete staged entry into ``objects/`` (swapping out the old one if ``replace``)."""
@@ -520,6 +606,21 @@ class DatasetStore:
             yield m.fingerprint, sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+#: Tables this process wrote last, by (store root, fingerprint, table): a one-stage command reads
+#: back what it just wrote (the ingest, then the stage's output to export), and entries are
+#: immutable, so the copy in memory is the entry. Small tables only, newest few.
+_RECENT: dict[tuple[str, str, str], pa.Table] = {}
+_RECENT_BYTES = 256 << 20
+
+
+def _remember(root: Path, fingerprint: str, tables: Mapping[str, Any]) -> None:
+    for name, table in tables.items():
+        if isinstance(table, pa.Table) and table.nbytes <= _RECENT_BYTES // 4:
+            _RECENT[(str(root), fingerprint, name)] = table
+    while sum(t.nbytes for t in _RECENT.values()) > _RECENT_BYTES:
+        del _RECENT[next(iter(_RECENT))]  # oldest first (dicts keep insertion order)
+
+
 def shard_bounds(table: pa.Table, max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
     """(first row, rows) of each shard: at most ``max_rows`` rows and about ``max_bytes`` of values.
 
@@ -553,6 +654,76 @@ def segment_bounds(table: pa.Table, parts: list[int] | None, max_rows: int, max_
         bounds += [(start + s, n) for s, n in shard_bounds(table.slice(start, rows), max_rows, max_bytes)]
         start += rows
     return bounds
+
+
+class _ShardCutter:
+    """:func:`shard_bounds`' greedy cut, applied to rows as they arrive."""
+
+    def __init__(self, max_rows: int, max_bytes: int) -> None:
+        self.max_rows, self.max_bytes = max_rows, max_bytes
+        self.rows, self.bytes = 0, 0  # in the shard being filled
+        self.started = False
+
+    def split(self, sizes: np.ndarray) -> Iterator[tuple[int, int, bool]]:
+        """(first row, rows, starts a new shard) runs of a piece whose rows have ``sizes``: a row
+        joins the open shard if it has room for one more row and, unless it is the shard's first,
+        for the row's bytes."""
+        i, n = 0, len(sizes)
+        cum = np.cumsum(sizes)
+        while i < n:
+            new = not self.started or self.rows >= self.max_rows or (
+                self.rows > 0 and self.bytes + int(sizes[i]) > self.max_bytes)
+            if new:
+                self.rows, self.bytes, self.started = 0, 0, True
+            base = int(cum[i - 1]) if i else 0
+            fit = int(np.searchsorted(cum, base + self.max_bytes - self.bytes, side="right")) - i
+            take = min(n - i, self.max_rows - self.rows, max(fit, 1))
+            yield i, take, new
+            self.rows += take
+            self.bytes += int(cum[i + take - 1]) - base
+            i += take
+
+
+class _ShardWriter:
+    """One shard file written a row group at a time (row groups of :data:`ROW_GROUP_ROWS` rows)."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.hasher = TableHasher(schema)
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.pending: list[pa.Table] = []
+        self.buffered = 0
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self.hasher.update(table)
+        self.pending.append(table)
+        self.buffered += table.num_rows
+        if self.buffered >= ROW_GROUP_ROWS:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        full = table.num_rows if final else table.num_rows - table.num_rows % ROW_GROUP_ROWS
+        if full:
+            self.writer.write_table(table.slice(0, full), row_group_size=ROW_GROUP_ROWS)
+            self.rows += full
+        rest = table.slice(full)
+        self.pending, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> dict[str, Any]:
+        self._flush(final=True)
+        self.writer.close()
+        return _shard_info(self.path, self.rows, self.hasher.hexdigest())
+
+
+def _shard_info(path: Path, rows: int, content: str) -> dict[str, Any]:
+    """A shard's manifest record: its file's digest (for `store verify`) and its rows' content hash,
+    which names it to a map task: equal rows may be spelled in different bytes (Parquet pages are
+    cut by how the rows were chunked in memory), and must still hit the same cache entry."""
+    return {"file": path.name, "rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path), "content": content}
 
 
 def _row_sizes(table: pa.Table) -> np.ndarray:

@@ -23,7 +23,7 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -58,13 +58,30 @@ BENCHMARK_SCHEMA = pa.schema(
 )
 
 
+@dataclass(frozen=True)
+class TableStream:
+    """An output table produced piece by piece, never whole in memory: the store writes it shard
+    by shard as ``batches()`` yields it, and its content hash equals that of the same rows as one
+    ``pa.Table`` (so a streamed output names the same downstream entries as an in-memory one).
+
+    Attributes:
+        schema: the table's schema (with metadata); every piece must have it.
+        batches: called once by the writer; yields ``pa.Table`` or ``pa.RecordBatch`` pieces in
+            row order.
+    """
+
+    schema: pa.Schema
+    batches: "Callable[[], Iterable[pa.Table | pa.RecordBatch]]"
+
+
 @dataclass
 class StageResult:
     """What a stage returns.
 
     Attributes:
         tables: named output tables. ``"data"`` is the main output that the next stage reads;
-            others are reports (e.g. contamination's per-example report).
+            others are reports (e.g. contamination's per-example report). A table too big for
+            memory may be a :class:`TableStream`.
         removed: the per-row ledger, in :data:`LEDGER_SCHEMA`.
         metrics: a small JSON-serialisable summary shown in the run receipt.
         segments: per table, row counts of consecutive parts the store must not put in one
@@ -72,7 +89,7 @@ class StageResult:
             tasks keyed by them, stay the same as the corpus grows).
     """
 
-    tables: dict[str, pa.Table]
+    tables: "dict[str, pa.Table | TableStream]"
     removed: pa.Table = field(default_factory=lambda: LEDGER_SCHEMA.empty_table())
     metrics: dict[str, Any] = field(default_factory=dict)
     segments: dict[str, list[int]] = field(default_factory=dict)

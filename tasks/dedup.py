@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -298,6 +299,8 @@ def features_table(feats: Features) -> pa.Table:
     return pa.table({
         "exact_hi": pa.array(feats.exact[:, 0]), "exact_lo": pa.array(feats.exact[:, 1]),
         "blank": pa.array(feats.blank), "num_units": pa.array(feats.num_units.astype(np.int64)),
+        # Read without the shingles themselves by the bounded-memory reduce (tasks.dedup_reduce).
+        "num_shingles": pa.array(feats.num_shingles.astype(np.int32)),
         "sigs": pa.FixedSizeListArray.from_arrays(pa.array(feats.sigs.ravel(), pa.uint32()), k),
         "bands": pa.FixedSizeListArray.from_arrays(pa.array(feats.bands.ravel(), pa.uint64()), b),
         "shingles": pa.LargeListArray.from_arrays(pa.array(feats.shingle_offsets, pa.int64()),
@@ -475,12 +478,15 @@ def _blank_error(blank: np.ndarray, id_list: list[str]) -> WinnowError:
                        "blank text(s) in all); set dedup.empty_text to 'keep' or 'drop', or remove them")
 
 
-def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = None,
-        features: list[pa.Table] | None = None) -> StageResult:
+def run(corpus: Any, params: Params = Params(), index: pa.Table | None = None,
+        features: list[Any] | None = None, spill_dir: Path | None = None) -> StageResult:
     """Drop exact, near and (optionally) semantic duplicates from ``corpus``.
 
     Args:
         corpus: rows with ``id`` (unique string) and ``text`` (string); other columns pass through.
+            A table, or a store's :class:`~storage.store.ShardedTable`: with ``features`` of every
+            shard, no ``index`` and no semantic pass, the reduce then runs in bounded memory
+            (:mod:`tasks.dedup_reduce`, partitions under ``spill_dir``) with the same result.
         params: see :class:`Params`.
         index: the ``tables["index"]`` of an earlier run, for incremental dedup: this corpus is
             checked against every document seen before, and earlier documents always survive.
@@ -495,8 +501,16 @@ def run(corpus: pa.Table, params: Params = Params(), index: pa.Table | None = No
         ``duplicate_of``, ``cluster_id``, ``cluster_size``, ``jaccard_estimated``,
         ``jaccard_verified``, ...), and metrics.
     """
-    timings = Timings()
     params.check()
+    if not isinstance(corpus, pa.Table):  # a store handle: stream it if the map tasks allow
+        if features and index is None and not params.semantic and spill_dir is not None:
+            from tasks import dedup_reduce
+
+            return dedup_reduce.run(corpus, features, params, spill_dir)
+        corpus = corpus.read()
+    if features and not isinstance(features[0], pa.Table):
+        features = [f.read() for f in features]
+    timings = Timings()
     _check_corpus(corpus, params)
     banding = params.banding()
     prev = _load_index(index, params, banding)
@@ -732,6 +746,8 @@ def _candidate_pairs(feats: Features, rows: np.ndarray, old_bands: np.ndarray, m
                      banding: mh.Banding) -> tuple[np.ndarray, np.ndarray]:
     """Equal band keys, band by band, then distinct pairs of working ids (old docs first); never
     old-old (settled earlier). Only one band's keys are in memory at a time."""
+    if m_old == 0 and hasattr(feats, "candidate_pairs"):  # features on disk partition the keys themselves
+        return feats.candidate_pairs(rows, params.max_bucket)
     docs = np.arange(m_old + len(rows))
     lefts, rights = [], []
     for band in range(banding.bands):

@@ -57,7 +57,7 @@ def _featurize_task(task: tuple[int, Path, list[int], int, int], params_dict: di
                     threads: int) -> tuple[int, int]:
     """Worker: featurise one row group and write its feature shard."""
     if mh.HAVE_NUMBA and threads:
-        mh.numba.set_num_threads(threads)
+        mh.kernels().numba.set_num_threads(threads)
     number, path, groups, start, _ = task
     params = dedup.Params(**params_dict)
     banding = params.banding()

@@ -26,13 +26,15 @@ def test_each_declaration_matches_its_module(spec):
     module = spec.load()
     run = inspect.signature(module.run).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in run.values())
-    data_args = [n for n, p in run.items() if p.kind is not p.VAR_KEYWORD and n not in ("params", "out_dir", "checkpoint_dir")]
+    data_args = [n for n, p in run.items() if p.kind is not p.VAR_KEYWORD and n not in ("params", "out_dir", "checkpoint_dir", "spill_dir")]
     declared = [i.arg for i in spec.inputs] + ([spec.cache_hint[0]] if spec.cache_hint else []) + (
         [spec.shard_map[1]] if spec.shard_map else [])
     assert set(data_args) <= set(declared), f"{spec.name}: run() reads {data_args}, spec declares {declared}"
     assert takes_any or set(declared) <= set(run), f"{spec.name}: spec declares {declared}, run() takes {list(run)}"
     assert ("out_dir" in run) == spec.needs_out_dir
     assert ("checkpoint_dir" in run) == spec.checkpoints
+    assert ("spill_dir" in run) == spec.spill
+    assert set(spec.streams) <= set(declared), f"{spec.name}: streams {spec.streams} are not inputs"
     for capability, function in (("precheck", "precheck"), ("preflight", "preflight"), ("identity", "identity")):
         assert hasattr(module, function) == getattr(spec, capability), f"{spec.name}: {function} vs spec.{capability}"
     assert hasattr(module, "reusable") == (spec.cache_hint is not None)

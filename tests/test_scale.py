@@ -16,6 +16,7 @@ import pytest
 from storage import DatasetStore
 from tasks import dedup
 from winnow.cli import main
+from winnow.errors import WinnowError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARD = 1000  # rows per shard in these stores: 3-4 shards per corpus
@@ -60,6 +61,7 @@ def test_map_reduce_dedup_equals_one_process_and_a_grown_corpus_maps_only_its_ne
     assert sharded.table(fp)["id"].equals(whole.tables["data"]["id"]) and whole.removed.num_rows > 100
     assert sharded.removed(fp).equals(whole.removed) and sharded.table(fp, "index").equals(whole.tables["index"])
     assert len(sharded.manifest(fp).hints["features"].split(",")) == 3
+    assert sharded.manifest(fp).metrics["reduce"]["shards"] == 3  # the bounded-memory reduce ran
 
     before = len(sharded.journal_events())
     _dedup(grown, sharded.root, tmp_path / "grown.parquet", capsys)
@@ -67,6 +69,75 @@ def test_map_reduce_dedup_equals_one_process_and_a_grown_corpus_maps_only_its_ne
     grown_whole = dedup.run(pq.read_table(grown), dedup.Params())
     assert pq.read_table(tmp_path / "grown.parquet")["id"].equals(grown_whole.tables["data"]["id"])
     assert main(["store", "verify", "--store", str(sharded.root)]) == 0
+
+
+def _map_entries(store: DatasetStore, corpus_path: Path, params: dedup.Params) -> tuple[str, list[str]]:
+    """Ingest ``corpus_path`` into ``store`` and compute each shard's dedup_map entry."""
+    from flows.graph import map_hints
+    from flows.stagetask import execute, plan_ingest, run_in_turn
+    from winnow.stages import spec
+
+    corpus = execute(plan_ingest("corpus", [str(corpus_path)], {"split": None, "id": "id", "text": "text",
+                                                                 "domain": "domain", "label": "label"}), str(store.root))
+    hints = map_hints(spec("dedup"), store, {"corpus": corpus}, params, run_in_turn(store))
+    return corpus, [r.split("/")[0] for r in hints["features"].split(",")]
+
+
+def _whole(table) -> pa.Table:
+    return table if isinstance(table, pa.Table) else pa.concat_tables(list(table.batches()))
+
+
+@pytest.mark.parametrize("keep, max_bucket", [("first", 32), ("longest", 2)])
+def test_bounded_reduce_equals_one_process_whatever_the_partition_count(corpora, tmp_path, keep, max_bucket):
+    """The reduce over map entries, its band keys cut into 1, several or very many partitions on
+    disk, gives the in-memory run's tables and ledger; max_bucket=2 makes every bucket of 3+ a
+    star and chain, whose pairs depend on the order of its members."""
+    from tasks import dedup_reduce
+
+    base, _ = corpora
+    params = dedup.Params(keep=keep, max_bucket=max_bucket)
+    store = _sharded_store(tmp_path / "s")
+    corpus, maps = _map_entries(store, base, params)
+    whole = dedup.run(pq.read_table(base), params)
+    assert whole.metrics["near"]["candidate_pairs"] > 50
+    seen = set()
+    for budget in (1 << 30, 200_000, 20_000):
+        spill = tmp_path / f"spill-{budget}"
+        spill.mkdir()
+        got = dedup_reduce.run(store.sharded(corpus), [store.sharded(m) for m in maps], params, spill, budget)
+        seen.add(got.metrics["reduce"]["partitions"])
+        assert _whole(got.tables["data"]).equals(whole.tables["data"])
+        assert _whole(got.tables["index"]).equals(whole.tables["index"])
+        assert got.removed.equals(whole.removed)
+        assert got.metrics["near"] == whole.metrics["near"] and not list(spill.iterdir())
+    assert len(seen) == 3 and 1 in seen and max(seen) > 50
+
+
+def test_bounded_reduce_rejects_a_duplicate_id_across_shards(tmp_path):
+    """Each map task checks its own shard; an id repeated in two shards is the reduce's to name."""
+    from tasks import dedup_reduce
+
+    t = pa.table({"id": [f"d{i}" for i in range(1500)] + ["d7"], "text": [f"text number {i} here" for i in range(1501)]})
+    path = tmp_path / "dup.parquet"
+    pq.write_table(t, path)
+    store = _sharded_store(tmp_path / "s")
+    from flows.stagetask import execute, plan_ingest
+
+    with pytest.raises(Exception, match="d7"):  # the ingest already refuses it ...
+        execute(plan_ingest("corpus", [str(path)], {"split": None, "id": "id", "text": "text", "domain": "domain",
+                                                    "label": "label"}), str(store.root))
+    parts = [store.put(fingerprint=c * 64, stage="x", params={}, code_version="c", parents={},
+                       tables={"data": t.slice(s, n)}).fingerprint for c, (s, n) in zip("ab", ((0, 1000), (1000, 501)))]
+    feats = [store.put(fingerprint=c * 64, stage="x", params={}, code_version="c", parents={},
+                       tables={"data": dedup.features_table(dedup.featurize(store.table(p)["text"], dedup.Params(),
+                                                                            dedup.Params().banding()))}).fingerprint
+             for c, p in zip("cd", parts)]
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    sharded = store.sharded(parts[0])
+    both = type(sharded)(sharded.paths + store.sharded(parts[1]).paths, (1000, 501))
+    with pytest.raises(WinnowError, match="duplicate id 'd7'"):  # ... and so does the reduce
+        dedup_reduce.run(both, [store.sharded(f) for f in feats], dedup.Params(), spill)
 
 
 def _start_cluster(tmp_path: Path) -> tuple[str, list[subprocess.Popen]]:
@@ -134,20 +205,25 @@ def test_map_tasks_run_on_an_existing_dask_cluster_with_the_threaded_result(pref
     assert pa.concat_tables([on_dask.table(m) for m in sorted(maps)]).num_rows == 3000
 
 
+def _kill_dedup_when(base: Path, store: DatasetStore, tmp_path: Path, ready) -> bool:
+    """Start `winnow dedup` in a child process and kill -9 it once ``ready()``; True if it was killed."""
+    cmd = [sys.executable, "-m", "winnow.cli", "dedup", str(base), "--out", str(tmp_path / "o.parquet"),
+           "--store", str(store.root)]
+    child = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not ready() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    child.kill()
+    return child.wait() == -9
+
+
 def test_a_sharded_dedup_killed_midway_reruns_to_the_same_entries(corpora, tmp_path, capsys):
     """kill -9 after the first map entry is committed; the rerun computes only what is missing."""
     base, _ = corpora
     reference = _dedup(base, tmp_path / "plain", tmp_path / "plain.parquet", capsys)
     store = _sharded_store(tmp_path / "store")
-    cmd = [sys.executable, "-m", "winnow.cli", "dedup", str(base), "--out", str(tmp_path / "o.parquet"),
-           "--store", str(store.root)]
-    child = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not any(m.stage == "dedup_map" for m in store.entries()) and child.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    child.kill()
-    child.wait()
+    _kill_dedup_when(base, store, tmp_path, lambda: any(m.stage == "dedup_map" for m in store.entries()))
     done = {m.fingerprint for m in store.entries() if m.stage == "dedup_map"}
     assert 1 <= len(done) < 3 and not any(m.stage == "dedup" for m in store.entries()), "killed mid-map"
     before = len(store.journal_events())
@@ -155,3 +231,42 @@ def test_a_sharded_dedup_killed_midway_reruns_to_the_same_entries(corpora, tmp_p
     assert _computed(store, before) == ["dedup"] + ["dedup_map"] * (3 - len(done))
     assert pq.read_table(tmp_path / "o.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
     assert main(["store", "verify", "--store", str(store.root)]) == 0
+
+
+def test_a_dedup_killed_in_its_reduce_reruns_to_the_same_entry(corpora, tmp_path, capsys):
+    """kill -9 once every map entry is committed and the reduce has made its spill folder; the
+    rerun computes only the reduce, names the same entry, and `store clean` sweeps the dead folder."""
+    base, _ = corpora
+    reference = _dedup(base, tmp_path / "plain", tmp_path / "plain.parquet", capsys)
+    store = _sharded_store(tmp_path / "store")
+    killed = _kill_dedup_when(base, store, tmp_path, lambda: bool(list(store.staging.glob("scratch-*"))))
+    assert killed, "the command ended before its reduce could be killed"
+    assert sum(m.stage == "dedup_map" for m in store.entries()) == 3
+    assert not any(m.stage == "dedup" for m in store.entries())
+    before = len(store.journal_events())
+    assert _dedup(base, store.root, tmp_path / "o.parquet", capsys) == reference
+    assert _computed(store, before) == ["dedup"]
+    assert pq.read_table(tmp_path / "o.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
+    assert [p.name.startswith("scratch-") for p in store.clean()["staging"]] == [True]
+
+
+def test_a_shard_is_named_by_its_rows_not_by_how_its_file_was_spelled(corpora, tmp_path):
+    """The same rows ingested from one file or from two (a chunk boundary inside a shard, so the
+    Parquet pages differ) give the same map-task fingerprints: a nightly whose corpus is a folder
+    of daily files recomputes only its new shard."""
+    from flows.stagetask import plan_stage, shard_ref
+
+    base, _ = corpora
+    t = pq.read_table(base)
+    folder = tmp_path / "days"
+    folder.mkdir()
+    pq.write_table(t.slice(0, 1500), folder / "a.parquet")
+    pq.write_table(t.slice(1500), folder / "b.parquet")
+    fingerprints = []
+    for name, source in (("one", base), ("two", folder)):
+        store = _sharded_store(tmp_path / name)
+        corpus, _ = _map_entries(store, source, dedup.Params())
+        shards = store.manifest(corpus).tables["data"]["shards"]
+        fingerprints.append([plan_stage("dedup_map", {"shard": shard_ref(corpus, k)}, dedup.Params(), store=store)
+                             .fingerprint for k in range(len(shards))])
+    assert fingerprints[0] == fingerprints[1] and len(fingerprints[0]) == 3

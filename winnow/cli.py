@@ -433,7 +433,8 @@ def _stage_outputs(args: argparse.Namespace, spec: Any) -> dict[str, Path]:
     if spec.ledger:
         paths["removed"] = Path(args.removed) if args.removed else Path(f"{stem}.removed.parquet")
     for name in spec.outputs[1:]:
-        paths[name] = Path(f"{stem}.{name}.parquet")
+        if name not in spec.internal:
+            paths[name] = Path(f"{stem}.{name}.parquet")
     if getattr(args, "lm_eval", False):
         paths["lmeval"] = Path(f"{stem}.lmeval.parquet")  # per-item comparison; the tasks go in {stem}.lmeval/
     return paths
@@ -542,7 +543,7 @@ def _run_and_export(args: argparse.Namespace, spec: Any, store: Any, cfg: Any, p
     ledger = store.removed(fp)
     if "removed" in outputs:
         wio.export_table(ledger, outputs["removed"])  # written even when empty: "nothing removed" is an answer
-    for name in m.tables:
+    for name in (t for t in m.tables if t not in spec.internal):
         if name != "data" and not spec.writes_folder and name not in outputs:  # a table the spec does not declare
             outputs[name] = out.with_name(out.name.split(".")[0] + f".{name}.parquet")
             wio.check_output(outputs[name], [Path(args.input)])

@@ -100,6 +100,12 @@ class StageSpec:
         shard_map: ``(map stage, run() argument)``: when the main input has several shards, one
             cached map task per shard runs first (on the task runner's workers) and ``run()`` gets
             their outputs, in shard order, as a cache hint (dedup's per-shard features).
+        internal: output tables the stage's own later runs read and ``winnow STAGE`` does not
+            export beside OUT (dedup's index: ``--index REF`` names it in the store).
+        streams: ``run()`` arguments handed over as :class:`storage.store.ShardedTable` handles
+            (read a shard or row group at a time) instead of whole tables (dedup's reduce).
+        spill: ``run()`` takes ``spill_dir``, a scratch folder in the store for temporary files,
+            deleted after the run (dedup's band-key partitions).
         module: the module name, if not ``tasks.<name>``.
     """
 
@@ -125,6 +131,9 @@ class StageSpec:
     identity: bool = False
     prepare: str | None = None
     shard_map: tuple[str, str] | None = None
+    internal: tuple[str, ...] = ()
+    streams: tuple[str, ...] = ()
+    spill: bool = False
     module: str = ""
 
     @property
@@ -184,7 +193,8 @@ _LM_EVAL = Option("--lm-eval", "also score the same items with lm-evaluation-har
 REGISTRY: tuple[StageSpec, ...] = (
     StageSpec(
         "dedup", (Input("corpus", CORPUS), _INDEX), ("data", "index"), ledger=True, precheck=True,
-        shard_map=("dedup_map", "features"),
+        shard_map=("dedup_map", "features"), streams=("corpus", "features"), spill=True,
+        internal=("index",),
         cli="remove exact and near-duplicate rows from IN",
         help="exact (normalised-text hash) and MinHash-LSH near-duplicate removal, candidates verified with exact "
              "Jaccard, clusters by union-find"),
