@@ -128,7 +128,7 @@ def bench_set(name: str, max_rows: int, seed: int) -> list[dict]:
         np.savez(OUT / f"oof_{name}_{noise}.npz", noisy=noisy, truth=truth, ytr=prep["ytr"], **oof)
         t = time.perf_counter()
         issue, metrics = winnow_flags(prep, noisy)
-        keep = ("estimated_errors", "estimated_errors_low", "estimated_errors_high", "cv_accuracy", "ranking")
+        keep = ("estimated_errors", "estimated_errors_low", "estimated_errors_high", "cv_accuracy", "ranking", "chosen_C")
         found["winnow"] = (issue, {"seconds": round(time.perf_counter() - t, 1), **{k: metrics[k] for k in keep if k in metrics}})
         for method, (issue, info) in found.items():
             row = dict(base, method=method, **prf(issue, truth), **info,

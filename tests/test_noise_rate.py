@@ -117,3 +117,45 @@ def test_bad_cutoff_settings_name_the_key():
                     ({"bootstrap": -1}, "bootstrap")):
         with pytest.raises(WinnowError, match=f"label_noise.{key}"):
             ln.Params(features="tfidf", **kw)
+
+
+def _confusions(counts: dict[tuple[int, int], int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows labelled ``given`` whose probabilities point at ``predicted``, ``counts[(given, predicted)]`` of each."""
+    y, probs = [], []
+    for (given, predicted), n in counts.items():
+        p = np.full(k, 0.05 / (k - 1))
+        p[predicted] = 0.95
+        y += [given] * n
+        probs += [p] * n
+    return np.array(probs), np.array(y)
+
+
+def test_flip_matrix_discounts_two_way_confusion_only(monkeypatch):
+    # Classes 0 and 1 are confused both ways (the classifier's overlap); class 2 rows were
+    # labelled 0 one way only (a partner flip). F[a, j]: true a, given j.
+    probs, y = _confusions({(0, 0): 200, (1, 1): 200, (2, 2): 200, (1, 0): 30, (0, 1): 30, (0, 2): 30}, 3)
+    f = nr.flip_matrix(probs, y)
+    monkeypatch.setattr(nr, "REVERSE_DISCOUNT", 0.0)
+    raw = nr.flip_matrix(probs, y)
+    assert raw[0, 1] == pytest.approx(raw[2, 0], rel=0.2)  # undiscounted, both look alike
+    assert f[0, 1] < 0.4 * raw[0, 1] and f[1, 0] < 0.4 * raw[1, 0]
+    assert f[2, 0] == pytest.approx(raw[2, 0], rel=0.05)
+
+
+def test_flip_matrix_keeps_both_directions_with_two_classes():
+    probs, y = _confusions({(0, 0): 200, (1, 1): 200, (1, 0): 30, (0, 1): 30}, 2)
+    f = nr.flip_matrix(probs, y)
+    assert f[0, 1] > 0.08 and f[1, 0] > 0.08
+
+
+def test_regularisation_is_chosen_by_out_of_fold_log_loss(uniform):
+    table, _, res = uniform
+    assert res.metrics["chosen_C"]["tfidf"] in ln.C_GRID["tfidf"]
+    y = np.array([sorted(CATS).index(v) for v in table["label"].to_pylist()])
+    X = ln.tfidf_features(table["text"].to_pylist(), 20_000)
+    probs, chosen = ln.regularised_probs(X, y, 4, ln.Params(features="tfidf"), "tfidf")
+    losses = {C: nr.log_loss(ln.out_of_sample_probs(X, y, 4, 5, C, 0, dense=False), y) for C in ln.C_GRID["tfidf"]}
+    assert chosen == min(losses, key=losses.get) == res.metrics["chosen_C"]["tfidf"]
+    assert nr.log_loss(probs, y) == pytest.approx(min(losses.values()))
+    fixed = ln.run(table, ln.Params(features="tfidf", C=1.0))
+    assert fixed.metrics["chosen_C"] == {"tfidf": 1.0}
