@@ -28,7 +28,7 @@ class _Refuse(importlib.abc.MetaPathFinder):
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
         if _is_pandas(name):
-            raise ModuleNotFoundError(f"pandas is kept out of this command (winnow.pandas_guard)", name=name)
+            raise ModuleNotFoundError("pandas is kept out of this command (winnow.pandas_guard)", name=name)
         return None
 
 
