@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import time
+import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -611,14 +612,16 @@ class DatasetStore:
 #: immutable, so the copy in memory is the entry. Small tables only, newest few.
 _RECENT: dict[tuple[str, str, str], pa.Table] = {}
 _RECENT_BYTES = 256 << 20
+_RECENT_LOCK = threading.Lock()  # a flow's task threads write entries at once
 
 
 def _remember(root: Path, fingerprint: str, tables: Mapping[str, Any]) -> None:
-    for name, table in tables.items():
-        if isinstance(table, pa.Table) and table.nbytes <= _RECENT_BYTES // 4:
-            _RECENT[(str(root), fingerprint, name)] = table
-    while sum(t.nbytes for t in _RECENT.values()) > _RECENT_BYTES:
-        del _RECENT[next(iter(_RECENT))]  # oldest first (dicts keep insertion order)
+    with _RECENT_LOCK:
+        for name, table in tables.items():
+            if isinstance(table, pa.Table) and table.nbytes <= _RECENT_BYTES // 4:
+                _RECENT[(str(root), fingerprint, name)] = table
+        while sum(t.nbytes for t in _RECENT.values()) > _RECENT_BYTES:
+            del _RECENT[next(iter(_RECENT))]  # oldest first (dicts keep insertion order)
 
 
 def shard_bounds(table: pa.Table, max_rows: int, max_bytes: int) -> list[tuple[int, int]]:

@@ -486,7 +486,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
             raise WinnowError(f"{args.input}: missing {column} column '{getattr(cols, column)}' (use --{column}-column)")
     for name in computes:
         precheck(name, cfg.params(name), corpus=corpus.table)
-    if spec.prepare and benchmarks is not None:
+    if _takes_target(spec, cfg) and benchmarks is not None:
         from flows.search import check_benchmark_items
 
         check_benchmark_items(cfg.params(spec.name), benchmarks.table, ", ".join(bench_paths))
@@ -499,13 +499,19 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def _benchmark_target(spec: Any, cfg: Any, args: argparse.Namespace) -> bool:
     """Whether `winnow STAGE` reads benchmark files for its prepare hook: a ``benchmark:NAME``
     target (mixture's RegMix). ``--benchmark`` with any other target would be silently unread."""
-    target = getattr(cfg.params(spec.name), "target", "") if spec.prepare else ""
+    target = cfg.params(spec.name).target if _takes_target(spec, cfg) else ""
     if target.startswith("benchmark:"):
         return True
-    if spec.prepare and getattr(args, "benchmark", None):
+    if _takes_target(spec, cfg) and getattr(args, "benchmark", None):
         raise WinnowError(f"--benchmark: {spec.name} reads benchmark items only for a benchmark target "
                           f"(--set {spec.name}.target=benchmark:NAME); {spec.name}.target is '{target}'")
     return False
+
+
+def _takes_target(spec: Any, cfg: Any) -> bool:
+    """Whether a stage's prepare hook is driven by a ``target`` (mixture's proxies); contamination's
+    prepare hook (its benchmark index) takes the benchmarks as an ordinary input instead."""
+    return bool(spec.prepare) and hasattr(cfg.params(spec.name), "target")
 
 
 def _computer(store: Any, cfg: Any, benchmarks: str | None = None):
