@@ -147,8 +147,8 @@ def _add_stage_parsers(sub: Any) -> None:
         p.add_argument("input", metavar="IN", help="Parquet file/folder, JSONL(.gz) or a `datasets` folder")
         p.add_argument("--out", required=True, help="output Parquet (or .jsonl) file; a folder for `train`")
         p.add_argument("--removed", help="where to write the removal report (default: OUT stem + .removed.parquet)")
-        if any(i.source == BENCHMARKS for i in spec.inputs) or spec.prepare:
-            _add_benchmark_args(p)  # a prepare hook reads them for a benchmark target (mixture's)
+        if any(i.source == BENCHMARKS for i in spec.inputs) or spec.benchmark_target:
+            _add_benchmark_args(p)
         for inp in spec.inputs:
             if inp.option:
                 p.add_argument(inp.option, dest=_dest(inp.option), metavar="REF", required=not inp.optional,
@@ -486,7 +486,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
             raise WinnowError(f"{args.input}: missing {column} column '{getattr(cols, column)}' (use --{column}-column)")
     for name in computes:
         precheck(name, cfg.params(name), corpus=corpus.table)
-    if _takes_target(spec, cfg) and benchmarks is not None:
+    if spec.benchmark_target and benchmarks is not None:
         from flows.search import check_benchmark_items
 
         check_benchmark_items(cfg.params(spec.name), benchmarks.table, ", ".join(bench_paths))
@@ -499,19 +499,15 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def _benchmark_target(spec: Any, cfg: Any, args: argparse.Namespace) -> bool:
     """Whether `winnow STAGE` reads benchmark files for its prepare hook: a ``benchmark:NAME``
     target (mixture's RegMix). ``--benchmark`` with any other target would be silently unread."""
-    target = cfg.params(spec.name).target if _takes_target(spec, cfg) else ""
+    if not spec.benchmark_target:
+        return False
+    target = cfg.params(spec.name).target
     if target.startswith("benchmark:"):
         return True
-    if _takes_target(spec, cfg) and getattr(args, "benchmark", None):
+    if getattr(args, "benchmark", None):
         raise WinnowError(f"--benchmark: {spec.name} reads benchmark items only for a benchmark target "
                           f"(--set {spec.name}.target=benchmark:NAME); {spec.name}.target is '{target}'")
     return False
-
-
-def _takes_target(spec: Any, cfg: Any) -> bool:
-    """Whether a stage's prepare hook is driven by a ``target`` (mixture's proxies); contamination's
-    prepare hook (its benchmark index) takes the benchmarks as an ordinary input instead."""
-    return bool(spec.prepare) and hasattr(cfg.params(spec.name), "target")
 
 
 def _computer(store: Any, cfg: Any, benchmarks: str | None = None):

@@ -106,6 +106,8 @@ class StageSpec:
             (read a shard or row group at a time) instead of whole tables (dedup's reduce).
         spill: ``run()`` takes ``spill_dir``, a scratch folder in the store for temporary files,
             deleted after the run (dedup's band-key partitions).
+        benchmark_target: the stage's ``target`` parameter may be ``benchmark:NAME``: its prepare
+            hook then reads benchmark items, so ``winnow STAGE`` takes ``--benchmark`` (mixture's RegMix).
         module: the module name, if not ``tasks.<name>``.
     """
 
@@ -134,6 +136,7 @@ class StageSpec:
     internal: tuple[str, ...] = ()
     streams: tuple[str, ...] = ()
     spill: bool = False
+    benchmark_target: bool = False
     module: str = ""
 
     @property
@@ -218,7 +221,8 @@ REGISTRY: tuple[StageSpec, ...] = (
     StageSpec(
         "mixture", (Input("corpus", "label_noise"), Input("weights", PREPARED, optional=True)),
         ("data", "heldout", "weights"), phase="train", precheck=True, prepare="flows.graph:learned_weights",
-        options=(_METHOD,), cli="choose domain weights for IN and write the weighted training mixture",
+        benchmark_target=True, options=(_METHOD,),
+        cli="choose domain weights for IN and write the weighted training mixture",
         help="holds out a per-domain evaluation split, chooses domain weights (temperature, uniform, proportional, "
              "UniMax, manual, or learned from proxy runs: RegMix, DoReMi) and samples the training mixture"),
     StageSpec(
