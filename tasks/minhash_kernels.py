@@ -34,6 +34,15 @@ def _nb_fmix32(x):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
+def _nb_minhash_into(sig, hv, a, b):  # pragma: no cover - compiled
+    # One shingle hash into a running MinHash signature: the permutations a*x+b, mod 2^32.
+    x = _nb_fmix32(hv)
+    for j in range(a.shape[0]):
+        v = np.uint32(a[j] * x + b[j])
+        sig[j] = min(sig[j], v)
+
+
+@numba.njit(inline="always")
 def _nb_char(data, i):  # pragma: no cover - compiled
     b0 = np.int64(data[i])
     if b0 < 0x80:
@@ -64,29 +73,38 @@ def _nb_count_tokens(data, offsets, classes, strip):  # pragma: no cover - compi
     return counts
 
 
+@numba.njit(cache=True, nogil=True)
+def _nb_tokenize(data, i, end, classes, strip, out, t):  # pragma: no cover - compiled
+    # The tokenizer rule, once: the hash of each token of data[i:end] (UTF-8 bytes) into out[t:];
+    # returns the index after the last one written.
+    inside = False
+    h = _FNV_OFFSET
+    while i < end:
+        cp, width = _nb_char(data, i)
+        cl = classes[cp]
+        is_tok = cl == 1 or (cl == 2 and not strip)
+        if is_tok:
+            if not inside:
+                h = _FNV_OFFSET
+            for j in range(i, i + width):
+                h = (h ^ np.uint64(data[j])) * _FNV_PRIME
+        elif inside:
+            out[t] = _nb_fmix64(h)
+            t += 1
+        inside = is_tok
+        i += width
+    if inside:
+        out[t] = _nb_fmix64(h)
+        t += 1
+    return t
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _nb_token_hashes(data, offsets, classes, strip, tok_off):  # pragma: no cover - compiled
     ndoc = offsets.shape[0] - 1
     out = np.empty(tok_off[ndoc], np.uint64)
     for d in numba.prange(ndoc):
-        i, end, t, inside = offsets[d], offsets[d + 1], tok_off[d], False
-        h = _FNV_OFFSET
-        while i < end:
-            cp, width = _nb_char(data, i)
-            k = classes[cp]
-            tok = k == 1 or (k == 2 and not strip)
-            if tok:
-                if not inside:
-                    h = _FNV_OFFSET
-                for j in range(i, i + width):
-                    h = (h ^ np.uint64(data[j])) * _FNV_PRIME
-            elif inside:
-                out[t] = _nb_fmix64(h)
-                t += 1
-            inside = tok
-            i += width
-        if inside:
-            out[t] = _nb_fmix64(h)
+        _nb_tokenize(data, offsets[d], offsets[d + 1], classes, strip, out, tok_off[d])
     return out
 
 
@@ -114,10 +132,7 @@ def _nb_documents(units, uoff, n, a, b, sh_off):  # pragma: no cover - compiled
                 acc = acc * _POLY + units[u0 + s + j]
             hv = np.uint32(_nb_fmix64(acc) >> np.uint64(32))
             h32[sh_off[d] + s] = hv
-            x = _nb_fmix32(hv)
-            for j in range(k):
-                v = np.uint32(a[j] * x + b[j])
-                sig[j] = min(sig[j], v)
+            _nb_minhash_into(sig, hv, a, b)
         sigs[d, :] = sig
     return sigs, h32, exact
 
@@ -135,25 +150,7 @@ def _nb_word_doc(d, data, offsets, classes, strip, n, a, b, bands, rows, cap_off
     # the most a text of that length can have ((bytes + 1) // 2 + 1), compacted afterwards.
     k = a.shape[0]
     tok = np.empty(cap_off[d + 1] - cap_off[d], np.uint64)
-    i, end, t, inside = offsets[d], offsets[d + 1], 0, False
-    h = _FNV_OFFSET
-    while i < end:
-        cp, width = _nb_char(data, i)
-        cl = classes[cp]
-        is_tok = cl == 1 or (cl == 2 and not strip)
-        if is_tok:
-            if not inside:
-                h = _FNV_OFFSET
-            for j in range(i, i + width):
-                h = (h ^ np.uint64(data[j])) * _FNV_PRIME
-        elif inside:
-            tok[t] = _nb_fmix64(h)
-            t += 1
-        inside = is_tok
-        i += width
-    if inside:
-        tok[t] = _nb_fmix64(h)
-        t += 1
+    t = _nb_tokenize(data, offsets[d], offsets[d + 1], classes, strip, tok, 0)
     e1 = np.uint64(t)
     e2 = e1
     for j in range(t):
@@ -171,10 +168,7 @@ def _nb_word_doc(d, data, offsets, classes, strip, n, a, b, bands, rows, cap_off
             acc = acc * _POLY + tok[s + j]
         hv = np.uint32(_nb_fmix64(acc) >> np.uint64(32))
         shbuf[base + s] = hv
-        x = _nb_fmix32(hv)
-        for j in range(k):
-            v = np.uint32(a[j] * x + b[j])
-            sig[j] = min(sig[j], v)
+        _nb_minhash_into(sig, hv, a, b)
     sigs[d, :] = sig
     for band in range(bands):
         acc = np.uint64(band + 1)
@@ -226,10 +220,7 @@ def _nb_signatures(h, offsets, a, b):  # pragma: no cover - compiled
     for d in numba.prange(ndoc):
         sig = np.full(k, np.uint32(0xFFFFFFFF), np.uint32)
         for i in range(offsets[d], offsets[d + 1]):
-            x = _nb_fmix32(h[i])
-            for j in range(k):
-                v = np.uint32(a[j] * x + b[j])
-                sig[j] = min(sig[j], v)
+            _nb_minhash_into(sig, h[i], a, b)
         out[d, :] = sig
     return out
 
