@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import shutil
@@ -144,6 +145,20 @@ class ShardedTable:
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but False for a name the file system cannot hold.
+
+    What a person types (a ref, a row id) reaches these checks; a string longer than a file name
+    may be must read as "no such entry", not crash with ENAMETOOLONG.
+    """
+    try:
+        return path.is_file()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False
+        raise
+
+
 class DatasetStore:
     """The on-disk store; see the module docstring for its layout and guarantees."""
 
@@ -184,7 +199,7 @@ class DatasetStore:
 
     def exists(self, fingerprint: str) -> bool:
         """True if a complete entry with this exact fingerprint is in the store."""
-        return (self.objects / fingerprint / MANIFEST).is_file()
+        return _is_file(self.objects / fingerprint / MANIFEST)
 
     def path(self, fingerprint: str) -> Path:
         """The folder of an existing entry."""
@@ -279,7 +294,7 @@ class DatasetStore:
         """
         ref = ref.strip()
         candidate = Path(ref)
-        if candidate.is_dir() and (candidate / MANIFEST).is_file():
+        if _is_file(candidate / MANIFEST):
             return Manifest.load(candidate / MANIFEST).fingerprint
         run_id, _, stage = ref.rpartition(":")
         if not run_id and self.runs.is_dir() and (found := heads.resolve_stage(self, stage)):

@@ -270,3 +270,13 @@ def test_a_streamed_table_is_stored_as_the_same_shards_and_content_as_the_whole_
     assert (streamed["content"], streamed["rows"], streamed["schema"]) == (whole["content"], whole["rows"], whole["schema"])
     assert store.table("b" * 64).equals(t) and store.sharded("b" * 64).num_rows == t.num_rows
     assert store.verify("b" * 64) == []
+
+
+def test_a_ref_longer_than_a_file_name_is_no_entry_not_a_crash(tmp_path):
+    """Row ids and refs are typed by people; ENAMETOOLONG must read as 'no such entry'."""
+    store = DatasetStore(tmp_path / "s")
+    _put(store, _licences(), "f" * 64)  # the objects folder exists, so the OS is asked
+    too_long = "a" * 300
+    assert store.exists(too_long) is False
+    with pytest.raises(WinnowError, match="no store entry matches"):
+        store.resolve(too_long)
