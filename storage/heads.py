@@ -49,12 +49,16 @@ def head_entries(store: "DatasetStore") -> list[str]:
 
 
 def resolve_stage(store: "DatasetStore", stage: str) -> str | None:
-    """The newest entry of ``stage`` reachable from the head, or None if the head has none."""
+    """The newest entry of ``stage`` reachable from the head, or None if the head has none.
+
+    A store that only one-stage commands wrote (``winnow dedup IN --out OUT``) has no pipeline
+    run, so there the newest entry of the stage answers: it is what the user just made.
+    """
     record = head_record(store)
     if record is None:
-        return None
-    if stage in record["outputs"]:
+        found = [m for m in store.entries() if m.stage == stage]
+    elif stage in record["outputs"]:
         return record["outputs"][stage]
-    found = [store.manifest(fp) for fp in head_entries(store)]
-    found = [m for m in found if m.stage == stage]
+    else:
+        found = [m for m in (store.manifest(fp) for fp in head_entries(store)) if m.stage == stage]
     return max(found, key=lambda m: (m.created_at, m.fingerprint)).fingerprint if found else None

@@ -297,7 +297,7 @@ class DatasetStore:
         if _is_file(candidate / MANIFEST):
             return Manifest.load(candidate / MANIFEST).fingerprint
         run_id, _, stage = ref.rpartition(":")
-        if not run_id and self.runs.is_dir() and (found := heads.resolve_stage(self, stage)):
+        if not run_id and self.objects.is_dir() and (found := heads.resolve_stage(self, stage)):
             return found  # a bare stage name answers from the whole pipeline (storage/heads.py)
         if self.runs.is_dir() and (stage in self._run_outputs(run_id or "latest", missing_ok=True)):
             return self._run_outputs(run_id or "latest")[stage]

@@ -280,3 +280,13 @@ def test_a_ref_longer_than_a_file_name_is_no_entry_not_a_crash(tmp_path):
     assert store.exists(too_long) is False
     with pytest.raises(WinnowError, match="no store entry matches"):
         store.resolve(too_long)
+
+
+def test_a_stage_name_resolves_in_a_store_only_stage_commands_wrote(tmp_path):
+    """`winnow dedup IN --out OUT` records no pipeline run; `winnow lineage dedup` must still answer."""
+    store = DatasetStore(tmp_path / "s")
+    _put(store, _licences(), "a" * 64)
+    _put(store, _licences(3), "b" * 64)
+    assert store.resolve("test") == "b" * 64  # the newest entry of that stage
+    with pytest.raises(WinnowError, match="no store entry matches 'dedup'"):
+        store.resolve("dedup")
