@@ -151,6 +151,18 @@ def map_hints(stage: StageSpec, store: DatasetStore, parents: Mapping[str, str],
     return {arg: ref_list(submit(map_stage, plans))}
 
 
+def plan(stage: StageSpec, store: DatasetStore, parents: Mapping[str, str], params: Any, submit: Submit,
+         forced: bool = False) -> Any:
+    """The :class:`~flows.stagetask.StagePlan` of one stage, with its hints: the map tasks of a
+    ``shard_map`` stage (submitted here) and, unless the stage is forced, its cache hint. A forced
+    embed recomputes every vector, so it plans without the cache."""
+    from flows.stagetask import cache_hints, plan_stage
+
+    hints = {} if forced else cache_hints(store, stage.name, dict(parents), params)
+    hints |= map_hints(stage, store, parents, params, submit)
+    return plan_stage(stage.name, dict(parents), params, hints=hints, store=store)
+
+
 def learned_weights(store: DatasetStore, parents: Mapping[str, str], params: Any, submit: Submit,
                     benchmarks: str | None = None) -> dict[str, str]:
     """mixture's ``prepare`` hook: a learned method (RegMix, DoReMi) runs its proxies and fit first."""

@@ -25,10 +25,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.graph import configured_refs, map_hints, prepared_inputs, run_parents
+from flows.graph import configured_refs, prepared_inputs, run_parents
+from flows.graph import plan as plan_for
 from flows.receipt import publish_run, receipt_rows
 from flows.search import publish_search
-from flows.stagetask import StagePlan, cache_hints, fingerprint_of, plan_ingest, plan_stage, stage_task
+from flows.stagetask import StagePlan, fingerprint_of, plan_ingest, stage_task
 from storage import DatasetStore, heads
 from tasks.proxy import preload
 from winnow import drops
@@ -99,8 +100,7 @@ class PipelineRun:
         params = self.config.run_params(stage)
         parents |= prepared_inputs(spec, self.store, parents, params, self.submit_all, outputs.get(BENCHMARKS))
         maps = lambda name, plans: submit_plans(self.store, name, plans)[0]  # noqa: E731
-        hints = cache_hints(self.store, stage) | map_hints(spec, self.store, parents, params, maps)
-        plan = plan_stage(stage, parents, params, hints=hints, store=self.store)
+        plan = plan_for(spec, self.store, parents, params, maps, forced=stage in self.force)
         return self._call(plan, name=stage)
 
     def submit_all(self, name: str, plans: list[StagePlan]) -> list[str]:

@@ -14,9 +14,14 @@ across runs and processes. Prefect's cache records live inside the store (``pref
 deleting a store also forgets its cache; if a record points at an entry that is gone, the flow sees
 it before calling the task and refreshes that cache key instead of returning a dangling reference.
 
-Cache hints: a stage may also read an earlier output of itself to skip work (``embed`` reuses the
-vectors of texts it has seen). Such a hint is not part of the fingerprint, since it cannot change
-the result; the manifest records it under ``hints`` so lineage shows where reused values came from.
+Hints: inputs that only save work. A reduce reads its map tasks' entries (dedup's per-shard
+features); those are exact, so they stay out of the fingerprint. A stage may also read an earlier
+output of itself as a cache (``embed`` reuses the vectors of texts it has seen): a reused vector was
+computed in another batch and can differ from a fresh one in the last float bits, so that *cache
+hint* is part of the fingerprint (by its table's content), and one fingerprint always names one
+table. :func:`cache_hints` picks the hint under which the plan is already stored, so a rerun on
+unchanged data is still a cache hit. The manifest records every hint under ``hints`` so lineage
+shows where reused values came from.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import pyarrow.compute as pc
 from storage import DatasetStore, code_version, derive_fingerprint, file_fingerprint, short
 from tasks.common import StageResult, Timings, concat_ledgers, set_progress_listener
 from winnow import io as wio
+from winnow.errors import WinnowError
 from winnow.stages import FILES, INGEST_STAGES
 from winnow.stages import spec as stage_spec
 
@@ -66,10 +72,10 @@ def _fps(value: str) -> list[str]:
 class StagePlan:
     """What one task will compute: enough to name its output before running it.
 
-    ``hints`` are inputs that may make the computation cheaper but cannot change its result (an
-    earlier output used as a cache, see :func:`cache_hints`). They are loaded and passed to
-    ``run()`` like parents and recorded in the manifest, but are not part of the fingerprint: the
-    same data, parameters and code name the same output whatever cache was at hand.
+    ``hints`` are inputs that make the computation cheaper: a reduce's map entries, which cannot
+    change its result and are not part of the fingerprint, and a stage's earlier output used as a
+    cache (:func:`cache_hints`), which can change the last float bits and so is part of
+    ``identity``. They are loaded and passed to ``run()`` like parents and recorded in the manifest.
     """
 
     stage: str
@@ -102,7 +108,12 @@ def plan_stage(stage: str, parents: dict[str, str], params: Any, hints: dict[str
         found = spec.load().identity(spec.params_type(**_params_for(spec.params_type, params)))
         if found:
             identity = {**(identity or parents), **{f"@{k}": v for k, v in found.items()}}
-    return StagePlan(spec.name, parents, params, code_version(spec.module_name), dict(hints or {}), identity)
+    hints = dict(hints or {})
+    cache = spec.cache_hint and hints.get(spec.cache_hint[0])
+    if cache:  # reused values are part of the result (see the module docstring)
+        seen = input_identity(store, cache) if store is not None else cache
+        identity = {**(identity or parents), f"~{spec.cache_hint[0]}": seen}
+    return StagePlan(spec.name, parents, params, code_version(spec.module_name), hints, identity)
 
 
 def input_identity(store: DatasetStore, ref: str) -> str:
@@ -124,22 +135,34 @@ def input_identity(store: DatasetStore, ref: str) -> str:
     return ref
 
 
-def cache_hints(store: DatasetStore, stage: str) -> dict[str, str]:
-    """The cache hint for ``stage``: its newest earlier output that may seed this run, or nothing.
+def cache_hints(store: DatasetStore, stage: str, parents: dict[str, str], params: Any) -> dict[str, str]:
+    """The cache hint for planning ``stage`` on ``parents``: an earlier output of its own, or nothing.
 
     Only a stage whose spec declares ``cache_hint = (run argument, table)`` (its module then has a
-    ``reusable(params, metrics)`` test) takes one (``embed``: vectors are a pure function of the
-    text and the model, so earlier vectors of the same model wheel are as good as new ones).
+    ``reusable(params, metrics)`` test) takes one (``embed``: earlier vectors of the same model
+    wheel). The hint is part of the fingerprint, so the choice is made in this order:
+
+    1. a hint (or none) under which this very plan is already in the store: the one an earlier
+       entry of the stage was computed with. A rerun on unchanged data is a cache hit;
+    2. else the newest reusable entry: a grown corpus embeds only its new texts.
     """
     spec = stage_spec(stage)
     if spec.cache_hint is None:
         return {}
     arg, table = spec.cache_hint
     reusable = spec.load().reusable
-    for m in reversed(store.entries()):  # newest first
-        if m.stage == stage and table in m.tables and reusable(m.params, m.metrics):
-            return {arg: parent_ref(m.fingerprint, table)}
-    return {}
+    earlier = [m for m in reversed(store.entries())  # newest first
+               if m.stage == stage and table in m.tables and reusable(m.params, m.metrics)]
+    tried: set[str] = set()
+    for m in earlier:
+        used = m.hints.get(arg)
+        if used in tried or (used and not store.exists(used)):
+            continue  # its fingerprint cannot be derived once the entry it reused is gone
+        tried.add(used)
+        hint = {arg: parent_ref(used, table)} if used else {}
+        if plan_stage(stage, parents, params, hints=hint, store=store).fingerprint == m.fingerprint:
+            return hint
+    return {arg: parent_ref(earlier[0].fingerprint, table)} if earlier else {}
 
 
 def plan_ingest(kind: str, paths: list[str], columns: dict[str, Any]) -> StagePlan:
@@ -261,10 +284,8 @@ def _compute(plan: StagePlan, store: DatasetStore, force: bool
     spec = stage_spec(plan.stage)
     module = spec.load()
     kwargs = _load_inputs(store, plan.parents, spec.streams)
-    # A hint whose entry has gone since planning is dropped: it was only ever a shortcut. A
-    # forced recompute takes none, so it really recomputes (and never reads its own old copy).
-    hints = {} if force else {k: v for k, v in plan.hints.items() if all(map(store.exists, _fps(v)))}
-    kwargs.update(_load_inputs(store, hints, spec.streams))
+    kwargs.update(_load_inputs(store, _usable_hints(plan, store, force), spec.streams))
+    hints = {k: v for k, v in plan.hints.items() if k in kwargs}
     params = spec.params_type(**_params_for(spec.params_type, plan.params))
     files_from = store.scratch_dir() if spec.needs_out_dir else None
     if files_from is not None:
@@ -287,6 +308,28 @@ def _compute(plan: StagePlan, store: DatasetStore, force: bool
     if not isinstance(result, StageResult):
         raise TypeError(f"tasks.{plan.stage}.run returned {type(result).__name__}, not StageResult")
     return result, [], files_from, hints
+
+
+def _usable_hints(plan: StagePlan, store: DatasetStore, force: bool) -> dict[str, str]:
+    """The plan's hints that this computation reads.
+
+    A map hint whose entry has gone since planning is dropped (it was only ever a shortcut), and a
+    forced recompute takes none. The cache hint is part of the fingerprint, so it is always read,
+    and its entry having gone is an error rather than a silently different result.
+    """
+    spec = stage_spec(plan.stage)
+    cache_arg = spec.cache_hint[0] if spec.cache_hint else None
+    out = {}
+    for arg, value in plan.hints.items():
+        present = all(map(store.exists, _fps(value)))
+        if arg == cache_arg:
+            if not present:
+                raise WinnowError(f"{plan.stage}: the earlier entry {short(_fps(value)[0])} this run reuses "
+                                  f"has gone from the store; run again to plan without it")
+            out[arg] = value
+        elif present and not force:
+            out[arg] = value
+    return out
 
 
 def _asdict(params: Any) -> dict[str, Any]:

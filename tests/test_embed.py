@@ -82,11 +82,14 @@ def test_missing_wheel_names_the_install_command(monkeypatch):
         embed.run(_corpus(SENTENCES[:2]))
 
 
-def test_cache_hint_is_not_part_of_the_fingerprint():
+def test_the_cache_hint_is_part_of_the_fingerprint():
+    # A reused vector was computed in another batch and can differ in the last float bits from a
+    # fresh one, so a plan with a cache and one without must not share a name.
     corpus = "0" * 64
     plain = plan_stage("embed", {"corpus": corpus}, embed.Params())
     hinted = plan_stage("embed", {"corpus": corpus}, embed.Params(), hints={"cache": "f" * 64 + "/embeddings"})
-    assert plain.fingerprint == hinted.fingerprint
+    other = plan_stage("embed", {"corpus": corpus}, embed.Params(), hints={"cache": "e" * 64 + "/embeddings"})
+    assert len({plain.fingerprint, hinted.fingerprint, other.fingerprint}) == 3
     assert plain.fingerprint != plan_stage("embed", {"corpus": corpus}, embed.Params(rows="all")).fingerprint
 
 
@@ -154,22 +157,36 @@ def test_label_noise_with_the_embed_output_embeds_nothing(sample_corpus):
 
 
 @needs_minilm
-def test_executed_with_a_hint_reuses_the_newest_entry_and_records_it(tmp_path, sample_corpus):
+def test_executed_with_a_hint_reuses_the_newest_entry_and_a_rerun_is_a_cache_hit(tmp_path, sample_corpus):
     store = DatasetStore(tmp_path / "store")
     root = str(store.root)
     old = _fortunes(sample_corpus)
     new = pa.concat_tables([old, pa.table({"id": ["n1"], "text": ["A brand new fortune about tea."], "label": ["art"]})])
-    fps = []
+    corpora, fps = [], []
     for name, table in (("old.parquet", old), ("new.parquet", new)):
         pq.write_table(table, tmp_path / name)
-        corpus = execute(plan_ingest("corpus", [str(tmp_path / name)], {"label": "label"}), root)
-        assert cache_hints(store, "embed") == ({"cache": f"{fps[0]}/embeddings"} if fps else {})
-        plan = plan_stage("embed", {"corpus": corpus}, embed.Params(), hints=cache_hints(store, "embed"))
+        corpora.append(execute(plan_ingest("corpus", [str(tmp_path / name)], {"label": "label"}), root))
+        parents = {"corpus": corpora[-1]}
+        assert cache_hints(store, "embed", parents, embed.Params()) == ({"cache": f"{fps[0]}/embeddings"} if fps else {})
+        plan = plan_stage("embed", parents, embed.Params(), hints=cache_hints(store, "embed", parents, embed.Params()),
+                          store=store)
         fps.append(execute(plan, root))
     first, second = (store.manifest(fp) for fp in fps)
     assert first.hints == {} and first.metrics["embedded"] == 30
     assert second.hints == {"cache": fps[0]} and second.metrics["embedded"] == 1 and second.metrics["reused"] == 30
     assert "cache" not in second.parents
-    # A forced recompute takes no hint: it really recomputes.
-    forced = execute(plan, root, force=True)
-    assert forced == fps[1] and store.manifest(forced).hints == {} and store.manifest(forced).metrics["embedded"] == 31
+
+    # Unchanged data: each corpus is planned under the hint its entry was made with (a cache hit),
+    # not under the newest entry, which would name a new, slightly different table.
+    for corpus, fp in zip(corpora, fps):
+        parents = {"corpus": corpus}
+        hint = cache_hints(store, "embed", parents, embed.Params())
+        assert plan_stage("embed", parents, embed.Params(), hints=hint, store=store).fingerprint == fp
+
+    # The same corpus embedded from scratch is another entry, with its own name.
+    fresh = execute(plan_stage("embed", {"corpus": corpora[1]}, embed.Params(), store=store), root)
+    assert fresh != fps[1] and store.manifest(fresh).metrics["embedded"] == 31
+    # A forced recompute of the hinted entry reads its cache again: the same name, the same bytes.
+    before = store.table(fps[1], "embeddings")
+    assert execute(plan, root, force=True) == fps[1]
+    assert store.table(fps[1], "embeddings").equals(before) and store.manifest(fps[1]).metrics["embedded"] == 1

@@ -515,16 +515,14 @@ def _computer(store: Any, cfg: Any, benchmarks: str | None = None):
     stage's prepare hook (learned mixture weights: proxies in turn, each its own cached entry, so a
     rerun after a crash computes only the missing ones; ``benchmarks``, the ingested items, for a
     benchmark target) and cache hint (embed's earlier vectors)."""
-    from flows.graph import map_hints, prepared_inputs
+    from flows.graph import plan, prepared_inputs
     # not flows.search: it imports the proxy, RegMix and DoReMi modules, which only mixture needs
-    from flows.stagetask import cache_hints, execute, plan_stage, run_in_turn
+    from flows.stagetask import execute, run_in_turn
 
     def compute(spec: Any, parents: dict[str, str]) -> str:
         params = cfg.run_params(spec.name)
         parents = {**parents, **prepared_inputs(spec, store, parents, params, run_in_turn(store), benchmarks)}
-        hints = cache_hints(store, spec.name) | map_hints(spec, store, parents, params, run_in_turn(store))
-        plan = plan_stage(spec.name, parents, params, hints=hints, store=store)
-        return execute(plan, str(store.root))
+        return execute(plan(spec, store, parents, params, run_in_turn(store)), str(store.root))
 
     return compute
 

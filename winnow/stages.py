@@ -88,7 +88,8 @@ class StageSpec:
         options: stage-specific CLI flags.
         when: a pipeline run computes it only if this holds for the config (embed).
         cache_hint: ``(run() argument, table)`` of an earlier own output the stage may reuse; the
-            module then has ``reusable(params, metrics)``.
+            module then has ``reusable(params, metrics)``. Its content is part of the fingerprint
+            (reused floats can differ from fresh ones in the last bits).
         worst_rows: the table a module's ``worst_rows(table, corpus)`` ranks, shown in the UI.
         needs_out_dir: ``run()`` takes ``out_dir`` (scratch for the entry's files).
         checkpoints: ``run()`` takes ``checkpoint_dir`` (resumable after a crash).
@@ -99,7 +100,8 @@ class StageSpec:
             contamination's benchmark index).
         shard_map: ``(map stage, run() argument)``: when the main input has several shards, one
             cached map task per shard runs first (on the task runner's workers) and ``run()`` gets
-            their outputs, in shard order, as a cache hint (dedup's per-shard features).
+            their outputs, in shard order, as a hint outside the fingerprint (dedup's per-shard
+            features, exact, so the result is the same without them).
         internal: output tables the stage's own later runs read and ``winnow STAGE`` does not
             export beside OUT (dedup's index: ``--index REF`` names it in the store).
         streams: ``run()`` arguments handed over as :class:`storage.store.ShardedTable` handles
