@@ -1,0 +1,82 @@
+"""Speed of the label-noise stage at 30k rows of real text with cached MiniLM features (issue #15).
+
+    python -m benchmarks.bench_label_noise_speed                 # 30,000 rows, default parameters
+    python -m benchmarks.bench_label_noise_speed --rows 10000
+
+The set: every Debian package synopsis labelled by section (package_section, 19,532 rows, 20
+classes) topped up with sarcasm headlines (label ``sarcasm:0/1``) to ``--rows``, 22 classes, 20%
+uniform noise. MiniLM vectors come from ``benchmarks/out/emb_*.parquet`` (computed once, as the
+``embed`` stage would cache them) and are passed in, so the timing is the stage alone. Prints
+wall seconds, CPU seconds of this process (user + system, all threads), the load average before
+and after, and the stage's per-step seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from benchmarks.bench_label_noise import DATASETS, cached_embeddings, inject
+
+
+def build(rows: int, seed: int) -> tuple[list[str], list[str], np.ndarray]:
+    """``(texts, noisy labels, truth mask)`` of the speed set (see the module docstring)."""
+    texts, labels = DATASETS["package_section"]()
+    st, sl = DATASETS["sarcasm"]()
+    rng = np.random.default_rng(seed)
+    extra = rng.choice(len(st), max(0, rows - len(texts)), replace=False)
+    texts = (texts + [st[i] for i in extra])[:rows]
+    labels = (labels + [f"sarcasm:{sl[i]}" for i in extra])[:rows]
+    classes = sorted(set(labels))
+    y = np.array([classes.index(c) for c in labels])
+    noisy = inject(y, len(classes), "uniform", 0.2, seed)
+    return texts, [classes[k] for k in noisy], noisy != y
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def main() -> None:
+    from tasks import label_noise as ln
+    from tasks.embeddings import text_fingerprint
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=30_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], help="Params override KEY=JSON")
+    args = ap.parse_args()
+    texts, noisy, truth = build(args.rows, args.seed)
+    emb = cached_embeddings("speed", texts)
+    fps = [text_fingerprint(t) for t in texts]
+    _, first = np.unique(fps, return_index=True)
+    cache = pa.table({"text_fingerprint": [fps[i] for i in first],
+                      "vector": pa.array(list(emb[first]), pa.list_(pa.float32(), emb.shape[1]))})
+    table = pa.table({"id": [f"r{i}" for i in range(len(texts))], "text": texts, "label": noisy})
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    load0 = os.getloadavg()
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    res = ln.run(table, ln.Params(**overrides), embeddings=cache)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    issue_of = dict(zip(res.tables["scores"]["id"].to_pylist(), res.tables["scores"]["is_issue"].to_pylist()))
+    flagged = np.array([bool(issue_of[f"r{i}"]) for i in range(len(texts))])
+    tp = int((flagged & truth).sum())
+    steps = {k: v for k, v in res.metrics.items() if k.startswith("seconds")}
+    print(json.dumps({"rows": len(texts), "classes": res.metrics["classes"], "wall_s": round(wall, 1),
+                      "cpu_s": round(cpu, 1), "load_before": [round(x, 2) for x in load0],
+                      "load_after": [round(x, 2) for x in os.getloadavg()], "steps": steps,
+                      "chosen_C": res.metrics["chosen_C"], "blend_weights": res.metrics["blend_weights"],
+                      "true_errors": int(truth.sum()), "flagged": int(flagged.sum()),
+                      "precision": round(tp / max(flagged.sum(), 1), 4), "recall": round(tp / truth.sum(), 4)}))
+
+
+if __name__ == "__main__":
+    main()
