@@ -515,6 +515,13 @@ def tfidf_features(texts: list[str], max_features: int) -> Any:
     return X
 
 
+#: Threads for the cross-validation's independent fits. Each fit is seeded and sees the same rows
+#: whatever thread runs it, so the probabilities (and the fingerprint) do not depend on this; the
+#: solvers release the GIL, so two threads use both cores of the 2-core target machine (30k rows,
+#: 48 classes: 103.5 s of cross-validation in sequence, BENCHMARKS.md ``## label_noise``).
+CV_THREADS = 2
+
+
 def out_of_sample_probs(X: Any, y: np.ndarray, n_classes: int, folds: int, C: float, seed: int, dense: bool) -> np.ndarray:
     """Class probabilities for every row from a logistic regression that did not train on it.
 
@@ -522,15 +529,30 @@ def out_of_sample_probs(X: Any, y: np.ndarray, n_classes: int, folds: int, C: fl
     has at least ``folds`` rows (the caller ensures it), so every training split holds every class;
     the column mapping below still guards against a class missing from one.
     """
+    return out_of_sample_grid(X, y, n_classes, folds, (C,), seed, dense)[0]
+
+
+def out_of_sample_grid(X: Any, y: np.ndarray, n_classes: int, folds: int, Cs: tuple[float, ...], seed: int,
+                       dense: bool) -> list[np.ndarray]:
+    """:func:`out_of_sample_probs` for every value of ``Cs`` (same folds), all fits run on
+    :data:`CV_THREADS` threads; the result does not depend on the thread count or order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from sklearn.model_selection import StratifiedKFold
 
-    probs = np.zeros((len(y), n_classes), dtype=np.float64)
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in track(list(skf.split(np.zeros(len(y)), y)), desc="cross-validation folds"):
-        model = make_classifier(dense, C, seed)
-        model.fit(X[train], y[train])
-        probs[np.ix_(test, model.classes_)] = model.predict_proba(X[test])
-    return probs
+    splits = list(skf.split(np.zeros(len(y)), y))
+    jobs = [(c, train, test) for c in range(len(Cs)) for train, test in splits]
+
+    def fit(job: tuple[int, np.ndarray, np.ndarray]) -> Any:
+        c, train, test = job
+        return make_classifier(dense, Cs[c], seed).fit(X[train], y[train])
+
+    out = [np.zeros((len(y), n_classes), dtype=np.float64) for _ in Cs]
+    with ThreadPoolExecutor(max_workers=CV_THREADS) as pool:
+        for (c, _, test), model in track(zip(jobs, pool.map(fit, jobs)), total=len(jobs), desc="cross-validation fits"):
+            out[c][np.ix_(test, model.classes_)] = model.predict_proba(X[test])
+    return out
 
 
 def regularised_probs(X: Any, y: np.ndarray, n_classes: int, params: Params, kind: str) -> tuple[np.ndarray, float]:
@@ -544,8 +566,8 @@ def regularised_probs(X: Any, y: np.ndarray, n_classes: int, params: Params, kin
 
     grid = (params.C,) if params.C is not None else C_GRID[kind]
     best: tuple[float, np.ndarray, float] | None = None
-    for C in grid:
-        probs = out_of_sample_probs(X, y, n_classes, params.folds, C, params.seed, dense=kind != "tfidf")
+    for C, probs in zip(grid, out_of_sample_grid(X, y, n_classes, params.folds, grid, params.seed,
+                                                 dense=kind != "tfidf")):
         loss = log_loss(probs, y)
         if best is None or loss <= best[0]:
             best = (loss, probs, C)

@@ -324,3 +324,18 @@ def test_minilm_features_find_injected_errors():
     assert len(found & truth) >= 0.5 * len(truth)
     again = ln.run(table, ln.Params(features="tfidf+minilm"), embeddings=cache)
     assert again.removed.equals(first.removed)
+
+
+def test_cross_validation_threads_do_not_change_the_probabilities(monkeypatch):
+    """The fits of the C grid run on CV_THREADS threads; every fit is seeded, so one thread and two
+    must give bit-identical out-of-sample probabilities (the fingerprint names the same result)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    X = rng.normal(size=(len(y), 8)) + y[:, None] * 0.5
+    out = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(ln, "CV_THREADS", threads)
+        out[threads] = ln.out_of_sample_grid(X, y, 3, 5, (0.01, 1.0), 0, dense=True)
+    assert all(np.array_equal(a, b) for a, b in zip(out[1], out[2]))
+    assert not np.array_equal(out[1][0], out[1][1])  # the two C values really are two fits
+    assert np.allclose(out[1][1], ln.out_of_sample_probs(X, y, 3, 5, 1.0, 0, dense=True))
