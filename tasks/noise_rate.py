@@ -202,7 +202,7 @@ def _tail_share(own: np.ndarray, mult: np.ndarray, sim: tuple[np.ndarray, np.nda
 
 def estimate_errors(
     probs: np.ndarray, y: np.ndarray, *, method: str = "mpe", q: float = 0.1, n_boot: int = 200,
-    level: float = 0.9, seed: int = 0,
+    level: float = 0.9, seed: int = 0, parts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Estimated number of wrong labels among the rows, with a bootstrap interval.
 
@@ -210,6 +210,8 @@ def estimate_errors(
     ``"cleanlab"``: cleanlab's calibrated off-diagonal of the confident joint (its
     ``num_label_issues``), for comparison. The interval resamples rows (``n_boot`` times, the
     percentile interval at ``level``); the simulated wrong scores are resampled with their rows.
+    ``parts``: :func:`mpe_parts` of the same ``probs``, ``y`` and ``q`` when the caller has them
+    (it is the costliest step at 30k rows and deterministic, so it is not computed twice).
 
     Returns ``{"estimate", "low", "high", "rate"}`` (counts rounded to rows, rate = estimate / n).
     """
@@ -229,7 +231,7 @@ def estimate_errors(
         point = float(post.sum())
         boots = [float(post[rng.integers(0, n, n)].sum()) for _ in range(n_boot)]
     elif method == "mpe":
-        parts = mpe_parts(probs, y, q)
+        parts = parts if parts is not None else mpe_parts(probs, y, q)
         lower = not parts["structured"]
         point = (parts["uniform"] if lower else parts["structured_estimate"]) * n
         boots = []
@@ -257,12 +259,13 @@ def cut(
 ) -> dict[str, Any]:
     """Which rows to flag: the ``ranking``'s worst rows, as many as the estimate (``cutoff="estimate"``)
     or ``fraction`` of the rows (``"fraction"``). Returns the flags, the score and the estimate."""
-    structured = None
+    structured, parts = None, None
     if ranking == "auto":
-        structured = mpe_parts(probs, y)["structured"]
+        parts = mpe_parts(probs, y)
+        structured = parts["structured"]
         ranking = "confident_joint" if structured else "self_confidence"
     score = error_score(probs, y, ranking)
-    est = estimate_errors(probs, y, method=estimator, n_boot=n_boot, seed=seed)
+    est = estimate_errors(probs, y, method=estimator, n_boot=n_boot, seed=seed, parts=parts)
     count = est["estimate"] if cutoff == "estimate" else int(round(fraction * len(y)))
     return {"is_issue": select(score, count), "score": score, "estimate": est, "count": count, "ranking": ranking,
             "structured": structured}
