@@ -69,7 +69,30 @@ def evaluate(name: str, seed: int = 0) -> list[dict]:
                    "true": int(truth.sum()), "knn_log_loss": {k: round(log_loss(knn[k], noisy), 4) for k in KS}}
             rows.append(row)
             print(json.dumps(row), flush=True)
+        rows += neighbourhood_rankings(name, noise, m, knn[kbest], noisy, truth)
     return rows
+
+
+def neighbourhood_rankings(name: str, noise: str, members: dict, knn: np.ndarray, noisy: np.ndarray,
+                           truth: np.ndarray) -> list[dict]:
+    """Datalab-style: the stage's ranking score mixed (by rank, share ``w``) with the neighbourhood's
+    disagreement with the given label (1 - kNN share of it); same count as the stage's estimate."""
+    from scipy.stats import rankdata
+
+    from tasks.noise_rate import blend, cut, select
+
+    probs, _ = blend(members, noisy)
+    d = cut(probs, noisy, cutoff="estimate", ranking="auto", estimator="mpe", fraction=0.1, n_boot=0, seed=0)
+    own = 1.0 - knn[np.arange(len(noisy)), noisy]
+    out = []
+    for w in (0.0, 0.25, 0.5):
+        score = (1 - w) * rankdata(d["score"]) + w * rankdata(own)
+        row = {"dataset": name, "noise": noise, "members": f"rank mix w={w}", "ranking": d["ranking"],
+               **prf(select(score, d["count"]), truth), "flagged": d["count"],
+               "prec_at_true_count": prf(select(score, int(truth.sum())), truth)["precision"]}
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    return out
 
 
 def main() -> None:

@@ -42,7 +42,6 @@ Which rows are checked (edge cases):
 from __future__ import annotations
 
 import importlib.util
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.common import RowRules, StageResult, check_rows, concat_ledgers, drop_rows, ledger, track
+from tasks.common import RowRules, StageResult, Timings, check_rows, concat_ledgers, drop_rows, ledger, track
 from winnow.errors import WinnowError
 
 STAGE = "label_noise"
@@ -290,7 +289,7 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         ``metrics``: row counts, issues (in total, per action, top classes), cross-validated
         accuracy of the classifier, and seconds per step.
     """
-    t0 = time.perf_counter()
+    timings = Timings()
     rows = _validated_rows(corpus, params)
     labelled_idx, labels = rows["labelled_idx"], rows["labels"]
     metrics: dict[str, Any] = {
@@ -302,7 +301,7 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         "action": params.action,
     }
     if len(labelled_idx) == 0:
-        metrics.update(rows_out=corpus.num_rows, issues=0, seconds=round(time.perf_counter() - t0, 3))
+        metrics.update(rows_out=corpus.num_rows, issues=0, seconds=round(timings.total(), 3))
         return StageResult(tables={"data": corpus, "scores": SCORES_SCHEMA.empty_table()}, metrics=metrics)
 
     classes, checked = checked_classes(labels, params)
@@ -310,94 +309,29 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
     ids = corpus["id"].to_pylist()
     texts_all = corpus["text"].to_pylist()
     sel = labelled_idx[checked]
-    texts = [texts_all[i] for i in sel]
     y = np.array([class_index[lab] for lab, ok in zip(labels, checked) if ok], dtype=np.int64)
 
-    t = time.perf_counter()
-    new_cache = None
-    kinds = params.features.split("+")
-    feats: dict[str, Any] = {}
-    if "tfidf" in kinds:
-        feats["tfidf"] = tfidf_features(texts, params.tfidf_max_features)
-    if "minilm" in kinds:
-        from tasks.embeddings import embed_texts
-
-        feats["minilm"], new_cache = embed_texts(texts, cache=embeddings, batch_size=params.embedding_batch_size)
-        metrics["embedded_texts"] = new_cache.num_rows - (embeddings.num_rows if embeddings is not None else 0)
-    metrics["seconds_features"] = round(time.perf_counter() - t, 3)
+    with timings.phase("features"):
+        feats, new_cache = _features([texts_all[i] for i in sel], params, embeddings, metrics)
     # AUM and Datalab need one feature matrix: the embeddings when there are any (denser signal).
     X_kind = "minilm" if "minilm" in feats else "tfidf"
-    X = feats[X_kind]
-
-    t = time.perf_counter()
-    from tasks.noise_rate import blend
-
-    members, chosen = {}, {}
-    for k in kinds:
-        members[k], chosen[k] = regularised_probs(feats[k], y, len(classes), params, k)
-    metrics["chosen_C"] = chosen
-    # Weights by out-of-fold log-loss against the given labels (never the true ones, which no
-    # one has): on the hard sets TF-IDF got 0.3-0.5 of the weight.
-    probs, weights = blend(members, y)
-    metrics["blend_weights"] = weights
-    metrics["seconds_cv"] = round(time.perf_counter() - t, 3)
-    metrics["cv_accuracy"] = round(float((probs.argmax(1) == y).mean()), 4)
-
-    t = time.perf_counter()
-    cl_issue, quality = confident_learning(y, probs, params.filter_by)
-    metrics["seconds_cleanlab"] = round(time.perf_counter() - t, 3)
+    with timings.phase("cv"):
+        probs = _blended_probs(feats, y, len(classes), params, metrics)
+    with timings.phase("cleanlab"):
+        cl_issue, quality = confident_learning(y, probs, params.filter_by)
     metrics["cl_issues"] = int(cl_issue.sum())
-
-    extra: dict[str, np.ndarray] = {}
-    is_issue, order_key, signals = cl_issue, quality, {"cleanlab": cl_issue}
-    detector = resolve_detector(params.detector, len(classes)) if params.cutoff == "detector" else "cl"
-    metrics["detector"] = detector if params.cutoff == "detector" else None
-    if params.cutoff != "detector":
-        is_issue, order_key = _estimated_cut(probs, y, params, metrics, signals)
-    if detector != "cl":
-        t = time.perf_counter()
-        aum, threshold = area_under_margin(
-            X, y, len(classes), dense=X_kind != "tfidf", epochs=params.aum_epochs,
-            percentile=params.aum_percentile, seed=params.seed,
-        )
-        aum_issue = aum < threshold
-        extra["aum"] = aum
-        signals["aum"] = aum_issue
-        is_issue = {"aum": aum_issue, "cl_and_aum": cl_issue & aum_issue, "cl_or_aum": cl_issue | aum_issue}[detector]
-        metrics.update(seconds_aum=round(time.perf_counter() - t, 3), aum_threshold=round(threshold, 4),
-                       aum_issues=int(aum_issue.sum()))
-    if params.datalab:
-        t = time.perf_counter()
-        extra.update(datalab_checks(X, y))
-        metrics.update(seconds_datalab=round(time.perf_counter() - t, 3), outliers=int(extra["is_outlier"].sum()),
-                       near_duplicates=int(extra["is_near_duplicate"].sum()))
+    is_issue, order_key, signals, extra, detector = _detect(
+        feats[X_kind], X_kind, probs, y, len(classes), cl_issue, quality, params, metrics, timings)
 
     suggested = probs.argmax(1)
     suggested_conf = probs[np.arange(len(y)), suggested]
-    action = np.full(len(y), None, dtype=object)
-    if params.action == "flag":
-        action[is_issue] = "flag"
-    elif params.action == "drop":
-        action[is_issue] = np.where(quality[is_issue] <= params.drop_max_quality, "drop", "flag")
-    else:
-        ok = is_issue & (suggested != y) & (suggested_conf >= params.relabel_min_confidence)
-        action[is_issue] = "flag"
-        action[ok] = "relabel"
-
-    method = {
-        "cl": f"confident_learning/{params.filter_by}" if params.cutoff == "detector" else
-              f"{params.cutoff}/{params.noise_estimator}/{metrics.get('ranking')}",
-        "aum": f"aum/p{params.aum_percentile:g}",
-        "cl_and_aum": f"confident_learning/{params.filter_by}+aum/p{params.aum_percentile:g}",
-        "cl_or_aum": f"confident_learning/{params.filter_by}|aum/p{params.aum_percentile:g}",
-    }[detector]
-    method = f"{method}/{params.features}+logreg/{params.folds}fold"
+    action = _actions(is_issue, quality, y, suggested, suggested_conf, params)
+    method = _method_name(detector, params, metrics)
     checked_ids = [ids[i] for i in sel]
     scores = _scores_table(ids, labelled_idx, labels, checked, classes, y, suggested, suggested_conf, quality, is_issue,
                            action, extra, order_key)
-    t = time.perf_counter()
-    why = _explanations(X, y, is_issue, suggested, checked_ids, signals, params.explain_neighbours)
-    metrics["seconds_explain"] = round(time.perf_counter() - t, 3)
+    with timings.phase("explain"):
+        why = _explanations(feats[X_kind], y, is_issue, suggested, checked_ids, signals, params.explain_neighbours)
     removed = _ledger(checked_ids, classes, y, suggested, suggested_conf, quality, action, method, extra.get("aum"), why)
     data = _apply(corpus, checked_ids, classes, suggested, action)
 
@@ -414,7 +348,8 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         relabelled=int((action == "relabel").sum()),
         issues_by_class=dict(issue_classes.most_common(5)),
         labelled_by_class=dict(Counter(labels).most_common(5)),
-        seconds=round(time.perf_counter() - t0, 3),
+        **{f"seconds_{k}": v for k, v in timings.rounded(3).items()},
+        seconds=round(timings.total(), 3),
     )
     tables = {"data": data, "scores": scores}
     # Only when this run embedded something: a complete cache (the pipeline's embed stage) would
@@ -422,6 +357,99 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
     if new_cache is not None and metrics["embedded_texts"]:
         tables["embeddings"] = new_cache
     return StageResult(tables=tables, removed=removed, metrics=metrics)
+
+
+def _features(texts: list[str], params: Params, embeddings: pa.Table | None,
+              metrics: dict[str, Any]) -> tuple[dict[str, Any], pa.Table | None]:
+    """Every feature kind of ``params.features`` for ``texts``, and the MiniLM vector cache after
+    embedding what ``embeddings`` lacked (None without MiniLM)."""
+    new_cache = None
+    feats: dict[str, Any] = {}
+    kinds = params.features.split("+")
+    if "tfidf" in kinds:
+        feats["tfidf"] = tfidf_features(texts, params.tfidf_max_features)
+    if "minilm" in kinds:
+        from tasks.embeddings import embed_texts
+
+        feats["minilm"], new_cache = embed_texts(texts, cache=embeddings, batch_size=params.embedding_batch_size)
+        metrics["embedded_texts"] = new_cache.num_rows - (embeddings.num_rows if embeddings is not None else 0)
+    return feats, new_cache
+
+
+def _blended_probs(feats: dict[str, Any], y: np.ndarray, n_classes: int, params: Params,
+                   metrics: dict[str, Any]) -> np.ndarray:
+    """Out-of-sample probabilities: one regularised cross-validation per feature kind, blended."""
+    from tasks.noise_rate import blend
+
+    members, chosen = {}, {}
+    for k in params.features.split("+"):
+        members[k], chosen[k] = regularised_probs(feats[k], y, n_classes, params, k)
+    metrics["chosen_C"] = chosen
+    # Weights by out-of-fold log-loss against the given labels (never the true ones, which no
+    # one has): on the hard sets TF-IDF got 0.3-0.5 of the weight.
+    probs, weights = blend(members, y)
+    metrics["blend_weights"] = weights
+    metrics["cv_accuracy"] = round(float((probs.argmax(1) == y).mean()), 4)
+    return probs
+
+
+def _detect(X: Any, X_kind: str, probs: np.ndarray, y: np.ndarray, n_classes: int, cl_issue: np.ndarray,
+            quality: np.ndarray, params: Params, metrics: dict[str, Any], timings: Timings,
+            ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], str]:
+    """Which rows are issues: ``(is_issue, order_key, signals, extra columns, detector)``.
+
+    The cut-off is the noise estimate (or a fraction), or with ``cutoff="detector"`` confident
+    learning, AUM or both; Datalab's checks add columns, never flags."""
+    extra: dict[str, np.ndarray] = {}
+    is_issue, order_key, signals = cl_issue, quality, {"cleanlab": cl_issue}
+    detector = resolve_detector(params.detector, n_classes) if params.cutoff == "detector" else "cl"
+    metrics["detector"] = detector if params.cutoff == "detector" else None
+    if params.cutoff != "detector":
+        with timings.phase("estimate"):
+            is_issue, order_key = _estimated_cut(probs, y, params, metrics, signals)
+    if detector != "cl":
+        with timings.phase("aum"):
+            aum, threshold = area_under_margin(
+                X, y, n_classes, dense=X_kind != "tfidf", epochs=params.aum_epochs,
+                percentile=params.aum_percentile, seed=params.seed,
+            )
+        aum_issue = aum < threshold
+        extra["aum"] = aum
+        signals["aum"] = aum_issue
+        is_issue = {"aum": aum_issue, "cl_and_aum": cl_issue & aum_issue, "cl_or_aum": cl_issue | aum_issue}[detector]
+        metrics.update(aum_threshold=round(threshold, 4), aum_issues=int(aum_issue.sum()))
+    if params.datalab:
+        with timings.phase("datalab"):
+            extra.update(datalab_checks(X, y))
+        metrics.update(outliers=int(extra["is_outlier"].sum()), near_duplicates=int(extra["is_near_duplicate"].sum()))
+    return is_issue, order_key, signals, extra, detector
+
+
+def _actions(is_issue: np.ndarray, quality: np.ndarray, y: np.ndarray, suggested: np.ndarray,
+             suggested_conf: np.ndarray, params: Params) -> np.ndarray:
+    """Per checked row: ``flag`` / ``drop`` / ``relabel`` for issues (by ``params.action``), else None."""
+    action = np.full(len(y), None, dtype=object)
+    if params.action == "flag":
+        action[is_issue] = "flag"
+    elif params.action == "drop":
+        action[is_issue] = np.where(quality[is_issue] <= params.drop_max_quality, "drop", "flag")
+    else:
+        ok = is_issue & (suggested != y) & (suggested_conf >= params.relabel_min_confidence)
+        action[is_issue] = "flag"
+        action[ok] = "relabel"
+    return action
+
+
+def _method_name(detector: str, params: Params, metrics: dict[str, Any]) -> str:
+    """The ledger's ``method``: detector or cut-off, ranking, features, classifier and folds."""
+    method = {
+        "cl": f"confident_learning/{params.filter_by}" if params.cutoff == "detector" else
+              f"{params.cutoff}/{params.noise_estimator}/{metrics.get('ranking')}",
+        "aum": f"aum/p{params.aum_percentile:g}",
+        "cl_and_aum": f"confident_learning/{params.filter_by}+aum/p{params.aum_percentile:g}",
+        "cl_or_aum": f"confident_learning/{params.filter_by}|aum/p{params.aum_percentile:g}",
+    }[detector]
+    return f"{method}/{params.features}+logreg/{params.folds}fold"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -705,13 +733,12 @@ def _estimated_cut(probs: np.ndarray, y: np.ndarray, params: Params, metrics: di
     the estimate and its interval go into ``metrics``, the flags into ``signals``."""
     from tasks.noise_rate import cut
 
-    t = time.perf_counter()
     d = cut(probs, y, cutoff=params.cutoff, ranking=params.ranking, estimator=params.noise_estimator,
             fraction=params.flag_fraction, n_boot=params.bootstrap, seed=params.seed)
     est = d["estimate"]
     metrics.update(cutoff=params.cutoff, ranking=params.ranking, noise_estimator=params.noise_estimator,
                    estimated_errors=est["estimate"], estimated_errors_low=est["low"], estimated_errors_high=est["high"],
-                   estimated_noise_rate=est["rate"], seconds_estimate=round(time.perf_counter() - t, 3))
+                   estimated_noise_rate=est["rate"])
     metrics.update(ranking=d["ranking"], noise_looks_structured=d["structured"])
     signals[f"{params.cutoff}/{d['ranking']}"] = d["is_issue"]
     return d["is_issue"], -d["score"]
