@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import shutil
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +35,7 @@ import pyarrow.parquet as pq
 
 from tasks import dedup
 from tasks import minhash as mh
-from tasks.common import concat_ledgers, ledger
+from tasks.common import Timings, concat_ledgers, ledger
 from winnow.errors import WinnowError
 
 
@@ -147,7 +146,7 @@ def dedup_parquet(inputs: list[str | Path], out_dir: str | Path, params: dedup.P
     they are started with ``spawn`` (Numba's thread pool is not fork-safe), so a script calling
     this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
     """
-    t_start = time.perf_counter()
+    timings = Timings()
     params.check()
     if params.semantic:
         raise WinnowError("dedup_parquet: semantic dedup is not supported on the file path; use tasks.dedup.run")
@@ -160,46 +159,23 @@ def dedup_parquet(inputs: list[str | Path], out_dir: str | Path, params: dedup.P
     if not tasks:
         raise WinnowError("dedup_parquet: the input files have no rows")
     banding = params.banding()
-    timings: dict[str, float] = {}
+    with timings.phase("featurize"):
+        _featurize_all(tasks, params, workdir, workers)
 
-    t = time.perf_counter()
-    params_dict = asdict(params)
-    threads = 1 if workers > 1 else 0
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            list(pool.map(_featurize_task, tasks, [params_dict] * len(tasks), [str(workdir)] * len(tasks),
-                          [threads] * len(tasks)))
-    else:
-        for task in tasks:
-            _featurize_task(task, params_dict, str(workdir), 0)
-    timings["featurize"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    feats = ShardedFeatures([workdir / f"features-{i:05d}.parquet" for i in range(len(tasks))], tasks, params)
-    counts = pc.value_counts(feats.ids).flatten()
-    dup = pc.filter(counts[0], pc.greater(counts[1], 1))
-    if len(dup):
-        raise WinnowError(f"dedup_parquet: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once)")
-    id_list = feats.ids.to_pylist()
-    timings["load"] = time.perf_counter() - t
+    with timings.phase("load"):
+        feats, id_list = _load_features(tasks, params, workdir)
     dec = dedup.decide(feats, id_list, feats.policy, params, banding)
-    timings.update(dec.timings)
+    timings.seconds.update(dec.timings)
 
-    t = time.perf_counter()
-    keep = dec.status == "kept"
-    if params.empty_text == "keep":
-        keep |= feats.blank
-    for (number, path, groups, start, n) in tasks:
-        part = pq.ParquetFile(path).read_row_groups(groups)
-        pq.write_table(part.filter(pa.array(keep[start : start + n])), out_dir / f"data-{number:05d}.parquet")
-    dropped = np.flatnonzero(~keep)
-    removed = ledger([id_list[i] for i in dropped], dedup.STAGE, "drop", [dec.status[i] for i in dropped],
-                     [dec.evidence[int(i)] for i in dropped])
-    pq.write_table(concat_ledgers([removed]), out_dir / "removed.parquet")
-    if not keep_features:
-        shutil.rmtree(workdir)
-    timings["write"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_start
+    with timings.phase("write"):
+        keep = _write_kept(tasks, feats, dec, params, out_dir)
+        dropped = np.flatnonzero(~keep)
+        removed = ledger([id_list[i] for i in dropped], dedup.STAGE, "drop", [dec.status[i] for i in dropped],
+                         [dec.evidence[int(i)] for i in dropped])
+        pq.write_table(concat_ledgers([removed]), out_dir / "removed.parquet")
+        if not keep_features:
+            shutil.rmtree(workdir)
+    timings.seconds["total"] = timings.total()
 
     reasons = ("exact_duplicate", "near_duplicate", "semantic_duplicate", "empty_text")
     metrics = {
@@ -211,7 +187,41 @@ def dedup_parquet(inputs: list[str | Path], out_dir: str | Path, params: dedup.P
                     "p_candidate_at_threshold": round(banding.p_at_threshold, 4)},
         "tasks": len(tasks),
         "workers": workers,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "timings_s": timings.rounded(3),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _featurize_all(tasks: list[tuple], params: dedup.Params, workdir: Path, workers: int) -> None:
+    """Every task's features into ``workdir`` (``features-NNNNN.parquet``), on ``workers`` spawned
+    processes of one Numba thread each, or in this process."""
+    params_dict = asdict(params)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            list(pool.map(_featurize_task, tasks, [params_dict] * len(tasks), [str(workdir)] * len(tasks),
+                          [1] * len(tasks)))
+    else:
+        for task in tasks:
+            _featurize_task(task, params_dict, str(workdir), 0)
+
+
+def _load_features(tasks: list[tuple], params: dedup.Params, workdir: Path) -> tuple["ShardedFeatures", list[str]]:
+    """The featurised shards as one view, and the ids in order; a repeated id is an error."""
+    feats = ShardedFeatures([workdir / f"features-{i:05d}.parquet" for i in range(len(tasks))], tasks, params)
+    counts = pc.value_counts(feats.ids).flatten()
+    dup = pc.filter(counts[0], pc.greater(counts[1], 1))
+    if len(dup):
+        raise WinnowError(f"dedup_parquet: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once)")
+    return feats, feats.ids.to_pylist()
+
+
+def _write_kept(tasks: list[tuple], feats: "ShardedFeatures", dec: Any, params: dedup.Params, out_dir: Path) -> np.ndarray:
+    """Write each input's kept rows as ``data-NNNNN.parquet``; returns the keep mask."""
+    keep = dec.status == "kept"
+    if params.empty_text == "keep":
+        keep |= feats.blank
+    for (number, path, groups, start, n) in tasks:
+        part = pq.ParquetFile(path).read_row_groups(groups)
+        pq.write_table(part.filter(pa.array(keep[start : start + n])), out_dir / f"data-{number:05d}.parquet")
+    return keep
