@@ -136,19 +136,37 @@ def map_hints(stage: StageSpec, store: DatasetStore, parents: Mapping[str, str],
               submit: Submit) -> dict[str, str]:
     """A ``shard_map`` stage's map tasks, one per shard of its main input, submitted together
     (``submit`` runs them on the task runner: threads or a Dask cluster's workers); returns the
-    hint that hands their entries to the reduce. Nothing when the input is one shard."""
-    from flows.stagetask import plan_stage, ref_list, shard_ref, split_ref
+    hints that hand their entries to the reduce: ``arg`` for their ``data`` tables, ``arg_T`` for
+    each further table ``T``. Nothing when the input is one shard."""
+    from flows.stagetask import parent_ref, plan_stage, ref_list, shard_ref, split_ref
 
     if stage.shard_map is None or stage.main_input is None:
         return {}
-    map_stage, arg = stage.shard_map
+    map_stage = stage.shard_map[0]
     fp, table = split_ref(parents[stage.main_input.arg])
     shards = store.manifest(fp).tables[table].get("shards", [])
     if len(shards) < 2:
         return {}
-    main = spec(map_stage).inputs[0].arg
-    plans = [plan_stage(map_stage, {main: shard_ref(fp, k, table)}, params, store=store) for k in range(len(shards))]
-    return {arg: ref_list(submit(map_stage, plans))}
+    mapper = spec(map_stage)
+    main = mapper.inputs[0].arg
+    shared = {i.arg: parents[i.arg] for i in mapper.inputs[1:] if i.arg in parents}
+    if len(shared) < len(mapper.inputs) - 1:
+        return {}  # an input the map needs is absent from this run (contamination without benchmarks)
+    own = _own_params(mapper, params)
+    plans = [plan_stage(map_stage, {main: shard_ref(fp, k, table), **shared}, own, store=store) for k in range(len(shards))]
+    refs = submit(map_stage, plans)
+    return {name: ref_list([parent_ref(r, t) for r in refs]) for name, t in stage.map_args().items()}
+
+
+def _own_params(mapper: StageSpec, params: Any) -> dict[str, Any]:
+    """The reduce's parameters that the map stage's ``Params`` declares (dedup_map: all of dedup's;
+    contamination_scan: none), as the plain values a plan holds."""
+    import dataclasses
+    import json
+
+    values = json.loads(json.dumps(dataclasses.asdict(params) if not isinstance(params, dict) else params))
+    names = {f.name for f in dataclasses.fields(mapper.params_type)}
+    return {k: v for k, v in values.items() if k in names}
 
 
 def plan(stage: StageSpec, store: DatasetStore, parents: Mapping[str, str], params: Any, submit: Submit,

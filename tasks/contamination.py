@@ -1095,12 +1095,13 @@ def _index_from_table(table: pa.Table, built_for: str) -> tuple[np.ndarray, np.n
     return arr("ex_bounds"), arr("ex_hash"), index, arr("content_cum")
 
 
-def _scan_corpus(text: pa.ChunkedArray, p: _Prepared, params: Params) -> tuple[np.ndarray, np.ndarray, dict]:
+def _scan_corpus(text: pa.ChunkedArray, folder: Folder, vocab: Vocab, index: _Index, params: Params
+                 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Hits and short-span document counts of the whole corpus, and the scan's timings."""
     t1, c1 = time.perf_counter(), time.process_time()
     batches = _batches(text, max(1, int(params.batch_mb * 1e6)))
     workers = params.workers or (os.cpu_count() or 1)
-    scan = functools.partial(_scan_batch, p.folder, p.vocab, p.index)
+    scan = functools.partial(_scan_batch, folder, vocab, index)
     if workers > 1 and len(batches) > 1:
         with ThreadPoolExecutor(workers) as pool:
             parts = list(track(pool.map(lambda b: scan(b[1], b[0]), batches), total=len(batches), desc="scanning corpus batches"))
@@ -1112,6 +1113,40 @@ def _scan_corpus(text: pa.ChunkedArray, p: _Prepared, params: Params) -> tuple[n
               "scan_cpu_seconds": time.process_time() - c1,  # all threads: MB per CPU-second is per core
               "workers": workers}
     return hits, df_rows, timing
+
+
+#: The columns of a shard scan's tables (:func:`scan_shard`): hits and short-span document counts.
+HIT_COLUMNS = ("L", "key", "row", "pos")
+DF_COLUMNS = ("L", "key", "docs")
+SHARD_ROWS_KEY = b"winnow.contamination.shard_rows"
+
+
+def scan_shard(text: pa.ChunkedArray, index: pa.Table, workers: int = 1) -> tuple[pa.Table, pa.Table, dict]:
+    """The corpus side of :func:`run` for one shard of the corpus: every benchmark n-gram hit
+    (rows numbered within the shard) and the short-span document counts, as two tables that
+    :func:`run` takes back as ``scans`` / ``scans_df``. ``index`` is a :func:`build_index` table;
+    everything the scan depends on (folding, n-gram lengths, caps) is in it."""
+    built_for = index["built_for"][0].as_py()
+    params = dataclasses_replace(Params(**json.loads(built_for)["params"]), workers=workers)
+    _, ex_hash, idx, _ = _index_from_table(index, built_for)
+    hits, df_rows, timing = _scan_corpus(text, Folder(params.normalization), Vocab(ex_hash), idx, params)
+    meta = {SHARD_ROWS_KEY: str(len(text)).encode()}
+    hits_t = pa.table({c: hits[:, k] for k, c in enumerate(HIT_COLUMNS)}).replace_schema_metadata(meta)
+    return hits_t, pa.table({c: df_rows[:, k] for k, c in enumerate(DF_COLUMNS)}), timing
+
+
+def _scans_back(scans: list[pa.Table], scans_df: list[pa.Table], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The per-shard scans as one corpus scan: hits renumbered to corpus rows, in shard order."""
+    rows = [int((t.schema.metadata or {}).get(SHARD_ROWS_KEY, b"-1")) for t in scans]
+    if min(rows, default=0) < 0 or sum(rows) != n_rows:
+        raise WinnowError(f"contamination: the shard scans cover {sum(rows)} rows of a {n_rows}-row corpus")
+    starts = np.concatenate(([0], np.cumsum(rows)[:-1])).astype(np.int64)
+    hits = [np.column_stack([t[c].to_numpy() for c in HIT_COLUMNS]).astype(np.int64).reshape(-1, 4) for t in scans]
+    for h, start in zip(hits, starts):
+        h[:, 2] += start
+    df = [np.column_stack([t[c].to_numpy() for c in DF_COLUMNS]).astype(np.int64).reshape(-1, 3) for t in scans_df]
+    return (np.concatenate(hits) if hits else np.zeros((0, 4), np.int64),
+            np.concatenate(df) if df else np.zeros((0, 3), np.int64))
 
 
 def _split_template_hits(index: _Index, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1237,12 +1272,15 @@ def _template_docs(index: _Index, tmpl_hits: np.ndarray, n_ex: int, n_rows: int)
     return np.bincount(np.unique(xt["e"] * n_rows + xt["row"]) // n_rows, minlength=n_ex)
 
 
-def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params(), index: pa.Table | None = None
-        ) -> StageResult:
+def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params(), index: pa.Table | None = None,
+        scans: list[pa.Table] | None = None, scans_df: list[pa.Table] | None = None) -> StageResult:
     """Check every benchmark example against the corpus, then mask/drop contaminated text.
 
     ``index`` is the :func:`build_index` table of these benchmarks and settings (the pipeline's
-    cached ``contamination_index`` entry); without it the index is built here. Same result either way.
+    cached ``contamination_index`` entry); without it the index is built here. ``scans`` and
+    ``scans_df``: the :func:`scan_shard` tables of every shard of ``corpus`` with that index, in
+    shard order (the ``contamination_scan`` map tasks); without them the corpus is scanned here.
+    Same result either way.
 
     Returns ``tables={"data": corpus after the action (same schema), "report": one row per benchmark
     example (REPORT_SCHEMA)}``, the ledger of masked/dropped documents and metrics (rows in/out,
@@ -1252,7 +1290,11 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params(), index
     with timings.phase("index"):
         _check_corpus(corpus)
         p = _prepare(benchmarks, params, index)
-    hits, df_rows, timing = _scan_corpus(corpus["text"], p, params)
+    if scans is not None and scans_df is not None and index is not None:
+        hits, df_rows = _scans_back(scans, scans_df, corpus.num_rows)
+        timing = {"scan_seconds": 0.0, "scan_cpu_seconds": 0.0, "workers": 0, "shard_scans": len(scans)}
+    else:
+        hits, df_rows, timing = _scan_corpus(corpus["text"], p.folder, p.vocab, p.index, params)
 
     # score each example: the n-gram rules on n-grams alone, template n-grams aside
     n_ex, n_rows = p.ex_len.size, corpus.num_rows
@@ -1335,6 +1377,7 @@ def _metrics(corpus: pa.Table, data: pa.Table, removed: pa.Table, p: _Prepared, 
         "scan_cpu_seconds": round(cpu_scan, 3),
         "mb_per_cpu_s": round(mb / cpu_scan, 2) if cpu_scan > 0 else None,
         "workers": timing["workers"],
+        "shard_scans": timing.get("shard_scans", 0),  # >0: scanned shard by shard by contamination_scan
         "benchmark_larger_than_corpus": bench_mb > mb,
         "params": {k: v for k, v in asdict(params).items() if k not in ("per_benchmark",)},
     }

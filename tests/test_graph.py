@@ -27,8 +27,7 @@ def test_each_declaration_matches_its_module(spec):
     run = inspect.signature(module.run).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in run.values())
     data_args = [n for n, p in run.items() if p.kind is not p.VAR_KEYWORD and n not in ("params", "out_dir", "checkpoint_dir", "spill_dir")]
-    declared = [i.arg for i in spec.inputs] + ([spec.cache_hint[0]] if spec.cache_hint else []) + (
-        [spec.shard_map[1]] if spec.shard_map else [])
+    declared = [i.arg for i in spec.inputs] + ([spec.cache_hint[0]] if spec.cache_hint else []) + list(spec.map_args())
     assert set(data_args) <= set(declared), f"{spec.name}: run() reads {data_args}, spec declares {declared}"
     assert takes_any or set(declared) <= set(run), f"{spec.name}: spec declares {declared}, run() takes {list(run)}"
     assert ("out_dir" in run) == spec.needs_out_dir

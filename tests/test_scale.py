@@ -71,6 +71,61 @@ def test_map_reduce_dedup_equals_one_process_and_a_grown_corpus_maps_only_its_ne
     assert main(["store", "verify", "--store", str(sharded.root)]) == 0
 
 
+def _planted(corpus: Path, benchmarks: Path, folder: Path) -> tuple[Path, Path]:
+    """The 3000 / 4000-row corpora with benchmark items written into documents of every shard:
+    whole items, first halves (partial copies) and items cut to their last 12 words."""
+    from winnow import io as wio
+
+    items = wio.canonical_benchmarks(pq.read_table(benchmarks), "b.parquet", "sample")
+    texts = [f"{q} {a}" for q, a in zip(items["question"].to_pylist(), items["target"].to_pylist())]
+    t = pq.read_table(corpus)
+    docs = t["text"].to_pylist()
+    for k, row in enumerate(range(7, len(docs), 53)):
+        words = texts[k * 7 % len(texts)].split()
+        part = [words, words[: len(words) // 2], words[-12:]][k % 3]
+        docs[row] = f"{docs[row]} {' '.join(part)}"
+    grown = t.set_column(t.column_names.index("text"), "text", pa.array(docs, pa.string()))
+    pq.write_table(grown.slice(0, 3000), folder / "planted-base.parquet")
+    pq.write_table(grown, folder / "planted-grown.parquet")
+    return folder / "planted-base.parquet", folder / "planted-grown.parquet"
+
+
+def _contamination(path: Path, bench: Path, store: Path, out: Path, capsys, *extra: str) -> str:
+    assert main(["contamination", str(path), "--benchmark", str(bench), "--out", str(out), "--store", str(store),
+                 *extra]) == 0
+    return next(x for x in capsys.readouterr().out.splitlines() if x.startswith("store entry")).split()[2]
+
+
+def test_contamination_scans_shard_by_shard_with_the_one_process_result(corpora, sample_benchmarks, tmp_path, capsys):
+    """One contamination_scan map task per shard, then the reduce: the same entry and tables as
+    one process; a new threshold reuses every scan, a grown corpus scans only its new shard."""
+    _, grown_rows = corpora
+    base, grown = _planted(grown_rows, sample_benchmarks, tmp_path)
+    one = _contamination(base, sample_benchmarks, tmp_path / "plain", tmp_path / "plain.parquet", capsys)
+    plain = DatasetStore(tmp_path / "plain")
+    one = plain.resolve(one)
+    assert plain.manifest(one).metrics["examples_contaminated"] > 40  # real work on every shard
+    sharded = _sharded_store(tmp_path / "sharded")
+    assert one.startswith(_contamination(base, sample_benchmarks, sharded.root, tmp_path / "sharded.parquet", capsys))
+    assert _computed(sharded) == ["contamination", "contamination_index"] + ["contamination_scan"] * 3 + [
+        "ingest_benchmarks", "ingest_corpus"]
+    assert sharded.manifest(one).metrics["shard_scans"] == 3  # the reduce took the scans
+    assert pq.read_table(tmp_path / "sharded.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
+    assert sharded.table(one, "report").equals(plain.table(one, "report")) and sharded.removed(one).equals(plain.removed(one))
+
+    before = len(sharded.journal_events())
+    _contamination(base, sample_benchmarks, sharded.root, tmp_path / "strict.parquet", capsys,
+                   "--set", "contamination.min_longest_match=30")
+    assert _computed(sharded, before) == ["contamination"]  # thresholds are not the scan's
+
+    before = len(sharded.journal_events())
+    fp = _contamination(grown, sample_benchmarks, sharded.root, tmp_path / "grown.parquet", capsys)
+    assert _computed(sharded, before) == ["contamination", "contamination_scan", "ingest_corpus"]
+    assert fp == _contamination(grown, sample_benchmarks, tmp_path / "plain", tmp_path / "grown-plain.parquet", capsys)
+    assert pq.read_table(tmp_path / "grown.parquet").equals(pq.read_table(tmp_path / "grown-plain.parquet"))
+    assert main(["store", "verify", "--store", str(sharded.root)]) == 0
+
+
 def _map_entries(store: DatasetStore, corpus_path: Path, params: dedup.Params) -> tuple[str, list[str]]:
     """Ingest ``corpus_path`` into ``store`` and compute each shard's dedup_map entry."""
     from flows.graph import map_hints

@@ -101,7 +101,10 @@ class StageSpec:
         shard_map: ``(map stage, run() argument)``: when the main input has several shards, one
             cached map task per shard runs first (on the task runner's workers) and ``run()`` gets
             their outputs, in shard order, as a hint outside the fingerprint (dedup's per-shard
-            features, exact, so the result is the same without them).
+            features, contamination's per-shard scans: exact, so the result is the same without
+            them). A map stage's other inputs are the reduce's parents of the same name
+            (contamination's index), its parameters the reduce's that its own ``Params`` declares,
+            and each further output table ``T`` reaches ``run()`` as ``<argument>_T``.
         internal: output tables the stage's own later runs read and ``winnow STAGE`` does not
             export beside OUT (dedup's index: ``--index REF`` names it in the store).
         streams: ``run()`` arguments handed over as :class:`storage.store.ShardedTable` handles
@@ -163,6 +166,14 @@ class StageSpec:
                 return i
         return None
 
+    def map_args(self) -> dict[str, str]:
+        """``run()`` argument -> map output table, for a ``shard_map`` stage (else empty): the map
+        stage's ``data`` reaches the declared argument, each further table ``T`` ``<argument>_T``."""
+        if self.shard_map is None:
+            return {}
+        map_stage, arg = self.shard_map
+        return {arg if t == "data" else f"{arg}_{t}": t for t in spec(map_stage).outputs}
+
     @property
     def command(self) -> str:
         return self.name.replace("_", "-")
@@ -206,6 +217,7 @@ REGISTRY: tuple[StageSpec, ...] = (
     StageSpec(
         "contamination", (Input("corpus", "dedup"), _BENCH, Input("index", PREPARED, optional=True)),
         ("data", "report"), ledger=True, prepare="flows.graph:benchmark_index",
+        shard_map=("contamination_scan", "scans"),
         cli="find (and drop or mask) benchmark text inside IN",
         help="finds evaluation-benchmark text inside the training data, per benchmark example (where, how much, "
              "longest matched span); drops or masks it"),
@@ -253,6 +265,8 @@ REGISTRY: tuple[StageSpec, ...] = (
     # tasks like any stage, with no config section; flows/search.py and flows/ablate.py wire them.
     StageSpec("dedup_map", (Input("shard", CORPUS),), pipeline=False),
     StageSpec("contamination_index", (_BENCH,), pipeline=False),
+    StageSpec("contamination_scan", (Input("shard", CORPUS), Input("index", "contamination_index")), ("data", "df"),
+              pipeline=False),
     StageSpec("proxy", (Input("corpus", "label_noise"), Input("benchmarks", BENCHMARKS, optional=True)),
               ("data", "benchmarks", FILES), pipeline=False, needs_out_dir=True, identity=True),
     StageSpec("regmix", (), pipeline=False),
