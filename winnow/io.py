@@ -406,8 +406,22 @@ def export_table(table: pa.Table, out: str | Path, cols: Columns | None = None) 
                 for row in table.to_pylist():
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
-            pq.write_table(table, tmp, compression="zstd")
+            _write_parquet(table, tmp)
     return out
+
+
+#: Rows per row group of an exported Parquet file (the store's shards use the same).
+EXPORT_ROW_GROUP = 1 << 16
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    """Parquet whose bytes depend on the rows alone, not on how the table is chunked in memory:
+    the same result fresh from a stage or read back from the store's shards wrote files of other
+    bytes (the writer's pages follow the chunks). Each row group is written from one contiguous
+    chunk, so memory grows by one row group, not by a copy of the table."""
+    with pq.ParquetWriter(path, table.schema, compression="zstd") as writer:
+        for start in range(0, table.num_rows, EXPORT_ROW_GROUP) if table.num_rows else (0,):
+            writer.write_table(table.slice(start, EXPORT_ROW_GROUP).combine_chunks(), row_group_size=EXPORT_ROW_GROUP)
 
 
 def export_parquet_file(src: Path, out: str | Path) -> Path:
