@@ -5,7 +5,7 @@ Run from the repository root::
 
     python -m benchmarks.bench_scale --docs 1000000 --shards 16   # real text resampled, 1 and 2 workers
     python -m benchmarks.bench_scale --end-to-end                  # `time winnow dedup` vs datasketch, ~23k real docs
-    python -m benchmarks.bench_scale --contamination --docs 1000000  # contamination (one process) on the same corpus
+    python -m benchmarks.bench_scale --contamination --docs 1000000  # contamination: one process, map/reduce, +1%
 
 **Corpus** (:func:`resampled_corpus`): documents of the bundled sample (``data/sample``, 23,483
 real texts) drawn with replacement and edited, vectorised in Arrow: each word replaced by a random
@@ -230,22 +230,68 @@ def bench_end_to_end(corpus: Path) -> dict:
             "kept_winnow_datasketch": kept}
 
 
-def bench_contamination(docs: int, work: Path) -> dict:
-    """contamination as it is today (one process, the whole corpus in memory: no map tasks yet) on
-    the same resampled corpus, against the bundled benchmarks."""
+def _contamination_in_store(store: DatasetStore, corpus: str, bench: str) -> dict:
+    """The benchmark index, one contamination_scan task per shard, then the reduce, each an
+    :func:`execute` in this process (what ``winnow contamination`` does), timed apart."""
+    from flows.graph import benchmark_index
+    from flows.stagetask import run_in_turn
+    from tasks.contamination import Params
+
+    params = Params()
+    t = time.perf_counter()
+    parents = {"corpus": corpus, "benchmarks": bench}
+    parents |= benchmark_index(store, parents, params, run_in_turn(store))
+    index_s = time.perf_counter() - t
+    t = time.perf_counter()
+    hints = map_hints(spec("contamination"), store, parents, params, run_in_turn(store))
+    map_s = time.perf_counter() - t
+    t = time.perf_counter()
+    fp = execute(plan_stage("contamination", parents, params, hints=hints, store=store), str(store.root))
+    reduce_s = time.perf_counter() - t
+    return {"fingerprint": fp, "index_s": round(index_s, 1), "map_s": round(map_s, 1), "reduce_s": round(reduce_s, 1),
+            "map_tasks": len(hints.get("scans", "").split(",")) if hints else 0}
+
+
+def bench_contamination(docs: int, shards: int, work: Path) -> dict:
+    """contamination on the resampled corpus against the bundled benchmarks: one process on the
+    whole table, then through a store of ``shards`` shards (map tasks + reduce) with the same
+    result, then the corpus grown by a new 1% shard (only its scan and the reduce recompute)."""
     from tasks import contamination
     from winnow import io as wio
+    from winnow.config import benchmark_columns
 
     src = resampled_corpus(docs, work / "corpus.parquet")
+    grown = work / "grown"
+    grown.mkdir()
+    shutil.copy(src, grown / "a.parquet")
+    resampled_corpus(max(1, docs // 100), grown / "b.parquet", seed=1, prefix="n")  # the nightly's new 1%
     bench_path = REPO / "data" / "sample" / "benchmarks.parquet"
     items = wio.canonical_benchmarks(pq.read_table(bench_path), where=str(bench_path), default_name="benchmarks")
     t = time.perf_counter()
     corpus = pq.read_table(src)
-    result = contamination.run(corpus, items, contamination.Params())
-    wall = time.perf_counter() - t
-    return {"docs": docs, "items": items.num_rows, "text_mb": round(corpus.column("text").nbytes / 1e6),
-            "wall_s": round(wall, 1), "docs_per_s": round(docs / wall), "peak_rss_mb": round(_peak_rss_mb()),
-            "removed": result.removed.num_rows}
+    whole = contamination.run(corpus, items, contamination.Params())
+    out: dict = {"docs": docs, "shards": shards, "items": items.num_rows,
+                 "text_mb": round(corpus.column("text").nbytes / 1e6),
+                 "one_process_s": round(time.perf_counter() - t, 1), "one_process_peak_rss_mb": round(_peak_rss_mb()),
+                 "removed": whole.removed.num_rows}
+    del corpus
+    store = DatasetStore(work / "store")
+    store.configure(shard_rows=-(-docs // shards))
+    bench = execute(plan_ingest("benchmarks", [str(bench_path)], benchmark_columns(None)), str(store.root))
+    full = _contamination_in_store(store, _ingest(store, src), bench)
+    fp = full.pop("fingerprint")
+    full["same_as_one_process"] = (store.table(fp).equals(whole.tables["data"])
+                                   and store.table(fp, "report").equals(whole.tables["report"])
+                                   and store.removed(fp).equals(whole.removed))
+    t = time.perf_counter()
+    grown_corpus = _ingest(store, grown)
+    ingest_s = time.perf_counter() - t
+    inc = _contamination_in_store(store, grown_corpus, bench)
+    inc.pop("fingerprint")
+    inc["ingest_s"] = round(ingest_s, 1)
+    inc["fraction_of_full"] = round((inc["map_s"] + inc["reduce_s"]) / (full["map_s"] + full["reduce_s"]), 3)
+    out.update(sharded=full, incremental_1pct=inc, peak_rss_mb=round(_peak_rss_mb()))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2")
     ap.add_argument("--end-to-end", action="store_true", help="only the `winnow dedup` vs datasketch timing")
-    ap.add_argument("--contamination", action="store_true", help="only contamination (one process) on --docs")
+    ap.add_argument("--contamination", action="store_true",
+                    help="only contamination on --docs: one process, then map tasks per shard + reduce, then +1%%")
     ap.add_argument("--corpus", default=str(SAMPLE))
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -263,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         result["end_to_end"] = bench_end_to_end(Path(args.corpus))
     elif args.contamination:
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-            result["contamination"] = bench_contamination(args.docs, Path(tmp))
+            result["contamination"] = bench_contamination(args.docs, args.shards, Path(tmp))
     else:
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
             result["map_reduce"] = bench_map_reduce(args.docs, args.shards, [int(w) for w in args.workers.split(",")],

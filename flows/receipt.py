@@ -166,6 +166,12 @@ def _mermaid_escape(text: str) -> str:
     return text.replace('"', "'")
 
 
+def _hint_text(value: str) -> str:
+    """One hint of a manifest: an entry (embed's earlier vectors), or a reduce's map entries."""
+    fps = value.split(",")
+    return short(fps[0]) if len(fps) == 1 else f"{len(fps)} map entries ({short(fps[0])} ... {short(fps[-1])})"
+
+
 def lineage_text(store: DatasetStore, fp: str) -> str:
     """The chain from an entry back to its input files, one block per step, inputs first."""
     blocks = []
@@ -175,8 +181,8 @@ def lineage_text(store: DatasetStore, fp: str) -> str:
             f"  kind: {m.kind}   created: {m.created_at}   took: {m.elapsed_s}s",
             f"  code version: {short(m.code_version)}   winnow {m.winnow_version}",
             "  parents: " + (", ".join(f"{k}={short(v)}" for k, v in sorted(m.parents.items())) or "-"),
-            *(["  reused from (cache, not an input of the fingerprint): "
-               + ", ".join(f"{k}={short(v)}" for k, v in sorted(m.hints.items()))] if m.hints else []),
+            *(["  reused from: " + ", ".join(f"{k}={_hint_text(v)}" for k, v in sorted(m.hints.items()))]
+              if m.hints else []),
             f"  params: {_compact(m.params)}",
             "  tables: " + ", ".join(f"{k} ({v['rows']} rows)" for k, v in m.tables.items()),
         ]

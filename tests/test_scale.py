@@ -110,6 +110,8 @@ def test_contamination_scans_shard_by_shard_with_the_one_process_result(corpora,
     assert _computed(sharded) == ["contamination", "contamination_index"] + ["contamination_scan"] * 3 + [
         "ingest_benchmarks", "ingest_corpus"]
     assert sharded.manifest(one).metrics["shard_scans"] == 3  # the reduce took the scans
+    assert main(["lineage", one, "--store", str(sharded.root)]) == 0
+    assert "reused from: scans=3 map entries (" in capsys.readouterr().out
     assert pq.read_table(tmp_path / "sharded.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
     assert sharded.table(one, "report").equals(plain.table(one, "report")) and sharded.removed(one).equals(plain.removed(one))
 
