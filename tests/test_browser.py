@@ -135,7 +135,7 @@ def test_loss_curve_artifact_renders_as_an_image(ui_run):
 def test_every_stage_that_loops_reports_progress_to_the_ui(ui_run):
     """Through tasks.common.track: one progress artifact per stage task, ending at 100%."""
     # label_noise's AUM epochs run only with cutoff = "detector" (the default cut-off is the estimate)
-    for desc in ("contamination: scanning corpus batches", "label_noise: cross-validation folds",
+    for desc in ("contamination: scanning corpus batches", "label_noise: cross-validation fits",
                  "tokenize: tokenizing documents",
                  "train: train steps", "evaluate: scoring batches"):
         assert ui_run["progress"].get(desc) == 100.0, (desc, ui_run["progress"])
