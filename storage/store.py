@@ -47,6 +47,7 @@ from storage import heads
 from storage.fingerprint import TableHasher, canonical_json, short, table_fingerprint
 from storage.locks import EntryLock, entry_lock, owner_alive, owner_tag, remove_free_locks
 from tasks.common import LEDGER_SCHEMA, TableStream
+from tasks.encoding import PLAIN_KEY
 from winnow import __version__
 from winnow.errors import WinnowError
 
@@ -63,6 +64,18 @@ STALE_STAGING_S = 3600.0
 SHARD_ROWS = 1 << 20
 SHARD_BYTES = 256 << 20
 ROW_GROUP_ROWS = 1 << 16
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """``compression`` and ``use_dictionary`` for a Parquet writer of ``schema``: zstd with
+    dictionary pages, except for the columns a stage marked with :func:`tasks.encoding.plain_field`
+    (hash values: measured on a 67 MB dedup index shard, 0.56 s and 63 MB encoded, 0.36 s and
+    62 MB plain)."""
+    plain = {f.name for f in schema if f.metadata and f.metadata.get(PLAIN_KEY)}
+    if not plain:
+        return {"compression": "zstd"}
+    return {"compression": {f.name: "none" if f.name in plain else "zstd" for f in schema},
+            "use_dictionary": [f.name for f in schema if f.name not in plain]}
 
 
 @dataclass
@@ -436,8 +449,9 @@ class DatasetStore:
                 for k, (start, rows) in enumerate(bounds):
                     path = folder / shard_file(name, k)
                     piece = table.slice(start, rows)
-                    pq.write_table(piece, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-                    shards.append(_shard_info(path, rows, table_fingerprint(piece)))
+                    pq.write_table(piece, path, row_group_size=ROW_GROUP_ROWS, **parquet_options(piece.schema))
+                    # A one-shard table's rows are the table's: its content hash, not a second pass.
+                    shards.append(_shard_info(path, rows, content if len(bounds) == 1 else table_fingerprint(piece)))
             info[name] = {
                 # What a stage reading this table is fingerprinted by (flows/stagetask.py).
                 "content": content,
@@ -708,7 +722,7 @@ class _ShardWriter:
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
         self.hasher = TableHasher(schema)
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.writer = pq.ParquetWriter(path, schema, **parquet_options(schema))
         self.pending: list[pa.Table] = []
         self.buffered = 0
         self.rows = 0

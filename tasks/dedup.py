@@ -63,6 +63,7 @@ import xxhash
 
 from tasks import minhash as mh
 from tasks.common import Normalization, RowRules, StageResult, Timings, check_rows, concat_ledgers, first_true, ledger, track
+from tasks.encoding import plain_field
 from winnow.errors import WinnowError
 
 STAGE = "dedup"
@@ -294,9 +295,10 @@ def _featurize_batch(texts: pa.Array, params: Params, banding: mh.Banding, a: np
 
 
 def features_table(feats: Features) -> pa.Table:
-    """``feats`` as an Arrow table (one row per document): the output of a per-shard map task."""
+    """``feats`` as an Arrow table (one row per document): the output of a per-shard map task.
+    Its hash columns are marked plain (:mod:`tasks.encoding`): compressing them only costs time."""
     k, b = feats.sigs.shape[1], feats.bands.shape[1]
-    return pa.table({
+    columns = {
         "exact_hi": pa.array(feats.exact[:, 0]), "exact_lo": pa.array(feats.exact[:, 1]),
         "blank": pa.array(feats.blank), "num_units": pa.array(feats.num_units.astype(np.int64)),
         # Read without the shingles themselves by the bounded-memory reduce (tasks.dedup_reduce).
@@ -305,7 +307,10 @@ def features_table(feats: Features) -> pa.Table:
         "bands": pa.FixedSizeListArray.from_arrays(pa.array(feats.bands.ravel(), pa.uint64()), b),
         "shingles": pa.LargeListArray.from_arrays(pa.array(feats.shingle_offsets, pa.int64()),
                                                   pa.array(feats.shingles, pa.uint32())),
-    })
+    }
+    hashes = {"exact_hi", "exact_lo", "sigs", "bands", "shingles"}
+    schema = pa.schema([plain_field(n, c.type) if n in hashes else pa.field(n, c.type) for n, c in columns.items()])
+    return pa.table(list(columns.values()), schema=schema)
 
 
 def features_from_tables(parts: list[pa.Table]) -> Features:
@@ -948,9 +953,9 @@ def _index_table(prev: _Previous | None, corpus: pa.Table, feats: Features, stat
         shingles = pa.nulls(n, pa.large_list(pa.uint32()))
     settings = dict(params.index_settings(), bands=b, rows=banding.rows)
     schema = pa.schema(
-        [("id", pa.string()), ("seq", pa.int64()), ("status", pa.string()), ("exact_hash", pa.binary(16)),
-         ("num_shingles", pa.int32()), ("signature", pa.list_(pa.uint32(), k)), ("band_keys", pa.list_(pa.uint64(), b)),
-         ("shingles", pa.large_list(pa.uint32()))],
+        [("id", pa.string()), ("seq", pa.int64()), ("status", pa.string()), plain_field("exact_hash", pa.binary(16)),
+         ("num_shingles", pa.int32()), plain_field("signature", pa.list_(pa.uint32(), k)),
+         plain_field("band_keys", pa.list_(pa.uint64(), b)), plain_field("shingles", pa.large_list(pa.uint32()))],
         metadata={INDEX_META_KEY: json.dumps(settings, sort_keys=True).encode()},
     )
     new = pa.table(

@@ -290,3 +290,32 @@ def test_a_stage_name_resolves_in_a_store_only_stage_commands_wrote(tmp_path):
     assert store.resolve("test") == "b" * 64  # the newest entry of that stage
     with pytest.raises(WinnowError, match="no store entry matches 'dedup'"):
         store.resolve("dedup")
+
+
+def test_columns_a_stage_marks_plain_are_written_uncompressed_and_read_back_unchanged(tmp_path):
+    """Hash columns (tasks.encoding.plain_field) skip Parquet's dictionary and zstd, in both the
+    whole-table and the streamed write; the rows, their schema and content hash are unchanged."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tasks.common import TableStream
+    from tasks.encoding import plain_field
+
+    rng = np.random.default_rng(0)
+    schema = pa.schema([("id", pa.string()), plain_field("sig", pa.list_(pa.uint32(), 4))])
+    sig = pa.FixedSizeListArray.from_arrays(pa.array(rng.integers(0, 2**32, 4000, dtype=np.uint32)), 4)
+    t = pa.table([pa.array([f"d{i}" for i in range(1000)]), sig], schema=schema)
+    store = DatasetStore(tmp_path / "s")
+    common = dict(stage="x", params={}, code_version="c", parents={})
+    whole = store.put(fingerprint="a" * 64, tables={"data": t}, **common)
+    streamed = store.put(fingerprint="b" * 64, tables={"data": TableStream(schema, lambda: iter([t.slice(0, 300), t.slice(300)]))},
+                         **common)
+    for fp in ("a" * 64, "b" * 64):
+        (path,) = store.shard_paths(fp)
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        codecs = {group.column(i).path_in_schema: group.column(i).compression for i in range(group.num_columns)}
+        assert codecs == {"id": "ZSTD", "sig.list.element": "UNCOMPRESSED"}
+        back = store.table(fp)
+        assert back.equals(t) and back.schema.field("sig").metadata == schema.field("sig").metadata
+        assert store.verify(fp) == []
+    assert whole.tables["data"]["content"] == streamed.tables["data"]["content"] == table_fingerprint(t)
