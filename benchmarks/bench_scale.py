@@ -85,6 +85,15 @@ def resampled_corpus(n: int, path: Path, seed: int = 0, batch: int = 100_000, pr
     return path
 
 
+def _grown(src: Path, docs: int, work: Path) -> Path:
+    """A folder of two files, as a nightly sees it: the corpus and a new 1% (other documents)."""
+    grown = work / "grown"
+    grown.mkdir()
+    shutil.copy(src, grown / "a.parquet")
+    resampled_corpus(max(1, docs // 100), grown / "b.parquet", seed=1, prefix="n")
+    return grown
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM), in MB."""
     return _rss_mb("VmHWM")
@@ -137,37 +146,44 @@ def dedup_on_cluster(client, store: DatasetStore, corpus: str) -> dict:
             "reduce_partitions": store.manifest(fp).metrics.get("reduce", {}).get("partitions")}
 
 
-def bench_map_reduce(docs: int, shards: int, workers_list: list[int], work: Path) -> dict:
+def bench_map_reduce(docs: int, shards: int, workers_list: list[int], work: Path, compare: bool = True,
+                     nightly: bool = True) -> dict:
+    """Map / reduce dedup of a resampled corpus on 1..N-worker clusters, then a grown corpus's
+    nightly; ``compare`` also runs it in one process in memory and checks the keep-sets agree
+    (off at 10M documents, which do not fit one process on a 24 GB box)."""
     from distributed import Client
 
     src = resampled_corpus(docs, work / "corpus.parquet")
-    grown = work / "grown"
-    grown.mkdir()
-    shutil.copy(src, grown / "a.parquet")
-    resampled_corpus(max(1, docs // 100), grown / "b.parquet", seed=1, prefix="n")  # the nightly's new 1%
+    grown = _grown(src, docs, work) if nightly else None
     out: dict = {"docs": docs, "shards": shards, "text_mb": round(pq.read_table(src, columns=["text"]).nbytes / 1e6)}
-    t = time.perf_counter()
-    whole = dedup.run(pq.read_table(src), dedup.Params())
-    out["one_process_in_memory_s"] = round(time.perf_counter() - t, 1)
-    out["one_process_peak_rss_mb"] = round(_peak_rss_mb())
-    out["removed"] = whole.metrics["removed"]
+    whole = None
+    if compare:
+        t = time.perf_counter()
+        whole = dedup.run(pq.read_table(src), dedup.Params())
+        out["one_process_in_memory_s"] = round(time.perf_counter() - t, 1)
+        out["one_process_peak_rss_mb"] = round(_peak_rss_mb())
+        out["removed"] = whole.metrics["removed"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     runs = []
     for workers in workers_list:
         store = DatasetStore(work / f"store-{workers}")
         store.configure(shard_rows=-(-docs // shards))
+        t = time.perf_counter()
         corpus = _ingest(store, src)
+        ingest_s = round(time.perf_counter() - t, 1)
         address, procs = _start_cluster(work, workers, env)
         try:
             with Client(address, timeout=120) as client:
                 client.wait_for_workers(workers, timeout=180)
                 client.run(_warm_up)  # imports and Numba's kernel load, once per worker, outside the timing
-                r = {"workers": workers, **dedup_on_cluster(client, store, corpus)}
+                r = {"workers": workers, "ingest_s": ingest_s, **dedup_on_cluster(client, store, corpus)}
                 fp = r.pop("fingerprint")
-                r["keep_set_equal"] = (store.table(fp)["id"].equals(whole.tables["data"]["id"])
-                                       and store.removed(fp).equals(whole.removed))
+                r["removed"] = store.manifest(fp).metrics["removed"]
+                if whole is not None:
+                    r["keep_set_equal"] = (store.table(fp)["id"].equals(whole.tables["data"]["id"])
+                                           and store.removed(fp).equals(whole.removed))
                 r["docs_per_s"] = round(docs / (r["map_s"] + r["reduce_s"]))
-                if workers == max(workers_list):
+                if nightly and workers == max(workers_list):
                     grown_corpus = _ingest(store, grown)
                     inc = dedup_on_cluster(client, store, grown_corpus)
                     inc.pop("fingerprint")
@@ -183,6 +199,7 @@ def bench_map_reduce(docs: int, shards: int, workers_list: list[int], work: Path
         shutil.rmtree(store.root)
         print(json.dumps(r), flush=True)
     out["runs"] = runs
+    out["parent_peak_rss_mb"] = round(_peak_rss_mb())  # this process: the corpus generation and the ingests
     if len(runs) > 1:
         full = [r["map_s"] + r["reduce_s"] for r in runs]
         out["speedup_map"] = round(runs[0]["map_s"] / runs[-1]["map_s"], 2)
@@ -261,10 +278,7 @@ def bench_contamination(docs: int, shards: int, work: Path) -> dict:
     from winnow.config import benchmark_columns
 
     src = resampled_corpus(docs, work / "corpus.parquet")
-    grown = work / "grown"
-    grown.mkdir()
-    shutil.copy(src, grown / "a.parquet")
-    resampled_corpus(max(1, docs // 100), grown / "b.parquet", seed=1, prefix="n")  # the nightly's new 1%
+    grown = _grown(src, docs, work)
     bench_path = REPO / "data" / "sample" / "benchmarks.parquet"
     items = wio.canonical_benchmarks(pq.read_table(bench_path), where=str(bench_path), default_name="benchmarks")
     t = time.perf_counter()
@@ -303,6 +317,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--contamination", action="store_true",
                     help="only contamination on --docs: one process, then map tasks per shard + reduce, then +1%%")
     ap.add_argument("--corpus", default=str(SAMPLE))
+    ap.add_argument("--no-nightly", action="store_true", help="skip the grown-by-1%% nightly run")
+    ap.add_argument("--no-compare", action="store_true",
+                    help="skip the one-process in-memory run and its keep-set check (for corpora over ~2M documents)")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     result = {"machine": MACHINE, "load_before": os.getloadavg()}
@@ -314,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
             result["map_reduce"] = bench_map_reduce(args.docs, args.shards, [int(w) for w in args.workers.split(",")],
-                                                    Path(tmp))
+                                                    Path(tmp), compare=not args.no_compare, nightly=not args.no_nightly)
     result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
     name = "scale-e2e" if args.end_to_end else f"scale-{'contamination-' if args.contamination else ''}{args.docs}"
