@@ -7,8 +7,8 @@ corpus's texts, signatures, band keys or shingles at once:
 
 1. **Small columns**: ids, exact keys, blank flags and shingle counts of every row (about 60
    bytes per document plus the id) and the passes' per-row decisions are the only per-document
-   state held for the whole corpus. Measured, all of it is 0.3-0.6 KB per document (10M
-   documents: 7.1 GB), not bounded by the budget below (BENCHMARKS.md ``## scale``).
+   state held for the whole corpus. Measured, all of it is 0.3-0.5 KB per document (10M
+   documents: 5.3 GB peak), not bounded by the budget below (BENCHMARKS.md ``## scale``).
 2. **Band-key shuffle**: the band keys of the rows still in play after the exact pass are read one
    row group at a time and partitioned by key into P files under ``spill_dir``; P is chosen so
    that one partition's keys, rows and sort fit the memory budget (``WINNOW_DEDUP_REDUCE_MB``,
@@ -16,7 +16,9 @@ corpus's texts, signatures, band keys or shingles at once:
    grouping a partition by key gives exactly the buckets of the in-memory per-band grouping, and
    with ties in row order the same candidate pairs, whatever P.
 3. **Verification** reads signatures and shingles only for rows in a candidate pair, a row group
-   at a time; union-find runs over those rows' positions.
+   at a time, and scores the pairs in chunks whose rows' features fit the same budget
+   (:class:`tasks.dedup._PairScorer`; at 10M documents holding them all took ~6 GB); union-find
+   runs over those rows' positions.
 4. **Outputs** are :class:`~tasks.common.TableStream` s: the kept rows and the index are produced
    shard by shard (a row group at a time) while the store writes them.
 
@@ -224,6 +226,7 @@ def run(corpus: Any, features: Sequence[Any], params: dedup.Params, spill_dir: P
         if feats.pieces.num_rows != source.num_rows:
             raise WinnowError(f"dedup: {feats.pieces.num_rows} rows of shard features for {source.num_rows} corpus rows")
         policy = _policy(source, params)
+    pa.default_memory_pool().release_unused()  # the id check's hash tables: freed, still resident
     dec = dedup.decide(feats, _Ids(ids), policy, params, banding)
     timings.seconds.update(dec.timings)
 
@@ -244,6 +247,7 @@ def run(corpus: Any, features: Sequence[Any], params: dedup.Params, spill_dir: P
                     "p_candidate_at_threshold": round(banding.p_at_threshold, 4)},
         "index": {"rows_before": 0, "rows_after": n, "band_keys_recomputed": False},
         "reduce": {"shards": len(source.paths), "partitions": feats.partitions,
+                   "score_chunks": dec.metrics["near"].pop("score_chunks", 0),
                    "memory_budget_mb": (memory_bytes or memory_budget()) >> 20},
         "kernel": "numba" if mh.HAVE_NUMBA else "numpy",
         "timings_s": {**timings.rounded(), "total": round(timings.total(), 4)},

@@ -157,17 +157,21 @@ def test_bounded_reduce_equals_one_process_whatever_the_partition_count(corpora,
     corpus, maps = _map_entries(store, base, params)
     whole = dedup.run(pq.read_table(base), params)
     assert whole.metrics["near"]["candidate_pairs"] > 50
-    seen = set()
+    seen, chunks = set(), set()
     for budget in (1 << 30, 200_000, 20_000):
         spill = tmp_path / f"spill-{budget}"
         spill.mkdir()
         got = dedup_reduce.run(store.sharded(corpus), [store.sharded(m) for m in maps], params, spill, budget)
         seen.add(got.metrics["reduce"]["partitions"])
+        chunks.add(got.metrics["reduce"]["score_chunks"])
         assert _whole(got.tables["data"]).equals(whole.tables["data"])
         assert _whole(got.tables["index"]).equals(whole.tables["index"])
         assert got.removed.equals(whole.removed)
         assert got.metrics["near"] == whole.metrics["near"] and not list(spill.iterdir())
     assert len(seen) == 3 and 1 in seen and max(seen) > 50
+    # Two scorings (candidate pairs, then each loser with its survivor): one chunk each at 1 GB, then
+    # a budget's worth of pairs at a time.
+    assert 2 in chunks and max(chunks) > 10
 
 
 def test_bounded_reduce_rejects_a_duplicate_id_across_shards(tmp_path):
