@@ -810,6 +810,9 @@ class _PairScorer:
                  params: Params, budget: int | None) -> None:
         self.feats, self.prev, self.rows, self.old_rows, self.params, self.budget = feats, prev, rows, old_rows, params, budget
         self.chunks = 0  # how the work was cut (reported by the bounded reduce), never the result
+        # The features of a scoring done in one chunk, which fit the budget: the evidence pass
+        # (each loser with its survivor, all rows of candidate pairs) is answered from them.
+        self._whole: _PairFeatures | None = None
 
     def _cost(self, w: np.ndarray) -> np.ndarray:
         m_old = len(self.old_rows)
@@ -827,19 +830,28 @@ class _PairScorer:
         bounds = np.concatenate([[0], cuts[(cuts > 0) & (cuts < len(left))], [len(left)]])
         return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
+    def _features(self, left: np.ndarray, right: np.ndarray) -> _PairFeatures:
+        whole = self._whole
+        if whole is not None and np.isin(left, whole.inv).all() and np.isin(right, whole.inv).all():
+            return whole
+        self._whole = None  # let it go before reading the next chunk's
+        return _pair_features(self.feats, self.prev, self.rows, self.old_rows, left, right, self.params)
+
     def score(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(estimated, verified) Jaccard of each pair, in order."""
         est = np.empty(len(left))
         ver = np.full(len(left), np.nan)
-        for part in self._chunks(left, right):
+        chunks = self._chunks(left, right)
+        for part in chunks:
             self.chunks += 1
             l, r = left[part], right[part]
-            pf = _pair_features(self.feats, self.prev, self.rows, self.old_rows, l, r, self.params)
+            pf = self._features(l, r)
             li, ri = np.searchsorted(pf.inv, l), np.searchsorted(pf.inv, r)
             est[part] = mh.estimated_jaccard(pf.sigs, li, ri)
             if self.params.verify:
                 both = pf.verifiable[li] & pf.verifiable[ri]
                 ver[part] = np.where(both, mh.jaccard_of_pairs(pf.sets, pf.set_off, li, ri), np.nan)
+            self._whole = pf if len(chunks) == 1 else None
             del pf
             if self.budget is not None:
                 # Arrow's allocator (mimalloc) keeps freed pages; a bounded run hands them back
