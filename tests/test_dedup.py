@@ -403,3 +403,32 @@ def test_fifty_megabyte_document() -> None:
     res = dedup.run(t, dedup.Params())
     assert res.tables["data"].column("id").to_pylist() == ["big", "small"]
     assert _evidence(res)["big-edited"]["jaccard_verified"] > 0.99
+
+
+def test_pair_chunks_charge_a_shared_document_once_and_stay_within_the_budget() -> None:
+    """A document in many candidate pairs is read once per chunk, so it is charged once: a star of
+    pairs whose distinct documents fit the budget is one chunk (charging per pair, as before, it
+    took 2), and every chunk of random pairs under a small budget fits it or is a single pair."""
+    texts = pa.chunked_array([pa.array([f"document {i} " + "shared words of the corpus " * (1 + i % 7) for i in range(400)])])
+    params = dedup.Params()
+    feats = dedup.featurize(texts, params, params.banding())
+    rows = np.arange(400)
+    star_l, star_r = np.zeros(399, np.int64), np.arange(1, 400)
+    probe = dedup._PairScorer(feats, None, rows, np.zeros(0, np.int64), params, budget=1)
+    distinct = int(probe._cost(np.arange(400)).sum())
+    per_pair = int((probe._cost(star_l) + probe._cost(star_r)).sum())
+    assert per_pair > distinct  # the old charge would have cut the star
+    star = dedup._PairScorer(feats, None, rows, np.zeros(0, np.int64), params, budget=distinct)
+    assert star._chunks(star_l, star_r) == [slice(0, 399)]
+
+    rng = np.random.default_rng(0)
+    left, right = rng.integers(0, 400, 5000), rng.integers(0, 400, 5000)
+    budget = distinct // 10
+    chunks = dedup._PairScorer(feats, None, rows, np.zeros(0, np.int64), params, budget=budget)._chunks(left, right)
+    assert chunks[0].start == 0 and chunks[-1].stop == 5000 and len(chunks) > 10
+    assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
+    for c in chunks:
+        docs = np.unique(np.concatenate([left[c], right[c]]))
+        assert c.stop - c.start == 1 or probe._cost(docs).sum() <= budget
+    est, ver = dedup._PairScorer(feats, None, rows, np.zeros(0, np.int64), params, budget=None).score(left[:300], right[:300])
+    assert np.allclose(est, mh.estimated_jaccard(feats.sigs, left[:300], right[:300]))
