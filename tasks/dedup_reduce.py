@@ -5,20 +5,21 @@ computed by the ``dedup_map`` stage. It makes the same decisions as the in-memor
 (:func:`tasks.dedup.decide`, the same passes) and returns the same tables, but never holds the
 corpus's texts, signatures, band keys or shingles at once:
 
-1. **Small columns**: ids, exact keys, blank flags and shingle counts of every row (about 60
-   bytes per document plus the id) and the passes' per-row decisions are the only per-document
-   state held for the whole corpus. Measured, all of it is 0.3-0.5 KB per document (10M
-   documents: 5.3 GB peak), not bounded by the budget below (BENCHMARKS.md ``## scale``).
+1. **Small columns**: ids, exact keys, blank flags and shingle counts of every row and the
+   passes' per-row decisions (and evidence for dropped rows) are the only per-document state held
+   for the whole corpus; it is not bounded by the budget below (10M documents: 2.7 GB peak with
+   the budget's 1 GB, BENCHMARKS.md ``## scale``). Freed pages are handed back to the OS between
+   phases (:func:`tasks.memory.release`).
 2. **Band-key shuffle**: the band keys of the rows still in play after the exact pass are read one
    row group at a time and partitioned by key into P files under ``spill_dir``; P is chosen so
    that one partition's keys, rows and sort fit the memory budget (``WINNOW_DEDUP_REDUCE_MB``,
    default 1024). Keys of different bands never meet (a band key hashes its band number), so
    grouping a partition by key gives exactly the buckets of the in-memory per-band grouping, and
    with ties in row order the same candidate pairs, whatever P.
-3. **Verification** reads signatures and shingles only for rows in a candidate pair, a row group
-   at a time, and scores the pairs in chunks whose rows' features fit the same budget
-   (:class:`tasks.dedup._PairScorer`; at 10M documents holding them all took ~6 GB); union-find
-   runs over those rows' positions.
+3. **Verification** copies the signatures and shingles of rows in a candidate pair into spill
+   files in one pass over their row groups (:meth:`StreamedFeatures.stage`), and scores the pairs
+   in chunks whose distinct rows' features fit the same budget (:class:`tasks.dedup._PairScorer`;
+   at 10M documents holding them all took ~6 GB); union-find runs over those rows' positions.
 4. **Outputs** are :class:`~tasks.common.TableStream` s: the kept rows and the index are produced
    shard by shard (a row group at a time) while the store writes them.
 
