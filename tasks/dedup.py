@@ -65,6 +65,7 @@ from tasks import memory
 from tasks import minhash as mh
 from tasks.common import Normalization, RowRules, StageResult, Timings, check_rows, concat_ledgers, first_true, ledger, track
 from tasks.encoding import plain_field
+from winnow import pandas_guard
 from winnow.errors import WinnowError
 
 STAGE = "dedup"
@@ -620,7 +621,8 @@ def decide(feats: Features, id_list: list[str], policy: np.ndarray, params: Para
 
     sem_metrics: dict[str, Any] = {}
     if params.semantic:
-        with timings.phase("semantic"):
+        # transformers and scikit-learn import pandas, which `winnow dedup` otherwise keeps out.
+        with timings.phase("semantic"), pandas_guard.allowed():
             sem_metrics = _semantic_pass(texts_of, active, policy, status, evidence, id_list, params)
     metrics = {"blank_texts": int(feats.blank.sum()), "exact_clusters": n_exact_clusters, "near": near_metrics,
                "semantic": sem_metrics}

@@ -9,16 +9,15 @@ documents: 453 MB resident after its decisions, 257 MB with the pages handed bac
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 import pyarrow as pa
 
 
 def _malloc_trim() -> "ctypes._CFuncPtr | None":
     # glibc only: musl and macOS have no malloc_trim, and their allocators return memory themselves.
-    name = ctypes.util.find_library("c")
+    # CDLL(None) is the process's own symbols (libc's among them); find_library would run ldconfig.
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
     except OSError:
         return None
 

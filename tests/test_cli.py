@@ -348,3 +348,25 @@ def test_pandas_kept_out_still_converts_pandas_objects_once_imported(tmp_path):
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[1])})
         assert done.returncode == 0, done.stderr
+
+
+def test_dedup_keeps_pandas_out_but_its_semantic_pass_still_runs(tmp_path):
+    """`winnow dedup` runs with pandas kept out (a fifth of the command's import time); the
+    semantic pass, whose transformers and scikit-learn import pandas, lets it in and completes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    corpus = tmp_path / "c.parquet"
+    pq.write_table(pq.read_table(repo / "data" / "sample" / "corpus.parquet").slice(0, 80), corpus)
+    probe = ("import sys; from winnow.cli import main; code = main(sys.argv[1:]); "
+             "print('pandas' in sys.modules); sys.exit(code)")
+    for extra, pandas_loaded in (([], "False"), (["--set", "dedup.semantic=true"], "True")):
+        done = subprocess.run([sys.executable, "-c", probe, "dedup", str(corpus), "--out", str(tmp_path / "o.parquet"),
+                               "--store", str(tmp_path / "s"), *extra],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == pandas_loaded
+    semantic = [m for m in DatasetStore(tmp_path / "s").entries() if m.stage == "dedup" and m.metrics["semantic"]]
+    assert semantic and semantic[0].metrics["semantic"]["embedded"] > 0

@@ -23,7 +23,7 @@ from winnow.errors import WinnowError
 EXIT_USAGE = 2
 #: One-stage commands whose code and inputs hand pyarrow no pandas object: they run with pandas
 #: kept out (winnow/pandas_guard.py), which saves its import, a fifth of a short command.
-PANDAS_FREE = ("contamination",)
+PANDAS_FREE = ("contamination", "dedup")
 
 # Before torch is imported anywhere: OpenMP's default spin-waiting made training ~10x slower on a
 # busy 2-core machine (measured; see BENCHMARKS.md, train). A user's explicit setting wins.
