@@ -29,6 +29,7 @@ import contextlib
 import datetime as dt
 import errno
 import json
+from concurrent.futures import ThreadPoolExecutor
 import os
 import shutil
 import time
@@ -437,21 +438,17 @@ class DatasetStore:
     def _write_tables(self, folder: Path, tables: Mapping[str, pa.Table | TableStream],
                       segments: Mapping[str, list[int]]) -> dict[str, dict[str, Any]]:
         """Write each table as Parquet shards (see :func:`segment_bounds`; a stream is cut as it
-        arrives); returns the manifest's ``tables``."""
+        arrives); returns the manifest's ``tables``. Two tables are written at once, so the
+        :class:`~tasks.common.TableStream` s of one result must not share state."""
         folder.mkdir()
+        # Tables are written side by side: Parquet encoding and hashing release the GIL, and a
+        # stage's two large outputs (dedup's kept rows and index) then take the time of the larger.
+        with ThreadPoolExecutor(max_workers=max(1, min(2, len(tables)))) as pool:
+            written = {name: pool.submit(self._write_table, folder, name, table, segments.get(name))
+                       for name, table in tables.items()}
         info = {}
-        for name, table in tables.items():
-            if isinstance(table, TableStream):
-                content, schema, shards = self._write_stream(folder, name, table)
-            else:
-                content, schema, shards = table_fingerprint(table), table.schema, []
-                bounds = segment_bounds(table, segments.get(name), self.shard_rows, self.shard_bytes)
-                for k, (start, rows) in enumerate(bounds):
-                    path = folder / shard_file(name, k)
-                    piece = table.slice(start, rows)
-                    pq.write_table(piece, path, row_group_size=ROW_GROUP_ROWS, **parquet_options(piece.schema))
-                    # A one-shard table's rows are the table's: its content hash, not a second pass.
-                    shards.append(_shard_info(path, rows, content if len(bounds) == 1 else table_fingerprint(piece)))
+        for name, future in written.items():
+            content, schema, shards = future.result()
             info[name] = {
                 # What a stage reading this table is fingerprinted by (flows/stagetask.py).
                 "content": content,
@@ -464,6 +461,21 @@ class DatasetStore:
                 "schema": {f.name: str(f.type) for f in schema},
             }
         return info
+
+    def _write_table(self, folder: Path, name: str, table: pa.Table | TableStream,
+                     segments: list[int] | None) -> tuple[str, pa.Schema, list[dict[str, Any]]]:
+        """One table's shards; returns (content hash, schema, shards)."""
+        if isinstance(table, TableStream):
+            return self._write_stream(folder, name, table)
+        content, shards = table_fingerprint(table), []
+        bounds = segment_bounds(table, segments, self.shard_rows, self.shard_bytes)
+        for k, (start, rows) in enumerate(bounds):
+            path = folder / shard_file(name, k)
+            piece = table.slice(start, rows)
+            pq.write_table(piece, path, row_group_size=ROW_GROUP_ROWS, **parquet_options(piece.schema))
+            # A one-shard table's rows are the table's: its content hash, not a second pass.
+            shards.append(_shard_info(path, rows, content if len(bounds) == 1 else table_fingerprint(piece)))
+        return content, table.schema, shards
 
     def _write_stream(self, folder: Path, name: str, stream: TableStream) -> tuple[str, pa.Schema, list[dict[str, Any]]]:
         """Write a :class:`TableStream` shard by shard as it arrives (cut like :func:`shard_bounds`:
