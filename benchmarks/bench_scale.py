@@ -143,9 +143,9 @@ def dedup_on_cluster(client, store: DatasetStore, corpus: str) -> dict:
     fp = client.submit(execute, plan, root, pure=False).result()
     reduce_s = time.perf_counter() - t
     metrics = store.manifest(fp).metrics
+    reduce = metrics.get("reduce", {})
     return {"fingerprint": fp, "map_s": round(map_s, 1), "reduce_s": round(reduce_s, 1),
-            "reduce_partitions": metrics.get("reduce", {}).get("partitions"),
-            "reduce_score_chunks": metrics.get("reduce", {}).get("score_chunks"),
+            "reduce_partitions": reduce.get("partitions"), "reduce_score_chunks": reduce.get("score_chunks"),
             # the reduce's decisions by phase; the rest of reduce_s is reading and writing tables
             "reduce_decide_s": metrics.get("timings_s")}
 
