@@ -109,10 +109,10 @@ class TableHasher:
             self._flush(final=False)
 
     def _flush(self, final: bool) -> None:
-        table = pa.concat_tables(self._pending).combine_chunks() if self._pending else self._schema.empty_table()
+        table = pa.concat_tables(self._pending) if self._pending else self._schema.empty_table()
         full = table.num_rows if final else table.num_rows - table.num_rows % self.BATCH_ROWS
-        for batch in table.slice(0, full).to_batches(max_chunksize=self.BATCH_ROWS):
-            self._writer.write_batch(_unsliced(batch))
+        for start in range(0, full, self.BATCH_ROWS):
+            self._writer.write_batch(_tight(table.slice(start, min(self.BATCH_ROWS, full - start))))
         rest = table.slice(full)
         self._pending, self._rows = ([rest] if rest.num_rows else []), rest.num_rows
 
@@ -123,16 +123,16 @@ class TableHasher:
         return self._h.hexdigest()
 
 
-def _unsliced(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """``batch`` with every column that is a slice of a larger array (an offset into its buffers)
-    copied to buffers of its own: the IPC writer spells a sliced variable-width array in other
-    bytes than the same values unsliced, which would make the digest depend on where a table was
-    cut (a store shard of a table is a slice)."""
-    columns = [c for c in batch.columns]
-    if not any(c.offset for c in columns):
-        return batch
-    fresh = [pa.concat_arrays([c, pa.array([], c.type)]) if c.offset else c for c in columns]
-    return pa.RecordBatch.from_arrays(fresh, schema=batch.schema)
+def _tight(rows: pa.Table) -> pa.RecordBatch:
+    """``rows`` as one record batch in buffers of its own, exactly as long as its values.
+
+    The IPC writer spells an array by its buffers, not only its values: a slice (at any offset,
+    zero included) of a larger array gives other bytes than the same values built fresh, so without
+    this copy the digest would depend on where a table was cut or how it was read (a Parquet row
+    group, a store shard and a streamed piece are all slices).
+    """
+    columns = [pa.concat_arrays([*column.chunks, pa.array([], column.type)]) for column in rows.columns]
+    return pa.RecordBatch.from_arrays(columns, schema=rows.schema)
 
 
 class _HashSink:
