@@ -472,7 +472,11 @@ class DatasetStore:
         for k, (start, rows) in enumerate(bounds):
             path = folder / shard_file(name, k)
             piece = table.slice(start, rows)
-            pq.write_table(piece, path, row_group_size=ROW_GROUP_ROWS, **parquet_options(piece.schema))
+            if rows:
+                with pq.ParquetWriter(path, piece.schema, **parquet_options(piece.schema)) as writer:
+                    _write_row_groups(writer, piece)
+            else:
+                pq.write_table(piece, path, **parquet_options(piece.schema))
             # A one-shard table's rows are the table's: its content hash, not a second pass.
             shards.append(_shard_info(path, rows, content if len(bounds) == 1 else table_fingerprint(piece)))
         return content, table.schema, shards
@@ -752,7 +756,7 @@ class _ShardWriter:
         table = pa.concat_tables(self.pending)
         full = table.num_rows if final else table.num_rows - table.num_rows % ROW_GROUP_ROWS
         if full:
-            self.writer.write_table(table.slice(0, full), row_group_size=ROW_GROUP_ROWS)
+            _write_row_groups(self.writer, table.slice(0, full))
             self.rows += full
         rest = table.slice(full)
         self.pending, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
@@ -763,10 +767,21 @@ class _ShardWriter:
         return _shard_info(self.path, self.rows, self.hasher.hexdigest())
 
 
+def _write_row_groups(writer: pq.ParquetWriter, table: pa.Table) -> None:
+    """``table`` as row groups of :data:`ROW_GROUP_ROWS` rows, each from one contiguous chunk: the
+    writer cuts pages where chunks end, so this makes a shard's bytes independent of how its rows
+    were chunked in memory (read whole, streamed in pieces), as its content hash already is."""
+    for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+        group = table.slice(start, ROW_GROUP_ROWS)
+        if any(column.num_chunks > 1 for column in group.columns):
+            group = group.combine_chunks()
+        writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+
+
 def _shard_info(path: Path, rows: int, content: str) -> dict[str, Any]:
     """A shard's manifest record: its file's digest (for `store verify`) and its rows' content hash,
-    which names it to a map task: equal rows may be spelled in different bytes (Parquet pages are
-    cut by how the rows were chunked in memory), and must still hit the same cache entry."""
+    which names it to a map task (a shard written by an older version may spell equal rows in
+    other bytes, and must still hit the same cache entry)."""
     return {"file": path.name, "rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path), "content": content}
 
 

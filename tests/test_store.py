@@ -264,9 +264,8 @@ def test_a_streamed_table_is_stored_as_the_same_shards_and_content_as_the_whole_
     whole = store.put(fingerprint="a" * 64, tables={"data": t}, **common).tables["data"]
     streamed = store.put(fingerprint="b" * 64, tables={"data": TableStream(t.schema, pieces)}, **common).tables["data"]
     assert len(whole["shards"]) > 1
-    # The same shards and content hash; the files' bytes may differ (Parquet pages are cut by
-    # how the rows arrived), which is why the content hash, not a file digest, names a table.
-    assert [s["rows"] for s in streamed["shards"]] == [s["rows"] for s in whole["shards"]]
+    # The same shards, to the bytes of each file, and the same content hash.
+    assert [(s["rows"], s["sha256"]) for s in streamed["shards"]] == [(s["rows"], s["sha256"]) for s in whole["shards"]]
     assert (streamed["content"], streamed["rows"], streamed["schema"]) == (whole["content"], whole["rows"], whole["schema"])
     assert store.table("b" * 64).equals(t) and store.sharded("b" * 64).num_rows == t.num_rows
     assert store.verify("b" * 64) == []
@@ -319,3 +318,19 @@ def test_columns_a_stage_marks_plain_are_written_uncompressed_and_read_back_unch
         assert back.equals(t) and back.schema.field("sig").metadata == schema.field("sig").metadata
         assert store.verify(fp) == []
     assert whole.tables["data"]["content"] == streamed.tables["data"]["content"] == table_fingerprint(t)
+
+
+def test_a_table_hashes_the_same_however_it_is_cut_and_whatever_buffers_hold_it():
+    """The content hash names rows, not buffers: pieces that are zero-offset slices of longer
+    arrays (a Parquet row group read in batches, a streamed piece) once hashed their unused tail."""
+    from storage.fingerprint import TableHasher, table_fingerprint
+
+    n = 140_000  # over two of the hasher's 65,536-row batches
+    t = pa.table({"id": [f"d{i}" for i in range(n)], "x": list(range(n))})
+    fresh = table_fingerprint(pa.Table.from_pylist(t.to_pylist()))
+    assert table_fingerprint(t) == fresh
+    for rows in (50_000, 65_536, 99_999, 7_777):
+        h = TableHasher(t.schema)
+        for batch in t.to_batches(max_chunksize=rows):  # each a slice of t's buffers, the first at offset 0
+            h.update(batch)
+        assert h.hexdigest() == fresh, rows
