@@ -31,13 +31,13 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage import DatasetStore, code_version, derive_fingerprint, file_fingerprint, short
-from tasks.common import StageResult, Timings, concat_ledgers, set_progress_listener
+from tasks.common import StageResult, TableStream, Timings, concat_ledgers, set_progress_listener
 from winnow import io as wio
 from winnow.errors import WinnowError
 from winnow.stages import FILES, INGEST_STAGES
@@ -259,7 +259,7 @@ def prepare_ingest(plan: StagePlan, store: DatasetStore) -> Prepared:
     fp = fingerprint_of(plan)
     if store.exists(fp):
         return Prepared(plan, store.table(fp))
-    result, inputs = _ingest(plan)
+    result, inputs = _ingest(plan, stream=False)
     return Prepared(plan, result.tables["data"], result, inputs)
 
 
@@ -371,13 +371,21 @@ def _load(store: DatasetStore, ref: str, lazy: bool = False) -> Any:
     return store.sharded(fp, table) if lazy else store.table(fp, table)
 
 
-def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:
+def _ingest(plan: StagePlan, stream: bool = True) -> tuple[StageResult, list[dict[str, Any]]]:
+    """Read and validate the plan's files. A corpus of Parquet is streamed into the store (see
+    :func:`_streamed_corpus`) unless ``stream`` is False (a caller that needs the table itself)."""
     columns = dict(plan.params["columns"])
     split = columns.pop("split", None)
     unique_ids = columns.pop("unique_ids", True)
+    paths = plan.params["paths"]
+    if stream and plan.stage == "ingest_corpus" and len(paths) == 1:
+        files = wio.streamable_parquet(Path(paths[0]))
+        if files is not None:
+            return _streamed_corpus(paths[0], files, next(iter(plan.parents.values())), wio.Columns(**columns),
+                                    unique_ids)
     tables = []
     inputs = []
-    for path, (_, fp) in zip(plan.params["paths"], plan.parents.items()):
+    for path, (_, fp) in zip(paths, plan.parents.items()):
         raw = wio.read_table(path, split=split)
         if plan.stage == "ingest_corpus":
             tables.append(wio.canonical_corpus(raw, wio.Columns(**columns), where=path, unique_ids=unique_ids))
@@ -387,8 +395,31 @@ def _ingest(plan: StagePlan) -> tuple[StageResult, list[dict[str, Any]]]:
         inputs.append({"path": path, "fingerprint": fp, "rows": raw.num_rows})
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     if len(tables) > 1 and unique_ids:
-        wio.check_unique_ids(table["id"], where=" + ".join(plan.params["paths"]), column="id")
+        wio.check_unique_ids(table["id"], where=" + ".join(paths), column="id")
     return StageResult(tables={"data": table}, metrics=ingest_metrics(table)), inputs
+
+
+def _streamed_corpus(path: str, files: list[Path], fingerprint: str, cols: wio.Columns, unique_ids: bool
+                     ) -> tuple[StageResult, list[dict[str, Any]]]:
+    """A Parquet corpus written to the store piece by piece, so an ingest of any size holds one
+    piece (plus the ids, for the uniqueness check): the same entry as reading it whole.
+
+    The metrics are counted as the pieces pass: the store reads them once the tables are written.
+    """
+    schema, rows, pieces = wio.stream_corpus(files, cols, where=path, unique_ids=unique_ids)
+    metrics: dict[str, Any] = {"rows_out": rows}
+
+    def counted() -> Iterator[pa.Table]:
+        by_domain: dict[str, int] = {}
+        for piece in pieces():
+            counts = pc.value_counts(piece["domain"])
+            for value, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+                by_domain[value] = by_domain.get(value, 0) + n
+            yield piece
+        metrics["rows_by_domain"] = by_domain
+
+    result = StageResult(tables={"data": TableStream(schema, counted)}, metrics=metrics)
+    return result, [{"path": path, "fingerprint": fingerprint, "rows": rows}]
 
 
 def ingest_metrics(table: pa.Table) -> dict[str, Any]:

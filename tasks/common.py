@@ -83,7 +83,8 @@ class StageResult:
             others are reports (e.g. contamination's per-example report). A table too big for
             memory may be a :class:`TableStream`.
         removed: the per-row ledger, in :data:`LEDGER_SCHEMA`.
-        metrics: a small JSON-serialisable summary shown in the run receipt.
+        metrics: a small JSON-serialisable summary shown in the run receipt. The store reads it
+            once every table is written, so a :class:`TableStream` may complete it as it goes.
         segments: per table, row counts of consecutive parts the store must not put in one
             shard (a corpus of daily files: one part per file, so a day's shards, and the map
             tasks keyed by them, stay the same as the corpus grows).
@@ -204,6 +205,16 @@ class RowRules:
     columns: tuple[str, ...] = ()
 
 
+def check_unique_ids(ids: pa.ChunkedArray | pa.Array, where: str) -> None:
+    """Raise a :class:`WinnowError` naming a duplicated id: :func:`check_rows`' id rule alone, for
+    a reduce whose map tasks each checked only their own shard's rows."""
+    if pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids).flatten()
+        dup = pc.filter(counts[0], pc.greater(counts[1], 1))
+        raise WinnowError(f"{where}: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once); "
+                          "ids must be unique")
+
+
 def check_rows(table: pa.Table, where: str, rules: RowRules = RowRules()) -> None:
     """Raise a :class:`WinnowError` naming the first row (its position and id) that breaks ``rules``.
 
@@ -219,11 +230,8 @@ def check_rows(table: pa.Table, where: str, rules: RowRules = RowRules()) -> Non
     if ids.null_count:
         raise WinnowError(f"{where}: column 'id' has {ids.null_count} null value(s), first at row "
                           f"{first_true(pc.is_null(ids))}")
-    if rules.unique_ids and pc.count_distinct(ids).as_py() != table.num_rows:
-        counts = pc.value_counts(ids).flatten()
-        dup = pc.filter(counts[0], pc.greater(counts[1], 1))
-        raise WinnowError(f"{where}: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once); "
-                          "ids must be unique")
+    if rules.unique_ids:
+        check_unique_ids(ids, where)
     for column in ("text", *rules.columns):
         if table[column].null_count:
             row = first_true(pc.is_null(table[column]))

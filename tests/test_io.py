@@ -144,3 +144,83 @@ def test_export_restores_user_column_names(tmp_path):
     out = wio.canonical_corpus(pa.Table.from_pylist(_docs(2)), COLS, "in")
     path = wio.export_table(out, tmp_path / "o.parquet", COLS)
     assert pq.read_table(path).column_names[:2] == ["doc_id", "body"]
+
+
+def _ingest_both_ways(tmp_path: Path, path: Path, monkeypatch, columns: dict | None = None):
+    """The same input ingested streamed (``execute``, as flows do) and whole (``prepare_ingest``,
+    as one-stage commands do), each into its own store; returns both stores and the entry."""
+    from flows.stagetask import commit, execute, plan_ingest, prepare_ingest
+    from storage import DatasetStore
+
+    monkeypatch.setattr(wio, "PIECE_ROWS", 700)  # several pieces, none aligned with shards or row groups
+    plan = plan_ingest("corpus", [str(path)], columns or {})
+    streamed, whole = DatasetStore(tmp_path / "streamed"), DatasetStore(tmp_path / "whole")
+    for store in (streamed, whole):
+        store.configure(shard_rows=1000)
+    fp = execute(plan, str(streamed.root))
+    assert commit(prepare_ingest(plan, whole), whole) == fp
+    return streamed, whole, fp
+
+
+def test_a_parquet_corpus_is_ingested_in_pieces_into_the_same_entry_as_read_whole(tmp_path, sample_corpus, monkeypatch):
+    """A flow's ingest streams Parquet (a corpus need not fit in memory); the entry must be the one
+    reading it whole gives, to the bytes of each shard, so every later fingerprint agrees."""
+    t = pq.read_table(sample_corpus).slice(0, 3500)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(t.slice(0, 1800), folder / "a.parquet", row_group_size=500)
+    pq.write_table(t.slice(1800), folder / "b.parquet", row_group_size=5000)
+    calls = []
+    real = wio.read_table
+    monkeypatch.setattr(wio, "read_table", lambda *a, **k: calls.append(a) or real(*a, **k))
+    streamed, whole, fp = _ingest_both_ways(tmp_path, folder, monkeypatch)
+    assert len(calls) == 1  # the whole read is prepare_ingest's; the flow's ingest never read it whole
+    a, b = streamed.manifest(fp), whole.manifest(fp)
+    assert a.tables["data"]["shards"] == b.tables["data"]["shards"] and len(a.tables["data"]["shards"]) == 4
+    assert a.tables["data"]["content"] == b.tables["data"]["content"]
+    assert a.metrics == b.metrics and a.metrics["rows_out"] == 3500 and sum(a.metrics["rows_by_domain"].values()) == 3500
+    assert streamed.table(fp).equals(wio.canonical_corpus(t, wio.Columns(), "t"))
+
+
+@pytest.mark.parametrize("bad", ["null_text", "duplicate_id"])
+def test_a_bad_row_deep_in_a_streamed_ingest_names_its_row_and_leaves_no_entry(tmp_path, sample_corpus, monkeypatch, bad):
+    """The checks of a streamed ingest run as the pieces pass: a bad row in a late piece must still
+    give the whole input's row number, and nothing may be committed or left staged."""
+    from flows.stagetask import execute, plan_ingest
+    from storage import DatasetStore
+
+    t = pq.read_table(sample_corpus, columns=["id", "text", "domain"]).slice(0, 3000)
+    if bad == "null_text":
+        text = t["text"].to_pylist()
+        text[2345] = None
+        t = t.set_column(1, "text", pa.array(text, pa.string()))
+        expected = f"column 'text' is null at row 2345 (id {t['id'][2345].as_py()!r})"
+    else:
+        ids = t["id"].to_pylist()
+        ids[2900] = ids[10]
+        t = t.set_column(0, "id", pa.array(ids))
+        expected = f"column 'id' has 1 duplicated id(s); e.g. {ids[10]!r} at rows [10, 2900]"
+    pq.write_table(t, tmp_path / "c.parquet", row_group_size=400)
+    monkeypatch.setattr(wio, "PIECE_ROWS", 700)
+    store = DatasetStore(tmp_path / "s")
+    store.configure(shard_rows=1000)
+    with pytest.raises(WinnowError) as e:
+        execute(plan_ingest("corpus", [str(tmp_path / "c.parquet")], {}), str(store.root))
+    assert str(e.value) == f"{tmp_path / 'c.parquet'}: {expected}"
+    assert list(store.objects.iterdir()) == [] and list(store.staging.iterdir()) == []
+
+
+def test_inputs_that_cannot_stream_are_read_whole(tmp_path, sample_corpus):
+    """JSON Lines, a folder mixing formats or schemas, and dictionary columns keep the whole read."""
+    t = pq.read_table(sample_corpus).slice(0, 50)
+    _jsonl(tmp_path / "c.jsonl", t.to_pylist())
+    assert wio.streamable_parquet(tmp_path / "c.jsonl") is None
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    pq.write_table(t, mixed / "a.parquet")
+    pq.write_table(t.drop_columns(["domain"]), mixed / "b.parquet")
+    assert wio.streamable_parquet(mixed) is None
+    pq.write_table(t.set_column(2, "domain", t["domain"].dictionary_encode()), tmp_path / "d.parquet")
+    assert wio.streamable_parquet(tmp_path / "d.parquet") is None
+    pq.write_table(t, tmp_path / "ok.parquet")
+    assert wio.streamable_parquet(tmp_path / "ok.parquet") == [tmp_path / "ok.parquet"]
