@@ -6,6 +6,8 @@ Run from the repository root::
     python -m benchmarks.bench_scale --docs 1000000 --shards 16   # real text resampled, 1 and 2 workers
     python -m benchmarks.bench_scale --end-to-end                  # `time winnow dedup` vs datasketch, ~23k real docs
     python -m benchmarks.bench_scale --contamination --docs 1000000  # contamination: one process, map/reduce, +1%
+                                                                   # (--workers 2: the map/reduce on a 2-worker cluster)
+    python -m benchmarks.bench_scale --ingest --docs 1000000       # ingest: streamed in pieces vs read whole
 
 **Corpus** (:func:`resampled_corpus`): documents of the bundled sample (``data/sample``, 23,483
 real texts) drawn with replacement and edited, vectorised in Arrow: each word replaced by a random
@@ -28,6 +30,7 @@ same path (ingest, the new shard's map task, the reduce), against the full run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -94,6 +98,47 @@ def _grown(src: Path, docs: int, work: Path) -> Path:
     return grown
 
 
+def _text_mb(path: Path) -> int:
+    """MB of text in a corpus file (Arrow's size of its text column), read a row group at a time."""
+    with pq.ParquetFile(path) as f:
+        return round(sum(f.read_row_group(g, columns=["text"]).nbytes for g in range(f.num_row_groups)) / 1e6)
+
+
+INGEST_SCRIPT = """
+import json, resource, sys, time
+from flows.stagetask import commit, execute, plan_ingest, prepare_ingest
+from storage import DatasetStore
+mode, path, root, shard_rows = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+store = DatasetStore(root)
+store.configure(shard_rows=shard_rows)
+plan = plan_ingest("corpus", [path], {"split": None, "id": "id", "text": "text", "domain": "domain", "label": "label"})
+t = time.perf_counter()
+fp = execute(plan, root) if mode == "streamed" else commit(prepare_ingest(plan, store), store)
+print(json.dumps({"s": round(time.perf_counter() - t, 1), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                  "fingerprint": fp, "shards": [s["sha256"] for s in store.manifest(fp).tables["data"]["shards"]]}))
+"""
+
+
+def bench_ingest(docs: int, shards: int, work: Path) -> dict:
+    """A Parquet corpus ingested into a store the two ways winnow does it, each in a fresh process:
+    streamed in pieces (``execute``: flows, the Dask bench above) and read whole (``prepare_ingest``:
+    one-stage commands, which validate everything before writing). Wall time in process, peak RSS,
+    and whether the two entries are the same to the bytes of every shard."""
+    src = resampled_corpus(docs, work / "corpus.parquet")
+    out: dict = {"docs": docs, "shards": shards, "text_mb": _text_mb(src)}
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    entries = {}
+    for mode in ("streamed", "whole"):
+        done = subprocess.run([sys.executable, "-c", INGEST_SCRIPT, mode, str(src), str(work / mode), str(-(-docs // shards))],
+                              check=True, capture_output=True, text=True, env=env, cwd=REPO)
+        entries[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        out[mode] = {k: entries[mode][k] for k in ("s", "peak_rss_mb")}
+        shutil.rmtree(work / mode)
+        print(mode, json.dumps(out[mode]), flush=True)
+    out["same_entry"] = all(entries["streamed"][k] == entries["whole"][k] for k in ("fingerprint", "shards"))
+    return out
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM), in MB."""
     return _rss_mb("VmHWM")
@@ -116,6 +161,33 @@ def _start_cluster(folder: Path, workers: int, env: dict) -> tuple[str, list[sub
     return address, procs
 
 
+@contextlib.contextmanager
+def _cluster(folder: Path, workers: int) -> Iterator[Any]:
+    """A ``distributed.Client`` on a fresh local cluster of ``workers`` (kernels warmed up on each),
+    or None for ``workers == 0`` (everything in this process); stopped on exit."""
+    if workers == 0:
+        yield None
+        return
+    from distributed import Client
+
+    address, procs = _start_cluster(folder, workers, dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        with Client(address, timeout=120) as client:
+            client.wait_for_workers(workers, timeout=180)
+            client.run(_warm_up)  # imports and Numba's kernel load, once per worker, outside the timing
+            yield client
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+
+
+def _submitter(client: Any, root: str) -> Callable[[str, list], list[str]]:
+    """A map-task submit (``(task name, plans) -> fingerprints``) onto the cluster's workers."""
+    return lambda name, plans: client.gather(client.map(execute, plans, [root] * len(plans), pure=False))
+
+
 def _warm_up() -> None:
     dedup.featurize(pa.chunked_array([pa.array(["warm up the kernels " * 20] * 4)]), dedup.Params(),
                     dedup.Params().banding())
@@ -131,12 +203,8 @@ def dedup_on_cluster(client, store: DatasetStore, corpus: str) -> dict:
     """The map tasks, then the reduce, each an :func:`execute` on the cluster's workers."""
     params = dedup.Params()
     root = str(store.root)
-
-    def submit(name: str, plans: list) -> list[str]:
-        return client.gather(client.map(execute, plans, [root] * len(plans), pure=False))
-
     t = time.perf_counter()
-    hints = map_hints(spec("dedup"), store, {"corpus": corpus}, params, submit)
+    hints = map_hints(spec("dedup"), store, {"corpus": corpus}, params, _submitter(client, root))
     map_s = time.perf_counter() - t
     plan = plan_stage("dedup", {"corpus": corpus}, params, hints=hints, store=store)
     t = time.perf_counter()
@@ -155,11 +223,9 @@ def bench_map_reduce(docs: int, shards: int, workers_list: list[int], work: Path
     """Map / reduce dedup of a resampled corpus on 1..N-worker clusters, then a grown corpus's
     nightly; ``compare`` also runs it in one process in memory and checks the keep-sets agree
     (off at 10M documents, which do not fit one process on a 24 GB box)."""
-    from distributed import Client
-
     src = resampled_corpus(docs, work / "corpus.parquet")
     grown = _grown(src, docs, work) if nightly else None
-    out: dict = {"docs": docs, "shards": shards, "text_mb": round(pq.read_table(src, columns=["text"]).nbytes / 1e6)}
+    out: dict = {"docs": docs, "shards": shards, "text_mb": _text_mb(src)}
     whole = None
     if compare:
         t = time.perf_counter()
@@ -167,7 +233,6 @@ def bench_map_reduce(docs: int, shards: int, workers_list: list[int], work: Path
         out["one_process_in_memory_s"] = round(time.perf_counter() - t, 1)
         out["one_process_peak_rss_mb"] = round(_peak_rss_mb())
         out["removed"] = whole.metrics["removed"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     runs = []
     for workers in workers_list:
         store = DatasetStore(work / f"store-{workers}")
@@ -175,30 +240,21 @@ def bench_map_reduce(docs: int, shards: int, workers_list: list[int], work: Path
         t = time.perf_counter()
         corpus = _ingest(store, src)
         ingest_s = round(time.perf_counter() - t, 1)
-        address, procs = _start_cluster(work, workers, env)
-        try:
-            with Client(address, timeout=120) as client:
-                client.wait_for_workers(workers, timeout=180)
-                client.run(_warm_up)  # imports and Numba's kernel load, once per worker, outside the timing
-                r = {"workers": workers, "ingest_s": ingest_s, **dedup_on_cluster(client, store, corpus)}
-                fp = r.pop("fingerprint")
-                r["removed"] = store.manifest(fp).metrics["removed"]
-                if whole is not None:
-                    r["keep_set_equal"] = (store.table(fp)["id"].equals(whole.tables["data"]["id"])
-                                           and store.removed(fp).equals(whole.removed))
-                r["docs_per_s"] = round(docs / (r["map_s"] + r["reduce_s"]))
-                if nightly and workers == max(workers_list):
-                    grown_corpus = _ingest(store, grown)
-                    inc = dedup_on_cluster(client, store, grown_corpus)
-                    inc.pop("fingerprint")
-                    r["incremental_1pct"] = {**inc, "fraction_of_full": round(
-                        (inc["map_s"] + inc["reduce_s"]) / (r["map_s"] + r["reduce_s"]), 3)}
-                r["peak_rss_worker_mb"] = sorted(round(v) for v in client.run(_peak_rss_mb).values())
-        finally:
-            for p in procs[::-1]:
-                p.terminate()
-            for p in procs:
-                p.wait(timeout=60)
+        with _cluster(work, workers) as client:
+            r = {"workers": workers, "ingest_s": ingest_s, **dedup_on_cluster(client, store, corpus)}
+            fp = r.pop("fingerprint")
+            r["removed"] = store.manifest(fp).metrics["removed"]
+            if whole is not None:
+                r["keep_set_equal"] = (store.table(fp)["id"].equals(whole.tables["data"]["id"])
+                                       and store.removed(fp).equals(whole.removed))
+            r["docs_per_s"] = round(docs / (r["map_s"] + r["reduce_s"]))
+            if nightly and workers == max(workers_list):
+                grown_corpus = _ingest(store, grown)
+                inc = dedup_on_cluster(client, store, grown_corpus)
+                inc.pop("fingerprint")
+                r["incremental_1pct"] = {**inc, "fraction_of_full": round(
+                    (inc["map_s"] + inc["reduce_s"]) / (r["map_s"] + r["reduce_s"]), 3)}
+            r["peak_rss_worker_mb"] = sorted(round(v) for v in client.run(_peak_rss_mb).values())
         runs.append(r)
         shutil.rmtree(store.root)
         print(json.dumps(r), flush=True)
@@ -251,64 +307,80 @@ def bench_end_to_end(corpus: Path) -> dict:
             "kept_winnow_datasketch": kept}
 
 
-def _contamination_in_store(store: DatasetStore, corpus: str, bench: str) -> dict:
+def _contamination_in_store(store: DatasetStore, corpus: str, bench: str, client: Any = None) -> dict:
     """The benchmark index, one contamination_scan task per shard, then the reduce, each an
-    :func:`execute` in this process (what ``winnow contamination`` does), timed apart."""
+    :func:`execute`, timed apart: on the cluster's workers, or (no ``client``) in this process,
+    as ``winnow contamination`` does."""
     from flows.graph import benchmark_index
     from flows.stagetask import run_in_turn
     from tasks.contamination import Params
 
     params = Params()
+    root = str(store.root)
+    submit = run_in_turn(store) if client is None else _submitter(client, root)
     t = time.perf_counter()
     parents = {"corpus": corpus, "benchmarks": bench}
-    parents |= benchmark_index(store, parents, params, run_in_turn(store))
+    parents |= benchmark_index(store, parents, params, submit)
     index_s = time.perf_counter() - t
     t = time.perf_counter()
-    hints = map_hints(spec("contamination"), store, parents, params, run_in_turn(store))
+    hints = map_hints(spec("contamination"), store, parents, params, submit)
     map_s = time.perf_counter() - t
     t = time.perf_counter()
-    fp = execute(plan_stage("contamination", parents, params, hints=hints, store=store), str(store.root))
+    plan = plan_stage("contamination", parents, params, hints=hints, store=store)
+    fp = execute(plan, root) if client is None else client.submit(execute, plan, root, pure=False).result()
     reduce_s = time.perf_counter() - t
     return {"fingerprint": fp, "index_s": round(index_s, 1), "map_s": round(map_s, 1), "reduce_s": round(reduce_s, 1),
             "map_tasks": len(hints.get("scans", "").split(",")) if hints else 0}
 
 
-def bench_contamination(docs: int, shards: int, work: Path) -> dict:
+def bench_contamination(docs: int, shards: int, work: Path, workers: int = 0, compare: bool = True,
+                        nightly: bool = True) -> dict:
     """contamination on the resampled corpus against the bundled benchmarks: one process on the
-    whole table, then through a store of ``shards`` shards (map tasks + reduce) with the same
-    result, then the corpus grown by a new 1% shard (only its scan and the reduce recompute)."""
+    whole table (``compare``), then through a store of ``shards`` shards (map tasks + reduce, on a
+    local cluster of ``workers`` or, with 0, in this process) with the same result, then the corpus
+    grown by a new 1% shard (``nightly``: only its scan and the reduce recompute)."""
     from tasks import contamination
     from winnow import io as wio
     from winnow.config import benchmark_columns
 
     src = resampled_corpus(docs, work / "corpus.parquet")
-    grown = _grown(src, docs, work)
     bench_path = REPO / "data" / "sample" / "benchmarks.parquet"
     items = wio.canonical_benchmarks(pq.read_table(bench_path), where=str(bench_path), default_name="benchmarks")
-    t = time.perf_counter()
-    corpus = pq.read_table(src)
-    whole = contamination.run(corpus, items, contamination.Params())
-    out: dict = {"docs": docs, "shards": shards, "items": items.num_rows,
-                 "text_mb": round(corpus.column("text").nbytes / 1e6),
-                 "one_process_s": round(time.perf_counter() - t, 1), "one_process_peak_rss_mb": round(_peak_rss_mb()),
-                 "removed": whole.removed.num_rows}
-    del corpus
+    out: dict = {"docs": docs, "shards": shards, "workers": workers, "items": items.num_rows, "text_mb": _text_mb(src)}
+    whole = None
+    if compare:
+        t = time.perf_counter()
+        whole = contamination.run(pq.read_table(src), items, contamination.Params())
+        out.update(one_process_s=round(time.perf_counter() - t, 1), one_process_peak_rss_mb=round(_peak_rss_mb()),
+                   removed=whole.removed.num_rows)
     store = DatasetStore(work / "store")
     store.configure(shard_rows=-(-docs // shards))
     bench = execute(plan_ingest("benchmarks", [str(bench_path)], benchmark_columns(None)), str(store.root))
-    full = _contamination_in_store(store, _ingest(store, src), bench)
-    fp = full.pop("fingerprint")
-    full["same_as_one_process"] = (store.table(fp).equals(whole.tables["data"])
-                                   and store.table(fp, "report").equals(whole.tables["report"])
-                                   and store.removed(fp).equals(whole.removed))
     t = time.perf_counter()
-    grown_corpus = _ingest(store, grown)
-    ingest_s = time.perf_counter() - t
-    inc = _contamination_in_store(store, grown_corpus, bench)
-    inc.pop("fingerprint")
-    inc["ingest_s"] = round(ingest_s, 1)
-    inc["fraction_of_full"] = round((inc["map_s"] + inc["reduce_s"]) / (full["map_s"] + full["reduce_s"]), 3)
-    out.update(sharded=full, incremental_1pct=inc, peak_rss_mb=round(_peak_rss_mb()))
+    corpus = _ingest(store, src)
+    out["ingest_s"] = round(time.perf_counter() - t, 1)
+    with _cluster(work, workers) as client:
+        full = _contamination_in_store(store, corpus, bench, client)
+        fp = full.pop("fingerprint")
+        full["removed"] = store.manifest(fp).metrics["docs_masked"] + store.manifest(fp).metrics["docs_dropped"]
+        full["docs_per_s"] = round(docs / (full["index_s"] + full["map_s"] + full["reduce_s"]))
+        if whole is not None:
+            full["same_as_one_process"] = (store.table(fp).equals(whole.tables["data"])
+                                           and store.table(fp, "report").equals(whole.tables["report"])
+                                           and store.removed(fp).equals(whole.removed))
+        out["sharded"] = full
+        if nightly:
+            t = time.perf_counter()
+            grown_corpus = _ingest(store, _grown(src, docs, work))
+            ingest_s = time.perf_counter() - t
+            inc = _contamination_in_store(store, grown_corpus, bench, client)
+            inc.pop("fingerprint")
+            inc["ingest_s"] = round(ingest_s, 1)
+            inc["fraction_of_full"] = round((inc["map_s"] + inc["reduce_s"]) / (full["map_s"] + full["reduce_s"]), 3)
+            out["incremental_1pct"] = inc
+        if client is not None:
+            out["peak_rss_worker_mb"] = sorted(round(v) for v in client.run(_peak_rss_mb).values())
+    out["parent_peak_rss_mb"] = round(_peak_rss_mb())
     return out
 
 
@@ -320,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--end-to-end", action="store_true", help="only the `winnow dedup` vs datasketch timing")
     ap.add_argument("--contamination", action="store_true",
                     help="only contamination on --docs: one process, then map tasks per shard + reduce, then +1%%")
+    ap.add_argument("--ingest", action="store_true",
+                    help="only the ingest of --docs: streamed in pieces vs read whole, time and peak RSS")
     ap.add_argument("--corpus", default=str(SAMPLE))
     ap.add_argument("--no-nightly", action="store_true", help="skip the grown-by-1%% nightly run")
     ap.add_argument("--no-compare", action="store_true",
@@ -329,16 +403,21 @@ def main(argv: list[str] | None = None) -> None:
     result = {"machine": MACHINE, "load_before": os.getloadavg()}
     if args.end_to_end:
         result["end_to_end"] = bench_end_to_end(Path(args.corpus))
+    elif args.ingest:
+        with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+            result["ingest"] = bench_ingest(args.docs, args.shards, Path(tmp))
     elif args.contamination:
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-            result["contamination"] = bench_contamination(args.docs, args.shards, Path(tmp))
+            result["contamination"] = bench_contamination(args.docs, args.shards, Path(tmp), int(args.workers.split(",")[-1]),
+                                                          compare=not args.no_compare, nightly=not args.no_nightly)
     else:
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
             result["map_reduce"] = bench_map_reduce(args.docs, args.shards, [int(w) for w in args.workers.split(",")],
                                                     Path(tmp), compare=not args.no_compare, nightly=not args.no_nightly)
     result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
-    name = "scale-e2e" if args.end_to_end else f"scale-{'contamination-' if args.contamination else ''}{args.docs}"
+    kind = "contamination-" if args.contamination else "ingest-" if args.ingest else ""
+    name = "scale-e2e" if args.end_to_end else f"scale-{kind}{args.docs}"
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
 
 

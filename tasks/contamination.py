@@ -77,7 +77,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from dataclasses import replace as dataclasses_replace
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -90,12 +90,15 @@ from tasks.common import (
     RowRules,
     StageResult,
     Timings,
+    TableStream,
     check_rows,
+    check_unique_ids,
     concat_ledgers,
-    drop_rows,
     ledger,
     require_columns,
 )
+from tasks import memory
+from tasks.shards import Pieces, TableRows, rows_of
 from tasks.ngram_index import Folder, Vocab, ngram_keys
 from winnow.errors import WinnowError
 
@@ -857,7 +860,7 @@ def _fuzzy_candidates(xf: dict[str, np.ndarray], p: _Prepared, min_grams: int, n
     return out
 
 
-def _fuzzy(xf: dict[str, np.ndarray], text: pa.ChunkedArray, p: _Prepared, params: Params, n_rows: int
+def _fuzzy(xf: dict[str, np.ndarray], corpus: Pieces | TableRows, p: _Prepared, params: Params, n_rows: int
            ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Rule ``fuzzy``: align each candidate window with its example, token by token and in order
     (difflib's matching blocks, so gaps from edits are skipped), and fire where the aligned own
@@ -873,7 +876,7 @@ def _fuzzy(xf: dict[str, np.ndarray], text: pa.ChunkedArray, p: _Prepared, param
         # tokens are compared by their 64-bit hashes: no Python string per token of a long document
         thr = np.array([r["fuzzy_min_aligned"] for r in p.rules])
         rows_needed = sorted({c[1] for c in cands})
-        d_bounds, d_hash = p.folder.hashed(text.take(pa.array(rows_needed, pa.int64())))
+        d_bounds, d_hash = p.folder.hashed(corpus.take(np.array(rows_needed, np.int64), ["text"])["text"])
         slot = {r: i for i, r in enumerate(rows_needed)}
         passed: list[tuple[float, int, int, int, int, list]] = []  # (share, row, start, end, example, blocks)
         for e, row, lo, hi in cands:
@@ -1223,7 +1226,7 @@ def _pair_evidence(x: dict[str, np.ndarray], ch: dict[str, np.ndarray], p: _Prep
     return _Evidence(pairs, pair_e, pair_row, pair_best, strong, _pair_spans(ch, chain_pair, pairs.size))
 
 
-def _locate(corpus: pa.Table, p: _Prepared, ev: _Evidence, max_hits: int
+def _locate(corpus: Pieces | TableRows, p: _Prepared, ev: _Evidence, max_hits: int
             ) -> tuple[list[str], dict[int, list[tuple[int, int]]], dict[int, set[int]], dict[int, int]]:
     """Token spans -> character spans, only for the documents that are listed or acted on.
 
@@ -1238,18 +1241,19 @@ def _locate(corpus: pa.Table, p: _Prepared, ev: _Evidence, max_hits: int
         if n_listed[e] < max_hits:
             listed.setdefault(e, []).append(pi)
             n_listed[e] += len(ev.spans_tok[pi])
-    text = corpus["text"]
-    need_rows = {int(ev.pair_row[pi]) for lst in listed.values() for pi in lst} | set(ev.pair_row[ev.strong].tolist())
-    offsets = {r: p.folder.offsets(text[r].as_py()) for r in sorted(need_rows)}
+    need_rows = sorted({int(ev.pair_row[pi]) for lst in listed.values() for pi in lst} | set(ev.pair_row[ev.strong].tolist()))
+    docs = corpus.take(np.array(need_rows, np.int64), ["id", "text"])
+    texts, ids = (docs["text"].to_pylist(), docs["id"].to_pylist()) if docs is not None else ([], [])
+    offsets = {r: p.folder.offsets(t) for r, t in zip(need_rows, texts)}
+    doc_ids = dict(zip(need_rows, ids))
 
     def char_spans(pi: int) -> list[list[int]]:
         st, en = offsets[int(ev.pair_row[pi])]
         return [[int(st[a]), int(en[b - 1])] for a, b in ev.spans_tok[pi]]
 
-    doc_ids = corpus["id"]
     hits_json = ["[]"] * n_ex
     for e, lst in listed.items():
-        items = [{"doc_id": doc_ids[int(ev.pair_row[pi])].as_py(), "start": s_, "end": e_}
+        items = [{"doc_id": doc_ids[int(ev.pair_row[pi])], "start": s_, "end": e_}
                  for pi in lst for s_, e_ in char_spans(pi)]
         hits_json[e] = json.dumps(items[:max_hits])
     act_spans: dict[int, list[tuple[int, int]]] = {}
@@ -1272,56 +1276,40 @@ def _template_docs(index: _Index, tmpl_hits: np.ndarray, n_ex: int, n_rows: int)
     return np.bincount(np.unique(xt["e"] * n_rows + xt["row"]) // n_rows, minlength=n_ex)
 
 
-def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params(), index: pa.Table | None = None,
+def run(corpus: Any, benchmarks: pa.Table, params: Params = Params(), index: pa.Table | None = None,
         scans: list[pa.Table] | None = None, scans_df: list[pa.Table] | None = None) -> StageResult:
     """Check every benchmark example against the corpus, then mask/drop contaminated text.
 
+    ``corpus`` is a ``pa.Table`` or a sharded store table (:class:`storage.store.ShardedTable`).
     ``index`` is the :func:`build_index` table of these benchmarks and settings (the pipeline's
     cached ``contamination_index`` entry); without it the index is built here. ``scans`` and
     ``scans_df``: the :func:`scan_shard` tables of every shard of ``corpus`` with that index, in
     shard order (the ``contamination_scan`` map tasks); without them the corpus is scanned here.
-    Same result either way.
+    Same result either way. With scans, a sharded corpus is never read whole: the reduce reads
+    the ids, the rows that hold evidence, and then streams the output a row group at a time.
 
     Returns ``tables={"data": corpus after the action (same schema), "report": one row per benchmark
     example (REPORT_SCHEMA)}``, the ledger of masked/dropped documents and metrics (rows in/out,
     contaminated examples per benchmark, MB scanned, MB/s).
     """
     timings = Timings()
+    mapped = scans is not None and scans_df is not None and index is not None
+    rows = rows_of(corpus) if mapped else TableRows(rows_of(corpus).read(None))
     with timings.phase("index"):
-        _check_corpus(corpus)
+        if isinstance(rows, TableRows):
+            _check_corpus(rows.table)
+        else:
+            _check_shards(rows)
         p = _prepare(benchmarks, params, index)
-    if scans is not None and scans_df is not None and index is not None:
-        hits, df_rows = _scans_back(scans, scans_df, corpus.num_rows)
+    if mapped:
+        hits, df_rows = _scans_back(scans, scans_df, rows.num_rows)
         timing = {"scan_seconds": 0.0, "scan_cpu_seconds": 0.0, "workers": 0, "shard_scans": len(scans)}
     else:
-        hits, df_rows, timing = _scan_corpus(corpus["text"], p.folder, p.vocab, p.index, params)
-
-    # score each example: the n-gram rules on n-grams alone, template n-grams aside
-    n_ex, n_rows = p.ex_len.size, corpus.num_rows
-    hits, tmpl_hits = _split_template_hits(p.index, hits)
-    x_all = _expand(p.index, hits)
-    x = _with_unique_evidence(_take(x_all, ~x_all["s"] & ~x_all["t"] & ~x_all["f"]), p.index, n_rows)
-    ch = _chains(x)
-    longest, coverage, matched, n_docs, own_ok = _summary(x, ch, p, n_rows)
-    xs, xs["a"] = _capped_rows(x_all, "s", df_rows, p.index, p.ex_cap)
-    span_pairs = _short_spans(xs, p, n_rows)
-    span_fired = np.zeros(n_ex, bool)
-    span_fired[span_pairs // n_rows] = True
-    xf, xf["a"] = _capped_rows(x_all, "f", df_rows, p.index, np.full(n_ex, params.fuzzy_max_docs))
-    xfz, fuzzy_fired = _fuzzy(xf, corpus["text"], p, params, n_rows)
-    fired = _rules_fired(p, longest, coverage, matched, n_docs, own_ok,
-                         {"short_span": span_fired, "fuzzy": fuzzy_fired})
-    contaminated = np.array([bool(f) for f in fired], dtype=bool)
-    if span_pairs.size or xfz["e"].size:
-        # the report, hits and actions also count the k-grams of the documents that fired
-        # short_span and the aligned blocks of those that fired fuzzy
-        xs = _take(xs, np.isin(xs["e"] * n_rows + xs["row"], span_pairs))
-        x = {k: np.concatenate((x[k], xs[k], xfz[k])) for k in x}
-        ch = _chains(x)
-        longest, coverage, matched, n_docs, _ = _summary(x, ch, p, n_rows)
-
-    ev = _pair_evidence(x, ch, p, contaminated, n_rows)
-    hits_json, act_spans, act_examples, act_longest = _locate(corpus, p, ev, params.max_hits)
+        hits, df_rows, timing = _scan_corpus(rows.table["text"], p.folder, p.vocab, p.index, params)
+    contaminated, fired, x, ch, tmpl_hits = _score(p, params, hits, df_rows, rows)
+    ev = _pair_evidence(x, ch, p, contaminated, rows.num_rows)
+    hits_json, act_spans, act_examples, act_longest = _locate(rows, p, ev, params.max_hits)
+    longest, coverage, matched, n_docs, _ = _summary(x, ch, p, rows.num_rows)
     report = pa.table(
         {
             "id": pa.array(p.ex.ids, pa.string()),
@@ -1336,33 +1324,74 @@ def run(corpus: pa.Table, benchmarks: pa.Table, params: Params = Params(), index
             "example_tokens": pa.array(p.ex_len, pa.int64()),
             "checked": pa.array(p.checked, pa.bool_()),
             "template_tokens": pa.array(p.ex_len - p.own_len, pa.int64()),
-            "template_docs": pa.array(_template_docs(p.index, tmpl_hits, n_ex, n_rows), pa.int64()),
+            "template_docs": pa.array(_template_docs(p.index, tmpl_hits, p.ex_len.size, rows.num_rows), pa.int64()),
             "extra": _extra_column(benchmarks),
         },
         schema=REPORT_SCHEMA,
     )
-    data, removed = _act(corpus, params, act_spans, act_examples, act_longest, p.ex)
-    metrics = _metrics(corpus, data, removed, p, contaminated, params, timing)
+    new_text, drops, removed = _actions(rows, params, act_spans, act_examples, act_longest, p.ex)
+    metrics = _metrics(rows.num_rows, rows.num_rows - drops.size, removed, p, contaminated, params, timing)
     metrics.update(index_seconds=round(timings.seconds["index"], 3), seconds=round(timings.total(), 3))
+    bench_mb = sum(len(t.encode("utf-8")) for t in p.ex.texts) / 1e6
+    if isinstance(rows, TableRows):
+        data = _acted(rows.table, 0, new_text, drops)
+        metrics.update(_mb_metrics(_text_mb(rows.table), bench_mb, timing))
+    else:  # the store reads the metrics once this stream is written (tasks.common.StageResult)
+        data = _acted_stream(rows, new_text, drops, lambda mb: metrics.update(_mb_metrics(mb, bench_mb, timing)))
     return StageResult(tables={"data": data, "report": report}, removed=removed, metrics=metrics)
 
 
-def _metrics(corpus: pa.Table, data: pa.Table, removed: pa.Table, p: _Prepared, contaminated: np.ndarray,
+def _check_shards(rows: Pieces) -> None:
+    """A sharded corpus: the columns, and ids unique across shards (each ``contamination_scan``
+    map task checked its own shard's rows)."""
+    require_columns(rows.schema.empty_table(), {"id": pa.string(), "text": pa.string()}, "contamination corpus")
+    if rows.num_rows == 0:
+        raise WinnowError("contamination corpus: the table is empty (no rows)")
+    check_unique_ids(rows.read(["id"])["id"], "contamination corpus")
+
+
+def _score(p: _Prepared, params: Params, hits: np.ndarray, df_rows: np.ndarray, rows: Pieces | TableRows
+           ) -> tuple[np.ndarray, list[list[str]], dict[str, np.ndarray], Any, np.ndarray]:
+    """Score each example on the corpus hits: the n-gram rules on n-grams alone (template n-grams
+    aside), then short spans and fuzzy alignment. Returns (contaminated, the rules each fired, the
+    match rows and their chains, the template hits)."""
+    n_rows = rows.num_rows
+    hits, tmpl_hits = _split_template_hits(p.index, hits)
+    x_all = _expand(p.index, hits)
+    x = _with_unique_evidence(_take(x_all, ~x_all["s"] & ~x_all["t"] & ~x_all["f"]), p.index, n_rows)
+    ch = _chains(x)
+    longest, coverage, matched, n_docs, own_ok = _summary(x, ch, p, n_rows)
+    xs, xs["a"] = _capped_rows(x_all, "s", df_rows, p.index, p.ex_cap)
+    span_pairs = _short_spans(xs, p, n_rows)
+    span_fired = np.zeros(p.ex_len.size, bool)
+    span_fired[span_pairs // n_rows] = True
+    xf, xf["a"] = _capped_rows(x_all, "f", df_rows, p.index, np.full(p.ex_len.size, params.fuzzy_max_docs))
+    xfz, fuzzy_fired = _fuzzy(xf, rows, p, params, n_rows)
+    fired = _rules_fired(p, longest, coverage, matched, n_docs, own_ok,
+                         {"short_span": span_fired, "fuzzy": fuzzy_fired})
+    contaminated = np.array([bool(f) for f in fired], dtype=bool)
+    if span_pairs.size or xfz["e"].size:
+        # the report, hits and actions also count the k-grams of the documents that fired
+        # short_span and the aligned blocks of those that fired fuzzy
+        xs = _take(xs, np.isin(xs["e"] * n_rows + xs["row"], span_pairs))
+        x = {k: np.concatenate((x[k], xs[k], xfz[k])) for k in x}
+        ch = _chains(x)
+    return contaminated, fired, x, ch, tmpl_hits
+
+
+def _metrics(rows_in: int, rows_out: int, removed: pa.Table, p: _Prepared, contaminated: np.ndarray,
              params: Params, timing: dict) -> dict[str, Any]:
-    """The stage's summary: rows, actions, examples per benchmark, throughput."""
+    """The stage's summary: rows, actions, examples per benchmark (throughput: :func:`_mb_metrics`)."""
     per_bench: dict[str, dict[str, int]] = {}
     for b, c, k in zip(p.ex.benchmarks, contaminated.tolist(), p.checked.tolist()):
         d = per_bench.setdefault(b, {"examples": 0, "contaminated": 0, "unchecked": 0})
         d["examples"] += 1
         d["contaminated"] += int(c)
         d["unchecked"] += int(not k)
-    mb = sum(pc.sum(pc.binary_length(c)).as_py() or 0 for c in corpus["text"].chunks) / 1e6
-    bench_mb = sum(len(t.encode("utf-8")) for t in p.ex.texts) / 1e6
-    t_scan, cpu_scan = timing["scan_seconds"], timing["scan_cpu_seconds"]
     count = lambda act: int(pc.sum(pc.equal(removed["action"], act)).as_py() or 0) if removed.num_rows else 0  # noqa: E731
     return {
-        "rows_in": corpus.num_rows,
-        "rows_out": data.num_rows,
+        "rows_in": rows_in,
+        "rows_out": rows_out,
         "docs_dropped": count("drop"),
         "docs_masked": count("mask"),
         "examples": int(p.ex_len.size),
@@ -1371,15 +1400,26 @@ def _metrics(corpus: pa.Table, data: pa.Table, removed: pa.Table, p: _Prepared, 
         "template_only_examples": int(p.index.all_template.sum()),
         "per_benchmark": per_bench,
         "index_ngrams": p.index.size,
+        "workers": timing["workers"],
+        "shard_scans": timing.get("shard_scans", 0),  # >0: scanned shard by shard by contamination_scan
+        "params": {k: v for k, v in asdict(params).items() if k not in ("per_benchmark",)},
+    }
+
+
+def _text_mb(table: pa.Table) -> float:
+    return sum(pc.sum(pc.binary_length(c)).as_py() or 0 for c in table["text"].chunks) / 1e6
+
+
+def _mb_metrics(mb: float, bench_mb: float, timing: dict) -> dict[str, Any]:
+    """The metrics that need the corpus's size in MB: scanned, and per second of the scan."""
+    t_scan, cpu_scan = timing["scan_seconds"], timing["scan_cpu_seconds"]
+    return {
         "mb_scanned": round(mb, 3),
         "scan_seconds": round(t_scan, 3),
         "mb_per_s": round(mb / t_scan, 2) if t_scan > 0 else None,
         "scan_cpu_seconds": round(cpu_scan, 3),
         "mb_per_cpu_s": round(mb / cpu_scan, 2) if cpu_scan > 0 else None,
-        "workers": timing["workers"],
-        "shard_scans": timing.get("shard_scans", 0),  # >0: scanned shard by shard by contamination_scan
         "benchmark_larger_than_corpus": bench_mb > mb,
-        "params": {k: v for k, v in asdict(params).items() if k not in ("per_benchmark",)},
     }
 
 
@@ -1390,15 +1430,19 @@ def _extra_column(benchmarks: pa.Table) -> pa.Array:
     return pa.nulls(benchmarks.num_rows, pa.string())
 
 
-def _act(corpus: pa.Table, params: Params, spans: dict[int, list[tuple[int, int]]],
-         examples: dict[int, set[int]], longest: dict[int, int], ex: _Examples) -> tuple[pa.Table, pa.Table]:
+def _actions(corpus: Pieces | TableRows, params: Params, spans: dict[int, list[tuple[int, int]]],
+             examples: dict[int, set[int]], longest: dict[int, int], ex: _Examples
+             ) -> tuple[dict[int, str], np.ndarray, pa.Table]:
+    """What to do to each document that holds contamination: (masked text by row, rows to drop
+    (ascending), the ledger). Reads only those documents."""
     if not spans:
-        return corpus, concat_ledgers([])
+        return {}, np.zeros(0, np.int64), concat_ledgers([])
     rows = sorted(spans)
-    ids = corpus["id"]
-    evidence, actions, drop_ids = [], [], []
+    docs = corpus.take(np.array(rows, np.int64), ["id", "text"])
+    ids = docs["id"].to_pylist()
+    evidence, actions, drops = [], [], []
     new_text: dict[int, str] = {}
-    for r in rows:
+    for r, t in zip(rows, docs["text"].to_pylist()):
         merged = _merge_spans(spans[r])
         ev = {
             "benchmark_ids": sorted(ex.ids[e] for e in examples[r]),
@@ -1408,7 +1452,6 @@ def _act(corpus: pa.Table, params: Params, spans: dict[int, list[tuple[int, int]
         }
         action = params.action
         if action == "mask":
-            t = corpus["text"][r].as_py()
             pieces, last = [], 0
             for s, e in merged:
                 pieces.append(t[last:s])
@@ -1422,21 +1465,48 @@ def _act(corpus: pa.Table, params: Params, spans: dict[int, list[tuple[int, int]
                 action = "drop"
                 ev["emptied_by_mask"] = True
         if action == "drop":
-            drop_ids.append(ids[r].as_py())
+            drops.append(r)
         evidence.append(ev)
         actions.append(action)
     led = concat_ledgers(
-        ledger([ids[r].as_py() for r, a in zip(rows, actions) if a == act], STAGE, act, REASON,
+        ledger([i for i, a in zip(ids, actions) if a == act], STAGE, act, REASON,
                [ev for ev, a in zip(evidence, actions) if a == act])
         for act in ("drop", "mask", "flag")
     )
-    data = corpus
-    if new_text:
-        col_idx = corpus.column_names.index("text")
-        texts = corpus["text"].to_pylist()
-        for r, t in new_text.items():
-            texts[r] = t
-        data = data.set_column(col_idx, corpus.schema.field("text"), pa.array(texts, corpus.schema.field("text").type))
-    if drop_ids:
-        data = drop_rows(data, drop_ids)
-    return data, led
+    return new_text, np.array(drops, np.int64), led
+
+
+def _acted(table: pa.Table, start: int, new_text: dict[int, str], drops: np.ndarray) -> pa.Table:
+    """Rows ``start ...`` of the corpus (``table``) with their masks applied and drops removed."""
+    n = table.num_rows
+    mine = [r for r in new_text if start <= r < start + n]  # new_text is in row order
+    if mine:
+        i = table.column_names.index("text")
+        field = table.schema.field("text")
+        mask = np.zeros(n, bool)
+        mask[np.array(mine) - start] = True
+        text = pc.replace_with_mask(table["text"].combine_chunks(), pa.array(mask),
+                                    pa.array([new_text[r] for r in mine], field.type))
+        table = table.set_column(i, field, text)
+    gone = drops[(drops >= start) & (drops < start + n)] - start
+    if gone.size:
+        keep = np.ones(n, bool)
+        keep[gone] = False
+        table = table.filter(pa.array(keep))
+    return table
+
+
+def _acted_stream(rows: Pieces, new_text: dict[int, str], drops: np.ndarray,
+                  on_end: Callable[[float], None]) -> TableStream:
+    """The acted-on corpus a row group at a time; ``on_end`` gets the MB of text read."""
+    schema = rows.schema
+
+    def pieces() -> Iterator[pa.Table]:
+        mb = 0.0
+        for start, t in rows.row_groups(schema.names):
+            mb += _text_mb(t)
+            yield _acted(t, start, new_text, drops)
+            memory.release()
+        on_end(mb)
+
+    return TableStream(schema, pieces)

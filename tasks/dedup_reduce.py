@@ -35,12 +35,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tasks import dedup, memory
 from tasks import minhash as mh
-from tasks.common import StageResult, TableStream, Timings, concat_ledgers, ledger
+from tasks.common import StageResult, TableStream, Timings, check_unique_ids, concat_ledgers, ledger
+from tasks.shards import Pieces
 from winnow.errors import WinnowError
 
 MEMORY_ENV = "WINNOW_DEDUP_REDUCE_MB"
@@ -63,55 +62,6 @@ def memory_budget() -> int:
     return mb << 20
 
 
-class _Pieces:
-    """The Parquet files of a list of sharded tables, as one row-ordered sequence of pieces."""
-
-    def __init__(self, tables: Sequence[Any]) -> None:
-        self.paths = [p for t in tables for p in t.paths]
-        rows = [r for t in tables for r in t.shard_rows]
-        self.starts = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.starts[-1])
-
-    def row_groups(self, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
-        """(first global row, table) of every row group, in row order."""
-        for k, path in enumerate(self.paths):
-            start = int(self.starts[k])
-            with pq.ParquetFile(path) as f:
-                for g in range(f.num_row_groups):
-                    t = f.read_row_group(g, columns=columns)
-                    yield start, t
-                    start += t.num_rows
-
-    def read(self, columns: list[str]) -> pa.Table:
-        parts = []
-        for path in self.paths:
-            with pq.ParquetFile(path) as f:
-                parts.append(f.read(columns=columns))
-        return pa.concat_tables(parts)
-
-    def taken(self, rows: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
-        """Rows ``rows`` (ascending) of the columns, a row group at a time, reading only row
-        groups that hold some."""
-        piece = np.searchsorted(self.starts, rows, side="right") - 1
-        for k in np.unique(piece):
-            local = rows[piece == k] - self.starts[k]
-            with pq.ParquetFile(self.paths[k]) as f:
-                sizes = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
-                bounds = np.concatenate([[0], np.cumsum(sizes)])
-                group = np.searchsorted(bounds, local, side="right") - 1
-                for g in np.unique(group):
-                    t = f.read_row_group(int(g), columns=columns)
-                    yield t.take(pa.array(local[group == g] - bounds[g]))
-
-    def take(self, rows: np.ndarray, columns: list[str]) -> pa.Table | None:
-        """Rows ``rows`` (ascending) of the columns, as one table (None when there are none)."""
-        out = list(self.taken(rows, columns))
-        return pa.concat_tables(out) if out else None
-
-
 class _Ids:
     """Row -> id over an Arrow column, so the passes need no Python list of every id."""
 
@@ -131,7 +81,7 @@ class StreamedFeatures:
 
     def __init__(self, features: Sequence[Any], params: dedup.Params, bands: int, spill_dir: Path,
                  memory_bytes: int) -> None:
-        self.pieces = _Pieces(features)
+        self.pieces = Pieces(features)
         self.num_perm, self.bands, self.spill_dir, self.memory_bytes = params.num_perm, bands, Path(spill_dir), memory_bytes
         small = self.pieces.read(_SMALL)
         self.exact = np.stack([small.column("exact_hi").to_numpy(), small.column("exact_lo").to_numpy()], axis=1)
@@ -247,7 +197,7 @@ class _Staged:
         self.rows, self.offsets, self.num_perm, self.sig_path, self.set_path = rows, offsets, num_perm, sig_path, set_path
 
     @classmethod
-    def write(cls, pieces: _Pieces, rows: np.ndarray, num_perm: int, spill_dir: Path) -> "_Staged":
+    def write(cls, pieces: Pieces, rows: np.ndarray, num_perm: int, spill_dir: Path) -> "_Staged":
         sig_path, set_path = Path(spill_dir) / "staged-sigs.u32", Path(spill_dir) / "staged-shingles.u32"
         lengths = []
         with open(sig_path, "wb") as fs, open(set_path, "wb") as fh:
@@ -296,7 +246,7 @@ def run(corpus: Any, features: Sequence[Any], params: dedup.Params, spill_dir: P
     timings = Timings()
     banding = params.banding()
     with timings.phase("load"):
-        source = _Pieces([corpus])
+        source = Pieces([corpus])
         ids = _checked_ids(corpus, source, params)
         feats = StreamedFeatures(features, params, banding.bands, spill_dir, memory_bytes or memory_budget())
         if feats.pieces.num_rows != source.num_rows:
@@ -338,7 +288,7 @@ def run(corpus: Any, features: Sequence[Any], params: dedup.Params, spill_dir: P
     return StageResult(tables=tables, removed=concat_ledgers([removed]), metrics=metrics)
 
 
-def _checked_ids(corpus: Any, source: _Pieces, params: dedup.Params) -> pa.ChunkedArray:
+def _checked_ids(corpus: Any, source: Pieces, params: dedup.Params) -> pa.ChunkedArray:
     """Every id (unique across shards: each map task checked only its own rows) and the keep column."""
     schema = corpus.schema
     if params.keep == "score":
@@ -348,15 +298,11 @@ def _checked_ids(corpus: Any, source: _Pieces, params: dedup.Params) -> pa.Chunk
         if not (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)):
             raise WinnowError(f"dedup: score_column '{params.score_column}' has type {field.type}, expected a numeric type")
     ids = source.read(["id"]).column("id")
-    if pc.count_distinct(ids).as_py() != len(ids):
-        counts = pc.value_counts(ids).flatten()
-        dup = pc.filter(counts[0], pc.greater(counts[1], 1))
-        raise WinnowError(f"dedup corpus: duplicate id {dup[0].as_py()!r} ({len(dup)} id(s) occur more than once); "
-                          "ids must be unique")
+    check_unique_ids(ids, "dedup corpus")
     return ids
 
 
-def _policy(source: _Pieces, params: dedup.Params) -> np.ndarray:
+def _policy(source: Pieces, params: dedup.Params) -> np.ndarray:
     """:func:`tasks.dedup._policy_key` of every row, reading only the column it needs."""
     if params.keep == "first":
         return np.zeros(source.num_rows)
@@ -364,7 +310,7 @@ def _policy(source: _Pieces, params: dedup.Params) -> np.ndarray:
     return np.concatenate([dedup._policy_key(t, params) for _, t in source.row_groups([column])])
 
 
-def _kept_rows(source: _Pieces, schema: pa.Schema, keep: np.ndarray) -> TableStream:
+def _kept_rows(source: Pieces, schema: pa.Schema, keep: np.ndarray) -> TableStream:
     def pieces() -> Iterator[pa.Table]:
         for start, t in source.row_groups(schema.names):
             yield t.filter(pa.array(keep[start : start + t.num_rows]))
@@ -373,7 +319,7 @@ def _kept_rows(source: _Pieces, schema: pa.Schema, keep: np.ndarray) -> TableStr
     return TableStream(schema, pieces)
 
 
-def _index(pieces: _Pieces, ids: pa.ChunkedArray, status: np.ndarray, params: dedup.Params,
+def _index(pieces: Pieces, ids: pa.ChunkedArray, status: np.ndarray, params: dedup.Params,
            banding: mh.Banding) -> TableStream:
     """The index, a row group of features at a time (:func:`tasks.dedup._index_table` is per row)."""
     first = dedup._index_table(None, pa.table({"id": ids.slice(0, 0)}), _empty_features(params, banding), status[:0],

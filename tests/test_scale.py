@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -331,3 +332,45 @@ def test_a_shard_is_named_by_its_rows_not_by_how_its_file_was_spelled(corpora, t
         fingerprints.append([plan_stage("dedup_map", {"shard": shard_ref(corpus, k)}, dedup.Params(), store=store)
                              .fingerprint for k in range(len(shards))])
     assert fingerprints[0] == fingerprints[1] and len(fingerprints[0]) == 3
+
+
+@pytest.mark.parametrize("action", ["mask", "drop"])
+def test_a_sharded_contamination_reduce_streams_the_corpus_and_equals_the_in_memory_run(
+        corpora, sample_benchmarks, tmp_path, monkeypatch, action):
+    """The reduce on a sharded corpus (no copy in memory) reads the ids whole and only the rows
+    that hold evidence, then writes the acted-on corpus a row group at a time: the same tables,
+    ledger and metrics as the in-memory run, with masks and drops in many row groups."""
+    from dataclasses import replace
+
+    import storage.store as st
+    from flows.stagetask import execute, plan_ingest
+    from tasks import contamination
+    from tasks.common import TableStream
+    from tasks.shards import Pieces
+    from winnow import io as wio
+
+    monkeypatch.setattr(st, "ROW_GROUP_ROWS", 300)  # 4 row groups a shard
+    base, _ = _planted(corpora[1], sample_benchmarks, tmp_path)
+    store = _sharded_store(tmp_path / "s")
+    corpus = replace(store.sharded(execute(plan_ingest("corpus", [str(base)], {}), str(store.root))), in_memory=None)
+    items = wio.canonical_benchmarks(pq.read_table(sample_benchmarks), "b.parquet", "sample")
+    params = contamination.Params(action=action)
+    index = contamination.build_index(items, params).tables["data"]
+    scans = [contamination.scan_shard(corpus.shard(k)["text"], index) for k in range(corpus.num_shards)]
+    reads = []
+    real_read = Pieces.read
+    monkeypatch.setattr(Pieces, "read", lambda self, columns: reads.append(columns) or real_read(self, columns))
+    sharded = contamination.run(corpus, items, params, index=index, scans=[s[0] for s in scans],
+                                scans_df=[s[1] for s in scans])
+    assert reads == [["id"]]  # never the texts whole
+    stream = sharded.tables["data"]
+    assert isinstance(stream, TableStream)
+    data = pa.concat_tables(stream.batches())
+    whole = contamination.run(corpus.read(), items, params)
+    assert data.equals(whole.tables["data"]) and sharded.tables["report"].equals(whole.tables["report"])
+    assert sharded.removed.equals(whole.removed)
+    touched = {int(r) // 300 for r in pc.indices_nonzero(pc.is_in(corpus.read()["id"], whole.removed["id"])).to_pylist()}
+    assert whole.removed.num_rows > 40 and len(touched) >= 8
+    same = ("rows_in", "rows_out", "docs_dropped", "docs_masked", "examples_contaminated", "mb_scanned",
+            "benchmark_larger_than_corpus", "per_benchmark")
+    assert {k: sharded.metrics[k] for k in same} == {k: whole.metrics[k] for k in same}

@@ -217,7 +217,7 @@ REGISTRY: tuple[StageSpec, ...] = (
     StageSpec(
         "contamination", (Input("corpus", "dedup"), _BENCH, Input("index", PREPARED, optional=True)),
         ("data", "report"), ledger=True, prepare="flows.graph:benchmark_index",
-        shard_map=("contamination_scan", "scans"),
+        shard_map=("contamination_scan", "scans"), streams=("corpus",),
         cli="find (and drop or mask) benchmark text inside IN",
         help="finds evaluation-benchmark text inside the training data, per benchmark example (where, how much, "
              "longest matched span); drops or masks it"),
