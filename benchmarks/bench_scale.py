@@ -105,7 +105,7 @@ def _text_mb(path: Path) -> int:
 
 
 INGEST_SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
 from flows.stagetask import commit, execute, plan_ingest, prepare_ingest
 from storage import DatasetStore
 mode, path, root, shard_rows = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -114,7 +114,9 @@ store.configure(shard_rows=shard_rows)
 plan = plan_ingest("corpus", [path], {"split": None, "id": "id", "text": "text", "domain": "domain", "label": "label"})
 t = time.perf_counter()
 fp = execute(plan, root) if mode == "streamed" else commit(prepare_ingest(plan, store), store)
-print(json.dumps({"s": round(time.perf_counter() - t, 1), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, from the forked copy of the parent
+peak = int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1]) // 1024
+print(json.dumps({"s": round(time.perf_counter() - t, 1), "peak_rss_mb": peak,
                   "fingerprint": fp, "shards": [s["sha256"] for s in store.manifest(fp).tables["data"]["shards"]]}))
 """
 
