@@ -26,6 +26,7 @@ when the holder dies), so concurrent runs compute an entry once and a killed run
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import errno
 import json
@@ -47,7 +48,7 @@ import pyarrow.parquet as pq
 from storage import heads
 from storage.fingerprint import TableHasher, canonical_json, short, table_fingerprint
 from storage.locks import EntryLock, entry_lock, owner_alive, owner_tag, remove_free_locks
-from tasks.common import LEDGER_SCHEMA, TableStream
+from tasks.common import LEDGER_SCHEMA, Shard, TableStream
 from tasks.encoding import PLAIN_KEY
 from winnow import __version__
 from winnow.errors import WinnowError
@@ -123,6 +124,9 @@ class ShardedTable:
     shard_rows: tuple[int, ...]
     # The same rows already in this process's memory (a table it just wrote), or None.
     in_memory: pa.Table | None = field(default=None, compare=False, repr=False)
+    # Each shard's manifest record (rows, bytes, sha256, content), where the manifest has them:
+    # what lets a stage hand an untouched shard on as it is (:class:`~tasks.common.Shard`).
+    records: tuple[dict[str, Any], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def num_rows(self) -> int:
@@ -256,8 +260,10 @@ class DatasetStore:
         """A table as a :class:`ShardedTable` handle (nothing is read yet)."""
         info = self.manifest(fingerprint).tables.get(name, {})
         paths = self.shard_paths(fingerprint, name)
+        records = tuple(dict(s) for s in info.get("shards", []) if "content" in s and "sha256" in s)
         rows = [s["rows"] for s in info.get("shards", [])] or [pq.read_metadata(paths[0]).num_rows]
-        return ShardedTable(tuple(paths), tuple(int(r) for r in rows), _RECENT.get((str(self.root), fingerprint, name)))
+        return ShardedTable(tuple(paths), tuple(int(r) for r in rows), _RECENT.get((str(self.root), fingerprint, name)),
+                            records if len(records) == len(paths) else ())
 
     def batches(self, fingerprint: str, name: str = "data", columns: list[str] | None = None
                 ) -> Iterator[pa.RecordBatch]:
@@ -406,7 +412,8 @@ class DatasetStore:
         tmp = self.staging / f"entry-{fingerprint[:16]}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            table_info = self._write_tables(tmp / "tables", tables, segments or {})
+            # A forced recompute (replace) writes every file anew: it may be repairing one.
+            table_info = self._write_tables(tmp / "tables", tables, segments or {}, _ShardPool(self, stage, not replace))
             pq.write_table(removed, tmp / LEDGER_FILE, compression="zstd")
             files, digests = _adopt_files(tmp / "files", files_from)
             manifest = Manifest(
@@ -436,15 +443,15 @@ class DatasetStore:
             raise
 
     def _write_tables(self, folder: Path, tables: Mapping[str, pa.Table | TableStream],
-                      segments: Mapping[str, list[int]]) -> dict[str, dict[str, Any]]:
+                      segments: Mapping[str, list[int]], pool: "_ShardPool") -> dict[str, dict[str, Any]]:
         """Write each table as Parquet shards (see :func:`segment_bounds`; a stream is cut as it
         arrives); returns the manifest's ``tables``. Two tables are written at once, so the
         :class:`~tasks.common.TableStream` s of one result must not share state."""
         folder.mkdir()
         # Tables are written side by side: Parquet encoding and hashing release the GIL, and a
         # stage's two large outputs (dedup's kept rows and index) then take the time of the larger.
-        with ThreadPoolExecutor(max_workers=max(1, min(2, len(tables)))) as pool:
-            written = {name: pool.submit(self._write_table, folder, name, table, segments.get(name))
+        with ThreadPoolExecutor(max_workers=max(1, min(2, len(tables)))) as workers:
+            written = {name: workers.submit(self._write_table, folder, name, table, segments.get(name), pool)
                        for name, table in tables.items()}
         info = {}
         for name, future in written.items():
@@ -463,46 +470,44 @@ class DatasetStore:
         return info
 
     def _write_table(self, folder: Path, name: str, table: pa.Table | TableStream,
-                     segments: list[int] | None) -> tuple[str, pa.Schema, list[dict[str, Any]]]:
+                     segments: list[int] | None, pool: "_ShardPool") -> tuple[str, pa.Schema, list[dict[str, Any]]]:
         """One table's shards; returns (content hash, schema, shards)."""
         if isinstance(table, TableStream):
-            return self._write_stream(folder, name, table)
+            return self._write_stream(folder, name, table, segments, pool)
         content, shards = table_fingerprint(table), []
         bounds = segment_bounds(table, segments, self.shard_rows, self.shard_bytes)
+        stored = _stored_schema(table.schema) if pool.has(name) else None
         for k, (start, rows) in enumerate(bounds):
             path = folder / shard_file(name, k)
             piece = table.slice(start, rows)
+            # A one-shard table's rows are the table's: its content hash, not a second pass.
+            own = content if len(bounds) == 1 else table_fingerprint(piece)
+            found = pool.find(name, own) if stored is not None and rows else None
+            record = found and _link_shard(found[0], found[1], rows, stored, path)
+            if record:  # rows an earlier entry of the stage holds as they are: no encoding
+                shards.append(record)
+                continue
             if rows:
                 with pq.ParquetWriter(path, piece.schema, **parquet_options(piece.schema)) as writer:
                     _write_row_groups(writer, piece)
             else:
                 pq.write_table(piece, path, **parquet_options(piece.schema))
-            # A one-shard table's rows are the table's: its content hash, not a second pass.
-            shards.append(_shard_info(path, rows, content if len(bounds) == 1 else table_fingerprint(piece)))
+            shards.append(_shard_info(path, rows, own))
         return content, table.schema, shards
 
-    def _write_stream(self, folder: Path, name: str, stream: TableStream) -> tuple[str, pa.Schema, list[dict[str, Any]]]:
-        """Write a :class:`TableStream` shard by shard as it arrives (cut like :func:`shard_bounds`:
+    def _write_stream(self, folder: Path, name: str, stream: TableStream, segments: list[int] | None,
+                      pool: "_ShardPool") -> tuple[str, pa.Schema, list[dict[str, Any]]]:
+        """Write a :class:`TableStream` shard by shard as it arrives (cut like :func:`segment_bounds`:
         the same shards as the same rows written whole); returns (content hash, schema, shards)."""
-        hasher = TableHasher(stream.schema)
-        shards: list[dict[str, Any]] = []
-        cut = _ShardCutter(self.shard_rows, self.shard_bytes)
-        writer: _ShardWriter | None = None
+        if segments and min(segments) < 1:
+            raise ValueError(f"table {name!r}: segments {segments} are not all non-empty")
+        out = _StreamWriter(folder, name, stream.schema, _ShardCutter(self.shard_rows, self.shard_bytes, segments), pool)
         for piece in stream.batches():
-            piece = pa.Table.from_batches([piece]) if isinstance(piece, pa.RecordBatch) else piece
-            if not piece.schema.equals(stream.schema):
-                raise ValueError(f"table {name!r}: a streamed piece has schema {piece.schema}, not {stream.schema}")
-            hasher.update(piece)
-            for start, rows, new_shard in cut.split(_row_sizes(piece)):
-                if writer is None or new_shard:
-                    if writer is not None:
-                        shards.append(writer.close())
-                    writer = _ShardWriter(folder / shard_file(name, len(shards)), stream.schema)
-                writer.write(piece.slice(start, rows))
-        if writer is None:  # no rows: one empty shard, as for an empty in-memory table
-            writer = _ShardWriter(folder / shard_file(name, 0), stream.schema)
-        shards.append(writer.close())
-        return hasher.hexdigest(), stream.schema, shards
+            if isinstance(piece, Shard):
+                out.shard(piece)
+            else:
+                out.rows(_as_table(piece))
+        return out.close(sum(segments) if segments else None)
 
     def _commit(self, tmp: Path, manifest: Manifest, replace: bool) -> Manifest:
         """Rename a complete staged entry into ``objects/`` (swapping out the old one if ``replace``)."""
@@ -705,31 +710,178 @@ def segment_bounds(table: pa.Table, parts: list[int] | None, max_rows: int, max_
 
 
 class _ShardCutter:
-    """:func:`shard_bounds`' greedy cut, applied to rows as they arrive."""
+    """:func:`segment_bounds`' greedy cut, applied to rows as they arrive."""
 
-    def __init__(self, max_rows: int, max_bytes: int) -> None:
+    def __init__(self, max_rows: int, max_bytes: int, parts: list[int] | None = None) -> None:
         self.max_rows, self.max_bytes = max_rows, max_bytes
         self.rows, self.bytes = 0, 0  # in the shard being filled
         self.started = False
+        self.placed = 0  # rows placed so far
+        self.ends = np.cumsum(parts, dtype=np.int64) if parts else np.zeros(0, np.int64)
+        self.at_end = False  # the last row placed ended a part
+
+    def closed(self) -> bool:
+        """Whether the next row must start a new shard, whatever its size."""
+        return self.at_end or self.rows >= self.max_rows
 
     def split(self, sizes: np.ndarray) -> Iterator[tuple[int, int, bool]]:
         """(first row, rows, starts a new shard) runs of a piece whose rows have ``sizes``: a row
         joins the open shard if it has room for one more row and, unless it is the shard's first,
-        for the row's bytes."""
+        for the row's bytes, and no part ended before it."""
         i, n = 0, len(sizes)
         cum = np.cumsum(sizes)
         while i < n:
-            new = not self.started or self.rows >= self.max_rows or (
+            new = not self.started or self.closed() or (
                 self.rows > 0 and self.bytes + int(sizes[i]) > self.max_bytes)
             if new:
                 self.rows, self.bytes, self.started = 0, 0, True
             base = int(cum[i - 1]) if i else 0
             fit = int(np.searchsorted(cum, base + self.max_bytes - self.bytes, side="right")) - i
             take = min(n - i, self.max_rows - self.rows, max(fit, 1))
+            k = int(np.searchsorted(self.ends, self.placed, side="right"))
+            if k < self.ends.size:  # do not run past the end of the current part
+                take = min(take, int(self.ends[k]) - self.placed)
             yield i, take, new
             self.rows += take
             self.bytes += int(cum[i + take - 1]) - base
+            self.placed += take
+            self.at_end = k < self.ends.size and self.placed == int(self.ends[k])
             i += take
+
+
+class _StreamWriter:
+    """The shards of one streamed table, written (or linked) as its pieces arrive."""
+
+    def __init__(self, folder: Path, name: str, schema: pa.Schema, cut: _ShardCutter, pool: "_ShardPool") -> None:
+        self.folder, self.name, self.schema, self.cut, self.pool = folder, name, schema, cut, pool
+        self.hasher = TableHasher(schema)
+        self.shards: list[dict[str, Any]] = []
+        self.open: _ShardWriter | None = None
+        self._as_stored: pa.Schema | None = None
+
+    def _check(self, piece: pa.Table) -> None:
+        if not piece.schema.equals(self.schema):
+            raise ValueError(f"table {self.name!r}: a streamed piece has schema {piece.schema}, not {self.schema}")
+
+    def rows(self, piece: pa.Table, hashed: bool = False) -> None:
+        """Add rows (``hashed``: already added to the table's content hash)."""
+        self._check(piece)
+        if not hashed:
+            self.hasher.update(piece)
+        for start, rows, new_shard in self.cut.split(_row_sizes(piece)):
+            if self.open is None or new_shard:
+                self._close_open()
+                self.open = _ShardWriter(self.folder / shard_file(self.name, len(self.shards)), self.schema)
+            self.open.write(piece.slice(start, rows))
+
+    def shard(self, piece: Shard) -> None:
+        """Add a :class:`~tasks.common.Shard`'s rows: as a link to a stored file holding exactly
+        them where the cut makes them one shard (so the file is what writing them would give, row
+        for row), else written like any rows."""
+        if piece.stored is None and not self.pool.has(self.name):  # nothing it could link: one pass
+            for t in piece.batches():
+                self.rows(_as_table(t))
+            return
+        before = copy.copy(self.cut)
+        own = TableHasher(self.schema) if piece.stored is None else None
+        sizes = []
+        for t in map(_as_table, piece.batches()):
+            self._check(t)
+            self.hasher.update(t)
+            if own is not None:
+                own.update(t)
+            sizes.append(_row_sizes(t))
+        n = sum(len(z) for z in sizes)
+        runs = list(self.cut.split(np.concatenate(sizes) if sizes else np.zeros(0, np.int64)))
+        if n and runs == [(0, n, True)] and self.cut.closed():
+            found = piece.stored or (own and self.pool.find(self.name, own.hexdigest()))
+            if found:
+                self._as_stored = self._as_stored or _stored_schema(self.schema)
+                record = _link_shard(Path(found[0]), found[1], n, self._as_stored,
+                                     self.folder / shard_file(self.name, len(self.shards) + (self.open is not None)))
+                if record is not None:
+                    self._close_open()
+                    self.shards.append(record)
+                    return
+        self.cut = before
+        for t in piece.batches():
+            self.rows(_as_table(t), hashed=True)
+
+    def _close_open(self) -> None:
+        if self.open is not None:
+            self.shards.append(self.open.close())
+            self.open = None
+
+    def close(self, expected_rows: int | None) -> tuple[str, pa.Schema, list[dict[str, Any]]]:
+        """Finish the last shard; returns (content hash, schema, shards)."""
+        if expected_rows is not None and self.cut.placed != expected_rows:
+            raise ValueError(f"table {self.name!r}: segments cover {expected_rows} rows, the stream had {self.cut.placed}")
+        if self.open is None and not self.shards:  # no rows: one empty shard, as for an empty in-memory table
+            self.open = _ShardWriter(self.folder / shard_file(self.name, 0), self.schema)
+        self._close_open()
+        return self.hasher.hexdigest(), self.schema, self.shards
+
+
+class _ShardPool:
+    """Earlier entries' shards of one stage, by table and rows' content hash, read from their
+    manifests on first use: the files a :class:`_StreamWriter` may link instead of encoding."""
+
+    def __init__(self, store: DatasetStore, stage: str, enabled: bool = True) -> None:
+        self.store, self.stage = store, stage
+        self._found: dict[tuple[str, str], tuple[Path, dict[str, Any]]] | None = None if enabled else {}
+        self._lock = threading.Lock()  # an entry's tables are written two at a time
+
+    def _shards(self) -> dict[tuple[str, str], tuple[Path, dict[str, Any]]]:
+        with self._lock:
+            if self._found is None:
+                self._found = {}
+                for m in self.store.entries():
+                    if m.stage != self.stage:
+                        continue
+                    for name, info in m.tables.items():
+                        for shard in info.get("shards", []):
+                            if "content" in shard and "sha256" in shard:
+                                where = self.store.path(m.fingerprint) / "tables" / shard["file"]
+                                self._found.setdefault((name, shard["content"]), (where, shard))
+            return self._found
+
+    def has(self, table: str) -> bool:
+        """Whether an earlier entry has shards of ``table`` (a first run has none: no second pass)."""
+        return any(name == table for name, _ in self._shards())
+
+    def find(self, table: str, content: str) -> tuple[Path, dict[str, Any]] | None:
+        """(path, record) of a stored shard of ``table`` whose rows hash to ``content``, or None."""
+        return self._shards().get((table, content))
+
+
+def _as_table(piece: pa.Table | pa.RecordBatch) -> pa.Table:
+    return pa.Table.from_batches([piece]) if isinstance(piece, pa.RecordBatch) else piece
+
+
+def _stored_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a shard of ``schema`` reads back with (Parquet renames list items, ...)."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), buf, **parquet_options(schema))
+    return pq.read_schema(pa.BufferReader(buf.getvalue()))
+
+
+def _link_shard(src: Path, record: dict[str, Any], rows: int, schema: pa.Schema, dest: Path) -> dict[str, Any] | None:
+    """Link the stored shard ``src`` as ``dest`` if it holds ``rows`` rows read back as ``schema``
+    and its bytes still match its digest (a damaged file is written anew, not spread); returns the
+    new shard's record, or None. Entries are never written in place, so sharing a file is safe,
+    and removing one entry leaves the other's name."""
+    try:
+        if record["rows"] != rows or not pq.read_schema(src).equals(schema, check_metadata=True):
+            return None
+        if _sha256(src) != record["sha256"]:
+            return None
+        try:
+            os.link(src, dest)
+        except OSError:  # another file system
+            shutil.copyfile(src, dest)
+    except OSError:  # the file went (its entry removed meanwhile): write the rows instead
+        return None
+    return {**record, "file": dest.name}
 
 
 class _ShardWriter:

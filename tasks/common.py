@@ -66,12 +66,37 @@ class TableStream:
 
     Attributes:
         schema: the table's schema (with metadata); every piece must have it.
-        batches: called once by the writer; yields ``pa.Table`` or ``pa.RecordBatch`` pieces in
-            row order.
+        batches: called once by the writer; yields ``pa.Table`` or ``pa.RecordBatch`` pieces, or
+            :class:`Shard` s, in row order.
     """
 
     schema: pa.Schema
-    batches: "Callable[[], Iterable[pa.Table | pa.RecordBatch]]"
+    batches: "Callable[[], Iterable[pa.Table | pa.RecordBatch | Shard]]"
+
+    def read_all(self) -> pa.Table:
+        """Every row as one table (for small outputs and tests; the store never holds it whole)."""
+        parts = [t if isinstance(t, pa.Table) else pa.Table.from_batches([t])
+                 for piece in self.batches() for t in (piece.batches() if isinstance(piece, Shard) else [piece])]
+        return pa.concat_tables(parts) if parts else self.schema.empty_table()
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A piece of a :class:`TableStream` meant to be one output shard (the rows derived from one
+    input shard), whose rows can be read again. The writer hashes them first; where the cut makes
+    them one shard and a file already in the store holds exactly these rows, it links that file
+    instead of encoding them: ``stored`` (a corpus shard the stage left as it was) or a shard of an
+    earlier entry of the same stage (last night's output, where tonight's rows come out the same).
+    Encoding is most of what writing a shard costs; hashing its rows is not.
+
+    Attributes:
+        batches: yields the rows in order, a row group at a time; called again (to encode the rows)
+            when no file can be linked.
+        stored: ``(path, manifest record)`` of a stored shard whose rows these are exactly, or None.
+    """
+
+    batches: "Callable[[], Iterable[pa.Table]]"
+    stored: "tuple[Any, dict[str, Any]] | None" = None
 
 
 @dataclass

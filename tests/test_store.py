@@ -334,3 +334,73 @@ def test_a_table_hashes_the_same_however_it_is_cut_and_whatever_buffers_hold_it(
         for batch in t.to_batches(max_chunksize=rows):  # each a slice of t's buffers, the first at offset 0
             h.update(batch)
         assert h.hexdigest() == fresh, rows
+
+
+def test_shards_whose_rows_a_store_already_holds_are_linked_not_encoded_again(tmp_path, sample_corpus):
+    """A stream of Shard pieces: a first entry encodes each once (one read, nothing to link); the
+    same stage's next entry links every shard whose rows come out the same (one read, to hash)
+    and writes the one that changed (read again to encode); another stage links nothing. The
+    content hash is the whole table's in every case, and a store cut otherwise links nothing."""
+    import pyarrow.parquet as pq
+
+    from tasks.common import Shard, TableStream
+
+    t = pq.read_table(sample_corpus).slice(0, 4000)
+    store = DatasetStore(tmp_path / "s", shard_rows=1000)
+    reads: list[int] = []
+
+    def stream(table: pa.Table) -> TableStream:
+        def shard(k: int):
+            reads.append(k)
+            return table.slice(k * 1000, 1000).to_batches(max_chunksize=300)
+
+        return TableStream(table.schema, lambda: (Shard(lambda k=k: shard(k)) for k in range(4)))
+
+    def put(fp: str, table: pa.Table, stage: str = "x", **kw) -> dict:
+        reads.clear()
+        info = store.put(fingerprint=fp * 64, stage=stage, params={}, code_version="c", parents={},
+                         tables={"data": stream(table)}, segments={"data": [1000] * 4}, **kw).tables["data"]
+        assert info["content"] == table_fingerprint(table) and store.table(fp * 64).equals(table)
+        assert store.verify(fp * 64) == []
+        return info
+
+    def linked(fp: str, other: str) -> list[int]:
+        theirs = store.shard_paths(other * 64)
+        return [k for k, p in enumerate(store.shard_paths(fp * 64)) if any(os.path.samefile(p, q) for q in theirs)]
+
+    put("a", t)
+    assert reads == [0, 1, 2, 3]
+    texts = t["text"].to_pylist()
+    texts[2500] = "a row changed tonight"
+    changed = t.set_column(1, "text", pa.array(texts, pa.string()))
+    put("b", changed)
+    assert linked("b", "a") == [0, 1, 3] and reads == [0, 1, 2, 2, 3]  # shard 2 read again to encode
+    put("c", t, stage="y")
+    assert linked("c", "a") == [] and linked("c", "b") == []
+    store = DatasetStore(tmp_path / "s", shard_rows=500)  # the same store, cut finer
+    assert len(put("d", t)["shards"]) == 8 and linked("d", "a") == []
+
+
+def test_a_table_written_whole_links_the_shards_an_earlier_entry_holds_but_never_a_damaged_one(
+        tmp_path, sample_corpus):
+    """The in-memory path links too (each shard's content hash is computed before it is written);
+    a damaged file is written anew rather than spread, and a forced recompute (``replace``, what a
+    user runs to repair an entry) links nothing."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(sample_corpus).slice(0, 3000)
+    store = DatasetStore(tmp_path / "s", shard_rows=1000)
+    kw = dict(stage="x", params={}, code_version="c", parents={})
+    first = store.put(fingerprint="a" * 64, tables={"data": t}, **kw)
+    paths = store.shard_paths("a" * 64)
+    with open(paths[1], "r+b") as f:  # one byte of the second shard's file flipped
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    second = store.put(fingerprint="b" * 64, tables={"data": t}, **kw)
+    same = [any(os.path.samefile(p, q) for q in paths) for p in store.shard_paths("b" * 64)]
+    assert same == [True, False, True] and store.verify("b" * 64) == [] and store.table("b" * 64).equals(t)
+    assert second.tables["data"]["content"] == first.tables["data"]["content"]
+    store.put(fingerprint="b" * 64, tables={"data": t}, replace=True, **kw)
+    assert not any(os.path.samefile(p, q) for p in store.shard_paths("b" * 64) for q in paths)
