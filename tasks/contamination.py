@@ -77,7 +77,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from dataclasses import replace as dataclasses_replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -97,8 +97,7 @@ from tasks.common import (
     ledger,
     require_columns,
 )
-from tasks import memory
-from tasks.shards import Pieces, TableRows, rows_of
+from tasks.shards import Pieces, TableRows, parts_left, rows_of, shard_stream, shards_hit
 from tasks.ngram_index import Folder, Vocab, ngram_keys
 from winnow.errors import WinnowError
 
@@ -1338,7 +1337,15 @@ def run(corpus: Any, benchmarks: pa.Table, params: Params = Params(), index: pa.
         metrics.update(_mb_metrics(_text_mb(rows.table), bench_mb, timing))
     else:  # the store reads the metrics once this stream is written (tasks.common.StageResult)
         data = _acted_stream(rows, new_text, drops, lambda mb: metrics.update(_mb_metrics(mb, bench_mb, timing)))
-    return StageResult(tables={"data": data, "report": report}, removed=removed, metrics=metrics)
+    return StageResult(tables={"data": data, "report": report}, removed=removed, metrics=metrics,
+                       segments=_segments(getattr(corpus, "shard_rows", None), drops))
+
+
+def _segments(shard_rows: Any, drops: np.ndarray) -> dict[str, list[int]]:
+    """The output's shards where the corpus's fall (:func:`tasks.shards.parts_left`)."""
+    if not shard_rows or len(shard_rows) < 2:
+        return {}
+    return {"data": parts_left(shard_rows, np.concatenate([[0], np.cumsum(shard_rows, dtype=np.int64)]), drops)}
 
 
 def _check_shards(rows: Pieces) -> None:
@@ -1498,15 +1505,15 @@ def _acted(table: pa.Table, start: int, new_text: dict[int, str], drops: np.ndar
 
 def _acted_stream(rows: Pieces, new_text: dict[int, str], drops: np.ndarray,
                   on_end: Callable[[float], None]) -> TableStream:
-    """The acted-on corpus a row group at a time; ``on_end`` gets the MB of text read."""
-    schema = rows.schema
+    """The acted-on corpus, shard by shard, a row group at a time (:func:`shard_stream`: a shard
+    the action left alone is the corpus's file, one it acted on may match last night's output, and
+    the store links either instead of encoding it again); ``on_end`` gets the MB of text read."""
+    mb: dict[int, float] = {}  # by first row: the same once however often the store reads a shard
 
-    def pieces() -> Iterator[pa.Table]:
-        mb = 0.0
-        for start, t in rows.row_groups(schema.names):
-            mb += _text_mb(t)
-            yield _acted(t, start, new_text, drops)
-            memory.release()
-        on_end(mb)
+    def act(start: int, t: pa.Table) -> pa.Table:
+        mb[start] = _text_mb(t)
+        return _acted(t, start, new_text, drops)
 
-    return TableStream(schema, pieces)
+    edited = np.concatenate([np.fromiter(new_text, np.int64, len(new_text)), drops])
+    return shard_stream(rows, rows.schema, act, ~shards_hit(rows.starts, edited), rows.schema.names,
+                        lambda: on_end(sum(mb.values())))

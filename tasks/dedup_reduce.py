@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +39,7 @@ import pyarrow as pa
 from tasks import dedup, memory
 from tasks import minhash as mh
 from tasks.common import StageResult, TableStream, Timings, check_unique_ids, concat_ledgers, ledger
-from tasks.shards import Pieces
+from tasks.shards import Pieces, parts_left, shard_stream, shards_hit
 from winnow.errors import WinnowError
 
 MEMORY_ENV = "WINNOW_DEDUP_REDUCE_MB"
@@ -270,6 +270,9 @@ def run(corpus: Any, features: Sequence[Any], params: dedup.Params, spill_dir: P
     memory.release()
     tables = {"data": _kept_rows(source, corpus.schema, keep),
               "index": _index(feats.pieces, ids, dec.status, params, banding)}
+    # Each output's shards fall where the corpus's do: a nightly's old shards then come out as the
+    # same rows as last night's, which the store links instead of encoding (tasks.common.Shard).
+    segments = {"data": parts_left(source.shard_sizes, source.starts, dropped), "index": feats.pieces.shard_sizes}
     n = source.num_rows
     reasons = ("exact_duplicate", "near_duplicate", "semantic_duplicate", "empty_text")
     metrics = {
@@ -285,7 +288,8 @@ def run(corpus: Any, features: Sequence[Any], params: dedup.Params, spill_dir: P
         "timings_s": {**timings.rounded(), "total": round(timings.total(), 4)},
         "docs_per_s": round(n / max(timings.total(), 1e-9), 1),
     }
-    return StageResult(tables=tables, removed=concat_ledgers([removed]), metrics=metrics)
+    return StageResult(tables=tables, removed=concat_ledgers([removed]), metrics=metrics,
+                       segments=segments if len(source.paths) > 1 else {})
 
 
 def _checked_ids(corpus: Any, source: Pieces, params: dedup.Params) -> pa.ChunkedArray:
@@ -311,12 +315,9 @@ def _policy(source: Pieces, params: dedup.Params) -> np.ndarray:
 
 
 def _kept_rows(source: Pieces, schema: pa.Schema, keep: np.ndarray) -> TableStream:
-    def pieces() -> Iterator[pa.Table]:
-        for start, t in source.row_groups(schema.names):
-            yield t.filter(pa.array(keep[start : start + t.num_rows]))
-            memory.release()
-
-    return TableStream(schema, pieces)
+    """The kept rows, shard by shard (a shard that lost no row is the corpus's file)."""
+    return shard_stream(source, schema, lambda start, t: t.filter(pa.array(keep[start : start + t.num_rows])),
+                        ~shards_hit(source.starts, np.flatnonzero(~keep)), schema.names)
 
 
 def _index(pieces: Pieces, ids: pa.ChunkedArray, status: np.ndarray, params: dedup.Params,
@@ -325,15 +326,12 @@ def _index(pieces: Pieces, ids: pa.ChunkedArray, status: np.ndarray, params: ded
     first = dedup._index_table(None, pa.table({"id": ids.slice(0, 0)}), _empty_features(params, banding), status[:0],
                                params, banding, 0)
 
-    def parts() -> Iterator[pa.Table]:
-        for start, t in pieces.row_groups(None):
-            n = t.num_rows
-            feats = dedup.features_from_tables([t])
-            yield dedup._index_table(None, pa.table({"id": ids.slice(start, n)}), feats, status[start : start + n],
-                                     params, banding, start)
-            memory.release()
+    def rows(start: int, t: pa.Table) -> pa.Table:
+        n = t.num_rows
+        return dedup._index_table(None, pa.table({"id": ids.slice(start, n)}), dedup.features_from_tables([t]),
+                                  status[start : start + n], params, banding, start)
 
-    return TableStream(first.schema, parts)
+    return shard_stream(pieces, first.schema, rows)
 
 
 def _empty_features(params: dedup.Params, banding: mh.Banding) -> dedup.Features:

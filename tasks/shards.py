@@ -5,11 +5,15 @@ both the one-process path and the bounded-memory reduce of a map / reduce stage.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+import functools
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tasks import memory
+from tasks.common import Shard, TableStream
 
 
 class Pieces:
@@ -20,10 +24,19 @@ class Pieces:
         self.paths = [p for t in tables for p in t.paths]
         rows = [r for t in tables for r in t.shard_rows]
         self.starts = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
+        # Each shard's manifest record where every table has them (else empty): what a stage needs
+        # to hand an untouched shard on as it is (tasks.common.Shard).
+        records = [r for t in tables for r in getattr(t, "records", ())]
+        self.records = records if len(records) == len(self.paths) else []
 
     @property
     def num_rows(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        """Rows of each shard, in order."""
+        return np.diff(self.starts).tolist()
 
     @property
     def schema(self) -> pa.Schema:
@@ -31,13 +44,17 @@ class Pieces:
 
     def row_groups(self, columns: list[str] | None) -> Iterator[tuple[int, pa.Table]]:
         """(first global row, table) of every row group, in row order."""
-        for k, path in enumerate(self.paths):
-            start = int(self.starts[k])
-            with pq.ParquetFile(path) as f:
-                for g in range(f.num_row_groups):
-                    t = f.read_row_group(g, columns=columns)
-                    yield start, t
-                    start += t.num_rows
+        for k in range(len(self.paths)):
+            yield from self.shard_groups(k, columns)
+
+    def shard_groups(self, k: int, columns: list[str] | None) -> Iterator[tuple[int, pa.Table]]:
+        """(first global row, table) of every row group of shard ``k``."""
+        start = int(self.starts[k])
+        with pq.ParquetFile(self.paths[k]) as f:
+            for g in range(f.num_row_groups):
+                t = f.read_row_group(g, columns=columns)
+                yield start, t
+                start += t.num_rows
 
     def read(self, columns: list[str] | None) -> pa.Table:
         """The columns whole (for what truly needs every row at once: ids, small columns)."""
@@ -101,3 +118,43 @@ def rows_of(table: Any) -> Pieces | TableRows:
     if getattr(table, "in_memory", None) is not None:  # rows this process just wrote: no re-read
         return TableRows(table.in_memory)
     return Pieces([table])
+
+
+def shard_stream(rows: Pieces, schema: pa.Schema, transform: Callable[[int, pa.Table], pa.Table],
+                 unchanged: np.ndarray | None = None, columns: list[str] | None = None,
+                 on_end: Callable[[], None] | None = None) -> TableStream:
+    """An output derived from ``rows`` shard by shard: one :class:`~tasks.common.Shard` per input
+    shard, each row group (``columns`` of it) through ``transform(first global row, table)``. A
+    shard marked ``unchanged`` (its rows come out as they went in) names the stored file, so the
+    store links it instead of encoding it; any other shard may still match a file of an earlier
+    entry of the stage. ``on_end`` runs once every shard has been handed on."""
+
+    def groups(k: int) -> Iterator[pa.Table]:
+        for start, t in rows.shard_groups(k, columns):
+            yield transform(start, t)
+            memory.release()
+
+    def pieces() -> Iterator[Shard]:
+        for k in range(len(rows.paths)):
+            same = unchanged is not None and bool(unchanged[k]) and bool(rows.records)
+            yield Shard(functools.partial(groups, k), (rows.paths[k], rows.records[k]) if same else None)
+        if on_end is not None:
+            on_end()
+
+    return TableStream(schema, pieces)
+
+
+def shards_hit(starts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per shard (``starts``: first row of each, then the row count), whether any of ``rows`` is in it."""
+    hit = np.zeros(len(starts) - 1, bool)
+    hit[np.searchsorted(starts, np.asarray(rows, np.int64), side="right") - 1] = True
+    return hit
+
+
+def parts_left(shard_rows: Sequence[int], starts: np.ndarray, dropped: np.ndarray) -> list[int]:
+    """What is left of each shard once ``dropped`` (global rows) are gone, empty shards left out:
+    the ``segments`` that make an output's shards fall where its input's do (so an unchanged shard
+    is the same shard, and the map tasks keyed by it downstream stay cached)."""
+    gone = np.bincount(np.searchsorted(starts, np.asarray(dropped, np.int64), side="right") - 1,
+                       minlength=len(shard_rows))
+    return [int(n) for n in np.asarray(shard_rows, np.int64) - gone if n > 0]

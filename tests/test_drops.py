@@ -85,9 +85,11 @@ def test_a_new_day_recomputes_only_its_ingest_map_reduce_and_new_texts(days, tmp
     glob = str(drop / "2026-12-0*")  # the same drops, named by a glob
     second = _run(store.root, glob, capsys, *minilm)["outputs"]
     # The new file's ingest and the combined corpus, the new shard's map, the reduce; then the
-    # stages downstream of new rows. Nothing of days 1-2 is read or mapped again.
-    assert _computed(store, before) == ["contamination", "dedup", "dedup_map", "embed", "ingest_corpus",
-                                        "ingest_corpus", "label_noise"]
+    # stages downstream of new rows. Nothing of days 1-2 is read or mapped again: dedup's output
+    # keeps a shard per day, so contamination scans only the new day's.
+    assert _computed(store, before) == ["contamination", "contamination_scan", "dedup", "dedup_map", "embed",
+                                        "ingest_corpus", "ingest_corpus", "label_noise"]
+    assert len(store.manifest(second["dedup"]).tables["data"]["shards"]) == 3
     corpus = store.manifest(second["ingest_corpus"])
     assert [s["rows"] for s in corpus.tables["data"]["shards"]] == [len(d) for d in days]  # cut at file boundaries
     assert [i["new"] for i in corpus.inputs] == [False, False, True]

@@ -69,6 +69,9 @@ def test_map_reduce_dedup_equals_one_process_and_a_grown_corpus_maps_only_its_ne
     assert _computed(sharded, before) == ["dedup", "dedup_map", "ingest_corpus"]  # one new shard, then the reduce
     grown_whole = dedup.run(pq.read_table(grown), dedup.Params())
     assert pq.read_table(tmp_path / "grown.parquet")["id"].equals(grown_whole.tables["data"]["id"])
+    # The old shards' kept rows and index rows come out as last night's: linked, not encoded again.
+    new = next(m.fingerprint for m in sharded.entries() if m.stage == "dedup" and m.fingerprint != fp)
+    assert _linked(sharded, new, fp, "data") == [0, 1, 2] and _linked(sharded, new, fp, "index") == [0, 1, 2]
     assert main(["store", "verify", "--store", str(sharded.root)]) == 0
 
 
@@ -142,7 +145,7 @@ def _map_entries(store: DatasetStore, corpus_path: Path, params: dedup.Params) -
 
 
 def _whole(table) -> pa.Table:
-    return table if isinstance(table, pa.Table) else pa.concat_tables(list(table.batches()))
+    return table if isinstance(table, pa.Table) else table.read_all()
 
 
 @pytest.mark.parametrize("keep, max_bucket", [("first", 32), ("longest", 2)])
@@ -365,7 +368,7 @@ def test_a_sharded_contamination_reduce_streams_the_corpus_and_equals_the_in_mem
     assert reads == [["id"]]  # never the texts whole
     stream = sharded.tables["data"]
     assert isinstance(stream, TableStream)
-    data = pa.concat_tables(stream.batches())
+    data = stream.read_all()
     whole = contamination.run(corpus.read(), items, params)
     assert data.equals(whole.tables["data"]) and sharded.tables["report"].equals(whole.tables["report"])
     assert sharded.removed.equals(whole.removed)
@@ -374,3 +377,102 @@ def test_a_sharded_contamination_reduce_streams_the_corpus_and_equals_the_in_mem
     same = ("rows_in", "rows_out", "docs_dropped", "docs_masked", "examples_contaminated", "mb_scanned",
             "benchmark_larger_than_corpus", "per_benchmark")
     assert {k: sharded.metrics[k] for k in same} == {k: whole.metrics[k] for k in same}
+
+
+def _streamed_contamination(store: DatasetStore, src: Path, items: pa.Table, params, fp: str,
+                            out_rows: int | None = None):
+    """Ingest ``src``, scan its shards and run the streamed reduce (no copy in memory), written as
+    entry ``fp`` (in shards of ``out_rows``, if given); returns (corpus fingerprint, the in-memory
+    run's result)."""
+    from dataclasses import replace
+
+    from flows.stagetask import execute, plan_ingest
+    from tasks import contamination
+
+    corpus_fp = execute(plan_ingest("corpus", [str(src)], {}), str(store.root))
+    corpus = replace(store.sharded(corpus_fp), in_memory=None)
+    if out_rows:
+        store.configure(shard_rows=out_rows)
+    index = contamination.build_index(items, params).tables["data"]
+    scans = [contamination.scan_shard(corpus.shard(k)["text"], index) for k in range(corpus.num_shards)]
+    result = contamination.run(corpus, items, params, index=index, scans=[s[0] for s in scans],
+                               scans_df=[s[1] for s in scans])
+    store.put(fingerprint=fp, stage="contamination", params={}, code_version="test", parents={"corpus": corpus_fp},
+              tables=result.tables, removed=result.removed, metrics=result.metrics, segments=result.segments)
+    whole = contamination.run(corpus.read(), items, params)
+    assert store.table(fp).equals(whole.tables["data"]) and store.removed(fp).equals(whole.removed)
+    assert store.manifest(fp).metrics["mb_scanned"] == whole.metrics["mb_scanned"] and store.verify(fp) == []
+    return corpus_fp, whole
+
+
+def _planted_first_shard(rows: pa.Table, benchmarks: Path, path: Path) -> tuple[Path, pa.Table]:
+    """``rows`` with benchmark items written into its first shard only; returns (path, the items)."""
+    from winnow import io as wio
+
+    items = wio.canonical_benchmarks(pq.read_table(benchmarks), "b.parquet", "sample")
+    texts = [f"{q} {a}" for q, a in zip(items["question"].to_pylist(), items["target"].to_pylist())]
+    docs = rows["text"].to_pylist()
+    for k, row in enumerate(range(7, SHARD, 97)):
+        docs[row] = f"{docs[row]} {texts[k * 11 % len(texts)]}"
+    pq.write_table(rows.set_column(rows.column_names.index("text"), "text", pa.array(docs, pa.string())), path)
+    return path, items
+
+
+def _linked(store: DatasetStore, fp: str, other: str, table: str = "data") -> list[int]:
+    """The shards of entry ``fp``'s ``table`` that are the same file as one of entry ``other``'s."""
+    theirs = store.shard_paths(other, table)
+    return [k for k, p in enumerate(store.shard_paths(fp, table)) if any(os.path.samefile(p, q) for q in theirs)]
+
+
+@pytest.mark.parametrize("action", ["mask", "drop"])
+def test_a_shard_the_reduce_left_alone_is_linked_not_rewritten(corpora, sample_benchmarks, tmp_path, action):
+    """Items planted in the first shard (the real text matches a few items elsewhere too): the
+    streamed reduce rewrites the shards it acted on and hands the others on as the stored files they
+    are (hard links, the same records), with the same content hash, tables and metrics as the
+    in-memory run; a store cut finer than the corpus gets the rows written, not links to files of
+    the wrong shape."""
+    from storage.fingerprint import table_fingerprint
+    from tasks import contamination
+
+    src, items = _planted_first_shard(pq.read_table(corpora[1]), sample_benchmarks, tmp_path / "p.parquet")
+    for shard_rows in (SHARD, SHARD // 2):
+        store = _sharded_store(tmp_path / f"s{shard_rows}")
+        fp = f"{action}{shard_rows}".ljust(64, "0")
+        corpus_fp, whole = _streamed_contamination(store, src, items, contamination.Params(action=action), fp,
+                                                   out_rows=shard_rows)
+        hit = pc.indices_nonzero(pc.is_in(store.table(corpus_fp)["id"], whole.removed["id"])).to_numpy() // SHARD
+        dropped = [int((hit == k).sum()) if action == "drop" else 0 for k in range(4)]
+        untouched = [k for k in range(4) if k not in set(hit.tolist())]
+        assert hit.size > 8 and untouched and 0 in hit  # the first shard rewritten, at least one left alone
+        info, source = store.manifest(fp).tables["data"], store.manifest(corpus_fp).tables["data"]["shards"]
+        assert info["content"] == table_fingerprint(whole.tables["data"])
+        linked = _linked(store, fp, corpus_fp)
+        if shard_rows == SHARD:
+            assert linked == untouched and [s["rows"] for s in info["shards"]] == [SHARD - d for d in dropped]
+            assert [info["shards"][k] | {"file": ""} for k in linked] == [source[k] | {"file": ""} for k in linked]
+        else:  # cut within each input shard: its dropped rows come off its second half
+            assert linked == [] and [s["rows"] for s in info["shards"]] == [
+                n for d in dropped for n in (SHARD // 2, SHARD // 2 - d)]
+    assert main(["store", "verify", "--store", str(tmp_path / f"s{SHARD}")]) == 0
+
+
+def test_a_nightly_reduce_links_the_shards_that_come_out_as_last_night(corpora, sample_benchmarks, sample_corpus,
+                                                                       tmp_path):
+    """The corpus grown by a new shard: the shard masked last night comes out the same and is
+    linked to last night's file, the untouched ones to the corpus's files; only the new shard, if
+    the action touched it, is written."""
+    from tasks import contamination
+
+    rows = pq.read_table(sample_corpus).select(["id", "text", "domain"])
+    base, items = _planted_first_shard(rows.slice(0, 4000), sample_benchmarks, tmp_path / "base.parquet")
+    grown = tmp_path / "grown.parquet"
+    pq.write_table(pa.concat_tables([pq.read_table(base), rows.slice(4000, SHARD)]), grown)
+    store = _sharded_store(tmp_path / "s")
+    params = contamination.Params()
+    night1, _ = _streamed_contamination(store, base, items, params, "a" * 64)
+    night2, whole = _streamed_contamination(store, grown, items, params, "b" * 64)
+    masked = set((pc.indices_nonzero(pc.is_in(store.table(night2)["id"], whole.removed["id"])).to_numpy()
+                  // SHARD).tolist())
+    assert 0 in masked and len(masked) < 5
+    assert _linked(store, "b" * 64, "a" * 64) == sorted(masked - {4})  # last night's masked shards
+    assert _linked(store, "b" * 64, night2) == [k for k in range(5) if k not in masked]
