@@ -650,11 +650,12 @@ class DatasetStore:
             problems.append(f"{LEDGER_FILE}: missing")
         return problems
 
-    def iter_sizes(self) -> Iterator[tuple[str, int]]:
-        """(fingerprint, bytes on disk) for every entry."""
+    def iter_sizes(self) -> Iterator[tuple[str, int, int]]:
+        """(fingerprint, bytes of its files, of those the bytes in files it shares with another
+        entry) for every entry: a shard linked from an earlier entry is on disk once."""
         for m in self.entries():
-            folder = self.objects / m.fingerprint
-            yield m.fingerprint, sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            files = [p.stat() for p in (self.objects / m.fingerprint).rglob("*") if p.is_file()]
+            yield m.fingerprint, sum(f.st_size for f in files), sum(f.st_size for f in files if f.st_nlink > 1)
 
 
 #: Tables this process wrote last, by (store root, fingerprint, table): a one-stage command reads

@@ -375,6 +375,8 @@ def test_shards_whose_rows_a_store_already_holds_are_linked_not_encoded_again(tm
     changed = t.set_column(1, "text", pa.array(texts, pa.string()))
     put("b", changed)
     assert linked("b", "a") == [0, 1, 3] and reads == [0, 1, 2, 2, 3]  # shard 2 read again to encode
+    sizes = {fp[0]: (size, shared) for fp, size, shared in store.iter_sizes()}  # `store ls`: on disk once
+    assert 0 < sizes["b"][1] == sum(p.stat().st_size for k, p in enumerate(store.shard_paths("b" * 64)) if k != 2)
     put("c", t, stage="y")
     assert linked("c", "a") == [] and linked("c", "b") == []
     store = DatasetStore(tmp_path / "s", shard_rows=500)  # the same store, cut finer

@@ -638,12 +638,13 @@ def cmd_store(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.store_command == "ls":
         rows = []
-        sizes = dict(store.iter_sizes())
+        sizes = {fp: (size, shared) for fp, size, shared in store.iter_sizes()}
         for m in store.entries():
             if args.stage and m.stage != args.stage.replace("-", "_"):
                 continue
+            size, shared = sizes.get(m.fingerprint, (0, 0))
             rows.append({"entry": short(m.fingerprint), "stage": m.stage, "kind": m.kind, "rows": m.rows(),
-                         "MB": round(sizes.get(m.fingerprint, 0) / 1e6, 2), "created": m.created_at[:19]})
+                         "MB": round(size / 1e6, 2), "shared MB": round(shared / 1e6, 2), "created": m.created_at[:19]})
         print(format_table(rows) if rows else f"store {store.root} is empty")
         return 0
     if args.store_command == "clean":
