@@ -98,6 +98,12 @@ def _grown(src: Path, docs: int, work: Path) -> Path:
     return grown
 
 
+def _linked(store: DatasetStore, fp: str, table: str) -> str:
+    """How many of an entry's shards are files it shares with another entry (linked, not encoded)."""
+    paths = store.shard_paths(fp, table)
+    return f"{sum(p.stat().st_nlink > 1 for p in paths)}/{len(paths)}"
+
+
 def _text_mb(path: Path) -> int:
     """MB of text in a corpus file (Arrow's size of its text column), read a row group at a time."""
     with pq.ParquetFile(path) as f:
@@ -253,7 +259,8 @@ def bench_map_reduce(docs: int, shards: int, workers_list: list[int], work: Path
             if nightly and workers == max(workers_list):
                 grown_corpus = _ingest(store, grown)
                 inc = dedup_on_cluster(client, store, grown_corpus)
-                inc.pop("fingerprint")
+                inc_fp = inc.pop("fingerprint")
+                inc["linked_shards"] = {t: _linked(store, inc_fp, t) for t in ("data", "index")}
                 r["incremental_1pct"] = {**inc, "fraction_of_full": round(
                     (inc["map_s"] + inc["reduce_s"]) / (r["map_s"] + r["reduce_s"]), 3)}
             r["peak_rss_worker_mb"] = sorted(round(v) for v in client.run(_peak_rss_mb).values())
@@ -376,7 +383,7 @@ def bench_contamination(docs: int, shards: int, work: Path, workers: int = 0, co
             grown_corpus = _ingest(store, _grown(src, docs, work))
             ingest_s = time.perf_counter() - t
             inc = _contamination_in_store(store, grown_corpus, bench, client)
-            inc.pop("fingerprint")
+            inc["linked_shards"] = _linked(store, inc.pop("fingerprint"), "data")
             inc["ingest_s"] = round(ingest_s, 1)
             inc["fraction_of_full"] = round((inc["map_s"] + inc["reduce_s"]) / (full["map_s"] + full["reduce_s"]), 3)
             out["incremental_1pct"] = inc
