@@ -476,7 +476,9 @@ class DatasetStore:
             return self._write_stream(folder, name, table, segments, pool)
         content, shards = table_fingerprint(table), []
         bounds = segment_bounds(table, segments, self.shard_rows, self.shard_bytes)
-        stored = _stored_schema(table.schema) if pool.has(name) else None
+        # Only a table of several shards looks for earlier files: a one-shard table is small, and
+        # the look reads every manifest of the store once.
+        stored = _stored_schema(table.schema) if len(bounds) > 1 and pool.has(name) else None
         for k, (start, rows) in enumerate(bounds):
             path = folder / shard_file(name, k)
             piece = table.slice(start, rows)

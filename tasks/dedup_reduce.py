@@ -21,7 +21,9 @@ corpus's texts, signatures, band keys or shingles at once:
    in chunks whose distinct rows' features fit the same budget (:class:`tasks.dedup._PairScorer`;
    at 10M documents holding them all took ~6 GB); union-find runs over those rows' positions.
 4. **Outputs** are :class:`~tasks.common.TableStream` s: the kept rows and the index are produced
-   shard by shard (a row group at a time) while the store writes them.
+   shard by shard (a row group at a time) while the store writes them, cut where the corpus's
+   shards fall, so an old shard whose rows come out as in last night's entry is linked to that
+   file rather than encoded again (:class:`~tasks.common.Shard`).
 
 The budget is not part of any fingerprint: it changes how the work is cut, never the result.
 """
