@@ -875,7 +875,8 @@ def _fuzzy(xf: dict[str, np.ndarray], corpus: Pieces | TableRows, p: _Prepared, 
         # tokens are compared by their 64-bit hashes: no Python string per token of a long document
         thr = np.array([r["fuzzy_min_aligned"] for r in p.rules])
         rows_needed = sorted({c[1] for c in cands})
-        d_bounds, d_hash = p.folder.hashed(corpus.take(np.array(rows_needed, np.int64), ["text"])["text"])
+        # the columns _locate and _actions take: the rows read here are not read again for them
+        d_bounds, d_hash = p.folder.hashed(corpus.take(np.array(rows_needed, np.int64), ["id", "text"])["text"])
         slot = {r: i for i, r in enumerate(rows_needed)}
         passed: list[tuple[float, int, int, int, int, list]] = []  # (share, row, start, end, example, blocks)
         for e, row, lo, hi in cands:

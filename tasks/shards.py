@@ -16,6 +16,10 @@ from tasks import memory
 from tasks.common import Shard, TableStream
 
 
+#: At most this many bytes of rows a :class:`Pieces` keeps from one ``take`` for the next.
+TAKEN_BYTES = 256 << 20
+
+
 class Pieces:
     """The Parquet files of a list of sharded tables (:class:`storage.store.ShardedTable`, or
     anything with ``paths`` and ``shard_rows``), as one row-ordered sequence of row groups."""
@@ -28,6 +32,9 @@ class Pieces:
         # to hand an untouched shard on as it is (tasks.common.Shard).
         records = [r for t in tables for r in getattr(t, "records", ())]
         self.records = records if len(records) == len(self.paths) else []
+        # Rows taken so far, by columns: a stage's later phases mostly want rows an earlier one
+        # took, and a row group is decoded whole to take one row from it.
+        self._taken: dict[tuple[str, ...] | None, tuple[np.ndarray, pa.Table]] = {}
 
     @property
     def num_rows(self) -> int:
@@ -80,9 +87,25 @@ class Pieces:
                     yield t.take(pa.array(local[group == g] - bounds[g]))
 
     def take(self, rows: np.ndarray, columns: list[str] | None) -> pa.Table | None:
-        """Rows ``rows`` (ascending) of the columns, as one table (None when there are none)."""
-        out = list(self.taken(rows, columns))
-        return pa.concat_tables(out) if out else None
+        """Rows ``rows`` (ascending) of the columns, as one table (None when there are none).
+        Rows taken before with the same columns are not read again (up to :data:`TAKEN_BYTES`)."""
+        rows = np.asarray(rows, np.int64)
+        if not rows.size:
+            return None
+        key = tuple(columns) if columns is not None else None
+        have_rows, have = self._taken.get(key, (np.zeros(0, np.int64), None))
+        missing = np.setdiff1d(rows, have_rows)
+        if missing.size:
+            new = pa.concat_tables(list(self.taken(missing, columns)))
+            have_rows = np.concatenate([have_rows, missing])
+            have = new if have is None else pa.concat_tables([have, new])
+            order = np.argsort(have_rows, kind="stable")
+            have_rows, have = have_rows[order], have.take(pa.array(order))
+            if have.nbytes <= TAKEN_BYTES:
+                self._taken[key] = (have_rows, have)
+            else:
+                self._taken.pop(key, None)
+        return have.take(pa.array(np.searchsorted(have_rows, rows)))
 
 
 class TableRows:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -476,3 +477,22 @@ def test_a_nightly_reduce_links_the_shards_that_come_out_as_last_night(corpora, 
     assert 0 in masked and len(masked) < 5
     assert _linked(store, "b" * 64, "a" * 64) == sorted(masked - {4})  # last night's masked shards
     assert _linked(store, "b" * 64, night2) == [k for k in range(5) if k not in masked]
+
+
+def test_rows_taken_once_are_not_read_again(corpora, tmp_path, monkeypatch):
+    """A reduce's later phases take rows an earlier one took: a take reads only the row groups of
+    rows it has not taken before with those columns, and returns the rows asked for, in order."""
+    from tasks.shards import Pieces
+
+    store = _sharded_store(tmp_path / "s")
+    fp = store.put(fingerprint="a" * 64, stage="x", params={}, code_version="c", parents={},
+                   tables={"data": pq.read_table(corpora[0])}).fingerprint
+    rows = Pieces([store.sharded(fp)])
+    whole = store.table(fp)
+    reads = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, g, **kw: reads.append(g) or real(self, g, **kw))
+    first, second = np.array([3, 1500, 2999]), np.array([3, 17, 2999])
+    assert rows.take(first, ["id", "text"]).equals(whole.select(["id", "text"]).take(first)) and len(reads) == 3
+    assert rows.take(second, ["id", "text"]).equals(whole.select(["id", "text"]).take(second)) and len(reads) == 4
+    assert rows.take(first, ["text"]).equals(whole.select(["text"]).take(first)) and len(reads) == 7  # other columns
