@@ -832,6 +832,7 @@ class _ShardPool:
     def __init__(self, store: DatasetStore, stage: str, enabled: bool = True) -> None:
         self.store, self.stage = store, stage
         self._found: dict[tuple[str, str], tuple[Path, dict[str, Any]]] | None = None if enabled else {}
+        self._tables: set[str] = set()  # the table names in _found
         self._lock = threading.Lock()  # an entry's tables are written two at a time
 
     def _shards(self) -> dict[tuple[str, str], tuple[Path, dict[str, Any]]]:
@@ -846,11 +847,13 @@ class _ShardPool:
                             if "content" in shard and "sha256" in shard:
                                 where = self.store.path(m.fingerprint) / "tables" / shard["file"]
                                 self._found.setdefault((name, shard["content"]), (where, shard))
+                self._tables = {name for name, _ in self._found}
             return self._found
 
     def has(self, table: str) -> bool:
         """Whether an earlier entry has shards of ``table`` (a first run has none: no second pass)."""
-        return any(name == table for name, _ in self._shards())
+        self._shards()
+        return table in self._tables
 
     def find(self, table: str, content: str) -> tuple[Path, dict[str, Any]] | None:
         """(path, record) of a stored shard of ``table`` whose rows hash to ``content``, or None."""

@@ -1338,15 +1338,10 @@ def run(corpus: Any, benchmarks: pa.Table, params: Params = Params(), index: pa.
         metrics.update(_mb_metrics(_text_mb(rows.table), bench_mb, timing))
     else:  # the store reads the metrics once this stream is written (tasks.common.StageResult)
         data = _acted_stream(rows, new_text, drops, lambda mb: metrics.update(_mb_metrics(mb, bench_mb, timing)))
+    # The output's shards where the corpus's fall (a pa.Table corpus has none to follow).
+    shard_rows = getattr(corpus, "shard_rows", None)
     return StageResult(tables={"data": data, "report": report}, removed=removed, metrics=metrics,
-                       segments=_segments(getattr(corpus, "shard_rows", None), drops))
-
-
-def _segments(shard_rows: Any, drops: np.ndarray) -> dict[str, list[int]]:
-    """The output's shards where the corpus's fall (:func:`tasks.shards.parts_left`)."""
-    if not shard_rows or len(shard_rows) < 2:
-        return {}
-    return {"data": parts_left(shard_rows, np.concatenate([[0], np.cumsum(shard_rows, dtype=np.int64)]), drops)}
+                       segments={"data": parts_left(shard_rows, drops)} if shard_rows else {})
 
 
 def _check_shards(rows: Pieces) -> None:

@@ -274,7 +274,7 @@ def run(corpus: Any, features: Sequence[Any], params: dedup.Params, spill_dir: P
               "index": _index(feats.pieces, ids, dec.status, params, banding)}
     # Each output's shards fall where the corpus's do: a nightly's old shards then come out as the
     # same rows as last night's, which the store links instead of encoding (tasks.common.Shard).
-    segments = {"data": parts_left(source.shard_sizes, source.starts, dropped), "index": feats.pieces.shard_sizes}
+    segments = {"data": parts_left(source.shard_sizes, dropped), "index": parts_left(feats.pieces.shard_sizes)}
     n = source.num_rows
     reasons = ("exact_duplicate", "near_duplicate", "semantic_duplicate", "empty_text")
     metrics = {
@@ -290,8 +290,7 @@ def run(corpus: Any, features: Sequence[Any], params: dedup.Params, spill_dir: P
         "timings_s": {**timings.rounded(), "total": round(timings.total(), 4)},
         "docs_per_s": round(n / max(timings.total(), 1e-9), 1),
     }
-    return StageResult(tables=tables, removed=concat_ledgers([removed]), metrics=metrics,
-                       segments=segments if len(source.paths) > 1 else {})
+    return StageResult(tables=tables, removed=concat_ledgers([removed]), metrics=metrics, segments=segments)
 
 
 def _checked_ids(corpus: Any, source: Pieces, params: dedup.Params) -> pa.ChunkedArray:

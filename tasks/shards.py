@@ -167,17 +167,25 @@ def shard_stream(rows: Pieces, schema: pa.Schema, transform: Callable[[int, pa.T
     return TableStream(schema, pieces)
 
 
+def _shard_of(starts: np.ndarray, rows: Any) -> np.ndarray:
+    """The shard each of ``rows`` (global) is in; ``starts``: first row of each shard, then the count."""
+    return np.searchsorted(starts, np.asarray(rows, np.int64), side="right") - 1
+
+
 def shards_hit(starts: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Per shard (``starts``: first row of each, then the row count), whether any of ``rows`` is in it."""
     hit = np.zeros(len(starts) - 1, bool)
-    hit[np.searchsorted(starts, np.asarray(rows, np.int64), side="right") - 1] = True
+    hit[_shard_of(starts, rows)] = True
     return hit
 
 
-def parts_left(shard_rows: Sequence[int], starts: np.ndarray, dropped: np.ndarray) -> list[int]:
-    """What is left of each shard once ``dropped`` (global rows) are gone, empty shards left out:
-    the ``segments`` that make an output's shards fall where its input's do (so an unchanged shard
-    is the same shard, and the map tasks keyed by it downstream stay cached)."""
-    gone = np.bincount(np.searchsorted(starts, np.asarray(dropped, np.int64), side="right") - 1,
-                       minlength=len(shard_rows))
-    return [int(n) for n in np.asarray(shard_rows, np.int64) - gone if n > 0]
+def parts_left(shard_rows: Sequence[int], dropped: Any = ()) -> list[int]:
+    """What is left of each of ``shard_rows`` once ``dropped`` (global rows) are gone, empty shards
+    left out: the ``segments`` that make an output's shards fall where its input's do (so an
+    unchanged shard is the same shard, and the map tasks keyed by it downstream stay cached). One
+    shard needs none: ``[]``."""
+    if len(shard_rows) < 2:
+        return []
+    sizes = np.asarray(shard_rows, np.int64)
+    gone = np.bincount(_shard_of(np.concatenate([[0], np.cumsum(sizes)]), dropped), minlength=len(sizes))
+    return [int(n) for n in sizes - gone if n > 0]
