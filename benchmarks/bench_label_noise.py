@@ -212,25 +212,28 @@ DATASETS = {"bbc": load_bbc, "sample_domains": load_sample_domains, "fortunes": 
 HARD = ("news_outlet", "package_section", "sarcasm", "fortunes", "health_tweets", "tweet_sentiment")
 
 
-def cached_embeddings(name: str, texts: list[str]) -> np.ndarray:
-    """MiniLM vectors for ``texts``; every ``benchmarks/out/emb_*.parquet`` serves as the cache.
+def cached_embeddings(name: str, texts: list[str], model: str | None = None) -> np.ndarray:
+    """``model``'s vectors for ``texts`` (default MiniLM); every ``benchmarks/out/emb_*.parquet``
+    (``lmemb_*`` for SmolLM2-135M) serves as the cache.
 
     Sets share texts (the sample's quotes are fortunes), so all cache files are read; this set's
-    vectors are written back to ``emb_<name>.parquet``.
+    vectors are written back to ``emb_<name>.parquet`` (``lmemb_<name>``).
     """
     import pyarrow.compute as pc
 
-    from tasks.embeddings import embed_texts, text_fingerprint
+    from tasks.embeddings import MODEL_NAME, embed_texts, text_fingerprint
 
-    files = sorted(OUT.glob("emb_*.parquet"))
+    model = model or MODEL_NAME
+    prefix = "emb" if model == MODEL_NAME else "lmemb"
+    files = sorted(OUT.glob(f"{prefix}_*.parquet"))
     cache = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
-    X, new_cache = embed_texts(texts, cache=cache)
-    mine = pa.array(sorted({text_fingerprint(t) for t in texts}), pa.string())
+    X, new_cache = embed_texts(texts, cache=cache, model=model)
+    mine = pa.array(sorted({text_fingerprint(t, model) for t in texts}), pa.string())
     own = new_cache.filter(pc.is_in(new_cache["text_fingerprint"], value_set=mine))
     own = own.take(pc.sort_indices(own, [("text_fingerprint", "ascending")]))
     _, first = np.unique(own["text_fingerprint"].to_numpy(zero_copy_only=False), return_index=True)
     own = own.take(pa.array(first))
-    path = OUT / f"emb_{name}.parquet"
+    path = OUT / f"{prefix}_{name}.parquet"
     if not path.exists() or pq.read_metadata(path).num_rows != own.num_rows:
         OUT.mkdir(parents=True, exist_ok=True)
         pq.write_table(own, path)

@@ -17,7 +17,10 @@ For every set and noise kind the peers and winnow see the same noisy labels:
   ``prune_by_noise_rate``) on 5-fold out-of-sample probabilities of a logistic regression on
   TF-IDF / MiniLM features (the stage's own classifiers and folds).
 * ``winnow``: the stage itself, ``tasks.label_noise.run`` with default parameters on the noisy
-  80% (MiniLM vectors passed in as the ``embed`` stage would).
+  80% (MiniLM and SmolLM2 vectors passed in as the ``embed`` and ``embed_lm`` stages would;
+  default features ``tfidf+minilm+smollm2`` with both wheels installed).
+* ``winnow_minilm``: the same with ``features="tfidf+minilm"``, the default before SmolLM2
+  features (the "winnow before" column unless ``--before`` names an earlier run).
 
 Columns: precision, recall, F1 of the flagged rows against the flipped ones, flagged count against
 the true count, and the accuracy on the clean 20% of the stage's classifier (TF-IDF + MiniLM
@@ -45,6 +48,9 @@ def prepare(name: str, max_rows: int, seed: int) -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.model_selection import train_test_split
 
+    from tasks import label_noise as ln
+    from tasks.embeddings import LM_MODEL_NAME
+
     texts, labels = DATASETS[name]()
     counts = {c: labels.count(c) for c in set(labels)}
     keep = [i for i, c in enumerate(labels) if counts[c] >= 20]
@@ -57,7 +63,11 @@ def prepare(name: str, max_rows: int, seed: int) -> dict:
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, max_features=20_000, dtype=np.float32)
     t = time.perf_counter()
     emb = cached_embeddings(name, texts)
-    return {
+    lm = {}
+    if ln.smollm2_available():
+        X = cached_embeddings(name, texts, LM_MODEL_NAME)
+        lm = {"smollm2": (X[train], X[test])}
+    return {**lm,
         "name": name, "classes": classes, "texts": texts, "train": train, "test": test,
         "ytr": y[train], "yte": y[test], "emb_seconds": time.perf_counter() - t,
         "tfidf": (vec.fit_transform([texts[i] for i in train]), vec.transform([texts[i] for i in test])),
@@ -94,14 +104,24 @@ def winnow_flags(prep: dict, noisy: np.ndarray, overrides: dict | None = None) -
     from tasks import label_noise as ln
     from tasks.embeddings import text_fingerprint
 
+    from tasks.embeddings import LM_MODEL_NAME, MODEL_NAME
+
     texts = [prep["texts"][i] for i in prep["train"]]
     ids = [f"r{i}" for i in range(len(texts))]
     table = pa.table({"id": ids, "text": texts, "label": [prep["classes"][k] for k in noisy]})
-    emb = prep["minilm"][0]
-    cache = pa.table({"text_fingerprint": [text_fingerprint(t) for t in texts],
+
+    def cache(kind: str, model: str) -> pa.Table | None:
+        # The vectors the embed / embed_lm stage would hand over, one row per distinct text.
+        if kind not in prep:
+            return None
+        emb = prep[kind][0]
+        t = pa.table({"text_fingerprint": [text_fingerprint(x, model) for x in texts],
                       "vector": pa.array(list(emb), pa.list_(pa.float32(), emb.shape[1]))})
-    _, first = np.unique(cache["text_fingerprint"].to_numpy(zero_copy_only=False), return_index=True)
-    res = ln.run(table, ln.Params(**(overrides or {})), embeddings=cache.take(pa.array(first)))
+        _, first = np.unique(t["text_fingerprint"].to_numpy(zero_copy_only=False), return_index=True)
+        return t.take(pa.array(first))
+
+    res = ln.run(table, ln.Params(**(overrides or {})), embeddings=cache("minilm", MODEL_NAME),
+                 lm_embeddings=cache("smollm2", LM_MODEL_NAME))
     scores = res.tables["scores"]
     issue_of = dict(zip(scores["id"].to_pylist(), scores["is_issue"].to_pylist()))
     return np.array([bool(issue_of[i]) for i in ids]), res.metrics
@@ -126,10 +146,14 @@ def bench_set(name: str, max_rows: int, seed: int) -> list[dict]:
                                              "oof_accuracy_true": round(float((probs.argmax(1) == prep["ytr"]).mean()), 4)})
         # Kept so that scoring rules can be compared offline on exactly these probabilities.
         np.savez(OUT / f"oof_{name}_{noise}.npz", noisy=noisy, truth=truth, ytr=prep["ytr"], **oof)
-        t = time.perf_counter()
-        issue, metrics = winnow_flags(prep, noisy)
-        keep = ("estimated_errors", "estimated_errors_low", "estimated_errors_high", "cv_accuracy", "ranking", "chosen_C")
-        found["winnow"] = (issue, {"seconds": round(time.perf_counter() - t, 1), **{k: metrics[k] for k in keep if k in metrics}})
+        keep = ("estimated_errors", "estimated_errors_low", "estimated_errors_high", "cv_accuracy", "ranking", "chosen_C",
+                "blend_weights", "features")
+        # "winnow_minilm": the stage with the previous default features, in the same run.
+        for method, overrides in (("winnow_minilm", {"features": "tfidf+minilm"}), ("winnow", {})):
+            t = time.perf_counter()
+            issue, metrics = winnow_flags(prep, noisy, overrides)
+            found[method] = (issue, {"seconds": round(time.perf_counter() - t, 1),
+                                     **{k: metrics[k] for k in keep if k in metrics}})
         for method, (issue, info) in found.items():
             row = dict(base, method=method, **prf(issue, truth), **info,
                        acc_cleaned=retrained_accuracy(prep, noisy, ~issue))
@@ -141,7 +165,8 @@ def bench_set(name: str, max_rows: int, seed: int) -> list[dict]:
 def table(rows: list[dict], before: list[dict] = ()) -> str:
     """The BENCHMARKS.md table: one line per set x noise, peers and winnow side by side; ``before``:
     an earlier run's rows (another ``--tag``), whose ``winnow`` F1 is shown as the "before" column."""
-    prior = {(r["dataset"], r["noise"]): r for r in before if r["method"] == "winnow"}
+    prior = {(r["dataset"], r["noise"]): r for r in [*before, *rows] if r["method"] == "winnow_minilm"}
+    prior |= {(r["dataset"], r["noise"]): r for r in before if r["method"] == "winnow"}
     out = ["| set | rows / classes | noise | true errors | OOF acc (TF-IDF / MiniLM, true labels) | peer TF-IDF F1 (P / R, flagged) "
            "| peer MiniLM F1 (P / R, flagged) | winnow before F1 (P / R, flagged) | winnow F1 (P / R, flagged) "
            "| winnow estimate [90% interval] | F1 - better peer | acc noisy / cleaned (TF-IDF peer, MiniLM peer, winnow) / true |",

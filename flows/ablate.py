@@ -28,6 +28,7 @@ from flows.stagetask import FILES, parent_ref, plan_stage
 from tasks import ablation, repeat
 from tasks.mixture import LEARNED
 from winnow.errors import WinnowError
+from winnow.stages import spec as stage_spec
 
 ABLATED = ("dedup", "contamination", "label_noise", "mixture")
 
@@ -46,8 +47,9 @@ def _curated(run: PipelineRun, corpus: str, benchmarks: str, off: str | None) ->
         x = one("contamination", cfg.params("contamination"), corpus=x, benchmarks=benchmarks)
     if off != "label_noise":
         parents = {"corpus": x}
-        if run.embeds():
-            parents["embeddings"] = parent_ref(one("embed", cfg.params("embed"), corpus=x), "embeddings")
+        for inp in stage_spec("label_noise").inputs:  # the vectors its features read (embed, embed_lm)
+            if inp.arg != "corpus" and stage_spec(inp.source).wants(cfg):
+                parents[inp.arg] = parent_ref(one(inp.source, cfg.params(inp.source), corpus=x), inp.table)
         x = one("label_noise", cfg.params("label_noise"), **parents)
     params = cfg.params("mixture")
     if off == "mixture":

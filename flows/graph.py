@@ -7,7 +7,7 @@ Two callers wire stages together and both come here, so the graph is written dow
 * ``winnow STAGE IN`` (:mod:`winnow.cli`): the stage's main input is the user's file, benchmarks
   are the user's benchmark files, an input with a CLI flag is the store entry the user named, and
   any other input is computed from the user's file by its own upstream stage (``train`` tokenizes
-  IN first; ``label-noise`` embeds IN first when it uses MiniLM features).
+  IN first; ``label-noise`` embeds IN first when it uses MiniLM or SmolLM2 features).
 """
 
 from __future__ import annotations

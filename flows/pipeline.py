@@ -6,7 +6,8 @@
 
 The graph itself is declared once, in :mod:`winnow.stages` (each stage's inputs by upstream stage
 and table); this module only walks it in order (:mod:`flows.graph` finds each stage's parents).
-``curate`` runs the curation stages (embed only when label_noise's features include MiniLM),
+``curate`` runs the curation stages (embed and embed_lm only when label_noise's features include
+MiniLM or SmolLM2),
 ``train_and_evaluate`` the last four, ``nightly`` both; ``stage_flow(name)`` makes a flow that
 reruns one stage on cached upstream outputs. Every call passes fingerprints, never data; every
 stage is a cached task (see ``flows/stagetask.py``). ``embed`` also takes the newest earlier embed
@@ -116,10 +117,6 @@ class PipelineRun:
             self.outcomes[name] = Outcome(name, fps[0], cached=states[0].name == "Cached")
             publish_search(self.store, fps[0], self.proxies)
         return fps
-
-    def embeds(self) -> bool:
-        """Whether label_noise reads MiniLM vectors, so the embed stage runs before it."""
-        return stage_spec("embed").wants(self.config)
 
     def _call(self, plan: StagePlan, name: str) -> str:
         root = str(self.store.root)

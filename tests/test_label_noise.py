@@ -230,9 +230,23 @@ def test_bad_params_fail_at_construction():
 
 def test_minilm_without_wheel_names_the_install_command(monkeypatch):
     monkeypatch.setattr(ln, "minilm_available", lambda: False)
+    monkeypatch.setattr(ln, "smollm2_available", lambda: False)
     with pytest.raises(WinnowError, match=re.escape(ln.MINILM_INSTALL)):
         ln.Params(features="minilm")
     assert ln.Params().features == "tfidf"
+
+
+def test_auto_features_are_every_installed_kind_and_a_missing_lm_names_its_install(monkeypatch):
+    monkeypatch.setattr(ln, "minilm_available", lambda: True)
+    monkeypatch.setattr(ln, "smollm2_available", lambda: True)
+    assert ln.Params().features == "tfidf+minilm+smollm2"
+    assert ln.Params().uses_minilm and ln.Params().uses_smollm2
+    monkeypatch.setattr(ln, "smollm2_available", lambda: False)
+    assert ln.Params().features == "tfidf+minilm"
+    with pytest.raises(WinnowError, match=re.escape(ln.SMOLLM2_INSTALL)):
+        ln.Params(features="tfidf+smollm2")
+    with pytest.raises(WinnowError, match="leave it unset with features='tfidf\\+minilm'"):
+        ln.Params(features="tfidf+minilm", C=1.0)
 
 
 # --- second opinions and extra checks ---------------------------------------------------------

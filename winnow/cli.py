@@ -264,6 +264,7 @@ def _writable_store(root: str | Path):
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the pipeline flow; print the receipt, mixture weights, metrics and output paths."""
     from winnow.stages import pipeline_names
+    from winnow.stages import spec as stage_spec
 
     order = pipeline_names()
     cfg = _load(args)
@@ -277,10 +278,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.from_stage:
         start = order.index(args.from_stage.replace("-", "_"))
         force = list(order[start:])
-    if last == "embed" and not cfg.params("label_noise").uses_minilm:
+    vectors = {"embed": "minilm", "embed_lm": "smollm2"}
+    if last in vectors and not stage_spec(last).wants(cfg):
+        kind = vectors[last]
         raise WinnowError(
-            f"--only embed: embed computes label_noise's MiniLM vectors, but label_noise.features is "
-            f"'{cfg.params('label_noise').features}'; set label_noise.features='tfidf+minilm' (or 'minilm')"
+            f"--only {last}: {last} computes label_noise's {kind} vectors, but label_noise.features is "
+            f"'{cfg.params('label_noise').features}'; set label_noise.features='tfidf+{kind}' (or '{kind}')"
         )
     _preflight(cfg)
     _prefect_env(args.debug)

@@ -21,7 +21,7 @@ from winnow import stages as stage_graph
 from winnow.errors import WinnowError
 
 #: The pipeline, in order, and the stages run around it (no config section): both declared in
-#: :mod:`winnow.stages`. ``embed`` runs only when label_noise uses MiniLM features.
+#: :mod:`winnow.stages`. ``embed`` (``embed_lm``) runs only when label_noise uses MiniLM (SmolLM2) features.
 STAGES: tuple[str, ...] = stage_graph.pipeline_names()
 AUX_STAGES: tuple[str, ...] = stage_graph.aux_names()
 PACKAGE_DIR = Path(__file__).resolve().parent

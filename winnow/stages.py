@@ -191,6 +191,10 @@ def _uses_minilm(config: Any) -> bool:
     return config.params("label_noise").uses_minilm
 
 
+def _uses_smollm2(config: Any) -> bool:
+    return config.params("label_noise").uses_smollm2
+
+
 _BENCH = Input("benchmarks", BENCHMARKS)
 _INDEX = Input("index", "dedup", "index", optional=True, option="--index", config="dedup_index",
                help="incremental: check IN (new documents only) against this earlier dedup entry's index")
@@ -227,7 +231,13 @@ REGISTRY: tuple[StageSpec, ...] = (
         help="MiniLM sentence vectors of the labelled texts, keyed by text fingerprint; reuses the vectors of texts "
              "embedded by an earlier run, so only new texts cost time"),
     StageSpec(
-        "label_noise", (Input("corpus", "contamination"), Input("embeddings", "embed", "embeddings", optional=True)),
+        "embed_lm", (Input("corpus", "contamination"),), ("data", "embeddings"), when=_uses_smollm2,
+        cache_hint=("cache", "embeddings"),
+        help="SmolLM2-135M hidden-state vectors (layer 8, mean-pooled) of the labelled texts, label_noise's "
+             "smollm2 features; cached and reused like embed's"),
+    StageSpec(
+        "label_noise", (Input("corpus", "contamination"), Input("embeddings", "embed", "embeddings", optional=True),
+                        Input("lm_embeddings", "embed_lm", "embeddings", optional=True)),
         ("data", "scores"), ledger=True, requires=("label",), precheck=True, worst_rows="scores",
         cli="find mislabelled rows in IN",
         help="finds mislabelled rows with cleanlab on out-of-sample (cross-validated) probabilities; flags, drops "
