@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -164,9 +163,10 @@ def bench_set(name: str, max_rows: int, seed: int) -> list[dict]:
 
 def table(rows: list[dict], before: list[dict] = ()) -> str:
     """The BENCHMARKS.md table: one line per set x noise, peers and winnow side by side; ``before``:
-    an earlier run's rows (another ``--tag``), whose ``winnow`` F1 is shown as the "before" column."""
-    prior = {(r["dataset"], r["noise"]): r for r in [*before, *rows] if r["method"] == "winnow_minilm"}
-    prior |= {(r["dataset"], r["noise"]): r for r in before if r["method"] == "winnow"}
+    an earlier run's rows (another ``--tag``), whose ``winnow_minilm`` F1 is shown as the "before"
+    column (else this run's)."""
+    # The previous default (tfidf+minilm) of this run, or of the ``--before`` run where it has one.
+    prior = {(r["dataset"], r["noise"]): r for r in [*rows, *before] if r["method"] == "winnow_minilm"}
     out = ["| set | rows / classes | noise | true errors | OOF acc (TF-IDF / MiniLM, true labels) | peer TF-IDF F1 (P / R, flagged) "
            "| peer MiniLM F1 (P / R, flagged) | winnow before F1 (P / R, flagged) | winnow F1 (P / R, flagged) "
            "| winnow estimate [90% interval] | F1 - better peer | acc noisy / cleaned (TF-IDF peer, MiniLM peer, winnow) / true |",

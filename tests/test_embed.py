@@ -76,10 +76,14 @@ def test_unlabelled_corpus_embeds_nothing():
     assert _model_calls() == calls
 
 
-def test_missing_wheel_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(emb, "PACKAGE", "winnow_no_such_model_wheel")
-    with pytest.raises(WinnowError, match=re.escape(emb.INSTALL)):
-        embed.run(_corpus(SENTENCES[:2]))
+@pytest.mark.parametrize("model, install", [(emb.MODEL_NAME, emb.INSTALL), (emb.LM_MODEL_NAME, emb.LM_INSTALL)])
+def test_missing_wheel_names_the_install_command(monkeypatch, model, install):
+    import dataclasses
+
+    gone = dataclasses.replace(emb.ENCODERS[model], package="winnow_no_such_model_wheel")
+    monkeypatch.setitem(emb.ENCODERS, model, gone)
+    with pytest.raises(WinnowError, match=re.escape(install)):
+        embed.run(_corpus(SENTENCES[:2]), embed.Params(model=model))
 
 
 def test_the_cache_hint_is_part_of_the_fingerprint():

@@ -24,8 +24,8 @@ from winnow.config import STAGES
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-# The smoke profile's label_noise uses TF-IDF only, so the embed stage (MiniLM vectors) does not run.
-SMOKE_STAGES = [s for s in STAGES if s != "embed"]
+# The smoke profile's label_noise uses TF-IDF only, so the embed stages (MiniLM, SmolLM2 vectors) do not run.
+SMOKE_STAGES = [s for s in STAGES if s not in ("embed", "embed_lm")]
 ALL = ["ingest_corpus", "ingest_benchmarks", *SMOKE_STAGES]
 
 
