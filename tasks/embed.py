@@ -81,9 +81,9 @@ class Params:
             raise WinnowError(f"{self.section}.model: '{self.model}' is not available; the models are "
                               f"{', '.join(emb.ENCODERS)}")
         if self.rows not in ROWS:
-            raise WinnowError(f"embed.rows: '{self.rows}' is not one of {', '.join(ROWS)}")
+            raise WinnowError(f"{self.section}.rows: '{self.rows}' is not one of {', '.join(ROWS)}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise WinnowError(f"embed.batch_size: must be an integer >= 1, got {self.batch_size!r}")
+            raise WinnowError(f"{self.section}.batch_size: must be an integer >= 1, got {self.batch_size!r}")
 
 
 def model_id(model: str = emb.MODEL_NAME) -> str | None:

